@@ -1,0 +1,1 @@
+"""Ray Serve embedding endpoints for registered encoders (built in the serving issue)."""

@@ -1,0 +1,95 @@
+"""Read an ingested item back: pyramid levels, regions, frames, the tissue mask, stack images.
+
+Pixels come back channel-last (Y, X, C) / (T, Y, X, C), exactly as the source reader produced them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from pretextlab.core.errors import UserError
+from pretextlab.storage import fs as sfs
+from pretextlab.storage.layout import STATUS_COMPLETE, item_url
+from pretextlab.storage.writer import read_card
+
+
+class ItemNotFound(UserError):
+    """No complete item of that id in the store."""
+
+
+@dataclass
+class Item:
+    """A complete item: its card (metadata) and its Zarr group."""
+
+    item_id: str
+    url: str
+    card: dict[str, Any]
+    group: zarr.Group
+
+    @property
+    def kind(self) -> str:
+        return self.card["kind"]
+
+    @property
+    def modality(self) -> str:
+        return self.card["modality"]
+
+    @property
+    def mpp(self) -> float | None:
+        return self.card.get("mpp")
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.card.get("levels", []))
+
+    def level(self, index: int = 0) -> zarr.Array:
+        """The raw Zarr array of a level: (C, Y, X) for slides, (T, C, Y, X) for cine loops."""
+        return self.group[self.card["levels"][index]["path"]]
+
+    def downsample(self, index: int) -> float:
+        return float(self.card["levels"][index]["downsample"])
+
+    def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """A (height, width, C) region of a slide level; x, y in that level's pixels."""
+        arr = self.level(level)
+        return np.ascontiguousarray(arr[:, y : y + height, x : x + width].transpose(1, 2, 0))
+
+    def frames(self, start: int = 0, stop: int | None = None, step: int = 1) -> np.ndarray:
+        """Frames [start:stop:step] of a cine loop as (T, Y, X, C)."""
+        if self.kind != "cine":
+            raise UserError(f"item {self.item_id} is a {self.kind}, not a cine loop")
+        return np.ascontiguousarray(self.level(0)[start:stop:step].transpose(0, 2, 3, 1))
+
+    def to_numpy(self, level: int = 0) -> np.ndarray:
+        """A whole level (slides, Y, X, C) or all frames (cine loops, T, Y, X, C). Small items only."""
+        if self.kind == "cine":
+            return self.frames()
+        arr = self.level(level)
+        return np.ascontiguousarray(arr[:].transpose(1, 2, 0))
+
+    def tissue_mask(self) -> np.ndarray | None:
+        meta = self.card.get("tissue_mask")
+        return None if meta is None else self.group[meta["path"]][:]
+
+    def stack_image(self, split: str, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """One (Y, X, C) image and its label row from a stack item (NPZ)."""
+        sub = self.group[split]
+        image = np.ascontiguousarray(sub["images"][index].transpose(1, 2, 0))
+        labels = sub["labels"][index] if "labels" in sub else None
+        return image, labels
+
+
+def open_item(dest: str, item_id: str, storage_options: dict[str, Any] | None = None) -> Item:
+    """Open the complete item ``item_id`` of the store at ``dest`` (local path or s3:// prefix)."""
+    url = item_url(sfs.normalize(dest), item_id)
+    card = read_card(url, storage_options)
+    if card is None:
+        raise ItemNotFound(f"{dest}: no item {item_id!r}")
+    if card.get("status") != STATUS_COMPLETE:
+        raise ItemNotFound(f"{dest}: item {item_id!r} is incomplete (an interrupted ingest); re-run ingest")
+    group = zarr.open_group(sfs.zarr_store(url, read_only=True, storage_options=storage_options), mode="r")
+    return Item(item_id=item_id, url=url, card=card, group=group)

@@ -1,0 +1,142 @@
+"""SVS, pyramidal TIFF, OME-TIFF and plain TIFF through tifffile (tiles decoded by imagecodecs)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import dask.array as da
+import tifffile
+import tifffile.tifffile
+import zarr
+
+from pretextlab.storage.readers.base import (
+    Modality,
+    ReaderError,
+    SlideSource,
+    Source,
+    SourceInfo,
+    single_frame_cine,
+)
+from pretextlab.storage.readers.registry import Reader, register_reader
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+# micrometres per ResolutionUnit (2 = inch, 3 = centimetre)
+_UM_PER_UNIT = {2: 25400.0, 3: 10000.0}
+_OME_UNITS_UM = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def _svs_mpp(tf: tifffile.TiffFile) -> tuple[float | None, float | None]:
+    try:
+        meta = tifffile.tifffile.svs_description_metadata(tf.pages[0].description or "")
+    except ValueError:
+        meta = {}
+    mpp = meta.get("MPP")
+    mag = meta.get("AppMag")
+    return (float(mpp) if mpp else None, float(mag) if mag else None)
+
+
+def _ome_mpp(tf: tifffile.TiffFile) -> tuple[float | None, float | None]:
+    try:
+        root = ET.fromstring(tf.ome_metadata or "")
+    except ET.ParseError:
+        return None, None
+    mpp = mag = None
+    for el in root.iter():
+        tag = el.tag.rsplit("}", 1)[-1]
+        if tag == "Pixels" and mpp is None and el.get("PhysicalSizeX"):
+            unit = el.get("PhysicalSizeXUnit", "µm")
+            mpp = float(el.get("PhysicalSizeX")) * _OME_UNITS_UM.get(unit, 1.0)
+        if tag == "Objective" and el.get("NominalMagnification"):
+            mag = float(el.get("NominalMagnification"))
+    return mpp, mag
+
+
+def _tag_mpp(page: tifffile.TiffPage) -> float | None:
+    tags = page.tags
+    unit = tags.get("ResolutionUnit")
+    xres = tags.get("XResolution")
+    if unit is None or xres is None:
+        return None
+    per_unit = _UM_PER_UNIT.get(int(unit.value))
+    num, den = xres.value if isinstance(xres.value, tuple) else (xres.value, 1)
+    if per_unit is None or not num or not den:
+        return None
+    res = num / den  # pixels per unit
+    if res <= 1.0:  # 1 pixel/unit is the "no resolution" default of many writers
+        return None
+    return per_unit / res
+
+
+@register_reader
+class TiffReader(Reader):
+    name = "tiff"
+    description = "SVS / pyramidal TIFF / OME-TIFF / plain TIFF (tifffile)"
+    suffixes = (".svs", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf", ".ndpi", ".scn")
+    priority = 20
+
+    @classmethod
+    def sniff(cls, head: bytes, name: str, header: Any = None) -> bool:
+        return head[:4] in TIFF_MAGIC
+
+    def open(self, paths: list[str], modality: Modality | None) -> Source:
+        (path,) = paths
+        try:
+            tf = tifffile.TiffFile(path)
+        except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct.error...
+            raise ReaderError(f"not a readable TIFF: {exc}") from None
+        try:
+            return self._open(tf, modality)
+        except ReaderError:
+            tf.close()
+            raise
+        except Exception as exc:
+            tf.close()
+            raise ReaderError(f"cannot read TIFF: {type(exc).__name__}: {exc}") from None
+
+    def _open(self, tf: tifffile.TiffFile, modality: Modality | None) -> Source:
+        if not tf.series:
+            raise ReaderError("TIFF holds no image series")
+        series = tf.series[0]
+        axes = series.axes
+        if axes not in ("YX", "YXS"):
+            raise ReaderError(f"unsupported TIFF axes {axes!r} (expected YX or YXS: 2-D grayscale or RGB)")
+        if tf.is_svs:
+            fmt, (mpp, mag) = "svs", _svs_mpp(tf)
+        elif tf.is_ome:
+            fmt, (mpp, mag) = "ome-tiff", _ome_mpp(tf)
+        else:
+            fmt, mpp, mag = "tiff", _tag_mpp(series.pages[0] if series.pages else tf.pages[0]), None
+        pyramidal = len(series.levels) > 1
+        info = SourceInfo(
+            reader=self.name,
+            modality=modality or "histopathology",
+            metadata={
+                "format": fmt,
+                "axes": axes,
+                "series": [s.name for s in tf.series],
+                "source_levels": [list(lv.shape) for lv in series.levels],
+                "compression": str(series.pages[0].compression.name) if series.pages else None,
+            },
+        )
+        if fmt == "svs":
+            desc = tf.pages[0].description or ""
+            info.metadata["description"] = desc[:2000]
+        info.closers.append(tf.close)
+        if info.modality == "ultrasound" and not pyramidal:
+            image = series.asarray()
+            tf.close()
+            return single_frame_cine(image, info)
+        levels = []
+        for i, level in enumerate(series.levels):
+            arr = zarr.open(series.aszarr(level=i), mode="r")
+            d = da.from_zarr(arr)
+            if d.ndim == 2:
+                d = d[..., None]
+            levels.append(d)
+        if mpp is None:
+            info.warnings.append("source has no pixel size: µm/px unknown (set it before sampling by µm/px)")
+        h0 = levels[0].shape[0]
+        downsamples = [h0 / lv.shape[0] for lv in levels]
+        return SlideSource(levels=levels, info=info, mpp=mpp, objective_power=mag, downsamples=downsamples)
+

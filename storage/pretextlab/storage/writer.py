@@ -1,0 +1,335 @@
+"""Write one source (a file, or the files of a DICOM series) as one item, atomically and resumably.
+
+The item's card (group attributes) is written first with status "writing" and last with status
+"complete": a crash anywhere in between leaves an item that every reader treats as absent, and the
+next ingest deletes and rewrites it. A complete item whose source fingerprint is unchanged is skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+
+from pretextlab.storage import fs as sfs
+from pretextlab.storage.layout import (
+    CARD_KEY,
+    LAYOUT_VERSION,
+    STATUS_COMPLETE,
+    STATUS_WRITING,
+    item_url,
+    ngff_multiscales,
+)
+from pretextlab.storage.options import ZarrOptions
+from pretextlab.storage.pyramid import downsample2, tissue_mask
+from pretextlab.storage.readers import (
+    CineSource,
+    ReaderError,
+    SlideSource,
+    Source,
+    StackSource,
+    get_reader,
+)
+from pretextlab.storage.readers.base import Modality
+
+Status = Literal["ingested", "skipped", "failed"]
+
+
+@dataclass
+class ItemPlan:
+    """One unit of ingest work, decided by the driver: which files make which item, read how."""
+
+    item_id: str
+    sources: list[str]
+    reader: str
+    fingerprint: str
+    modality: Modality | None = None
+
+
+@dataclass
+class ItemResult:
+    item_id: str
+    status: Status
+    source: str
+    reason: str | None = None
+    seconds: float = 0.0
+    source_bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_card(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The pretextlab card of the item at ``url``, or None when absent or unreadable."""
+    import json
+
+    try:
+        raw = sfs.read_bytes(sfs.join(url, "zarr.json"), storage_options)
+        return json.loads(raw).get("attributes", {}).get(CARD_KEY)
+    except (FileNotFoundError, ValueError, KeyError, AttributeError):
+        return None
+
+
+def one_line(exc: BaseException) -> str:
+    """A one-line reason for an exception: ReaderError text as is, others with their type."""
+    if isinstance(exc, ReaderError):
+        msg = str(exc)
+    else:
+        msg = f"{type(exc).__name__}: {exc}"
+    return " ".join(msg.split())[:500]
+
+
+def write_item(
+    plan: ItemPlan,
+    dest: str,
+    options: ZarrOptions | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> ItemResult:
+    """Ingest ``plan`` into ``dest``; never raises for a bad source (returns status "failed")."""
+    options = options or ZarrOptions()
+    t0 = time.perf_counter()
+    url = item_url(dest, plan.item_id)
+    result = ItemResult(item_id=plan.item_id, status="failed", source=plan.sources[0])
+    try:
+        card = read_card(url, storage_options)
+        if (
+            card
+            and card.get("status") == STATUS_COMPLETE
+            and card.get("source", {}).get("fingerprint") == plan.fingerprint
+            and card.get("layout_version") == LAYOUT_VERSION
+        ):
+            result.status = "skipped"
+            return result
+        if card is not None or sfs.exists(url, storage_options):
+            sfs.remove_tree(url, storage_options)
+        with sfs.local_copies(plan.sources, storage_options) as paths:
+            result.source_bytes = sum(_size(p) for p in paths)
+            if result.source_bytes == 0:
+                raise ReaderError("empty file (0 bytes)")
+            reader = get_reader(plan.reader)
+            source = reader.open(paths, plan.modality)
+            try:
+                checksum = _checksum(paths)
+                result.warnings = list(source.info.warnings)
+                _write(source, plan, url, checksum, options, storage_options)
+            finally:
+                source.info.close()
+        result.status = "ingested"
+    except Exception as exc:  # any failure of this item is reported, the rest goes on
+        result.reason = one_line(exc)
+        if not isinstance(exc, (ReaderError, OSError)):
+            result.reason += f" [{traceback.extract_tb(exc.__traceback__)[-1].name}]"
+        try:
+            sfs.remove_tree(url, storage_options)
+        except Exception:  # the card is not complete, so a leftover is still never read as an item
+            pass
+    finally:
+        result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _size(path: str) -> int:
+    import os
+
+    return os.path.getsize(path)
+
+
+def _checksum(paths: list[str]) -> str:
+    if len(paths) == 1:
+        return sfs.sha256_file(paths[0])
+    h = hashlib.sha256()
+    for digest in sorted(sfs.sha256_file(p) for p in paths):
+        h.update(digest.encode())
+    return f"sha256:{h.hexdigest()}"
+
+
+def _base_card(source: Source, plan: ItemPlan, checksum: str) -> dict[str, Any]:
+    info = source.info
+    return {
+        "layout_version": LAYOUT_VERSION,
+        "status": STATUS_WRITING,
+        "item_id": plan.item_id,
+        "kind": source.kind if source.kind != "stack" else "image",
+        "modality": info.modality,
+        "patient_id": info.patient_id,
+        "study_id": info.study_id,
+        "series_id": info.series_id,
+        "source": {
+            "uris": plan.sources,
+            "reader": info.reader,
+            "fingerprint": plan.fingerprint,
+            "checksum": checksum,
+            "metadata": info.metadata,
+        },
+        "warnings": info.warnings,
+    }
+
+
+def _write(
+    source: Source,
+    plan: ItemPlan,
+    url: str,
+    checksum: str,
+    options: ZarrOptions,
+    storage_options: dict[str, Any] | None,
+) -> None:
+    store = sfs.zarr_store(url, storage_options=storage_options)
+    card = _base_card(source, plan, checksum)
+    root = zarr.open_group(store, mode="w", zarr_format=3, attributes={CARD_KEY: card})
+    with dask.config.set(scheduler="threads", num_workers=options.threads):
+        if isinstance(source, SlideSource):
+            ome, extra = _write_slide(root, source, plan.item_id, options)
+        elif isinstance(source, CineSource):
+            ome, extra = _write_cine(root, source, plan.item_id, options)
+        elif isinstance(source, StackSource):
+            ome, extra = None, _write_stack(root, source, options)
+        else:  # pragma: no cover - registry guarantees one of the three
+            raise TypeError(type(source))
+    card.update(extra)
+    card["status"] = STATUS_COMPLETE
+    card["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    attrs: dict[str, Any] = {CARD_KEY: card}
+    if ome is not None:
+        attrs["ome"] = ome
+    # The last write: one object (zarr.json), replaced atomically. Only now is the item complete.
+    root.attrs.put(attrs)
+
+
+def _create(root: zarr.Group, name: str, shape, chunks, dtype, dims, options: ZarrOptions) -> zarr.Array:
+    return root.create_array(
+        name=name,
+        shape=tuple(int(s) for s in shape),
+        chunks=tuple(int(c) for c in chunks),
+        dtype=dtype,
+        compressors=options.codecs(),
+        dimension_names=dims,
+        fill_value=0,
+    )
+
+
+def _write_slide(root: zarr.Group, source: SlideSource, item_id: str, options: ZarrOptions):
+    chunk = options.chunk
+    paths: list[str] = []
+    downsamples: list[float] = []
+    levels_meta = []
+    src_ds = source.downsamples or [1.0] * len(source.levels)
+    last: zarr.Array | None = None
+    for i, (level, ds) in enumerate(zip(source.levels, src_ds, strict=True)):
+        cyx = level.transpose(2, 0, 1)
+        c = cyx.shape[0]
+        cyx = cyx.rechunk((c, chunk, chunk))
+        arr = _create(root, str(i), cyx.shape, (c, chunk, chunk), cyx.dtype, ["c", "y", "x"], options)
+        da.store(cyx, arr, lock=False)
+        paths.append(str(i))
+        downsamples.append(float(ds))
+        levels_meta.append({"path": str(i), "shape": list(arr.shape), "downsample": float(ds), "from_source": True})
+        last = arr
+        if max(arr.shape[1:]) <= options.min_level_size:
+            break
+    assert last is not None
+    while max(last.shape[1:]) > options.min_level_size and min(last.shape[1:]) >= 2:
+        i = len(paths)
+        nxt = downsample2(da.from_zarr(last), chunk)
+        arr = _create(root, str(i), nxt.shape, (nxt.shape[0], chunk, chunk), nxt.dtype, ["c", "y", "x"], options)
+        da.store(nxt, arr, lock=False)
+        ds = downsamples[-1] * 2.0
+        paths.append(str(i))
+        downsamples.append(ds)
+        levels_meta.append({"path": str(i), "shape": list(arr.shape), "downsample": ds, "from_source": False})
+        last = arr
+    # Tissue mask on the coarsest level whose longest side is still >= 512 (level 0 for small images).
+    mask_level = 0
+    for i, meta in enumerate(levels_meta):
+        if max(meta["shape"][1:]) >= 512:
+            mask_level = i
+    mask, thr = tissue_mask(da.from_zarr(root[paths[mask_level]]))
+    mask = mask.rechunk((chunk, chunk))
+    marr = _create(root, "tissue_mask", mask.shape, (chunk, chunk), np.uint8, ["y", "x"], options)
+    da.store(mask, marr, lock=False)
+    fraction = float(da.from_zarr(marr).mean().compute())
+    ome = ngff_multiscales(item_id, "cyx", paths, downsamples, source.mpp)
+    level0 = levels_meta[0]["shape"]
+    extra = {
+        "axes": "cyx",
+        "shape": level0,
+        "dtype": str(np.dtype(source.levels[0].dtype)),
+        "channels": level0[0],
+        "levels": levels_meta,
+        "mpp": source.mpp,
+        "objective_power": source.objective_power,
+        "tissue_mask": {
+            "path": "tissue_mask",
+            "level": mask_level,
+            "downsample": downsamples[mask_level],
+            "threshold": thr,
+            "method": "otsu-saturation" if level0[0] >= 3 else "otsu-intensity",
+            "tissue_fraction": round(fraction, 4),
+        },
+    }
+    return ome, extra
+
+
+def _write_cine(root: zarr.Group, source: CineSource, item_id: str, options: ZarrOptions):
+    t, y, x, c = source.shape
+    spatial = (y, x) if max(y, x) <= 2048 else (min(y, 1024), min(x, 1024))
+    arr = _create(root, "0", (t, c, y, x), (1, c, *spatial), source.dtype, ["t", "c", "y", "x"], options)
+    pos = 0
+    for batch in source.batches():
+        if batch.shape[1:] != (y, x, c):
+            raise ReaderError(f"frame {pos} has shape {batch.shape[1:]}, expected {(y, x, c)}")
+        if pos + len(batch) > t:
+            raise ReaderError(f"source yields more than the {t} frames it declares")
+        arr[pos : pos + len(batch)] = np.ascontiguousarray(batch.transpose(0, 3, 1, 2)).astype(source.dtype, copy=False)
+        pos += len(batch)
+    if pos != t:
+        raise ReaderError(f"source yielded {pos} frames, declared {t}")
+    spacing = source.pixel_spacing_mm
+    ome = ngff_multiscales(
+        item_id,
+        "tcyx",
+        ["0"],
+        [1.0],
+        spacing[1] * 1000.0 if spacing else None,
+        source.frame_time_ms / 1000.0 if source.frame_time_ms else None,
+    )
+    extra = {
+        "axes": "tcyx",
+        "shape": [t, c, y, x],
+        "dtype": str(np.dtype(source.dtype)),
+        "channels": c,
+        "levels": [{"path": "0", "shape": [t, c, y, x], "downsample": 1.0, "from_source": True}],
+        "frames": t,
+        "frame_time_ms": source.frame_time_ms,
+        "pixel_spacing_mm": list(spacing) if spacing else None,
+    }
+    return ome, extra
+
+
+def _write_stack(root: zarr.Group, source: StackSource, options: ZarrOptions) -> dict[str, Any]:
+    splits_meta = {}
+    for split, (images, labels) in source.splits.items():
+        n, y, x, c = images.shape
+        per_chunk = max(1, min(n, (1 << 20) // max(1, y * x * c * images.dtype.itemsize)))
+        group = root.create_group(split)
+        arr = _create(group, "images", (n, c, y, x), (per_chunk, c, y, x), images.dtype, ["n", "c", "y", "x"], options)
+        arr[:] = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+        meta: dict[str, Any] = {"count": int(n), "shape": [c, y, x]}
+        if labels is not None:
+            larr = _create(group, "labels", labels.shape, labels.shape, labels.dtype, ["n", "k"], options)
+            larr[:] = labels
+            meta["label_width"] = int(labels.shape[1])
+        splits_meta[split] = meta
+    first = next(iter(source.splits.values()))[0]
+    return {
+        "axes": "ncyx",
+        "dtype": str(first.dtype),
+        "channels": int(first.shape[-1]),
+        "shape": [int(first.shape[1]), int(first.shape[2])],
+        "splits": splits_meta,
+    }
