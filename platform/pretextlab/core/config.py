@@ -92,13 +92,19 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     base: dict[str, Any] | None = None,
+    flags: dict[str, Any] | None = None,
 ) -> M:
-    """Build ``model`` from ``base`` < YAML file < overrides, validating once at the edge."""
+    """Build ``model`` from ``base`` < YAML file < command-line ``flags`` < ``key=value`` overrides.
+
+    Validation happens once, here at the edge; errors name the file and the dotted field.
+    """
     data: dict[str, Any] = dict(base or {})
     source = "config"
     if path is not None:
         data = deep_merge(data, read_yaml(path))
         source = str(path)
+    if flags:
+        data = deep_merge(data, flags)
     if overrides:
         data = deep_merge(data, parse_overrides(overrides))
         source = f"{source} + overrides" if path is not None else "overrides"

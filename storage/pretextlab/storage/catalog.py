@@ -33,6 +33,7 @@ COLUMNS = [
     "uri", "axes", "shape", "dtype", "channels", "levels", "mpp", "objective_power", "frames",
     "frame_time_ms", "pixel_spacing_mm", "tissue_fraction", "source", "reader", "checksum", "warnings",
 ]
+INT_COLUMNS = ("index", "channels", "levels", "frames")
 LABEL_KEYS = ("item_id", "source")
 RESERVED = {"group", "index", "kind", "modality", "uri", "axes", "shape", "dtype", "channels", "levels",
             "checksum", "reader"}
@@ -173,6 +174,8 @@ def build_catalog(
     for card in list_cards(dest, storage_options):
         rows.extend(rows_for_card(card, dest, storage_options))
     df = pd.DataFrame(rows, columns=COLUMNS)
+    for col in INT_COLUMNS:
+        df[col] = df[col].astype("Int64")
     unmatched: list[str] = []
     if labels is not None:
         df, unmatched = attach_labels(df, labels)

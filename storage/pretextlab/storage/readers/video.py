@@ -59,11 +59,14 @@ class VideoReader(Reader):
                     "codec": stream.codec_context.name,
                     "pix_fmt": stream.codec_context.pix_fmt,
                 }
-            # Count by decoding: container frame counts are often missing or wrong.
-            n, first = 0, None
+            # Count by decoding: container frame counts are often missing or wrong. Note whether
+            # every frame is gray (R == G == B): grayscale ultrasound stays one channel.
+            n, first, gray = 0, None, True
             for frame in decode_frames(path):
                 first = frame if first is None else first
                 n += 1
+                if gray and frame.shape[2] == 3:
+                    gray = bool((frame[..., 0] == frame[..., 1]).all() and (frame[..., 1] == frame[..., 2]).all())
         except ReaderError:
             raise
         except Exception as exc:  # av.error.* (InvalidDataError, ...)
@@ -71,11 +74,13 @@ class VideoReader(Reader):
         if first is None:
             raise ReaderError("video has no frames")
         info = SourceInfo(reader=self.name, modality=modality or "ultrasound", metadata=meta)
+        keep = 1 if (gray and info.modality == "ultrasound") else first.shape[2]
+        meta["channels_kept"] = keep
 
         def batches() -> Iterator[np.ndarray]:
             buf = []
             for frame in decode_frames(path):
-                buf.append(frame)
+                buf.append(frame[..., :keep])
                 if len(buf) == BATCH:
                     yield np.stack(buf)
                     buf = []
@@ -83,7 +88,7 @@ class VideoReader(Reader):
                 yield np.stack(buf)
 
         return CineSource(
-            shape=(n, *first.shape),
+            shape=(n, first.shape[0], first.shape[1], keep),
             dtype=first.dtype,
             batches=batches,
             info=info,

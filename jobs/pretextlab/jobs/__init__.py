@@ -1,0 +1,1 @@
+"""Ray job entrypoints (``python -m pretextlab.jobs.<name>``) and the ``pretextlab`` CLI."""
