@@ -28,7 +28,7 @@ def he_region(y0: int, x0: int, h: int, w: int, scale: float = 1.0, seed: int = 
     levels look like downsampled upper ones.
     """
     rng = np.random.default_rng(seed)
-    fy, fx, ph = rng.uniform(0.0004, 0.0012, 3), rng.uniform(0.0004, 0.0012, 3), rng.uniform(0, 6.28, 6)
+    fy, fx, ph = rng.uniform(0.002, 0.006, 3), rng.uniform(0.002, 0.006, 3), rng.uniform(0, 6.28, 6)
     yy = (y0 + np.arange(h, dtype=np.float32))[:, None] * scale
     xx = (x0 + np.arange(w, dtype=np.float32))[None, :] * scale
     field = sum(np.sin(yy * fy[i] + ph[i]) * np.cos(xx * fx[i] + ph[i + 3]) for i in range(3))

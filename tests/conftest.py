@@ -1,0 +1,124 @@
+"""Shared fixtures: a real S3-compatible server on 127.0.0.1 (moto in server mode, with IAM
+authentication on), one local Ray cluster per session, and the shared sample data when present."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared sample data not present at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+class S3Server:
+    def __init__(self, endpoint: str, key: str, secret: str):
+        self.endpoint, self.key, self.secret = endpoint, key, secret
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, aws_access_key_id=self.key, aws_secret_access_key=self.secret
+        )
+
+    def new_bucket(self) -> str:
+        name = f"pretextlab-{uuid.uuid4().hex[:10]}"
+        self.client().create_bucket(Bucket=name)  # no LocationConstraint: moto rejects one with a region
+        return name
+
+    def upload(self, local: Path, bucket: str, prefix: str) -> None:
+        c = self.client()
+        files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+        for p in files:
+            rel = p.name if local.is_file() else p.relative_to(local).as_posix()
+            c.upload_file(str(p), bucket, f"{prefix}/{rel}")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> S3Server:
+    """moto's S3 server on a free loopback port. IAM auth is on after the first 3 calls, which
+    create a user with an access key: wrong credentials are then really refused."""
+    import boto3
+
+    port = free_port()
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("moto server did not start")
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
+                       aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+    iam.create_user(UserName="pretextlab-test")
+    iam.put_user_policy(
+        UserName="pretextlab-test", PolicyName="all",
+        PolicyDocument=json.dumps({"Version": "2012-10-17",
+                                   "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
+    )
+    key = iam.create_access_key(UserName="pretextlab-test")["AccessKey"]
+    server = S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+    # The standard AWS environment, as a user would set it; Ray workers inherit it.
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=server.key, AWS_SECRET_ACCESS_KEY=server.secret, AWS_ENDPOINT_URL=endpoint,
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    yield server
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server):
+    """One local Ray cluster for the whole session (starting one costs ~10 s)."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
+    """Run the installed ``pretextlab`` entry point; returns the CompletedProcess."""
+    exe = Path(sys.executable).with_name("pretextlab")
+    return subprocess.run(
+        [str(exe), *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
