@@ -14,7 +14,7 @@ class ZarrOptions(BaseModel):
 
     chunk: int = Field(512, ge=64, le=8192, description="chunk edge (pixels) of slide levels")
     compressor: Literal["zstd", "lz4", "none"] = Field("zstd", description="Blosc codec for chunks")
-    clevel: int = Field(3, ge=0, le=9, description="Blosc compression level")
+    clevel: int = Field(1, ge=0, le=9, description="Blosc compression level")
     min_level_size: int = Field(
         512, ge=16, description="build 2x levels until the longest side is at most this many pixels"
     )
@@ -25,4 +25,4 @@ class ZarrOptions(BaseModel):
 
         if self.compressor == "none":
             return []
-        return [BloscCodec(cname=self.compressor, clevel=self.clevel, shuffle="bitshuffle")]
+        return [BloscCodec(cname=self.compressor, clevel=self.clevel, shuffle="shuffle")]

@@ -1,0 +1,185 @@
+"""Ingest throughput and peak memory, side by side with tifffile's raw read of the same file.
+
+    .venv/bin/python benchmarks/ingest.py                 # 40,000 x 40,000 RGB slide (generated once)
+    .venv/bin/python benchmarks/ingest.py --size 8192     # quick run
+
+Measures, each in a fresh subprocess whose whole process tree's RSS is sampled every 50 ms:
+  1. tifffile: decode every level-0 tile of the slide (``TiffPage.segments``), nothing kept: the anchor.
+  2. pretextlab: ``write_item`` of the same slide (level 0 + 2x pyramid + tissue mask into Zarr).
+  3. Ray scaling: ``run_ingest`` of N smaller slides on a local Ray cluster with 1 and with 2 CPUs,
+     one dask thread per item, so the figure is Ray's task parallelism alone.
+MB/s counts level-0 RGB pixel bytes (height * width * 3). Medians of --repeats runs; figures go to
+stdout and to .bench/ingest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve()
+BENCH = HERE.parents[1] / ".bench"
+
+
+def measure(args: list[str]) -> dict:
+    """Run ``this_script _child ARGS`` and sample the peak RSS of its process tree."""
+    proc = subprocess.Popen([sys.executable, str(HERE), "_child", *args], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "RAY_ADDRESS": ""})
+    parent = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            procs = [parent, *parent.children(recursive=True)]
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            peak = max(peak, total)
+        except psutil.NoSuchProcess:
+            pass
+        time.sleep(0.05)
+    out = proc.stdout.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {args} failed:\n{out}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_rss_mb"] = peak / 1e6
+    return result
+
+
+def child(argv: list[str]) -> None:
+    mode, path = argv[0], argv[1]
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    if mode == "baseline":
+        import dask.array  # noqa: F401
+        import tifffile  # noqa: F401
+        import zarr  # noqa: F401
+
+        import pretextlab.storage  # noqa: F401
+        print(json.dumps({"seconds": 0.0}))
+        return
+    if mode == "tifffile":
+        import tifffile
+
+        t0 = time.perf_counter()
+        with tifffile.TiffFile(path) as tf:
+            page = tf.series[0].levels[0].pages[0]
+            n = 0
+            for _segment in page.segments(maxworkers=2):
+                n += 1
+        print(json.dumps({"seconds": time.perf_counter() - t0, "tiles": n}))
+        return
+    if mode == "write_item":
+        from pretextlab.storage import discover, write_item
+
+        dest = argv[2]
+        t0 = time.perf_counter()
+        plan = discover([path]).plans[0]
+        res = write_item(plan, dest)
+        assert res.status == "ingested", res.reason
+        print(json.dumps({"seconds": time.perf_counter() - t0}))
+        return
+    if mode == "ray":
+        import ray
+
+        from pretextlab.jobs.ingest import IngestConfig, run_ingest
+
+        cpus, dest = int(argv[2]), argv[3]
+        ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
+        t0 = time.perf_counter()
+        cfg = IngestConfig(sources=[path], dest=dest, zarr={"threads": 1})  # one core per item
+        rep = run_ingest(cfg, progress=False)
+        assert rep.ok and rep.count("ingested") > 0, rep.render()
+        print(json.dumps({"seconds": time.perf_counter() - t0, "items": rep.count("ingested")}))
+        return
+    raise SystemExit(f"unknown mode {mode}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=40000, help="edge of the big square slide (pixels)")
+    ap.add_argument("--repeats", type=int, default=1, help="runs per big-slide measurement (median)")
+    ap.add_argument("--scaling-slides", type=int, default=4, help="slides for the 1 vs 2 worker run")
+    ap.add_argument("--scaling-size", type=int, default=8192)
+    ap.add_argument("--scaling-repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    from pretextlab.storage.synthetic import write_slide_tiff
+
+    BENCH.mkdir(exist_ok=True)
+    big = BENCH / f"slide-{args.size}.tif"
+    if not big.exists():
+        t0 = time.perf_counter()
+        print(f"generating {big} ...", flush=True)
+        write_slide_tiff(big.with_suffix(".tmp.tif"), args.size, args.size, tile=512, levels=3, seed=1)
+        big.with_suffix(".tmp.tif").rename(big)
+        print(f"  {time.perf_counter() - t0:.0f} s, {big.stat().st_size / 1e6:.0f} MB on disk", flush=True)
+    raw_mb = args.size * args.size * 3 / 1e6
+
+    results: dict = {"size": args.size, "raw_mb": raw_mb, "file_mb": big.stat().st_size / 1e6}
+    base = measure(["baseline", str(big)])
+    results["baseline_rss_mb"] = base["peak_rss_mb"]
+
+    def runs(make_args, repeats):
+        out = []
+        for _ in range(repeats):
+            with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
+                out.append(measure(make_args(tmp)))
+        return {
+            "seconds": statistics.median(r["seconds"] for r in out),
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in out),
+            "runs": out,
+        }
+
+    results["tifffile"] = runs(lambda tmp: ["tifffile", str(big)], args.repeats)
+    results["pretextlab"] = runs(lambda tmp: ["write_item", str(big), tmp + "/store"], args.repeats)
+    for key in ("tifffile", "pretextlab"):
+        results[key]["mb_per_s"] = raw_mb / results[key]["seconds"]
+    results["ratio_vs_tifffile"] = results["pretextlab"]["mb_per_s"] / results["tifffile"]["mb_per_s"]
+
+    scale_dir = BENCH / f"scaling-{args.scaling_size}x{args.scaling_slides}"
+    scale_dir.mkdir(exist_ok=True)
+    for i in range(args.scaling_slides):
+        p = scale_dir / f"s{i}.tif"
+        if not p.exists():
+            write_slide_tiff(p, args.scaling_size, args.scaling_size, tile=512, levels=1, seed=10 + i)
+    scale_mb = args.scaling_slides * args.scaling_size**2 * 3 / 1e6
+    for cpus in (1, 2):
+        r = runs(lambda tmp, c=cpus: ["ray", str(scale_dir), str(c), tmp + "/store"], args.scaling_repeats)
+        r["mb_per_s"] = scale_mb / r["seconds"]
+        results[f"ray_{cpus}_workers"] = r
+    results["ray_2_vs_1"] = results["ray_2_workers"]["mb_per_s"] / results["ray_1_workers"]["mb_per_s"]
+
+    (BENCH / "ingest.json").write_text(json.dumps(results, indent=1))
+    print(f"\nslide {args.size}x{args.size} RGB: {raw_mb:.0f} MB of pixels, {results['file_mb']:.0f} MB JPEG-tiled TIFF")
+    print(f"{'':28}{'seconds':>10}{'MB/s':>10}{'peak RSS MB':>14}")
+    for key, label in (("tifffile", "tifffile raw read (anchor)"), ("pretextlab", "pretextlab write_item")):
+        r = results[key]
+        print(f"{label:28}{r['seconds']:10.1f}{r['mb_per_s']:10.1f}{r['peak_rss_mb']:14.0f}")
+    print(f"ratio pretextlab / tifffile: {results['ratio_vs_tifffile']:.2f}x   "
+          f"(interpreter + imports alone: {results['baseline_rss_mb']:.0f} MB)")
+    print(f"\nRay ingest of {args.scaling_slides} slides {args.scaling_size}^2 ({scale_mb:.0f} MB), "
+          f"median of {args.scaling_repeats}:")
+    for cpus in (1, 2):
+        r = results[f"ray_{cpus}_workers"]
+        print(f"  {cpus} worker(s): {r['seconds']:6.1f} s  {r['mb_per_s']:6.1f} MB/s  peak RSS (tree) {r['peak_rss_mb']:.0f} MB")
+    print(f"  2 vs 1 workers: {results['ray_2_vs_1']:.2f}x")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_child":
+        child(sys.argv[2:])
+    else:
+        main()
