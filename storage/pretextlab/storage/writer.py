@@ -11,6 +11,7 @@ import datetime as _dt
 import hashlib
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -113,13 +114,17 @@ def write_item(
             if result.source_bytes == 0:
                 raise ReaderError("empty file (0 bytes)")
             reader = get_reader(plan.reader)
-            source = reader.open(paths, plan.modality)
-            try:
-                checksum = _checksum(paths)
-                result.warnings = list(source.info.warnings)
-                _write(source, plan, url, checksum, options, storage_options)
-            finally:
-                source.info.close()
+            # Library warnings (pydicom's "JFIF marker but RGB", ...) become the item's warnings,
+            # kept on its card, instead of noise in the worker logs.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                source = reader.open(paths, plan.modality)
+                try:
+                    checksum = _checksum(paths)
+                    _write(source, plan, url, checksum, options, storage_options, caught)
+                    result.warnings = list(source.info.warnings)
+                finally:
+                    source.info.close()
         result.status = "ingested"
     except Exception as exc:  # any failure of this item is reported, the rest goes on
         result.reason = one_line(exc)
@@ -178,6 +183,7 @@ def _write(
     checksum: str,
     options: ZarrOptions,
     storage_options: dict[str, Any] | None,
+    caught: list[warnings.WarningMessage] | None = None,
 ) -> None:
     store = sfs.zarr_store(url, storage_options=storage_options)
     card = _base_card(source, plan, checksum)
@@ -192,6 +198,11 @@ def _write(
         else:  # pragma: no cover - registry guarantees one of the three
             raise TypeError(type(source))
     card.update(extra)
+    for w in caught or []:
+        text = " ".join(str(w.message).split())[:300]
+        if text not in source.info.warnings and not issubclass(w.category, DeprecationWarning):
+            source.info.warnings.append(text)
+    card["warnings"] = source.info.warnings
     card["status"] = STATUS_COMPLETE
     card["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     attrs: dict[str, Any] = {CARD_KEY: card}
