@@ -67,6 +67,15 @@ def test_ingest_report_catalog_and_idempotent_rerun(ray_session, sample, tmp_pat
     assert open_item(str(dest), "loop").frames().shape[0] == 3
 
 
+def test_store_inside_a_source_folder_is_not_ingested_as_source(ray_session, sample, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(sample / "us", src)
+    first = ingest([src], src / "store")
+    second = ingest([src], src / "store")
+    assert first.ok and second.ok
+    assert first.count("ingested") == 3 and second.count("skipped") == 3 and len(second.results) == 3
+
+
 def test_bad_inputs_fail_alone_and_leave_nothing_partial(ray_session, sample, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -103,7 +103,7 @@ def run_ingest(cfg: IngestConfig, storage_options: dict[str, Any] | None = None,
         from pretextlab.storage.catalog import load_labels_csv
 
         load_labels_csv(cfg.labels)
-    found = discover(cfg.sources, cfg.modality, storage_options)
+    found = discover(cfg.sources, cfg.modality, storage_options, exclude=[dest])
     report.results.extend(found.failures)
     if found.plans:
         init_ray(cfg.ray_address)

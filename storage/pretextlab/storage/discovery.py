@@ -111,8 +111,14 @@ def discover(
     modality: Modality | None = None,
     storage_options: dict[str, Any] | None = None,
     threads: int = 16,
+    exclude: list[str] | None = None,
 ) -> Discovery:
-    """Plans for every item under ``sources`` (files, folders, globs, ``s3://`` prefixes)."""
+    """Plans for every item under ``sources`` (files, folders, globs, ``s3://`` prefixes).
+
+    Files under any ``exclude`` prefix (the destination store, when it sits inside a source
+    folder) are not sources.
+    """
+    skip = tuple(sfs.normalize(e).rstrip("/") + "/" for e in exclude or [])
     if not sources:
         raise UserError("no sources given: pass files, folders, globs or s3:// prefixes")
     out = Discovery()
@@ -128,6 +134,8 @@ def discover(
         if not listed:
             out.failures.append(ItemResult(item_id=slug(_stem(src)), status="failed", source=src, reason="no files found"))
         for f in listed:
+            if skip and f.url.startswith(skip):
+                continue
             if f.url not in seen:
                 seen.add(f.url)
                 files.append(f)
