@@ -1,0 +1,78 @@
+"""The one interface every objective implements: a batch of views in, a loss and metrics out.
+
+``Objective.forward(batch)`` returns :class:`ObjectiveOutput`; ``encoder()`` returns the timm ViT to
+keep (the EMA teacher/target where the recipe evaluates that one); ``update_ema(momentum)`` moves
+the teacher/target after each optimiser step (no-op for objectives without one).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from pretextlab.models.vit import BackboneConfig, create_backbone
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class ObjectiveConfig(BaseModel):
+    """Fields shared by every objective's config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+
+
+class Objective(torch.nn.Module):
+    """Base class: subclasses set ``name``, ``family``, ``views`` (the view recipe they consume)."""
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""  # "jea" | "jepa" | "pixel"
+    views: ClassVar[str] = ""  # "multicrop" | "pair" | "single" | "clip"
+    config_class: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
+    #: global pool the kept encoder uses for embeddings when the config does not say
+    default_pool: ClassVar[str] = "token"
+
+    def __init__(self, cfg: ObjectiveConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = create_backbone(cfg.backbone)
+
+    def forward(self, batch: dict) -> ObjectiveOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def encoder(self) -> torch.nn.Module:
+        """The backbone to keep (a timm ViT)."""
+        return self.backbone
+
+    def trainable(self) -> torch.nn.Module:
+        """The modules the optimiser updates (everything but EMA copies)."""
+        return self
+
+    @torch.no_grad()
+    def update_ema(self, momentum: float) -> None:
+        """Teacher/target <- momentum * teacher + (1 - momentum) * student. Default: nothing to do."""
+
+
+def ema_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy for a teacher/target network."""
+    twin = copy.deepcopy(module)
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    return twin
+
+
+@torch.no_grad()
+def ema_update(target: torch.nn.Module, online: torch.nn.Module, momentum: float) -> None:
+    t_params = [p for p in target.parameters()]
+    o_params = [p.detach() for p in online.parameters()]
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)

@@ -1,0 +1,41 @@
+"""I-JEPA's narrow ViT predictor: context tokens + mask tokens at target positions -> target latents."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import Block
+
+from pretextlab.models.vit import sincos_1d, sincos_2d
+
+
+class Predictor(nn.Module):
+    """Embeds context tokens to ``dim``, appends position-embedded mask tokens, runs ``depth`` blocks,
+    projects the mask-token outputs back to the encoder width. Positions cover T frames x (h x w)."""
+
+    def __init__(self, embed_dim: int, dim: int, depth: int, heads: int, grid: tuple[int, int], frames: int = 1):
+        super().__init__()
+        self.embed = nn.Linear(embed_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        pos = sincos_2d(grid[0], grid[1], dim)
+        if frames > 1:
+            pos = (pos[None] + sincos_1d(frames, dim)[:, None]).reshape(frames * grid[0] * grid[1], dim)
+        self.register_buffer("pos", pos[None], persistent=False)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, embed_dim)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def _pos(self, idx: torch.Tensor) -> torch.Tensor:
+        pos = self.pos.expand(idx.shape[0], -1, -1)
+        return torch.gather(pos, 1, idx.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))
+
+    def forward(self, context: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
+        """context (B, Kc, D), indices (B, Kc) and (B, Kt) -> predictions (B, Kt, D)."""
+        x = self.embed(context) + self._pos(context_idx).to(context.dtype)
+        m = self.mask_token.to(x.dtype) + self._pos(target_idx).to(x.dtype)
+        x = torch.cat([x, m], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.norm(x[:, -target_idx.shape[1]:])
+        return self.proj(x)
