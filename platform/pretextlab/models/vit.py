@@ -29,6 +29,7 @@ class BackboneConfig(BaseModel):
     global_pool: Literal["token", "avg"] = Field("token", description="CLS token or mean of patch tokens")
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
     dynamic_img_size: bool = Field(True, description="accept other input sizes (multi-crop local views)")
+    depth: int | None = Field(None, ge=1, description="override the number of blocks (small test/demo models)")
 
     @model_validator(mode="after")
     def _check_geometry(self) -> BackboneConfig:
@@ -50,6 +51,7 @@ class BackboneConfig(BaseModel):
             "global_pool": self.global_pool,
             "drop_path_rate": self.drop_path_rate,
             "dynamic_img_size": self.dynamic_img_size,
+            **({"depth": self.depth} if self.depth else {}),
         }
 
 
