@@ -110,14 +110,20 @@ def load_encoder(folder: str | Path, map_location: str = "cpu") -> tuple[torch.n
     except (SafetensorError, OSError, ValueError) as exc:
         raise EncoderFileError(f"{weights}: not a safetensors file ({exc})") from None
     model = timm.create_model(card.timm_name, pretrained=False, **card.timm_kwargs)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    shapes = [k for k, v in state.items() if k in model.state_dict() and model.state_dict()[k].shape != v.shape]
-    if missing or unexpected or shapes:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [k for k, v in state.items() if k in expected and tuple(v.shape) != expected[k]]
+    if missing or unexpected or shapes:  # compared before load_state_dict, which would raise on shapes
         parts = []
         if missing:
             parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {expected[k]})")
         raise EncoderFileError(f"{weights}: weights do not match their card ({card.timm_name}): {'; '.join(parts)}")
+    model.load_state_dict(state)
     model.eval()
     return model, card

@@ -1,0 +1,194 @@
+"""Training steps/s per objective, ViT-Tiny on the CPU, side by side with lightly's implementation of
+the same objective (same timm backbone, same views, same head sizes, same batch), in one run.
+
+    .venv/bin/python benchmarks/objectives.py                    # batch 32, 64 px, patch 8
+    .venv/bin/python benchmarks/objectives.py --steps 5 --repeats 1   # quick look
+
+Each (implementation, objective) runs in its own subprocess (peak RSS per run). Medians over
+--repeats; ratio = ours / lightly steps/s (>= 1 means ours is not slower). Figures also go to
+.bench/objectives.json. lightly has no cine variants; those rows report ours alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+BENCH = HERE.parents[1] / ".bench"
+OBJECTIVES = ["dino", "simclr", "vicreg", "mae", "ijepa", "cine_jepa", "cine_mae"]
+LIGHTLY = {"dino", "simclr", "vicreg", "mae"}
+
+
+def make_batch(name: str, b: int, size: int, g):
+    import torch
+
+    x = lambda s: torch.randn(b, 3, s, s, generator=g)  # noqa: E731
+    if name == "dino":
+        return {"global": [x(size), x(size)], "local": [x(size // 2) for _ in range(4)]}
+    if name in ("simclr", "vicreg"):
+        return {"global": [x(size), x(size)]}
+    if name.startswith("cine"):
+        return {"clips": torch.randn(b // 4, 3, 4, size, size, generator=g)}
+    return {"images": x(size)}
+
+
+def ours(name: str, size: int, patch: int):
+    from pretextlab.objectives import ScheduleConfig, create_objective
+    from pretextlab.training import Trainer
+
+    kw = {"backbone": {"arch": "vit_tiny", "img_size": size, "patch_size": patch, "in_chans": 3}}
+    if name == "dino":
+        kw.update(out_dim=4096, hidden_dim=2048, bottleneck_dim=256)
+    if name == "vicreg":
+        kw.update(expander_dim=2048)
+    if name.startswith("cine"):
+        kw["frames"] = 4
+    trainer = Trainer(create_objective(name, **kw), ScheduleConfig(lr=5e-4), total_steps=1000, grad_clip=None)
+    return lambda batch: trainer.step(batch)
+
+
+def lightly_step(name: str, size: int, patch: int):
+    """lightly's modules wired as in lightly's own examples (examples/pytorch/*.py)."""
+    import copy
+
+    import timm
+    import torch
+    from lightly.loss import DINOLoss, NTXentLoss, VICRegLoss
+    from lightly.models import utils
+    from lightly.models.modules.heads import DINOProjectionHead, SimCLRProjectionHead, VICRegProjectionHead
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=size, patch_size=patch, num_classes=0,
+                            dynamic_img_size=True)
+    d = vit.embed_dim
+    if name == "dino":
+        student_head = DINOProjectionHead(d, 2048, 256, 4096)
+        teacher, teacher_head = copy.deepcopy(vit), DINOProjectionHead(d, 2048, 256, 4096)
+        deactivate_requires_grad(teacher)
+        deactivate_requires_grad(teacher_head)
+        crit = DINOLoss(output_dim=4096, warmup_teacher_temp_epochs=0)
+        params = list(vit.parameters()) + list(student_head.parameters())
+        opt = torch.optim.AdamW(params, lr=5e-4)
+
+        def step(batch):
+            views = batch["global"] + batch["local"]
+            with torch.no_grad():
+                t_out = [teacher_head(teacher(v)) for v in batch["global"]]
+            s_out = [student_head(vit(v)) for v in views]
+            loss = crit(t_out, s_out, epoch=0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            update_momentum(vit, teacher, 0.996)
+            update_momentum(student_head, teacher_head, 0.996)
+
+        return step
+    if name in ("simclr", "vicreg"):
+        head = SimCLRProjectionHead(d, 2048, 128) if name == "simclr" else VICRegProjectionHead(d, 2048, 2048, 3)
+        crit = NTXentLoss(temperature=0.1) if name == "simclr" else VICRegLoss()
+        opt = torch.optim.AdamW(list(vit.parameters()) + list(head.parameters()), lr=5e-4)
+
+        def step(batch):
+            v0, v1 = batch["global"]
+            loss = crit(head(vit(v0)), head(vit(v1)))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        return step
+    if name == "mae":
+        import warnings
+
+        from lightly.models.modules import MAEDecoderTIMM, MaskedVisionTransformerTIMM
+
+        warnings.filterwarnings("ignore")
+        backbone = MaskedVisionTransformerTIMM(vit=vit)
+        seq = backbone.sequence_length
+        decoder = MAEDecoderTIMM(num_patches=vit.patch_embed.num_patches, patch_size=patch, embed_dim=d,
+                                 decoder_embed_dim=192, decoder_depth=2, decoder_num_heads=3)
+        opt = torch.optim.AdamW(list(backbone.parameters()) + list(decoder.parameters()), lr=5e-4)
+        mse = torch.nn.MSELoss()
+
+        def step(batch):
+            images = batch["images"]
+            b = images.shape[0]
+            idx_keep, idx_mask = utils.random_token_mask(size=(b, seq), mask_ratio=0.75, device=images.device)
+            enc = backbone.encode(images=images, idx_keep=idx_keep)
+            x_dec = decoder.embed(enc)
+            x_masked = utils.repeat_token(decoder.mask_token, (b, seq))
+            x_masked = utils.set_at_index(x_masked, idx_keep, x_dec.type_as(x_masked))
+            pred = decoder.predict(utils.get_at_index(decoder.decode(x_masked), idx_mask))
+            target = utils.get_at_index(utils.patchify(images, patch), idx_mask - 1)
+            loss = mse(pred, target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        return step
+    raise ValueError(name)
+
+
+def child(impl: str, name: str, batch: int, size: int, patch: int, steps: int) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    step = ours(name, size, patch) if impl == "pretextlab" else lightly_step(name, size, patch)
+    data = make_batch(name, batch, size, g)
+    for _ in range(3):
+        step(data)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(data)
+    dt = time.perf_counter() - t0
+    print(json.dumps({"steps_per_s": steps / dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--patch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--objectives", default=",".join(OBJECTIVES))
+    args = ap.parse_args()
+    results = {}
+    for name in args.objectives.split(","):
+        for impl in ("pretextlab", "lightly"):
+            if impl == "lightly" and name not in LIGHTLY:
+                continue
+            runs = []
+            for _ in range(args.repeats):
+                out = subprocess.run([sys.executable, str(HERE), "_child", impl, name, str(args.batch), str(args.size),
+                                      str(args.patch), str(args.steps)], capture_output=True, text=True, check=True)
+                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            results.setdefault(name, {})[impl] = {
+                "steps_per_s": statistics.median(r["steps_per_s"] for r in runs),
+                "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
+            }
+            print(f"  {name:10} {impl:10} {results[name][impl]['steps_per_s']:.2f} steps/s", flush=True)
+    BENCH.mkdir(exist_ok=True)
+    (BENCH / "objectives.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    print(f"\nViT-Tiny, {args.size} px, patch {args.patch}, batch {args.batch}, CPU; median of {args.repeats} x {args.steps} steps")
+    print(f"{'objective':12}{'ours steps/s':>14}{'lightly':>10}{'ratio':>8}{'ours RSS MB':>13}{'lightly RSS':>13}")
+    for name, r in results.items():
+        o, lt = r["pretextlab"], r.get("lightly")
+        ratio = f"{o['steps_per_s'] / lt['steps_per_s']:.2f}" if lt else "-"
+        print(f"{name:12}{o['steps_per_s']:14.2f}{(lt or {}).get('steps_per_s', float('nan')):10.2f}{ratio:>8}"
+              f"{o['peak_rss_mb']:13.0f}{(lt or {}).get('peak_rss_mb', float('nan')):13.0f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_child":
+        a = sys.argv[2:]
+        child(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), int(a[5]))
+    else:
+        main()

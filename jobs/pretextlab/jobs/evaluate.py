@@ -1,0 +1,85 @@
+"""Evaluate a saved encoder's frozen features on a labelled catalog: kNN, linear probe, few-shot, diagnostics.
+
+    pretextlab evaluate ENCODER DATASET [--out results.json] [--label-column label] [--k 20]
+                        [--shots 1,5] [--feature-maps DIR] [--config eval.yaml] [--set key=value]
+
+ENCODER is an encoder folder (model.safetensors + card.json); DATASET is a store with a labelled
+catalog. Prints a table (metrics with 95% bootstrap CIs) and writes the full result as JSON,
+by default to ENCODER/eval-<dataset-name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pretextlab.core.errors import UserError
+
+
+def _shots(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 1,5,10 (got {text!r})") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"shot counts must be integers >= 1 (got {text!r})")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("encoder", metavar="ENCODER", help="encoder folder (model.safetensors + card.json)")
+    parser.add_argument("dataset", metavar="DATASET", help="store with a labelled catalog (local folder or s3://)")
+    parser.add_argument("--out", metavar="JSON", help="result file (default: ENCODER/eval-<dataset-name>.json)")
+    parser.add_argument("--label-column", help="catalog column holding the class (default: label)")
+    parser.add_argument("--k", type=int, help="neighbours of the weighted kNN (default: 20)")
+    parser.add_argument("--shots", type=_shots, metavar="N,N,...", help="few-shot examples per class (default: 1,5,10)")
+    parser.add_argument("--repeats", type=int, help="few-shot repeats per shot count (default: 5)")
+    parser.add_argument("--fewshot-method", choices=["linear", "knn"], help="few-shot classifier (default: linear)")
+    parser.add_argument("--modality", choices=["histopathology", "ultrasound"], help="only rows of this modality")
+    parser.add_argument("--feature-maps", metavar="DIR", help="write attention/PCA/similarity PNGs of a test image")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--config", metavar="YAML", help="evaluate config file (fields of EvaluateConfig)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set n_bootstrap=200 (repeatable)")
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    names = {"label_column": "label_column", "k": "k", "shots": "shots", "repeats": "fewshot_repeats",
+             "fewshot_method": "fewshot_method", "modality": "modality", "feature_maps": "feature_maps",
+             "device": "device"}
+    return {field: getattr(args, attr) for attr, field in names.items() if getattr(args, attr, None) is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    # Heavy imports (torch, timm, scikit-learn) only when the command runs, so `pretextlab --help` stays quick.
+    from pretextlab.core.config import load_config
+    from pretextlab.evaluate import EvaluateConfig, evaluate_encoder, render_table
+    from pretextlab.evaluate.report import dataset_name
+
+    cfg = load_config(EvaluateConfig, args.config, args.overrides, flags=_flags(args))
+    encoder = Path(args.encoder)
+    if not encoder.exists():
+        raise UserError(f"{encoder}: no such encoder folder")
+    result = evaluate_encoder(encoder, args.dataset, cfg)
+    out = Path(args.out) if args.out else encoder / f"eval-{dataset_name(args.dataset)}.json"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=1, allow_nan=False))
+        tmp.replace(out)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write the result ({exc.strerror or exc})") from None
+    print(render_table(result))
+    if result.get("feature_maps"):
+        print(f"feature maps: {len(result['feature_maps'])} PNGs in {Path(result['feature_maps'][0]).parent}")
+    print(f"result: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    from pretextlab.jobs.cli import run_command
+
+    sys.exit(run_command("evaluate"))

@@ -1,0 +1,77 @@
+"""Frozen-feature evaluation of saved encoders: kNN, linear probe, few-shot, metrics with CIs, diagnostics.
+
+Pure computation (PyTorch, scikit-learn, NumPy), no Ray: the evaluate job and the study runner call it.
+
+    from pretextlab.evaluate import EvaluateConfig, evaluate_encoder, render_table
+    result = evaluate_encoder("runs/dino/encoder", "/data/stores/liver", EvaluateConfig(shots=[1, 5]))
+    print(render_table(result))
+"""
+
+from pretextlab.evaluate.dataset import EvalSet, load_eval_set
+from pretextlab.evaluate.diagnostics import (
+    COLLAPSE_THRESHOLD,
+    alignment,
+    diagnostics,
+    embedding_std,
+    is_collapsed,
+    rankme,
+    uniformity,
+)
+from pretextlab.evaluate.feature_maps import (
+    anchor_similarity,
+    cls_attention_maps,
+    patch_tokens,
+    pca_rgb,
+    save_feature_maps,
+)
+from pretextlab.evaluate.features import embed_images, extract_features, preprocess
+from pretextlab.evaluate.fewshot import FewShotResult, few_shot
+from pretextlab.evaluate.knn import knn_predict
+from pretextlab.evaluate.linear import LinearProbeResult, linear_probe
+from pretextlab.evaluate.metrics import (
+    Estimate,
+    accuracy,
+    auroc,
+    balanced_accuracy,
+    classification_metrics,
+    macro_f1,
+)
+from pretextlab.evaluate.report import EvaluateConfig, evaluate_encoder, render_table
+from pretextlab.evaluate.splits import Split, make_split, split_indices
+
+__all__ = [
+    "COLLAPSE_THRESHOLD",
+    "Estimate",
+    "EvalSet",
+    "EvaluateConfig",
+    "FewShotResult",
+    "LinearProbeResult",
+    "Split",
+    "accuracy",
+    "alignment",
+    "anchor_similarity",
+    "auroc",
+    "balanced_accuracy",
+    "classification_metrics",
+    "cls_attention_maps",
+    "diagnostics",
+    "embed_images",
+    "embedding_std",
+    "evaluate_encoder",
+    "extract_features",
+    "few_shot",
+    "is_collapsed",
+    "knn_predict",
+    "linear_probe",
+    "load_eval_set",
+    "macro_f1",
+    "make_split",
+    "patch_tokens",
+    "pca_rgb",
+    "preprocess",
+    "rankme",
+    "render_table",
+    "save_feature_maps",
+    "split_indices",
+    "uniformity",
+]

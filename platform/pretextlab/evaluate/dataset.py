@@ -1,0 +1,202 @@
+"""A labelled catalog as an evaluation set: one uint8 image per sample, with its label, patient and split.
+
+- ``image`` rows (NPZ stacks): the image itself (each stack split is read once).
+- ``cine`` rows: the middle frame, or every ``cine_frame_step``-th frame.
+- ``slide`` rows: ``patches_per_slide`` level-0 patches centred on tissue (random tissue-mask pixels,
+  seeded), each carrying the slide's label and patient.
+
+Every sample's group is its patient id, else the item it came from, so a split by group never puts
+one patient (or one slide's patches) on both sides.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from pretextlab.core.errors import UserError
+from pretextlab.storage import open_item, read_catalog
+
+
+@dataclass
+class EvalSet:
+    """Images (N, H, W, C) uint8, integer labels, and where each sample came from."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    groups: np.ndarray
+    item_ids: np.ndarray
+    splits: np.ndarray
+    kinds: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the labels index into."""
+        return len(self.class_names)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA or value is pd.NaT
+
+
+def _text(value: Any) -> str | None:
+    if _missing(value):
+        return None
+    s = str(value).strip()
+    return s or None
+
+
+def _class_order(names: list[str]) -> list[str]:
+    """Numeric labels in numeric order ("2" before "10"), others alphabetically."""
+    try:
+        return sorted(names, key=float)
+    except ValueError:
+        return sorted(names)
+
+
+def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize one (H, W, C) uint8 image to (size, size, C): bilinear with antialiasing, rounded back to uint8."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _stack_split(item_id: str, group: str) -> str:
+    """The stack subgroup of an image row: item ids are ``<stack>-<split>-<index:06d>``."""
+    return item_id[len(group) + 1 :].rsplit("-", 1)[0]
+
+
+def tissue_patch_origins(item: Any, count: int, patch: int,
+                         rng: np.random.Generator) -> tuple[list[tuple[int, int]], str | None]:
+    """Level-0 (x, y) corners of ``count`` patch x patch tiles centred on random tissue-mask pixels of a slide."""
+    height, width = (int(v) for v in item.card["levels"][0]["shape"][-2:])
+    mask = item.tissue_mask()
+    note = None
+    meta = item.card.get("tissue_mask") or {}
+    ds = float(meta.get("downsample", 1.0))
+    if mask is None or not np.any(mask):
+        note = f"{item.item_id}: no tissue mask or no tissue in it; patches placed anywhere"
+        ys, xs = np.mgrid[0 : max(1, height // 64), 0 : max(1, width // 64)]
+        ys, xs, ds = ys.ravel(), xs.ravel(), 64.0
+    else:
+        ys, xs = np.nonzero(mask)
+    cy, cx = (ys + 0.5) * ds, (xs + 0.5) * ds
+    half = patch / 2
+    inside = (cx >= half) & (cx <= width - half) & (cy >= half) & (cy <= height - half)
+    if inside.any():  # prefer centres whose whole patch lies in the slide
+        cy, cx = cy[inside], cx[inside]
+    pick = rng.choice(len(cy), size=min(count, len(cy)), replace=False)
+    origins = []
+    for i in np.sort(pick):
+        x0 = int(np.clip(round(cx[i] - half), 0, max(0, width - patch)))
+        y0 = int(np.clip(round(cy[i] - half), 0, max(0, height - patch)))
+        origins.append((x0, y0))
+    return origins, note
+
+
+def _read_patch(item: Any, x0: int, y0: int, patch: int) -> np.ndarray:
+    region = item.read_region(0, x0, y0, patch, patch)
+    if region.shape[0] != patch or region.shape[1] != patch:  # slide smaller than a patch: pad with glass
+        padded = np.full((patch, patch, region.shape[2]), 255, np.uint8)
+        padded[: region.shape[0], : region.shape[1]] = region
+        region = padded
+    return region
+
+
+def load_eval_set(
+    dest: str,
+    label_column: str = "label",
+    patches_per_slide: int = 16,
+    patch_size: int | None = None,
+    seed: int = 0,
+    size: int | None = None,
+    cine_frame_step: int | None = None,
+    modality: str | None = None,
+) -> EvalSet:
+    """Read the labelled rows of the catalog at ``dest`` as uint8 images with integer labels.
+
+    ``patch_size`` is the slide patch side at level 0 (default ``size``, else 224). ``size``: images of
+    another size are resized to size x size; without it all images must already share one size.
+    Mixed 1- and 3-channel images are all made RGB. Raises ``UserError`` for a catalog without labels
+    or with fewer than 2 classes.
+    """
+    cat = read_catalog(dest)
+    hint = f"attach them with `pretextlab catalog {dest} --labels labels.csv`"
+    if label_column not in cat.columns:
+        raise UserError(f"catalog at {dest} has no labels (no column {label_column!r}): {hint}")
+    if modality is not None:
+        cat = cat[cat["modality"] == modality]
+    labelled = cat[cat[label_column].map(_text).notna()].reset_index(drop=True)
+    if labelled.empty:
+        what = "labels" if label_column == "label" else f"labels in column {label_column!r}"
+        where = f" for modality {modality!r}" if modality else ""
+        raise UserError(f"catalog at {dest} has no {what}{where}: {hint}")
+    names = _class_order(sorted({_text(v) for v in labelled[label_column]}))  # type: ignore[arg-type]
+    if len(names) < 2:
+        raise UserError(f"catalog at {dest}: column {label_column!r} has only one class ({names[0]!r}); "
+                        "evaluation needs at least 2")
+    index = {n: i for i, n in enumerate(names)}
+    patch = int(patch_size or size or 224)
+    notes: list[str] = []
+    images: list[np.ndarray] = []
+    meta: list[tuple[int, str, str, str, str]] = []  # label, group, item_id, split, kind
+    stacks: dict[tuple[str, str], np.ndarray] = {}
+    for r in labelled.to_dict("records"):
+        kind, item_id = r["kind"], r["item_id"]
+        label = index[_text(r[label_column])]  # type: ignore[index]
+        group = _text(r.get("patient_id")) or item_id
+        split = _text(r.get("split")) or ""
+        if kind == "image":
+            sub = _stack_split(item_id, r["group"])
+            key = (r["group"], sub)
+            if key not in stacks:
+                stacks[key] = open_item(dest, r["group"]).group[sub]["images"][:]
+            new = [np.ascontiguousarray(stacks[key][int(r["index"])].transpose(1, 2, 0))]
+        elif kind == "cine":
+            item = open_item(dest, item_id)
+            frames = int(item.card.get("frames") or item.level(0).shape[0])
+            if cine_frame_step:
+                new = list(item.frames(0, frames, int(cine_frame_step)))
+            else:
+                new = [item.frames(frames // 2, frames // 2 + 1)[0]]
+        elif kind == "slide":
+            item = open_item(dest, item_id)
+            rng = np.random.default_rng([seed, zlib.crc32(item_id.encode())])
+            origins, note = tissue_patch_origins(item, patches_per_slide, patch, rng)
+            if note:
+                notes.append(note)
+            new = [_read_patch(item, x0, y0, patch) for x0, y0 in origins]
+        else:
+            notes.append(f"{item_id}: kind {kind!r} is not evaluated")
+            continue
+        for img in new:
+            images.append(img)
+            meta.append((label, group, item_id, split, kind))
+    if not images:
+        raise UserError(f"catalog at {dest}: no image, cine or slide rows among the labelled items")
+    shapes = {img.shape[:2] for img in images}
+    if size is not None:
+        images = [resize_uint8(img, size) for img in images]
+    elif len(shapes) > 1:
+        raise UserError(f"catalog at {dest}: labelled images differ in size ({sorted(shapes)[:3]}...); "
+                        "pass size= to resize them")
+    if len({img.shape[2] for img in images}) > 1:
+        images = [np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img[..., :3] for img in images]
+        notes.append("mixed 1- and 3-channel images: all converted to RGB")
+    labels, groups, item_ids, splits, kinds = (np.array(col) for col in zip(*meta, strict=True))
+    return EvalSet(np.stack(images), labels.astype(np.int64), names, groups.astype(str), item_ids.astype(str),
+                   splits.astype(str), kinds.astype(str), notes)
