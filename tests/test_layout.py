@@ -115,3 +115,14 @@ def test_job_modules_are_entrypoints(repo_root: Path):
     out = subprocess.run([sys.executable, "-m", "pretextlab.jobs.ingest", "--help"], capture_output=True, text=True,
                          timeout=120, cwd=repo_root)
     assert out.returncode == 0 and "--to" in out.stdout
+
+
+def test_pure_computation_has_no_ray_imports(repo_root: Path):
+    """platform/ (objectives, masks, metrics, views, evaluation) is pure PyTorch: no Ray imports."""
+    offenders = []
+    for py in (repo_root / "platform").rglob("*.py"):
+        for line in py.read_text().splitlines():
+            s = line.strip()
+            if s.startswith(("import ray", "from ray")):
+                offenders.append(f"{py.relative_to(repo_root)}: {s}")
+    assert offenders == []
