@@ -23,6 +23,11 @@ class MAEConfig(ObjectiveConfig):
     norm_pix_loss: bool = Field(True, description="per-patch normalised targets (MAE default)")
 
 
+def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` (B, M) of ``x`` (B, N, P)."""
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
 class _Decoder(nn.Module):
     def __init__(self, embed_dim: int, cfg: MAEConfig, pos: torch.Tensor, patch_dim: int):
         super().__init__()
@@ -35,8 +40,9 @@ class _Decoder(nn.Module):
         self.pred = nn.Linear(cfg.decoder_dim, patch_dim)
         nn.init.normal_(self.mask_token, std=0.02)
 
-    def forward(self, tokens: torch.Tensor, keep: torch.Tensor, n: int) -> torch.Tensor:
-        """tokens (B, 1 + K, D) with CLS first -> pixel predictions for all N patches (B, N, P)."""
+    def forward(self, tokens: torch.Tensor, keep: torch.Tensor, n: int, predict: torch.Tensor) -> torch.Tensor:
+        """tokens (B, 1 + K, D) with CLS first -> pixel predictions (B, M, P) for the patches in
+        ``predict`` (B, M): only masked patches are scored, so only they are projected to pixels."""
         x = self.embed(tokens)
         b, _, d = x.shape
         full = self.mask_token.to(x.dtype).expand(b, n, d).clone()
@@ -45,7 +51,8 @@ class _Decoder(nn.Module):
         x = torch.cat([x[:, :1], full], dim=1)
         for blk in self.blocks:
             x = blk(x)
-        return self.pred(self.norm(x))[:, 1:]
+        x = torch.gather(x[:, 1:], 1, predict.unsqueeze(-1).expand(-1, -1, d))
+        return self.pred(self.norm(x))
 
 
 @register_objective
@@ -73,10 +80,9 @@ class MAE(Objective):
         n = self.grid[0] * self.grid[1]
         keep, masked_idx = random_masks(b, n, self.cfg.mask_ratio, device=images.device)
         tokens = encode_tokens(self.backbone, images, keep=keep)
-        pred = self.decoder(tokens, keep, n)
-        target = patchify(images, self.patch)
-        masked = torch.zeros(b, n, device=images.device).scatter_(1, masked_idx, 1.0)
-        loss = mae_loss(pred.float(), target.float(), masked, self.cfg.norm_pix_loss)
+        pred = self.decoder(tokens, keep, n, masked_idx)
+        target = _take(patchify(images, self.patch), masked_idx)
+        loss = mae_loss(pred.float(), target.float(), None, self.cfg.norm_pix_loss)
         return ObjectiveOutput(loss=loss, metrics={"loss_pixel": loss.detach()})
 
 
@@ -108,10 +114,10 @@ class CineMAE(MAE):
         n = self.grid[0] * self.grid[1]
         keep_sp, masked_sp = random_masks(b, n, self.cfg.mask_ratio, device=clips.device)
         keep = tube_indices(keep_sp, t, n)
+        masked = tube_indices(masked_sp, t, n)
         tokens = encode_clip_tokens(self.backbone, clips, self.temporal, keep=keep)
-        pred = self.decoder(tokens, keep, t * n)
+        pred = self.decoder(tokens, keep, t * n, masked)
         frames = clips.transpose(1, 2).reshape(b * t, c, h, w)
-        target = patchify(frames, self.patch).reshape(b, t * n, -1)
-        masked = torch.zeros(b, t * n, device=clips.device).scatter_(1, tube_indices(masked_sp, t, n), 1.0)
-        loss = mae_loss(pred.float(), target.float(), masked, self.cfg.norm_pix_loss)
+        target = _take(patchify(frames, self.patch).reshape(b, t * n, -1), masked)
+        loss = mae_loss(pred.float(), target.float(), None, self.cfg.norm_pix_loss)
         return ObjectiveOutput(loss=loss, metrics={"loss_pixel": loss.detach()})
