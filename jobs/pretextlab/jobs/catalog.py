@@ -30,6 +30,8 @@ def render(df: pd.DataFrame, fmt: str = "table", all_columns: bool = False) -> s
     label_extras = [c for c in df.columns if c not in COLUMNS]  # columns a labels CSV added
     cols = list(df.columns) if all_columns else [c for c in DEFAULT_COLUMNS if c in df.columns] + label_extras
     view = df[cols]
+    if fmt == "table":  # one placeholder for every kind of missing value (NaN, None, pandas NA)
+        view = view.astype(object).where(view.notna(), "-")
     if fmt == "csv":
         return view.to_csv(index=False)
     with pd.option_context("display.max_rows", 500, "display.max_colwidth", 40, "display.width", 200):
