@@ -129,6 +129,14 @@ def sincos_1d(positions: int, dim: int) -> torch.Tensor:
     return torch.cat([out.sin(), out.cos()], dim=1).float()
 
 
+def sincos_3d(frames: int, height: int, width: int, dim: int) -> torch.Tensor:
+    """(frames*height*width, dim): 2-D spatial plus 1-D temporal sine-cosine, frame-major."""
+    spatial = sincos_2d(height, width, dim)
+    if frames == 1:
+        return spatial
+    return (spatial[None] + sincos_1d(frames, dim)[:, None]).reshape(frames * height * width, dim)
+
+
 def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
     """Fixed 2-D sine-cosine embedding (height*width, dim), row-major, as in MAE's decoder."""
     ey = sincos_1d(height, dim // 2)

@@ -8,7 +8,7 @@ import torch.nn as nn
 from pydantic import Field
 from timm.models.vision_transformer import Block
 
-from pretextlab.models.vit import encode_clip_tokens, encode_tokens, sincos_1d, sincos_2d
+from pretextlab.models.vit import encode_clip_tokens, encode_tokens, sincos_1d, sincos_2d, sincos_3d
 from pretextlab.objectives.base import Objective, ObjectiveConfig, ObjectiveOutput
 from pretextlab.objectives.losses import mae_loss, patchify
 from pretextlab.objectives.masks import random_masks, tube_indices
@@ -103,8 +103,7 @@ class CineMAE(MAE):
         self.register_buffer("temporal", sincos_1d(cfg.frames, self.backbone.embed_dim), persistent=False)
 
     def _decoder_pos(self, cfg: MAEConfig) -> torch.Tensor:
-        sp = sincos_2d(self.grid[0], self.grid[1], cfg.decoder_dim)
-        return (sp[None] + sincos_1d(self.frames, cfg.decoder_dim)[:, None]).reshape(-1, cfg.decoder_dim)
+        return sincos_3d(self.frames, self.grid[0], self.grid[1], cfg.decoder_dim)
 
     def forward(self, batch: dict) -> ObjectiveOutput:
         clips = batch["clips"]

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
-from pretextlab.models.vit import sincos_1d, sincos_2d
+from pretextlab.models.vit import sincos_3d
 
 
 class Predictor(nn.Module):
@@ -17,10 +17,7 @@ class Predictor(nn.Module):
         super().__init__()
         self.embed = nn.Linear(embed_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        pos = sincos_2d(grid[0], grid[1], dim)
-        if frames > 1:
-            pos = (pos[None] + sincos_1d(frames, dim)[:, None]).reshape(frames * grid[0] * grid[1], dim)
-        self.register_buffer("pos", pos[None], persistent=False)
+        self.register_buffer("pos", sincos_3d(frames, grid[0], grid[1], dim)[None], persistent=False)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, embed_dim)

@@ -7,7 +7,6 @@ written atomically. Labels come from a CSV keyed by ``item_id`` or ``source`` (f
 from __future__ import annotations
 
 import io
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,13 @@ import pandas as pd
 from pretextlab.core.errors import UserError
 from pretextlab.storage import fs as sfs
 from pretextlab.storage.layout import (
-    CARD_KEY,
     CATALOG_FILE,
     ITEMS_DIR,
     LABELS_FILE,
-    STATUS_COMPLETE,
+    is_complete,
     item_relpath,
     item_url,
+    parse_card,
 )
 
 #: Columns with a fixed meaning; labels may add more.
@@ -50,10 +49,10 @@ def list_cards(dest: str, storage_options: dict[str, Any] | None = None) -> list
 
     def load(path: str) -> dict[str, Any] | None:
         try:
-            card = json.loads(fs.cat_file(path)).get("attributes", {}).get(CARD_KEY)
-        except (FileNotFoundError, ValueError):
+            card = parse_card(fs.cat_file(path))
+        except FileNotFoundError:
             return None
-        return card if card and card.get("status") == STATUS_COMPLETE else None
+        return card if is_complete(card) else None
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         cards = [c for c in pool.map(load, paths) if c]

@@ -60,6 +60,10 @@ def _short_hash(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:6]
 
 
+def _failed(source: str, reason: str) -> ItemResult:
+    return ItemResult(item_id=slug(_stem(source)), status="failed", source=source, reason=reason)
+
+
 def _list(src: str, storage_options: dict[str, Any] | None) -> list[_File]:
     fs, path = sfs.get_fs(src, storage_options)
     if _GLOB.search(path):
@@ -129,10 +133,10 @@ def discover(
         try:
             listed = _list(src, storage_options)
         except Exception as exc:
-            out.failures.append(ItemResult(item_id=slug(_stem(src)), status="failed", source=src, reason=one_line(exc)))
+            out.failures.append(_failed(src, one_line(exc)))
             continue
         if not listed:
-            out.failures.append(ItemResult(item_id=slug(_stem(src)), status="failed", source=src, reason="no files found"))
+            out.failures.append(_failed(src, "no files found"))
         for f in listed:
             if skip and f.url.startswith(skip):
                 continue
@@ -146,7 +150,7 @@ def discover(
     series: dict[str, list[_File]] = defaultdict(list)
     for f in files:
         if f.error:
-            out.failures.append(ItemResult(item_id=slug(_stem(f.url)), status="failed", source=f.url, reason=f.error))
+            out.failures.append(_failed(f.url, f.error))
         elif f.series:
             series[f.series].append(f)
         else:

@@ -13,7 +13,7 @@ import zarr
 
 from pretextlab.core.errors import UserError
 from pretextlab.storage import fs as sfs
-from pretextlab.storage.layout import STATUS_COMPLETE, item_url
+from pretextlab.storage.layout import is_complete, item_url
 from pretextlab.storage.writer import read_card
 
 
@@ -89,7 +89,7 @@ def open_item(dest: str, item_id: str, storage_options: dict[str, Any] | None = 
     card = read_card(url, storage_options)
     if card is None:
         raise ItemNotFound(f"{dest}: no item {item_id!r}")
-    if card.get("status") != STATUS_COMPLETE:
+    if not is_complete(card):
         raise ItemNotFound(f"{dest}: item {item_id!r} is incomplete (an interrupted ingest); re-run ingest")
     group = zarr.open_group(sfs.zarr_store(url, read_only=True, storage_options=storage_options), mode="r")
     return Item(item_id=item_id, url=url, card=card, group=group)

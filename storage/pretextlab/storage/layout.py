@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pretextlab.storage.fs import join
@@ -24,6 +25,20 @@ LABELS_FILE = "labels.parquet"
 CARD_KEY = "pretextlab"
 STATUS_WRITING = "writing"
 STATUS_COMPLETE = "complete"
+
+
+def parse_card(zarr_json: bytes) -> dict[str, Any] | None:
+    """The pretextlab card inside an item's ``zarr.json`` bytes, or None when absent or unreadable."""
+    try:
+        card = json.loads(zarr_json).get("attributes", {}).get(CARD_KEY)
+    except (ValueError, AttributeError):
+        return None
+    return card if isinstance(card, dict) else None
+
+
+def is_complete(card: dict[str, Any] | None) -> bool:
+    """True only for a card whose last write (status complete) happened."""
+    return bool(card) and card.get("status") == STATUS_COMPLETE
 
 
 def item_relpath(item_id: str) -> str:

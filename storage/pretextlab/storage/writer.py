@@ -26,8 +26,10 @@ from pretextlab.storage.layout import (
     LAYOUT_VERSION,
     STATUS_COMPLETE,
     STATUS_WRITING,
+    is_complete,
     item_url,
     ngff_multiscales,
+    parse_card,
 )
 from pretextlab.storage.options import ZarrOptions
 from pretextlab.storage.pyramid import downsample2, tissue_mask
@@ -68,12 +70,9 @@ class ItemResult:
 
 def read_card(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The pretextlab card of the item at ``url``, or None when absent or unreadable."""
-    import json
-
     try:
-        raw = sfs.read_bytes(sfs.join(url, "zarr.json"), storage_options)
-        return json.loads(raw).get("attributes", {}).get(CARD_KEY)
-    except (FileNotFoundError, ValueError, KeyError, AttributeError):
+        return parse_card(sfs.read_bytes(sfs.join(url, "zarr.json"), storage_options))
+    except FileNotFoundError:
         return None
 
 
@@ -100,8 +99,7 @@ def write_item(
     try:
         card = read_card(url, storage_options)
         if (
-            card
-            and card.get("status") == STATUS_COMPLETE
+            is_complete(card)
             and card.get("source", {}).get("fingerprint") == plan.fingerprint
             and card.get("layout_version") == LAYOUT_VERSION
         ):
