@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOTS = {"platform": ["core", "models", "objectives", "views", "evaluate", "training"], "storage": ["storage"], "jobs": ["jobs"], "serving": ["serving"]}
+ROOTS = {"platform": ["core", "models", "objectives", "views", "evaluate", "training", "registry"], "storage": ["storage"], "jobs": ["jobs"], "serving": ["serving"]}
 STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
 
 
