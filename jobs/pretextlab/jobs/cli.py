@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("pretextlab.jobs.ingest", "ingest slides and cine loops into a Zarr store (Ray tasks)"),
     "catalog": ("pretextlab.jobs.catalog", "print (and re-label) the catalog of a store"),
     "demo": ("pretextlab.jobs.demo", "generate a small sample set, ingest it, print the catalog"),
+    "pretrain": ("pretextlab.jobs.pretrain", "pretrain an encoder with Ray Train (checkpoints, resume, encoder registry)"),
     "evaluate": ("pretextlab.jobs.evaluate", "evaluate a saved encoder on a labelled catalog (kNN, linear probe, few-shot)"),
 }
 

@@ -45,6 +45,8 @@ class Trainer:
         self.grad_clip = grad_clip
         self.bf16 = (self.device.type == "cuda") if bf16 is None else bf16
         self.global_step = 0
+        #: the module whose forward runs the step: the objective, or a DDP wrapper of it
+        self.forward_module: torch.nn.Module = self.objective
 
     def _autocast(self):
         if self.bf16:
@@ -59,7 +61,7 @@ class Trainer:
             self.objective.set_progress(s / self.total_steps)
         self.objective.train()
         with self._autocast():
-            out = self.objective(batch)
+            out = self.forward_module(batch)
         if not torch.isfinite(out.loss):
             raise FloatingPointError(f"loss is {float(out.loss)} at step {s}")
         self.optimizer.zero_grad(set_to_none=True)
