@@ -1,9 +1,19 @@
-"""Ray Data source of slide patches from a Zarr store (local or s3://): one read task per group of
-~16 Zarr chunks, each array opened once per task; rows are ``image`` (H, W, C) uint8, ``item_id``,
-``level``, ``x``, ``y``, ``label``."""
+"""Ray Data sources over Zarr stores (local or s3://).
+
+- ``read_stream(plan, epochs)``: a training stream planned by :mod:`pretextlab.storage.stream` (slide
+  patches, cine frames or clips; weighted mix; seeded per-epoch order). One read task per chunk-aligned
+  group; each array is opened once per task and each Zarr chunk fetched once per task.
+- ``map_views(ds, views, seed, batch_size)``: the objective's views in ``map_batches`` on CPU workers,
+  seeded from the samples' identities, as flat float32 columns (pretextlab.views.columns).
+- ``read_patches(dest, spec)``: the slide patches of one store (no mixing, no shuffle).
+"""
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -12,11 +22,217 @@ from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pretextlab.storage import fs as sfs
-from pretextlab.storage.item import open_item
+from pretextlab.storage.frames import FrameRef, fit_frames
+from pretextlab.storage.item import Item, open_item
 from pretextlab.storage.patches import PatchRef, PatchSpec, group_by_chunks, plan_patches
+from pretextlab.storage.stream import Ref, StreamPlan
+
+Opener = Callable[[str, str, "dict[str, Any] | None"], Item]
+#: Chunks fetched concurrently inside one read task (object storage is latency-bound).
+FETCH_THREADS = 8
 
 
-def _read_group(dest: str, group: list[PatchRef], storage_options: dict[str, Any] | None):
+def _fetch_all(jobs: dict[tuple, Callable[[], np.ndarray]]) -> dict[tuple, np.ndarray]:
+    """Run the chunk fetches of one read task, a few at a time."""
+    if len(jobs) <= 1:
+        return {k: f() for k, f in jobs.items()}
+    with ThreadPoolExecutor(min(FETCH_THREADS, len(jobs))) as pool:
+        return dict(zip(jobs, pool.map(lambda f: f(), jobs.values()), strict=True))
+
+
+def _patch_pixels(refs: list[Ref], arrays: dict[tuple, Any]) -> list[np.ndarray]:
+    """Each patch cut from its chunks; every chunk any patch touches is fetched exactly once."""
+    def chunk_box(src: int, item_id: str, level: int, cy: int, cx: int) -> tuple[int, int, int, int]:
+        arr = arrays[(src, item_id, level)]
+        hy, wx = arr.chunks[-2], arr.chunks[-1]
+        return cy * hy, min((cy + 1) * hy, arr.shape[-2]), cx * wx, min((cx + 1) * wx, arr.shape[-1])
+
+    def touched(r: Ref) -> list[tuple]:
+        s: PatchRef = r.sample
+        arr = arrays[(r.source, s.item_id, s.level)]
+        hy, wx = arr.chunks[-2], arr.chunks[-1]
+        return [(r.source, s.item_id, s.level, cy, cx)
+                for cy in range(s.y // hy, (s.y + s.size - 1) // hy + 1)
+                for cx in range(s.x // wx, (s.x + s.size - 1) // wx + 1)]
+
+    def fetch(key: tuple) -> Callable[[], np.ndarray]:
+        y0, y1, x0, x1 = chunk_box(*key)
+        arr = arrays[key[:3]]
+        return lambda: np.ascontiguousarray(arr[:, y0:y1, x0:x1].transpose(1, 2, 0))
+
+    needed = {k for r in refs for k in touched(r)}
+    chunks = _fetch_all({k: fetch(k) for k in sorted(needed)})
+    out = []
+    for r in refs:
+        s: PatchRef = r.sample
+        patch = None
+        for key in touched(r):
+            y0, y1, x0, x1 = chunk_box(*key)
+            block = chunks[key]
+            if patch is None:
+                patch = np.empty((s.size, s.size, block.shape[-1]), dtype=block.dtype)
+            ya, yb, xa, xb = max(s.y, y0), min(s.y + s.size, y1), max(s.x, x0), min(s.x + s.size, x1)
+            patch[ya - s.y : yb - s.y, xa - s.x : xb - s.x] = block[ya - y0 : yb - y0, xa - x0 : xb - x0]
+        out.append(patch)
+    return out
+
+
+def _frame_pixels(refs: list[Ref], arrays: dict[tuple, Any], size: int | None, anchor: str,
+                  single: bool) -> list[np.ndarray]:
+    """Each frame or clip assembled from its frame chunks (each fetched once), cropped/padded to size."""
+    def keys(r: Ref) -> set[tuple]:
+        ct = arrays[(r.source, r.item_id, 0)].chunks[0]
+        return {(r.source, r.item_id, 0, t // ct) for t in r.sample.indices}
+
+    def fetch(key: tuple) -> Callable[[], np.ndarray]:
+        arr = arrays[key[:3]]
+        ct = arr.chunks[0]
+        return lambda: arr[key[3] * ct : (key[3] + 1) * ct]  # (t, C, Y, X)
+
+    chunks = _fetch_all({k: fetch(k) for k in sorted(set().union(*(keys(r) for r in refs)))})
+    out = []
+    for r in refs:
+        s: FrameRef = r.sample
+        ct = arrays[(r.source, s.item_id, 0)].chunks[0]
+        frames = np.stack([chunks[(r.source, s.item_id, 0, t // ct)][t % ct] for t in s.indices])
+        frames = fit_frames(frames.transpose(0, 2, 3, 1), size, anchor)  # (T, Y, X, C)
+        out.append(np.ascontiguousarray(frames[0] if single else frames))
+    return out
+
+
+def read_group(plan: StreamPlan, group: Sequence[Ref], epoch: int, first_index: int,
+               storage_options: dict[str, Any] | None = None, opener: Opener = open_item) -> dict[str, np.ndarray]:
+    """The rows of one read task, in the group's order: pixels plus item_id, label, source, epoch, index
+    (position in the epoch) and the sample's coordinates (level, x, y for patches; frame for cine)."""
+    group = list(group)
+    items: dict[tuple[int, str], Item] = {}
+    arrays: dict[tuple, Any] = {}
+    for r in group:
+        level = r.sample.level if isinstance(r.sample, PatchRef) else 0
+        if (r.source, r.item_id, level) not in arrays:
+            key = (r.source, r.item_id)
+            if key not in items:
+                items[key] = opener(plan.sources[r.source].uri, r.item_id, storage_options)
+            arrays[(r.source, r.item_id, level)] = items[key].level(level)
+    batch: dict[str, np.ndarray] = {}
+    if plan.kind == "patches":
+        batch["image"] = np.stack(_patch_pixels(group, arrays))
+    else:
+        clip = plan.spec.clip
+        pixels = _frame_pixels(group, arrays, clip.size, clip.anchor, single=plan.kind == "frames")
+        batch["image" if plan.kind == "frames" else "clip"] = np.stack(pixels)
+    batch["item_id"] = np.array([r.item_id for r in group], dtype=object).astype(str)
+    batch["label"] = np.array(["" if r.label is None else str(r.label) for r in group], dtype=object).astype(str)
+    batch["source"] = np.array([r.source for r in group], dtype=np.int32)
+    batch["epoch"] = np.full(len(group), epoch, dtype=np.int32)
+    batch["index"] = np.arange(first_index, first_index + len(group), dtype=np.int64)
+    if plan.kind == "patches":
+        batch["level"] = np.array([r.sample.level for r in group], dtype=np.int32)
+        batch["x"] = np.array([r.sample.x for r in group], dtype=np.int64)
+        batch["y"] = np.array([r.sample.y for r in group], dtype=np.int64)
+    else:
+        batch["frame"] = np.array([r.sample.start for r in group], dtype=np.int64)
+    return batch
+
+
+class ZarrStreamDatasource(Datasource):
+    """The read tasks of ``plan`` for ``epochs``: ``plan.epoch_groups(e)`` for each e in order."""
+
+    def __init__(self, plan: StreamPlan, epochs: Iterable[int], storage_options: dict[str, Any] | None = None):
+        self.plan, self.epochs, self.storage_options = plan, [int(e) for e in epochs], storage_options
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return self.plan.samples_per_epoch * self.plan.sample_bytes * len(self.epochs)
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context=None) -> list[ReadTask]:
+        opts, tasks = self.storage_options, []
+        light = replace(self.plan, sources=[replace(s, refs=[], chunks={}) for s in self.plan.sources])
+        for epoch in self.epochs:
+            offset = 0
+            for group in self.plan.epoch_groups(epoch):
+                meta = BlockMetadata(num_rows=len(group), size_bytes=len(group) * light.sample_bytes,
+                                     exec_stats=None, input_files=None)
+
+                def read(g=group, e=epoch, first=offset):
+                    return [BlockAccessor.batch_to_block(read_group(light, g, e, first, opts))]
+
+                tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
+                offset += len(group)
+        return tasks
+
+
+def read_stream(plan: StreamPlan, epochs: Sequence[int], storage_options: dict[str, Any] | None = None,
+                *, num_cpus: float = 0.5) -> ray.data.Dataset:
+    """The stream of ``plan`` over ``epochs`` (in order) as a Ray Dataset; rows ``image`` (H, W, C) or
+    ``clip`` (T, H, W, C) uint8, ``item_id``, ``label`` ("" when none), ``source``, ``epoch``, ``index``.
+
+    Block order is preserved (this dataset's context), so the same plan, seed and epochs give the same
+    rows in the same order. ``num_cpus`` per read task is fractional so reads fit beside train workers.
+    """
+    if isinstance(epochs, int):
+        epochs = [epochs]
+    ds = ray.data.read_datasource(ZarrStreamDatasource(plan, epochs, storage_options), num_cpus=num_cpus)
+    ds.context.execution_options.preserve_order = True
+    return ds
+
+
+def batch_seed(seed: int, batch: dict[str, np.ndarray]) -> int:
+    """A 63-bit seed from (seed, epoch, index, source) of a batch's samples: the same samples in the same
+    order get the same views in any process, whatever ran before."""
+    h = hashlib.blake2b(np.int64(seed).tobytes(), digest_size=8)
+    for key in ("epoch", "index", "source"):
+        if key in batch:
+            h.update(np.ascontiguousarray(batch[key], dtype=np.int64).tobytes())
+    return int.from_bytes(h.digest(), "little") & (2**63 - 1)
+
+
+class ApplyViews:
+    """``map_batches`` function: channel-last uint8 rows -> the views' flat float32 columns."""
+
+    def __init__(self, views: Any, seed: int, passthrough: Sequence[str]):
+        self.views, self.seed, self.passthrough = views, seed, tuple(passthrough)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from pretextlab.views.columns import to_columns
+        from pretextlab.views.registry import RECIPES
+
+        key = RECIPES[self.views.recipe].key
+        if key == "clips":
+            if "clip" not in batch:
+                raise ValueError(f"views {self.views.recipe!r} need clips (StreamSpec kind 'clips'), got {sorted(batch)}")
+            x = torch.from_numpy(np.asarray(batch["clip"])).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W)
+        else:
+            if "image" not in batch:
+                raise ValueError(f"views {self.views.recipe!r} need images (kind 'patches' or 'frames'), got "
+                                 f"{sorted(batch)}")
+            x = torch.from_numpy(np.asarray(batch["image"])).permute(0, 3, 1, 2)  # (B, C, H, W)
+        g = torch.Generator().manual_seed(batch_seed(self.seed, batch))
+        out = to_columns(self.views({key: x}, g))
+        out.update({k: batch[k] for k in self.passthrough if k in batch})
+        return out
+
+
+def map_views(ds: ray.data.Dataset, views: Any, seed: int, batch_size: int, *, num_cpus: float = 0.5,
+              concurrency: int | None = None,
+              passthrough: Sequence[str] = ("item_id", "label", "source", "epoch", "index")) -> ray.data.Dataset:
+    """Apply ``views`` (``pretextlab.views.create_views(...)``) to a :func:`read_stream` dataset in Ray
+    Data tasks of ``num_cpus`` (fractional: CPU preprocessing scales apart from the train workers).
+
+    Rows become the flat float32 view columns of ``to_columns`` (global_0, local_3, images, clips, ...)
+    plus ``passthrough``; ``from_columns(batch)`` gives the objective's batch back. Each batch's
+    torch.Generator is seeded from (seed, epoch, index, source) of its rows: deterministic views.
+    """
+    return ds.map_batches(ApplyViews(views, seed, passthrough), batch_size=batch_size, batch_format="numpy",
+                          num_cpus=num_cpus, concurrency=concurrency, zero_copy_batch=True)
+
+
+# --- read_patches: one store's patches, no mixing (kept for evaluation and embedding) -------------------
+
+
+def _read_patch_group(dest: str, group: list[PatchRef], storage_options: dict[str, Any] | None):
     items: dict[str, Any] = {}
     images = []
     for r in group:
@@ -49,7 +265,7 @@ class ZarrPatchDatasource(Datasource):
         for group in group_by_chunks(self.refs, self.chunk, self.chunks_per_task):
             meta = BlockMetadata(num_rows=len(group), size_bytes=sum(r.size * r.size * self.channels for r in group),
                                  exec_stats=None, input_files=None)
-            tasks.append(ReadTask(lambda g=group: _read_group(self.dest, g, self.storage_options), meta,
+            tasks.append(ReadTask(lambda g=group: _read_patch_group(self.dest, g, self.storage_options), meta,
                                   per_task_row_limit=per_task_row_limit))
         return tasks
 

@@ -1,0 +1,308 @@
+"""What a training stream reads, epoch by epoch: slide patches, cine frames or clips from one or more
+Zarr stores, mixed with weights, shuffled per epoch with a seed and grouped by Zarr chunk so each read
+task fetches each chunk once. Pure planning: no Ray (the Ray Data source is storage/datasource.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pretextlab.core.errors import UserError
+from pretextlab.storage import fs as sfs
+from pretextlab.storage.catalog import read_catalog
+from pretextlab.storage.frames import FrameRef, clip_span, loop_refs
+from pretextlab.storage.item import Item, open_item
+from pretextlab.storage.patches import PatchRef, PatchSpec, choose_level, item_patches
+
+Kind = Literal["patches", "frames", "clips"]
+
+#: Default chunk budget of one read task: slide chunks are ~0.75 MB (512² RGB); a cine chunk is one frame.
+CHUNKS_PER_GROUP = {"patches": 16, "frames": 64, "clips": 64}
+#: Upper bound on the pixel bytes of one read task (one Ray Data block), whatever the chunk budget.
+MAX_GROUP_BYTES = 64 << 20
+_ORDER_TAG = 0x5EED  # separates the group-order stream from the per-source selection streams
+
+
+class SourceSpec(BaseModel):
+    """One Zarr store of the mix: its uri, its weight and an optional modality filter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str = Field(min_length=1, description="store: local path or s3://bucket/prefix")
+    weight: float = Field(1.0, gt=0, description="share of the epoch: weight / sum of weights")
+    modality: str | None = Field(None, description="keep only catalog rows of this modality")
+
+
+class ClipSpec(BaseModel):
+    """Cine sampling: clip length and stride (clips), and one output frame size (frames and clips)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    frames: int = Field(8, ge=1, description="frames per clip")
+    stride: int = Field(2, ge=1, description="frame step inside a clip")
+    size: int | None = Field(None, ge=1, description=(
+        "centre-crop / zero-pad every frame to size x size; None: all frames must share one shape"))
+    hop: int | None = Field(None, ge=1, description=(
+        "frames between the starts of consecutive clips of a loop; None: the clip span (no overlap)"))
+    anchor: Literal["center", "top"] = Field("center", description=(
+        "rows kept when cropping / padding to size: 'center', or 'top' (keeps the probe surface, row 0; "
+        "crops and pads at the bottom like the ultrasound views)"))
+
+    @property
+    def span(self) -> int:
+        """Frames a clip covers from its first to its last frame."""
+        return clip_span(self.frames, self.stride)
+
+
+class StreamSpec(BaseModel):
+    """A training stream: sources, what to cut from them, the seed and the epoch length."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[SourceSpec] = Field(min_length=1, description="Zarr stores, mixed with their weights")
+    kind: Kind = Field(description="patches (slides) | frames (cine) | clips (cine)")
+    patch: PatchSpec = Field(default_factory=PatchSpec)
+    clip: ClipSpec = Field(default_factory=ClipSpec)
+    seed: int = 0
+    samples_per_epoch: int | None = Field(None, ge=1, description="default: sum of the sources' samples")
+    chunks_per_group: int | None = Field(None, ge=1, description=(
+        "Zarr chunks per read task (default 16 for patches, 64 frames for frames/clips)"))
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _uris(cls, value: Any) -> Any:
+        """A plain string is a source of weight 1."""
+        if isinstance(value, list):
+            return [{"uri": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One sample of the stream: a patch or frame/clip of source ``source`` (index into spec.sources)."""
+
+    source: int
+    sample: PatchRef | FrameRef
+
+    @property
+    def item_id(self) -> str:
+        return self.sample.item_id
+
+    @property
+    def label(self) -> Any:
+        return self.sample.label
+
+
+@dataclass
+class SourcePlan:
+    """The planned samples of one source and the chunk shape of every array they read."""
+
+    uri: str
+    weight: float
+    refs: list[PatchRef | FrameRef]
+    #: (item_id, level) -> chunk edge along (y, x) for slides, or (t,) for cine loops
+    chunks: dict[tuple[str, int], tuple[int, ...]] = field(default_factory=dict)
+
+
+@dataclass
+class StreamPlan:
+    """Every sample the stream may read; ``epoch_groups(e)`` gives epoch e's mix, order and read tasks."""
+
+    spec: StreamSpec
+    sources: list[SourcePlan]
+    samples_per_epoch: int
+    sample_shape: tuple[int, ...]  # (H, W, C) for patches/frames, (T, H, W, C) for clips
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def sample_bytes(self) -> int:
+        return int(np.prod(self.sample_shape))
+
+    def counts(self) -> list[int]:
+        """Samples per epoch of each source: N * w_i / sum(w), rounded so they sum to N (largest remainder)."""
+        w = np.array([s.weight for s in self.sources], dtype=np.float64)
+        exact = self.samples_per_epoch * w / w.sum()
+        counts = np.floor(exact).astype(np.int64)
+        short = self.samples_per_epoch - int(counts.sum())
+        for i in np.argsort(-(exact - counts), kind="stable")[:short]:
+            counts[i] += 1
+        return [int(c) for c in counts]
+
+    def epoch_samples(self, epoch: int) -> list[Ref]:
+        """Epoch ``epoch``'s samples, source by source: each source cycles through a fresh permutation of
+        its refs as often as its count needs, then takes a random subset for the remainder."""
+        out: list[Ref] = []
+        for i, (src, n) in enumerate(zip(self.sources, self.counts(), strict=True)):
+            rng = np.random.default_rng([self.spec.seed % 2**63, epoch, i])
+            m = len(src.refs)
+            picks = [rng.permutation(m) for _ in range(n // m)]
+            if n % m:
+                picks.append(rng.choice(m, size=n % m, replace=False))
+            out.extend(Ref(i, src.refs[j]) for j in (np.concatenate(picks) if picks else []))
+        return out
+
+    def chunk_keys(self, ref: Ref) -> tuple[tuple, ...]:
+        """The Zarr chunks that count against a read task's budget: a patch's top-left chunk (as
+        group_by_chunks), every frame chunk of a frame or clip."""
+        s = ref.sample
+        if isinstance(s, PatchRef):
+            cy, cx = self.sources[ref.source].chunks[(s.item_id, s.level)]
+            return ((ref.source, s.item_id, s.level, s.y // cy, s.x // cx),)
+        (ct,) = self.sources[ref.source].chunks[(s.item_id, 0)]
+        return tuple(sorted({(ref.source, s.item_id, 0, t // ct) for t in s.indices}))
+
+    def _sort_key(self, ref: Ref) -> tuple:
+        s = ref.sample
+        if isinstance(s, PatchRef):
+            return self.chunk_keys(ref)[0] + (s.y, s.x)
+        return (ref.source, s.item_id, s.start)
+
+    def group(self, refs: list[Ref]) -> list[list[Ref]]:
+        """Chunk-aligned groups in storage order: a group closes before it would exceed the chunk budget
+        or MAX_GROUP_BYTES, so the samples of one chunk (repeats included) share one read task."""
+        budget = self.spec.chunks_per_group or CHUNKS_PER_GROUP[self.kind]
+        max_rows = max(1, MAX_GROUP_BYTES // self.sample_bytes)
+        groups: list[list[Ref]] = []
+        current: list[Ref] = []
+        chunks: set[tuple] = set()
+        for ref in sorted(refs, key=self._sort_key):
+            keys = set(self.chunk_keys(ref))
+            if current and (len(chunks | keys) > budget or len(current) >= max_rows):
+                groups.append(current)
+                current, chunks = [], set()
+            chunks |= keys
+            current.append(ref)
+        if current:
+            groups.append(current)
+        return groups
+
+    def epoch_groups(self, epoch: int) -> list[list[Ref]]:
+        """Epoch ``epoch``'s read tasks: the weighted mix, grouped by chunk, groups in a seeded random
+        order and rows permuted within each group. Same (seed, epoch) -> same groups, same order."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        groups = self.group(self.epoch_samples(epoch))
+        rng = np.random.default_rng([self.spec.seed % 2**63, epoch, _ORDER_TAG])
+        return [[g[j] for j in rng.permutation(len(g))] for g in (groups[k] for k in rng.permutation(len(groups)))]
+
+
+def _field(index: int, name: str) -> str:
+    return f"sources[{index}].{name}"
+
+
+def _catalog_rows(index: int, src: SourceSpec, kind: str, storage_options: dict[str, Any] | None):
+    need = "slide" if kind == "patches" else "cine"
+    try:
+        cat = read_catalog(src.uri, storage_options)
+    except UserError as exc:
+        raise UserError(f"{_field(index, 'uri')}: {exc}") from None
+    rows = cat[cat["kind"] == need]
+    if src.modality is not None:
+        rows = rows[rows["modality"] == src.modality]
+    if rows.empty:
+        what = f"{need} items" + (f" of modality {src.modality!r}" if src.modality else "")
+        found = ", ".join(f"{k}: {v}" for k, v in cat.groupby(["kind", "modality"]).size().items()) or "nothing"
+        raise UserError(f"{_field(index, 'uri')}: {src.uri} has no {what}; {kind} need {need}s (found {found})")
+    return rows, ("label" in cat.columns)
+
+
+def _label(row: Any, has_label: bool) -> Any:
+    value = getattr(row, "label", None) if has_label else None
+    return None if value is None or value != value else value  # NaN -> None
+
+
+def _open(index: int, uri: str, item_id: str, storage_options: dict[str, Any] | None) -> Item:
+    try:
+        return open_item(uri, item_id, storage_options)
+    except UserError as exc:
+        raise UserError(f"{_field(index, 'uri')}: {exc}") from None
+
+
+def _plan_patches(index: int, src: SourceSpec, spec: StreamSpec, storage_options: dict[str, Any] | None):
+    rows, has_label = _catalog_rows(index, src, "patches", storage_options)
+    uri = sfs.normalize(src.uri)
+    plan = SourcePlan(uri, src.weight, [])
+    channels: dict[int, str] = {}
+    largest: list[tuple[int, int, str]] = []
+    for row in rows.itertuples(index=False):
+        item = _open(index, uri, row.item_id, storage_options)
+        try:
+            level = choose_level(item, spec.patch)
+        except UserError as exc:
+            raise UserError(f"patch: {src.uri}: {exc}") from None
+        arr = item.level(level)
+        c, h, w = arr.shape
+        largest.append((min(h, w), level, item.item_id))
+        refs = item_patches(item, spec.patch, _label(row, has_label))
+        if refs:
+            channels.setdefault(int(c), item.item_id)
+            plan.chunks[(item.item_id, level)] = (int(arr.chunks[-2]), int(arr.chunks[-1]))
+            plan.refs.extend(refs)
+    if not plan.refs:
+        edge, level, item_id = max(largest)
+        if spec.patch.patch_size > edge:
+            raise UserError(f"patch.patch_size: {spec.patch.patch_size} px is larger than every slide level "
+                            f"chosen in {src.uri} (largest: {edge} px on item {item_id}, level {level})")
+        raise UserError(f"patch.min_tissue: no patch of {src.uri} has >= {spec.patch.min_tissue:g} tissue; "
+                        f"lower patch.min_tissue or check the tissue masks")
+    if len(channels) > 1:
+        (c1, a), (c2, b) = list(channels.items())[:2]
+        raise UserError(f"{_field(index, 'uri')}: slides differ in channels: {a} has {c1}, {b} has {c2}")
+    return plan, (spec.patch.patch_size, spec.patch.patch_size, next(iter(channels)))
+
+
+def _plan_cine(index: int, src: SourceSpec, spec: StreamSpec, storage_options: dict[str, Any] | None):
+    rows, has_label = _catalog_rows(index, src, spec.kind, storage_options)
+    uri = sfs.normalize(src.uri)
+    plan = SourcePlan(uri, src.weight, [])
+    clip = spec.clip
+    shapes: dict[tuple[int, ...], str] = {}
+    longest = (0, "")
+    for row in rows.itertuples(index=False):
+        item = _open(index, uri, row.item_id, storage_options)
+        arr = item.level(0)
+        t, c, h, w = (int(v) for v in arr.shape)
+        longest = max(longest, (t, item.item_id))
+        label = _label(row, has_label)
+        if spec.kind == "frames":
+            refs = [FrameRef(item.item_id, i, 1, 1, label) for i in range(t)]
+        else:
+            refs = loop_refs(item.item_id, t, clip.frames, clip.stride, clip.hop or clip.span, label)
+        if refs:
+            shapes.setdefault((h, w, c) if clip.size is None else (clip.size, clip.size, c), item.item_id)
+            plan.chunks[(item.item_id, 0)] = (int(arr.chunks[0]),)
+            plan.refs.extend(refs)
+    if not plan.refs:
+        raise UserError(f"clip: a clip of {clip.frames} frames at stride {clip.stride} spans {clip.span} frames; "
+                        f"the longest cine loop of {src.uri} ({longest[1]}) has {longest[0]}")
+    if len(shapes) > 1:
+        (s1, a), (s2, b) = list(shapes.items())[:2]
+        hint = "set clip.size to crop/pad frames to one size" if s1[2] == s2[2] else "channels cannot be cropped"
+        raise UserError(f"clip.size: frames of {src.uri} differ in shape: {a} is {'x'.join(map(str, s1))}, "
+                        f"{b} is {'x'.join(map(str, s2))} (HxWxC); {hint}")
+    return plan, next(iter(shapes))
+
+
+def plan_stream(spec: StreamSpec, storage_options: dict[str, Any] | None = None) -> StreamPlan:
+    """Plan ``spec``: list every sample of every source (opening each item's metadata once)."""
+    sources, shapes = [], []
+    for i, src in enumerate(spec.sources):
+        plan, shape = (_plan_patches if spec.kind == "patches" else _plan_cine)(i, src, spec, storage_options)
+        sources.append(plan)
+        shapes.append(shape)
+    for i, shape in enumerate(shapes[1:], 1):
+        if shape != shapes[0]:
+            field_name = "patch" if spec.kind == "patches" else "clip.size"
+            raise UserError(f"{field_name}: sources[0] ({spec.sources[0].uri}) gives {'x'.join(map(str, shapes[0]))} "
+                            f"samples but sources[{i}] ({spec.sources[i].uri}) gives {'x'.join(map(str, shape))}")
+    sample_shape = tuple(shapes[0])
+    if spec.kind == "clips":
+        sample_shape = (spec.clip.frames, *sample_shape)
+    total = spec.samples_per_epoch or sum(len(s.refs) for s in sources)
+    return StreamPlan(spec=spec, sources=sources, samples_per_epoch=total, sample_shape=sample_shape)
