@@ -1,0 +1,72 @@
+"""The Serve application builder: ``import_path: pretextlab.serving.app:build_app`` (see serving/serve_config.yaml).
+
+``build_app(args)`` validates the args (:class:`~pretextlab.serving.config.ServeArgs`), resolves every
+served model's registry spec to one pinned version (so all replicas serve the same weights until the next
+deploy), and binds one encoder deployment per model behind the FastAPI ingress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from typing import Any
+
+from ray.serve import Application
+
+from pretextlab.serving.config import ServeArgs, ServingConfigError, parse_serve_args
+
+MIN_KEY_LENGTH = 16
+
+
+def api_key_digest(cfg: ServeArgs) -> str | None:
+    """sha256 of the API key from ``cfg.api_key_env`` (None when insecure_local); the key itself stays put."""
+    if cfg.insecure_local:
+        return None
+    key = os.environ.get(cfg.api_key_env, "")
+    if not key:
+        raise ServingConfigError(f"{cfg.api_key_env} is not set: export an API key (e.g. "
+                                 f"`export {cfg.api_key_env}=$(openssl rand -hex 24)`), or run insecure_local "
+                                 f"(--insecure-local) on a laptop")
+    if len(key) < MIN_KEY_LENGTH:
+        raise ServingConfigError(f"{cfg.api_key_env}: the API key is too short (use at least {MIN_KEY_LENGTH} characters)")
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def model_infos(cfg: ServeArgs) -> dict[str, dict[str, Any]]:
+    """Served name -> pinned registry version and card, resolved once here."""
+    from pretextlab.registry import EncoderRegistry
+
+    reg = EncoderRegistry(cfg.registry, cache_dir=cfg.registry_cache_dir)
+    infos = {}
+    for m in cfg.models:
+        ref = reg.resolve(m.spec)
+        infos[m.name] = {"name": m.name, "id": ref.id, "encoder": ref.name, "version": ref.version, "spec": m.spec,
+                         "dim": int(ref.card.embed_dim), "modality": ref.card.modality,
+                         "card": ref.card.model_dump(mode="json")}
+    return infos
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """A Serve application from the config's ``args`` (a dict, validated here with a clear error)."""
+    from pretextlab.serving.api import EmbeddingAPI
+    from pretextlab.serving.encoder import EncoderReplica
+
+    cfg = parse_serve_args(args)
+    digest = api_key_digest(cfg)
+    infos = model_infos(cfg)
+    handles = {}
+    for m in cfg.models:
+        threads = m.torch_threads or max(1, math.ceil(m.num_cpus))
+        handles[m.name] = EncoderReplica.options(
+            name=f"encoder-{m.name}",
+            max_ongoing_requests=m.max_ongoing_requests,
+            autoscaling_config=m.autoscaling.to_serve(),
+            ray_actor_options={"num_cpus": m.num_cpus, "num_gpus": m.num_gpus},
+        ).bind(cfg.registry, infos[m.name]["id"], m.max_batch_images, m.batch_wait_timeout_s, threads,
+               cfg.registry_cache_dir)
+    return EmbeddingAPI.options(
+        max_ongoing_requests=cfg.ingress.max_ongoing_requests,
+        autoscaling_config=cfg.ingress.autoscaling.to_serve(),
+        ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
+    ).bind(handles, infos, cfg.stores, cfg.limits.model_dump(), cfg.api_key_env, digest, cfg.insecure_local)
