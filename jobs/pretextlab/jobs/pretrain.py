@@ -174,7 +174,7 @@ def build_dataset(prep: Prepared, start_epoch: int = 0):
     t = prep.cfg.train
     need = t.steps * t.batch_size * t.num_workers
     epochs = range(start_epoch, start_epoch + math.ceil(need / prep.plan.samples_per_epoch) + 1)
-    ds = read_stream(prep.plan, list(epochs), prep.storage_options)
+    ds = read_stream(prep.plan, list(epochs), prep.storage_options, num_cpus=t.data_cpus)
     return map_views(ds, prep.views, seed=t.seed, batch_size=t.batch_size, num_cpus=t.data_cpus)
 
 

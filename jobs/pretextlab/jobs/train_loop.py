@@ -77,9 +77,10 @@ class OnlineKNN:
 
 def _probe_batch(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The images the encoder sees unaugmented-ish, for RankMe on the training stream."""
-    for key in ("global_0", "images"):
-        if key in batch:
-            return batch[key]
+    if "global" in batch:
+        return batch["global"][0]
+    if "images" in batch:
+        return batch["images"]
     clips = batch["clips"]  # (B, C, T, H, W): the middle frame of each clip
     return clips[:, :, clips.shape[2] // 2]
 

@@ -345,9 +345,9 @@ def write_npz(path: str | Path, per_split: int = 32, size: int = 28, channels: i
     return path
 
 
-def make_sample_set(folder: str | Path, seed: int = 0) -> dict[str, list[Path]]:
-    """The demo set: slides (pyramidal TIFF, SVS-like), ultrasound cine loops (DICOM, MP4), an NPZ,
-    and ``labels.csv`` (item_id, label, patient_id, split)."""
+def make_sample_set(folder: str | Path, seed: int = 0, liver_loops: int = 4) -> dict[str, list[Path]]:
+    """The demo set: slides (pyramidal TIFF, SVS-like), ``liver_loops`` labelled ultrasound cine loops
+    (DICOM, one patient each) plus an MP4, an NPZ, and ``labels.csv`` (item_id, label, patient_id, split)."""
     folder = Path(folder)
     slides = [
         write_slide_tiff(folder / "slides" / f"slide-{i}.tif", 2048, 2048 + 512 * i, levels=2, seed=seed + i,
@@ -357,15 +357,16 @@ def make_sample_set(folder: str | Path, seed: int = 0) -> dict[str, list[Path]]:
     cines = [
         write_us_dicom(folder / "ultrasound" / f"liver-{i}.dcm", frames=8, syntax=("explicit", "rle")[i % 2],
                        seed=seed + i, label=i % 2)
-        for i in range(4)
+        for i in range(liver_loops)
     ]
     cines.append(write_video(folder / "ultrasound" / "cine-0.mp4", seed=seed))
     npz = [write_npz(folder / "tiles" / "stripes.npz", per_split=16, seed=seed)]
     rows = ["item_id,label,patient_id,split"]
     for i, p in enumerate(slides):
         rows.append(f"{p.stem},{'tumour' if i % 2 else 'normal'},P{i:03d},train")
-    for i, p in enumerate(cines[:4]):
-        rows.append(f"{p.stem},{'lesion' if i % 2 == 0 else 'band'},P{10 + i:03d},{'train' if i < 3 else 'val'}")
+    for i, p in enumerate(cines[:liver_loops]):
+        split = "val" if i >= liver_loops - max(1, liver_loops // 4) else "train"  # the last quarter
+        rows.append(f"{p.stem},{'lesion' if i % 2 == 0 else 'band'},P{10 + i:03d},{split}")
     labels = folder / "labels.csv"
     labels.write_text("\n".join(rows) + "\n")
     return {"slides": slides, "cines": cines, "npz": npz, "labels": [labels]}

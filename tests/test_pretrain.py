@@ -1,0 +1,259 @@
+"""Pretraining on Ray Train: two CPU workers train every objective from a Zarr store (local and S3),
+the encoder lands in the registry and loads in timm, a killed worker and a stopped run both resume
+from the last checkpoint, and bad configs fail before any worker starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from pretextlab.jobs.ingest import IngestConfig, run_ingest
+from pretextlab.storage import synthetic as syn
+from conftest import REPO, run_cli
+
+BACKBONE = {"arch": "vit_tiny", "img_size": 32, "patch_size": 8, "depth": 1}
+OBJECTIVES = {  # objective -> (modality, data kind, extra objective fields)
+    "dino": ("histopathology", "patches", {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}),
+    "simclr": ("histopathology", "patches", {"proj_hidden_dim": 32, "proj_dim": 16}),
+    "vicreg": ("histopathology", "patches", {}),
+    "mae": ("histopathology", "patches", {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}),
+    "ijepa": ("ultrasound", "frames", {}),
+    "cine_jepa": ("ultrasound", "clips", {"frames": 4}),
+    "cine_mae": ("ultrasound", "clips", {"frames": 4, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}),
+}
+
+
+@pytest.fixture(scope="module")
+def store(ray_session, tmp_path_factory):
+    """Two small slides and six labelled cine loops (two classes, six patients), ingested."""
+    raw = tmp_path_factory.mktemp("ptraw")
+    syn.write_slide_tiff(raw / "s0.tif", 512, 768, tile=256, levels=1, seed=1)
+    syn.write_slide_tiff(raw / "s1.tif", 512, 512, tile=256, levels=1, seed=2)
+    rows = ["item_id,label,patient_id"]
+    for i in range(6):
+        syn.write_us_dicom(raw / f"us{i}.dcm", frames=6, rows=48, cols=64, seed=i, label=i % 2)
+        rows.append(f"us{i},{'lesion' if i % 2 == 0 else 'band'},P{i}")
+    labels = raw.parent / "pt-labels.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    dest = tmp_path_factory.mktemp("ptstore")
+    rep = run_ingest(IngestConfig(sources=[str(raw)], dest=str(dest), labels=str(labels), zarr={"chunk": 256}),
+                     progress=False)
+    assert rep.ok, rep.render()
+    return dest
+
+
+def config(tmp: Path, store: Path | str, objective: str = "dino", steps: int = 4, **train) -> dict:
+    modality, kind, extra = OBJECTIVES[objective]
+    cfg = {
+        "name": f"t-{objective.replace('_', '-')}",
+        "modality": modality,
+        "data": {"kind": kind, "sources": [{"uri": str(store), "modality": modality}],
+                 "patch": {"patch_size": 32, "min_tissue": 0.3}, "clip": {"frames": 4, "stride": 1, "size": 32}},
+        "objective": {"name": objective, "backbone": BACKBONE, **extra},
+        "train": {"steps": steps, "batch_size": 4, "num_workers": 2, "cpus_per_worker": 0.5, "data_cpus": 0.25,
+                  "log_every": 1, "checkpoint_every": 2, **train},
+        "storage": str(tmp / "runs"),
+        "registry": str(tmp / "registry"),
+    }
+    if objective == "dino":
+        cfg["views"] = {"n_local": 2}
+    elif kind == "clips":
+        cfg["views"] = {"strides": [1]}
+    else:
+        cfg["views"] = {}
+    return cfg
+
+
+def _run(cfg: dict):
+    from pretextlab.jobs.pretrain import run_pretrain
+    from pretextlab.training.config import PretrainConfig
+
+    return run_pretrain(PretrainConfig.model_validate(cfg))
+
+
+def _check_encoder(res, objective: str) -> None:
+    card = json.loads(Path(res.encoder.uri, "card.json").read_text())
+    assert card["objective"] == objective and card["name"] == res.encoder.name
+    assert card["data"]["sources"][0]["catalog_sha256"].startswith("sha256:")
+    assert card["pretrain_config"]["objective"]["name"] == objective
+    assert card["git_commit"] and np.isfinite(card["metrics"]["loss"])
+    # loads in timm alone, from the card, and embeds
+    model = timm.create_model(card["timm_name"], pretrained=False, **card["timm_kwargs"])
+    model.load_state_dict(load_file(str(Path(res.encoder.uri, "model.safetensors"))))
+    out = model.eval()(torch.zeros(2, card["in_chans"], card["img_size"], card["img_size"]))
+    assert out.shape == (2, card["embed_dim"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", list(OBJECTIVES))
+def test_two_workers_train_each_objective(store, tmp_path, objective):
+    res = _run(config(tmp_path, store, objective))
+    assert res.steps == 4 and res.resumed_from is None
+    assert np.isfinite(res.metrics["loss"]) and res.metrics["images_per_s"] > 0
+    assert "train_rankme" in res.metrics and res.metrics["collapsed"] in (0.0, 1.0)
+    _check_encoder(res, objective)
+    events = list((tmp_path / "runs" / res.encoder.name / "tensorboard").glob("events.out.tfevents.*"))
+    assert events, "rank 0 wrote no TensorBoard file"
+
+
+def test_online_knn_tensorboard_and_evaluate(store, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pretextlab.evaluate import EvaluateConfig, evaluate_encoder
+
+    cfg = config(tmp_path, store, "ijepa", steps=4)
+    cfg["validation"] = {"catalog": str(store), "every": 2, "k": 3}
+    res = _run(cfg)
+    assert 0.0 <= res.metrics["knn_acc"] <= 1.0 and res.metrics["rankme"] >= 1.0
+    acc = EventAccumulator(str(tmp_path / "runs" / cfg["name"] / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss", "lr", "images_per_s", "knn_acc", "train_rankme"} <= tags
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3, 4]
+    assert [e.step for e in acc.Scalars("knn_acc")] == [2, 4]
+    result = evaluate_encoder(res.encoder.uri, str(store), EvaluateConfig(modality="ultrasound", n_bootstrap=50,
+                                                                          shots=[1], fewshot_repeats=1))
+    assert 0.0 <= result["knn"]["metrics"]["accuracy"]["value"] <= 1.0
+
+
+def test_s3_data_runs_and_registry(store, tmp_path, s3_server):
+    from pretextlab.registry import EncoderRegistry
+
+    bucket = s3_server.new_bucket()
+    s3_server.upload(Path(store), bucket, "store")
+    cfg = config(tmp_path, f"s3://{bucket}/store", "dino", steps=2)
+    cfg.update(storage=f"s3://{bucket}/runs", registry=f"s3://{bucket}/registry")
+    res = _run(cfg)
+    assert res.steps == 2
+    assert res.encoder.uri.startswith(f"s3://{bucket}/registry/encoders/t-dino/")
+    keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket, Prefix="runs/")["Contents"]}
+    assert any(k.startswith("runs/t-dino/checkpoint-00000002/") and k.endswith("state.json") for k in keys)
+    assert any("/tensorboard/events.out.tfevents" in k for k in keys)
+    model, card, _ = EncoderRegistry(f"s3://{bucket}/registry", cache_dir=tmp_path / "cache").load("t-dino")
+    assert card.objective == "dino" and card.data["sources"][0]["uri"] == f"s3://{bucket}/store"
+
+
+def test_killed_worker_resumes_with_same_total_steps(store, tmp_path):
+    """SIGKILL a training worker after the first checkpoint: the group restarts from it and ends at
+    the configured step count (FailureConfig)."""
+    import threading
+
+    from ray.util.state import list_actors
+
+    cfg = config(tmp_path, store, "vicreg", steps=12, checkpoint_every=4)
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.setdefault("res", _run(cfg)))
+    thread.start()
+    run_dir = tmp_path / "runs" / cfg["name"]
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(run_dir.glob("checkpoint-*/state.json")):
+        time.sleep(0.2)
+    assert list(run_dir.glob("checkpoint-*/state.json")), "no checkpoint was written"
+    workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "TrainWorker" in a.class_name]
+    assert workers, "no live Ray Train worker found"
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    thread.join(300)
+    res = out["res"]
+    assert res.steps == 12
+    assert res.metrics.get("restored_from", 0) >= 4  # the group restarted from a checkpoint
+    assert json.loads((run_dir / "pretextlab-run.json").read_text())["status"] == "complete"
+
+
+def test_stop_and_restart_continues_schedules(store, tmp_path):
+    """Ctrl-C a CLI run after its first checkpoint, run it again: it resumes from that step, and step,
+    LR and EMA momentum continue along their schedules instead of restarting."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pretextlab.objectives.schedules import ScheduleConfig, Schedules
+
+    cfg = config(tmp_path, store, "dino", steps=10, checkpoint_every=3)
+    cfg["train"]["schedule"] = {"lr": 1e-3, "warmup_steps": 4, "momentum": 0.9}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [str(Path(sys.executable).with_name("pretextlab")), "pretrain", str(path), "--num-cpus", "4"]
+    env = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    run_dir = tmp_path / "runs" / cfg["name"]
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(run_dir.glob("checkpoint-*/state.json")) and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(120)
+    first = json.loads(sorted(run_dir.glob("checkpoint-*/state.json"))[-1].read_text())["step"]
+    assert 3 <= first < 10
+    again = run_cli("pretrain", str(path), "--num-cpus", "4", env=env, timeout=400)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resumed from step" in again.stdout
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    sched = Schedules(ScheduleConfig(lr=1e-3, warmup_steps=4, momentum=0.9), total_steps=10)
+    lrs = {e.step: e.value for e in acc.Scalars("lr")}
+    moms = {e.step: e.value for e in acc.Scalars("momentum")}
+    assert max(lrs) == 10
+    for step in range(first + 1, 11):  # logged after step s ran with the schedule's value at s - 1
+        assert lrs[step] == pytest.approx(sched.lr(step - 1), rel=1e-6)
+        assert moms[step] == pytest.approx(sched.momentum(step - 1), rel=1e-6)
+    again2 = run_cli("pretrain", str(path), "--num-cpus", "4", env=env, timeout=200)
+    assert again2.returncode == 2 and "already finished" in again2.stderr
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"objective": {"name": "byol2"}}, "unknown objective 'byol2'"),
+    ({"data": {"patch": {"patch_size": 4096}}}, "patch"),
+    ({"data": {"kind": "clips"}}, "data.kind"),
+    ({"validation": {"catalog": "STORE", "label_column": "grade"}}, "validation.label_column"),
+    ({"train": {"steps": "many"}}, "train.steps"),
+])
+def test_bad_config_fails_before_workers(store, tmp_path, change, message):
+    from pretextlab.core.config import deep_merge
+
+    cfg = config(tmp_path, store, "dino")
+    text = json.dumps(change).replace("STORE", str(store))
+    cfg = deep_merge(cfg, json.loads(text))
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = run_cli("pretrain", str(path), timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert "Started a local Ray instance" not in res.stderr + res.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_no_items_of_the_needed_kind(tmp_path, ray_session):
+    raw = tmp_path / "raw"
+    syn.write_us_dicom(raw / "only.dcm", frames=4, rows=48, cols=64)
+    dest = tmp_path / "cine-only"
+    assert run_ingest(IngestConfig(sources=[str(raw)], dest=str(dest)), progress=False).ok
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config(tmp_path, dest, "dino")))
+    res = run_cli("pretrain", str(path), timeout=120)
+    assert res.returncode == 2 and str(dest) in res.stderr and "Traceback" not in res.stderr
+
+
+def test_example_configs_validate():
+    from pretextlab.core.config import load_config
+    from pretextlab.training.config import PretrainConfig
+    from pretextlab.training.setup import check
+
+    files = sorted((REPO / "configs" / "pretrain").glob("*.yaml"))
+    assert len(files) >= 8
+    seen = set()
+    for f in files:
+        cfg = load_config(PretrainConfig, str(f), [])
+        objective, views = check(cfg)
+        seen.add((cfg.modality, cfg.objective.name))
+        assert views.config.size == objective.cfg.backbone.img_size, f
+    assert {("histopathology", "dino"), ("ultrasound", "ijepa"), ("histopathology", "mae")} <= seen
