@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pretextlab.jobs.demo", "generate a small sample set, ingest it, print the catalog"),
     "pretrain": ("pretextlab.jobs.pretrain", "pretrain an encoder with Ray Train (checkpoints, resume, encoder registry)"),
     "evaluate": ("pretextlab.jobs.evaluate", "evaluate a saved encoder on a labelled catalog (kNN, linear probe, few-shot)"),
+    "serve": ("pretextlab.jobs.serve", "serve registered encoders over HTTP (Ray Serve): embeddings, regions, models"),
+    "embed": ("pretextlab.jobs.embed", "embed every slide patch / cine frame of a catalog into feature bags (Ray Data)"),
 }
 
 
