@@ -179,8 +179,9 @@ def build_dataset(prep: Prepared, start_epoch: int = 0):
 
 
 def build_trainer(prep: Prepared, name: str | None = None, storage: str | None = None,
-                  callbacks: list | None = None, start_epoch: int = 0):
-    """The TorchTrainer of a prepared run (also used by sweeps, one per trial)."""
+                  callbacks: list | None = None, start_epoch: int = 0, dataset: Any = None):
+    """The TorchTrainer of a prepared run (also used by sweeps, one per trial). ``dataset`` replaces the
+    Zarr stream (benchmarks train from a materialised one to price the data path)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -208,7 +209,7 @@ def build_trainer(prep: Prepared, name: str | None = None, storage: str | None =
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             callbacks=callbacks,
         ),
-        datasets={"train": build_dataset(prep, start_epoch)},
+        datasets={"train": dataset if dataset is not None else build_dataset(prep, start_epoch)},
     )
 
 

@@ -140,7 +140,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if world > 1:
         ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
         trainer.forward_module = torch.nn.parallel.DistributedDataParallel(
-            trainer.objective, broadcast_buffers=False, find_unused_parameters=bool(config.get("find_unused", False)),
+            trainer.objective, broadcast_buffers=False, find_unused_parameters=bool(config.get("find_unused", True)),
             **ddp_kwargs)
 
     knn = None
