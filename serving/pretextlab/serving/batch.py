@@ -53,7 +53,6 @@ class EmbedConfig(BaseModel):
     concurrency: int | None = Field(None, ge=1, description="encoder actors (default: GPUs, else 1)")
     actor_cpus: float = Field(1.0, gt=0, description="CPUs per encoder actor (and its torch threads)")
     actor_gpus: float | None = Field(None, ge=0, description="GPUs per actor (default: 1 when the cluster has GPUs)")
-    preprocess_cpus: float = Field(0.5, gt=0, description="CPUs per read/preprocess task")
     chunks_per_task: int = Field(16, ge=1)
     frames_per_task: int = Field(64, ge=1)
     ray_address: str | None = Field(None, description="Ray cluster (default: RAY_ADDRESS or a local one)")
@@ -213,7 +212,7 @@ class EncoderActor:
 
 
 # -- driver ---------------------------------------------------------------------------------------------------
-def _plan(cfg: EmbedConfig, card: EncoderCard, done: dict[str, dict[str, Any]], key: dict[str, Any],
+def _plan(cfg: EmbedConfig, encoder_id: str, done: dict[str, dict[str, Any]], key: dict[str, Any],
           report: EmbedReport, storage_options: dict[str, Any] | None):
     from pretextlab.storage import open_item, read_catalog
     from pretextlab.storage.patches import PatchSpec, item_patches
@@ -244,7 +243,7 @@ def _plan(cfg: EmbedConfig, card: EncoderCard, done: dict[str, dict[str, Any]], 
         if str(item.card.get("dtype", "uint8")) != "uint8":
             report.skipped_other[item_id] = f"{item.card.get('dtype')} pixels (only uint8 items are embedded)"
             continue
-        attrs = {"modality": item.modality, "source_store": cfg.catalog}
+        attrs = {"encoder": encoder_id, "modality": item.modality, "source_store": sfs.normalize(cfg.catalog)}
         if item.kind == "slide":
             refs = item_patches(item, spec)
             level = refs[0].level if refs else cfg.level
@@ -299,7 +298,7 @@ def run_embed(cfg: EmbedConfig, progress: bool = True, storage_options: dict[str
         raise UserError(f"{cfg.dest}: holds features of another run ({other.get('encoder')}, {other.get('spec')}) "
                         f"for {len(clash)} items, e.g. {clash[0]}; use another --to")
     report = EmbedReport(dest=store.dest, encoder=source.encoder_id, run_id=uuid.uuid4().hex[:12])
-    slides, cines = _plan(cfg, card, done, key, report, storage_options)
+    slides, cines = _plan(cfg, source.encoder_id, done, key, report, storage_options)
     plans: dict[str, ItemPlan] = {p.item_id: p for p, _ in slides}
     plans.update({p.item_id: p for p in cines})
     marker_base = {"encoder": source.encoder_id, "spec": key, "run_id": report.run_id,
@@ -323,8 +322,8 @@ def run_embed(cfg: EmbedConfig, progress: bool = True, storage_options: dict[str
             chunk = int(open_item(cfg.catalog, refs[0].item_id, storage_options).level(0).chunks[-1])
             ds = ray.data.read_datasource(ZarrPatchDatasource(cfg.catalog, refs, chunk, cfg.chunks_per_task, channels,
                                                               storage_options))
-            parts.append(ds.map_batches(preprocess_batch, fn_kwargs={"card": card}, batch_size=cfg.batch_size,
-                                        num_cpus=cfg.preprocess_cpus))
+            # same resources as the read, so Ray Data fuses read and preprocess into one task
+            parts.append(ds.map_batches(preprocess_batch, fn_kwargs={"card": card}, batch_size=None))
         live_cines = [p for p in cines if p.item_id in plans]
         if live_cines:
             parts.append(frame_dataset(cfg.catalog, live_cines, card, cfg.frames_per_task, storage_options))
