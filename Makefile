@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench clean help
+.PHONY: demo test install bench clean help image
 
 help:
 	@echo "make demo   - generate sample data, ingest it on a local Ray cluster, print the catalog"
@@ -37,3 +37,23 @@ bench: $(STAMP)
 
 clean:
 	rm -rf demo-data .bench .pytest_cache
+
+# Container images for KubeRay (docker/Dockerfile.<variant>), tagged with the pinned Ray version:
+#   make image                                    # pretextlab:<ray>        (CPU)
+#   make image VARIANT=cuda                       # pretextlab-cuda:<ray>   (CUDA)
+#   make image VARIANT="cpu cuda" IMAGE=registry.example.com/team/pretextlab PUSH=1
+image:
+	@command -v docker >/dev/null 2>&1 || { echo "error: make image needs Docker (docker not found on PATH)" >&2; exit 2; }
+	@docker info >/dev/null 2>&1 || { echo "error: make image needs a running Docker engine (docker info failed: start Docker, or set DOCKER_HOST)" >&2; exit 2; }
+	@set -e; \
+	ray=$$(sed -n 's/.*"ray\[[^]]*\]==\([0-9][0-9.]*\)".*/\1/p' pyproject.toml); \
+	test -n "$$ray" || { echo "error: no ray==X.Y.Z pin found in pyproject.toml" >&2; exit 2; }; \
+	commit=$$(git rev-parse HEAD 2>/dev/null || echo unknown); \
+	for variant in $(or $(VARIANT),cpu); do \
+	  case $$variant in cpu) name="$(or $(IMAGE),pretextlab)";; cuda) name="$(or $(IMAGE),pretextlab)-cuda";; \
+	    *) echo "error: VARIANT must be cpu and/or cuda (got $$variant)" >&2; exit 2;; esac; \
+	  echo "building $$name:$$ray from docker/Dockerfile.$$variant"; \
+	  docker build -f docker/Dockerfile.$$variant --build-arg RAY_VERSION=$$ray --build-arg GIT_COMMIT=$$commit \
+	    -t $$name:$$ray -t $$name:$$ray-$${commit%"$${commit#???????}"} . ; \
+	  if [ -n "$(PUSH)" ]; then docker push $$name:$$ray; docker push $$name:$$ray-$${commit%"$${commit#???????}"}; fi; \
+	done
