@@ -385,7 +385,8 @@ def test_containers_run_as_non_root_with_requests_limits_and_probes(kdir: str):
     # dev is CPU-only and fixed-size; prod has GPU groups and the autoscaler on every Ray cluster.
     ray_docs = [d for d in docs if d["kind"] in RAY_KINDS]
     gpu_groups = [g for d in ray_docs for g in cluster_specs(d).get("workerGroupSpecs") or []
-                  if "nvidia.com/gpu" in (g["template"]["spec"]["containers"][0].get("resources", {}).get("limits") or {})]
+                  if "nvidia.com/gpu" in (g["template"]["spec"]["containers"][0].get("resources", {})
+                                          .get("limits") or {})]
     if kdir.endswith("prod"):
         assert all(cluster_specs(d).get("enableInTreeAutoscaling") is True for d in ray_docs
                    if cluster_specs(d).get("workerGroupSpecs")), "prod autoscales every cluster with workers"
@@ -619,7 +620,7 @@ def test_the_serve_cluster_fits_the_replicas_the_serve_config_starts():
         rc = by_kind(render(kdir), "RayService")["pretextlab-serve"]["spec"]["rayClusterConfig"]
         have_cpus, have_gpus = _ray_cpus_gpus(rc)
         assert have_cpus >= cpus and have_gpus >= gpus, \
-            f"{kdir}: Serve replicas need {cpus} CPUs / {gpus} GPUs, the RayService workers have {have_cpus} / {have_gpus}"
+            f"{kdir}: Serve replicas need {cpus} CPUs / {gpus} GPUs, its workers have {have_cpus} / {have_gpus}"
 
 
 def test_serve_pods_provide_every_environment_variable_the_serve_config_needs():
@@ -876,15 +877,15 @@ def test_docs_walk_the_laptop_to_cluster_path_with_names_that_exist():
                    "RAY_AUTH_TOKEN", "tensorboard", "curl", "/v1/embeddings", "X-API-Key", "suspend"]:
         assert needle in text, f"docs/kubernetes.md does not mention {needle!r}"
     if SCHEMAS.is_dir():
-        assert "controller-gen" in text and "feeaf72" in text, "state which KubeRay CRDs the manifests were checked against"
+        assert "controller-gen" in text and "feeaf72" in text, "say which KubeRay CRDs the manifests match"
     for path in re.findall(r"-k (k8s/[\w/]+)", text):
         assert (REPO / path / "kustomization.yaml").is_file(), f"docs name {path}"
     # Objects the commands name exist in the dev render (or are the ones KubeRay creates from them).
     docs = render("k8s/overlays/dev")
     names = {d["metadata"]["name"] for d in docs}
-    generated = {f"{n}-head-svc" for n in by_kind(docs, "RayCluster")} | {
-        f"{n}-{s}" for n in by_kind(docs, "RayService") for s in ("serve-svc", "head-svc")} | {
-        f"{n}-head-svc" for n in by_kind(docs, "RayJob")} | set(by_kind(docs, "RayJob")) | set(by_kind(docs, "RayCluster"))
+    rayjobs, rayclusters = set(by_kind(docs, "RayJob")), set(by_kind(docs, "RayCluster"))
+    generated = {f"{n}-head-svc" for n in rayclusters | rayjobs} | {
+        f"{n}-{s}" for n in by_kind(docs, "RayService") for s in ("serve-svc", "head-svc")} | rayjobs | rayclusters
     for kind, name in re.findall(r"\b(svc|rayjob|rayservice|raycluster|deployment|job|secret)[/ ]"
                                  r"(pretextlab[\w-]*|s3-dev)\b", text):
         if kind == "secret":
