@@ -1,0 +1,266 @@
+"""Embedding service throughput and latency against the same model in process, and a naive server, in one run.
+
+    .venv/bin/python benchmarks/serving.py                      # ViT-Tiny 64 px (patch 16), ~4-5 min
+    .venv/bin/python benchmarks/serving.py --seconds 4 --quick  # a quick look (1 and 32 images, 8 clients)
+
+For 1 and 32 images per request and 1, 8 and 32 concurrent clients (HTTP, keep-alive, .npy bodies and
+responses), each cell time-bounded: embeddings/s and p50/p99 latency of
+
+* ``pretextlab``: this service (FastAPI ingress -> ``@serve.batch`` encoder deployment), and
+* ``naive``: one Serve deployment that runs one forward per request (no batching across requests),
+
+against ``in_process``: ``embed_images`` on the same model and threads, batches of 32 (the limit: no HTTP,
+no serialisation). ratio = served embeddings/s / in-process embeddings/s. In-process is measured before
+and after the HTTP cells (median of both). Peak RSS of the driver and of the Serve processes (sampled).
+Figures go to .bench/serving.json.
+"""
+
+# no `from __future__ import annotations`: the naive Serve ingress needs real annotations (Request)
+import argparse
+import asyncio
+import io
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+BENCH = HERE.parents[1] / ".bench"
+KEY = "bench-key-0123456789abcdef"
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def make_encoder(registry: str, size: int, patch: int):
+    import torch
+
+    from pretextlab.models import BackboneConfig, EncoderCard, create_backbone
+    from pretextlab.registry import EncoderRegistry
+
+    torch.manual_seed(0)
+    cfg = BackboneConfig(arch="vit_tiny", img_size=size, patch_size=patch, in_chans=3)
+    model = create_backbone(cfg).eval()
+    card = EncoderCard(name="bench", timm_name=cfg.timm_name, timm_kwargs=cfg.timm_kwargs(), embed_dim=model.embed_dim,
+                       img_size=size, patch_size=patch, in_chans=3, mean=[0.5] * 3, std=[0.25] * 3)
+    ref = EncoderRegistry(registry).register(model, card)
+    return model, ref.card, ref
+
+
+def in_process_rate(model, card, size: int, batch: int, seconds: float) -> float:
+    """Images/s of preprocess + forward in this process, batches of ``batch`` (median of 1 s windows)."""
+    from pretextlab.evaluate.features import embed_images
+
+    imgs = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    embed_images(model, card, imgs, batch_size=batch, device="cpu")
+    rates, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < 1.0:
+            embed_images(model, card, imgs, batch_size=batch, device="cpu")
+            n += batch
+        rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+class RssSampler(threading.Thread):
+    """Peak RSS (MB) of the Serve processes (ServeReplica / ProxyActor / ServeController), sampled."""
+
+    def __init__(self, interval: float = 0.5):
+        super().__init__(daemon=True)
+        self.interval, self.stop, self.peak, self.peak_by = interval, threading.Event(), 0.0, {}
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stop.is_set():
+            total = 0.0
+            for p in psutil.process_iter(["cmdline", "memory_info", "ppid"]):
+                try:
+                    cmd = " ".join(p.info["cmdline"] or [])
+                except (psutil.Error, TypeError):
+                    continue
+                for tag in ("ServeReplica", "ProxyActor", "ServeController"):
+                    if tag in cmd and p.info["memory_info"] is not None:
+                        mb = p.info["memory_info"].rss / 2**20
+                        name = cmd.split("ray::", 1)[-1].split()[0][:60]
+                        self.peak_by[name] = max(self.peak_by.get(name, 0.0), mb)
+                        total += mb
+            self.peak = max(self.peak, total)
+            self.stop.wait(self.interval)
+
+
+async def load(url: str, path: str, payload: bytes, n_images: int, clients: int, seconds: float, warmup: float,
+               headers: dict[str, str]) -> dict[str, float]:
+    """``clients`` connections posting ``payload`` back to back; stats over the window after ``warmup``."""
+    import httpx
+
+    lat: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    t_on, t_off = start + warmup, start + warmup + seconds
+
+    async def client(c: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= t_off:
+                return
+            t0 = time.perf_counter()
+            try:
+                r = await c.post(path, content=payload, headers=headers)
+                ok = r.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            t1 = time.perf_counter()
+            if t_on <= t1 <= t_off:  # completions inside the window
+                if ok:
+                    lat.append(t1 - t0)
+                else:
+                    errors += 1
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
+        await asyncio.gather(*(client(c) for _ in range(clients)))
+    lat.sort()
+    pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000) if lat else (lambda q: float("nan"))
+    return {"requests_per_s": len(lat) / seconds, "embeddings_per_s": len(lat) * n_images / seconds,
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "requests": len(lat), "errors": errors}
+
+
+def naive_app(registry: str, ref_id: str, threads: int):
+    """One forward per request: the same model and preprocessing, no batching across requests."""
+    from fastapi import FastAPI, Request
+    from ray import serve
+    from starlette.responses import Response
+
+    api = FastAPI()
+
+    @serve.deployment(name="naive", max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
+    @serve.ingress(api)
+    class Naive:
+        def __init__(self):
+            import torch
+
+            from pretextlab.registry import EncoderRegistry
+
+            torch.set_num_threads(threads)
+            self.model, self.card, _ = EncoderRegistry(registry).load(ref_id)
+
+        @api.post("/")
+        async def embed(self, request: Request) -> Response:
+            import torch
+
+            from pretextlab.evaluate.features import preprocess
+
+            arr = np.load(io.BytesIO(await request.body()), allow_pickle=False)
+            with torch.inference_mode():
+                emb = self.model(preprocess(arr, self.card)).numpy()
+            return Response(_npy(emb), media_type="application/x-npy")
+
+    return Naive.bind()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--patch", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=6.0, help="measured window per cell")
+    ap.add_argument("--warmup", type=float, default=1.5)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads (replicas and in process)")
+    ap.add_argument("--quick", action="store_true", help="8 clients only")
+    ap.add_argument("--out", default=str(BENCH / "serving.json"))
+    args = ap.parse_args()
+
+    import ray
+    import torch
+    from ray import serve
+
+    from pretextlab.serving.app import build_app
+
+    t_start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    tmp = tempfile.mkdtemp(prefix="pretextlab-bench-serving-")
+    registry = os.path.join(tmp, "registry")
+    model, card, ref = make_encoder(registry, args.size, args.patch)
+    anchor_before = in_process_rate(model, card, args.size, 32, 4.0)
+    print(f"in process (batch 32): {anchor_before:.0f} images/s", flush=True)
+
+    os.environ["PRETEXTLAB_BENCH_KEY"] = KEY
+    ray.init(num_cpus=max(4, 2 * (os.cpu_count() or 2)), include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False)
+    port = 8000 + os.getpid() % 1000
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+    sampler = RssSampler()
+    sampler.start()
+    serve.run(build_app({
+        "registry": registry, "api_key_env": "PRETEXTLAB_BENCH_KEY",
+        "models": [{"name": "bench", "spec": ref.id, "num_cpus": args.threads, "torch_threads": args.threads,
+                    "max_batch_images": 64, "batch_wait_timeout_s": 0.002, "max_ongoing_requests": 64,
+                    "autoscaling": {"min_replicas": 1, "max_replicas": 1}}],
+        "ingress": {"num_cpus": 0.5, "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
+    }), name="pretextlab", route_prefix="/")
+    serve.run(naive_app(registry, ref.id, args.threads), name="naive", route_prefix="/naive")
+    url = f"http://127.0.0.1:{port}"
+    servers = {
+        "pretextlab": ("/v1/embeddings?model=bench", {"X-API-Key": KEY, "content-type": "application/x-npy",
+                                                     "accept": "application/x-npy"}),
+        "naive": ("/naive/", {"content-type": "application/x-npy"}),
+    }
+    rng = np.random.default_rng(1)
+    cells = []
+    client_counts = [8] if args.quick else [1, 8, 32]
+    for n_images in (1, 32):
+        payload = _npy(rng.integers(0, 256, (n_images, args.size, args.size, 3), dtype=np.uint8))
+        for clients in client_counts:
+            for name, (path, headers) in servers.items():
+                stats = asyncio.run(load(url, path, payload, n_images, clients, args.seconds, args.warmup, headers))
+                cells.append({"server": name, "images_per_request": n_images, "clients": clients, **stats})
+                print(f"{name:>10}  {n_images:>2} img/req  {clients:>2} clients: {stats['embeddings_per_s']:7.0f} emb/s "
+                      f"{stats['requests_per_s']:6.1f} req/s  p50 {stats['p50_ms']:7.1f} ms  p99 {stats['p99_ms']:7.1f} ms"
+                      f"  errors {stats['errors']}", flush=True)
+    sampler.stop.set()
+    serve.shutdown()
+    ray.shutdown()
+    anchor_after = in_process_rate(model, card, args.size, 32, 4.0)
+    anchor = statistics.median([anchor_before, anchor_after])
+    for c in cells:
+        c["ratio_to_in_process"] = round(c["embeddings_per_s"] / anchor, 3)
+    best = {(s, n): max((c for c in cells if c["server"] == s and c["images_per_request"] == n),
+                        key=lambda c: c["embeddings_per_s"]) for s in servers for n in (1, 32)}
+    result = {
+        "benchmark": "serving", "model": f"vit_tiny img {args.size} patch {args.patch}", "threads": args.threads,
+        "cpus": os.cpu_count(), "seconds_per_cell": args.seconds,
+        "in_process_images_per_s": {"before": round(anchor_before, 1), "after": round(anchor_after, 1),
+                                    "median": round(anchor, 1)},
+        "cells": cells,
+        "best": {f"{s}/{n}": {"clients": c["clients"], "embeddings_per_s": round(c["embeddings_per_s"], 1),
+                              "ratio_to_in_process": c["ratio_to_in_process"]} for (s, n), c in best.items()},
+        "peak_rss_mb": {"driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                        "serve_processes_total": round(sampler.peak, 1),
+                        "by_process": {k: round(v, 1) for k, v in sorted(sampler.peak_by.items())}},
+        "wall_s": round(time.perf_counter() - t_start, 1),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"in process: {anchor:.0f} images/s (before {anchor_before:.0f}, after {anchor_after:.0f})")
+    for key, b in result["best"].items():
+        print(f"best {key:>14} img/req: {b['embeddings_per_s']:7.0f} emb/s at {b['clients']} clients "
+              f"= {b['ratio_to_in_process']:.2f}x in process")
+    print(f"peak RSS: driver {result['peak_rss_mb']['driver']:.0f} MB, Serve processes "
+          f"{result['peak_rss_mb']['serve_processes_total']:.0f} MB; wall {result['wall_s']:.0f} s -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
