@@ -145,6 +145,15 @@ def test_s3_data_runs_and_registry(store, tmp_path, s3_server):
     assert card.objective == "dino" and card.data["sources"][0]["uri"] == f"s3://{bucket}/store"
 
 
+def _registered_checkpoints(run_dir: Path) -> list[str]:
+    """Checkpoints Ray Train has registered (uploaded by every rank and recorded), not just uploaded."""
+    try:
+        snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return []
+    return [c["checkpoint_dir_name"] for c in snap.get("checkpoint_results", [])]
+
+
 def test_killed_worker_resumes_with_same_total_steps(store, tmp_path):
     """SIGKILL a training worker after the first checkpoint: the group restarts from it and ends at
     the configured step count (FailureConfig)."""
@@ -158,9 +167,9 @@ def test_killed_worker_resumes_with_same_total_steps(store, tmp_path):
     thread.start()
     run_dir = tmp_path / "runs" / cfg["name"]
     deadline = time.time() + 600
-    while time.time() < deadline and not list(run_dir.glob("checkpoint-*/state.json")):
+    while time.time() < deadline and not _registered_checkpoints(run_dir):
         time.sleep(0.2)
-    assert list(run_dir.glob("checkpoint-*/state.json")), "no checkpoint was written"
+    assert _registered_checkpoints(run_dir), "no checkpoint was registered"
     workers = [a for a in state.actor_table(None).values()
                if a["State"] == "ALIVE" and "TrainWorker" in a["ActorClassName"]]
     assert workers, "no live Ray Train worker found"
@@ -189,11 +198,11 @@ def test_stop_and_restart_continues_schedules(store, tmp_path):
                             start_new_session=True)
     run_dir = tmp_path / "runs" / cfg["name"]
     deadline = time.time() + 600
-    while time.time() < deadline and not list(run_dir.glob("checkpoint-*/state.json")) and proc.poll() is None:
+    while time.time() < deadline and not _registered_checkpoints(run_dir) and proc.poll() is None:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(120)
-    first = json.loads(sorted(run_dir.glob("checkpoint-*/state.json"))[-1].read_text())["step"]
+    first = int(sorted(_registered_checkpoints(run_dir))[-1].split("-")[1])
     assert 3 <= first < 10
     again = run_cli("pretrain", str(path), "--num-cpus", "4", env=env, timeout=400)
     assert again.returncode == 0, again.stderr[-2000:]
