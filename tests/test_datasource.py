@@ -1,16 +1,26 @@
-"""Ray Data patch source over a Zarr store: tissue-aware grid, chunk-aligned read tasks, pixels equal
-to direct region reads, locally and through the loopback S3 server."""
+"""Ray Data sources over Zarr stores: the patch source (tissue-aware grid, chunk-aligned read tasks) and the
+training stream (rows in the plan's order, weighted mixing, each chunk fetched once per read task, views in
+map_batches), pixels equal to direct reads, locally and through the loopback S3 server."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
+import torch
+import zarr
+from zarr.storage import LocalStore, WrapperStore
 
 from pretextlab.jobs.ingest import IngestConfig, run_ingest
-from pretextlab.storage import open_item
+from pretextlab.storage import Item, open_item
 from pretextlab.storage import synthetic as syn
-from pretextlab.storage.datasource import read_patches
+from pretextlab.storage.datasource import batch_seed, map_views, read_group, read_patches, read_stream
+from pretextlab.storage.frames import fit_frames
 from pretextlab.storage.patches import PatchRef, PatchSpec, group_by_chunks, plan_patches
+from pretextlab.storage.stream import StreamSpec, plan_stream
+from pretextlab.views import create_views
+from pretextlab.views.columns import from_columns
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +28,8 @@ def store(ray_session, tmp_path_factory):
     raw = tmp_path_factory.mktemp("dsraw")
     syn.write_slide_tiff(raw / "a.tif", 1024, 1536, tile=256, levels=2, seed=1)
     syn.write_slide_tiff(raw / "b.tif", 768, 768, tile=256, levels=1, seed=2)
+    syn.write_us_dicom(raw / "l1.dcm", frames=12, rows=64, cols=80, seed=1)
+    syn.write_us_dicom(raw / "l2.dcm", frames=9, rows=64, cols=80, seed=2)
     labels = raw.parent / "ds-labels.csv"
     labels.write_text("item_id,label\na,tumour\nb,normal\n")
     dest = tmp_path_factory.mktemp("dsstore")
@@ -76,3 +88,144 @@ def test_patches_stream_identical_to_region_reads(store, s3_server, where):
         expected = items[row["item_id"]].read_region(int(row["level"]), int(row["x"]), int(row["y"]), 96, 96)
         np.testing.assert_array_equal(row["image"], expected)
         assert row["label"] == {"a": "tumour", "b": "normal"}[row["item_id"]]
+
+
+# --- the training stream: read_stream / map_views ------------------------------------------------------
+
+STREAM_PATCH = {"patch_size": 96, "min_tissue": 0.3}
+
+
+class CountingStore(WrapperStore):
+    """A store that counts every chunk GET by key (Zarr v3 chunk keys ``<array>/c/<i>/<j>/...``)."""
+
+    def __init__(self, store, counts: Counter):
+        super().__init__(store)
+        self.counts = counts
+
+    async def get(self, key, prototype, byte_range=None):
+        if "/c/" in key:
+            self.counts[key] += 1
+        return await self._store.get(key, prototype, byte_range)
+
+
+def _rows_key(rows) -> list[tuple]:
+    return [(r["epoch"], r["index"], r["source"], r["item_id"], r.get("x", r.get("frame")), r.get("y")) for r in rows]
+
+
+def _plan_key(plan, epochs) -> list[tuple]:
+    out = []
+    for e in epochs:
+        for i, ref in enumerate(r for g in plan.epoch_groups(e) for r in g):
+            s = ref.sample
+            out.append((e, i, ref.source, s.item_id, getattr(s, "x", getattr(s, "start", None)), getattr(s, "y", None)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def s3_store(store, s3_server):
+    """The local store, uploaded as is to a bucket of the loopback S3 server."""
+    dest, _ = store
+    bucket = s3_server.new_bucket()
+    s3_server.upload(dest, bucket, "store")
+    return f"s3://{bucket}/store"
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_stream_rows_follow_the_plan(store, s3_store, where):
+    target = s3_store if where == "s3" else str(store[0])
+    plan = plan_stream(StreamSpec(sources=[target], kind="patches", patch=STREAM_PATCH, seed=3))
+    rows = read_stream(plan, [0, 1]).take_all()
+    assert _rows_key(rows) == _plan_key(plan, [0, 1])  # every row, in the plan's per-epoch order
+    if where == "local":  # the same plan, seed and epochs give the same rows again
+        assert _rows_key(read_stream(plan, [0, 1]).take_all()) == _rows_key(rows)
+    items = {i: open_item(target, i) for i in ("a", "b")}
+    for row in rows[:: max(1, len(rows) // 12)] + [r for r in rows if r["x"] % 256 > 160][:4]:  # + chunk-straddling
+        expected = items[row["item_id"]].read_region(int(row["level"]), int(row["x"]), int(row["y"]), 96, 96)
+        np.testing.assert_array_equal(row["image"], expected)
+        assert row["label"] == {"a": "tumour", "b": "normal"}[row["item_id"]]
+    clips = plan_stream(StreamSpec(sources=[target], kind="clips", clip={"frames": 3, "stride": 2, "size": 56}))
+    rows = read_stream(clips, [0]).take_all()
+    assert _rows_key(rows) == _plan_key(clips, [0]) and len(rows) == 2 + 1  # l1: starts 0, 5; l2: 0
+    for row in rows:
+        loop = open_item(target, row["item_id"]).frames(int(row["frame"]), int(row["frame"]) + 5, 2)
+        np.testing.assert_array_equal(row["clip"], fit_frames(loop, 56))
+        assert row["clip"].shape == (3, 56, 56, 1) and row["label"] == ""
+
+
+def test_weighted_mix_through_ray(store):
+    dest = str(store[0])
+    spec = StreamSpec(sources=[{"uri": dest, "weight": 3}, {"uri": dest, "weight": 1, "modality": "ultrasound"}],
+                      kind="frames", clip={"size": 32}, samples_per_epoch=400, seed=1)
+    rows = read_stream(plan_stream(spec), [0, 1]).take_all()
+    for e in (0, 1):
+        sources = [r["source"] for r in rows if r["epoch"] == e]
+        assert len(sources) == 400 and abs(sum(s == 0 for s in sources) / 400 - 0.75) < 0.01
+
+
+@pytest.mark.parametrize("kind", ["patches", "clips"])
+def test_each_chunk_fetched_once_per_read_task(store, kind):
+    dest = str(store[0])
+    spec = StreamSpec(sources=[dest], kind=kind, patch=STREAM_PATCH, clip={"frames": 3, "stride": 1, "hop": 1},
+                      chunks_per_group=4, seed=5)
+    plan = plan_stream(spec)
+    plan = plan_stream(spec.model_copy(update={"samples_per_epoch": 2 * plan.samples_per_epoch}))  # repeats
+    counts: Counter = Counter()
+
+    def opener(uri, item_id, storage_options=None):
+        item = open_item(uri, item_id, storage_options)
+        group = zarr.open_group(CountingStore(LocalStore(item.url, read_only=True), counts), mode="r")
+        return Item(item.item_id, item.url, item.card, group)
+
+    groups = plan.epoch_groups(0)
+    first = 0
+    for group in groups:
+        counts.clear()
+        batch = read_group(plan, group, 0, first, None, opener)
+        first += len(group)
+        assert counts and max(counts.values()) == 1  # no chunk fetched twice by one task
+        if kind == "clips":
+            assert len(counts) == len({(r.item_id, t) for r in group for t in r.sample.indices})
+            continue
+        touched = {(r.item_id, r.sample.level, cy, cx) for r in group
+                   for cy in range(r.sample.y // 256, (r.sample.y + 95) // 256 + 1)
+                   for cx in range(r.sample.x // 256, (r.sample.x + 95) // 256 + 1)}
+        assert len(counts) == len(touched)
+        r = group[-1].sample
+        np.testing.assert_array_equal(batch["image"][-1], open_item(dest, r.item_id).read_region(r.level, r.x, r.y, 96, 96))
+    assert first == plan.samples_per_epoch and len(groups) > 1
+
+
+def test_views_in_map_batches_are_deterministic(store):
+    dest = str(store[0])
+    plan = plan_stream(StreamSpec(sources=[dest], kind="patches", patch=STREAM_PATCH, samples_per_epoch=40))
+    views = create_views("histopathology", "multicrop", global_size=32, local_size=16, n_local=2)
+
+    def run(seed: int) -> list[dict]:
+        return list(map_views(read_stream(plan, [0]), views, seed=seed, batch_size=8)
+                    .iter_batches(batch_size=8, batch_format="numpy"))
+
+    first, again, other = run(0), run(0), run(1)
+    assert sum(len(b["index"]) for b in first) == 40
+    for a, b in zip(first, again, strict=True):
+        assert a.keys() == b.keys() == {"global_0", "global_1", "local_0", "local_1", "item_id", "label", "source",
+                                        "epoch", "index"}
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(first[0]["global_0"], other[0]["global_0"])
+    batch = from_columns(first[0])
+    assert [tuple(v.shape) for v in batch["global"]] == [(8, 3, 32, 32)] * 2
+    assert [tuple(v.shape) for v in batch["local"]] == [(8, 3, 16, 16)] * 2 and batch["local"][0].dtype == torch.float32
+    # the same rows, viewed in process with the batch's seed, give the same tensors
+    rows = read_stream(plan, [0]).take_batch(8, batch_format="numpy")
+    g = torch.Generator().manual_seed(batch_seed(0, rows))
+    local = views({"images": torch.from_numpy(rows["image"]).permute(0, 3, 1, 2)}, g)
+    assert torch.equal(local["global"][0], batch["global"][0])
+
+
+def test_clip_views_in_map_batches(store):
+    dest = str(store[0])
+    plan = plan_stream(StreamSpec(sources=[dest], kind="clips", clip={"frames": 4, "stride": 1, "size": 48, "hop": 2}))
+    views = create_views("ultrasound", "clip", size=32, frames=3, strides=(1,))
+    batch = map_views(read_stream(plan, [0]), views, seed=0, batch_size=4).take_batch(4, batch_format="numpy")
+    out = from_columns(batch)
+    assert set(out) == {"clips", "source", "epoch", "index"} and tuple(out["clips"].shape) == (4, 1, 3, 32, 32)

@@ -37,8 +37,8 @@ def to_columns(views_out: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 def from_columns(batch: Mapping[str, Any]) -> dict[str, Any]:
     """Flat columns -> the objective's batch: ``name_<i>`` columns become the list ``name`` (in index
-    order), other numeric columns stay tensors under their key; string / object columns (item_id,
-    label) are dropped. ``from_columns(to_columns(v))`` equals v (empty lists excepted: no column)."""
+    order), other numeric columns become tensors under their key (read-only arrays are copied, writable
+    ones shared); string / object columns (item_id, label) are dropped. ``from_columns(to_columns(v))`` equals v (empty lists excepted: no column)."""
     out: dict[str, Any] = {}
     listed: dict[str, dict[int, torch.Tensor]] = {}
     for key, value in batch.items():
@@ -46,6 +46,8 @@ def from_columns(batch: Mapping[str, Any]) -> dict[str, Any]:
             value = np.asarray(value)
             if value.dtype.kind not in "biufc":
                 continue
+            if not value.flags.writeable:  # Ray's zero-copy blocks are read-only; tensors must not alias them
+                value = value.copy()
         tensor = torch.as_tensor(value)
         m = _LISTED.match(key)
         if m:

@@ -30,6 +30,8 @@ from pretextlab.storage.stream import Ref, StreamPlan
 Opener = Callable[[str, str, "dict[str, Any] | None"], Item]
 #: Chunks fetched concurrently inside one read task (object storage is latency-bound).
 FETCH_THREADS = 8
+#: Default cap on the object-store bytes a stream's queued blocks may hold (raised to fit 4 blocks).
+STREAM_OBJECT_STORE_BYTES = 128 << 20
 
 
 def _fetch_all(jobs: dict[tuple, Callable[[], np.ndarray]]) -> dict[tuple, np.ndarray]:
@@ -139,41 +141,62 @@ class ZarrStreamDatasource(Datasource):
     """The read tasks of ``plan`` for ``epochs``: ``plan.epoch_groups(e)`` for each e in order."""
 
     def __init__(self, plan: StreamPlan, epochs: Iterable[int], storage_options: dict[str, Any] | None = None):
-        self.plan, self.epochs, self.storage_options = plan, [int(e) for e in epochs], storage_options
+        self.epochs, self.storage_options = [int(e) for e in epochs], storage_options
+        self.groups = [(e, plan.epoch_groups(e)) for e in self.epochs]
+        # Read tasks carry only their own refs; the plan they share is stripped of the per-source ref lists.
+        self.plan = replace(plan, sources=[replace(s, refs=[], chunks={}) for s in plan.sources])
+
+    @property
+    def num_tasks(self) -> int:
+        return sum(len(groups) for _, groups in self.groups)
 
     def estimate_inmemory_data_size(self) -> int | None:
         return self.plan.samples_per_epoch * self.plan.sample_bytes * len(self.epochs)
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ReadTask]:
-        opts, tasks = self.storage_options, []
-        light = replace(self.plan, sources=[replace(s, refs=[], chunks={}) for s in self.plan.sources])
-        for epoch in self.epochs:
+        plan, opts, tasks = self.plan, self.storage_options, []
+        for epoch, groups in self.groups:
             offset = 0
-            for group in self.plan.epoch_groups(epoch):
-                meta = BlockMetadata(num_rows=len(group), size_bytes=len(group) * light.sample_bytes,
+            for group in groups:
+                meta = BlockMetadata(num_rows=len(group), size_bytes=len(group) * plan.sample_bytes,
                                      exec_stats=None, input_files=None)
 
                 def read(g=group, e=epoch, first=offset):
-                    return [BlockAccessor.batch_to_block(read_group(light, g, e, first, opts))]
+                    return [BlockAccessor.batch_to_block(read_group(plan, g, e, first, opts))]
 
                 tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
                 offset += len(group)
         return tasks
 
 
+def _limit_object_store(ds: ray.data.Dataset, nbytes: int) -> None:
+    """Cap the object-store bytes this dataset's executor may hold (queued blocks), at least ``nbytes``."""
+    opts = ds.context.execution_options
+    current = opts.resource_limits.object_store_memory
+    if current in (0, float("inf")) or current < nbytes:
+        opts.resource_limits = opts.resource_limits.copy(object_store_memory=nbytes)
+
+
 def read_stream(plan: StreamPlan, epochs: Sequence[int], storage_options: dict[str, Any] | None = None,
-                *, num_cpus: float = 0.5) -> ray.data.Dataset:
+                *, num_cpus: float = 0.5, object_store_bytes: int | None = STREAM_OBJECT_STORE_BYTES) -> ray.data.Dataset:
     """The stream of ``plan`` over ``epochs`` (in order) as a Ray Dataset; rows ``image`` (H, W, C) or
     ``clip`` (T, H, W, C) uint8, ``item_id``, ``label`` ("" when none), ``source``, ``epoch``, ``index``.
 
-    Block order is preserved (this dataset's context), so the same plan, seed and epochs give the same
-    rows in the same order. ``num_cpus`` per read task is fractional so reads fit beside train workers.
+    One block per read task (no re-splitting). The dataset's context preserves block order, so the same
+    plan, seed and epochs give the same rows in the same order, and caps the object store bytes its
+    blocks may hold at ``object_store_bytes`` (Ray Data's default is half the object store), so memory
+    stays flat however large the stream and however slow the consumer. ``num_cpus`` per read task is
+    fractional so reads fit beside train workers.
     """
     if isinstance(epochs, int):
         epochs = [epochs]
-    ds = ray.data.read_datasource(ZarrStreamDatasource(plan, epochs, storage_options), num_cpus=num_cpus)
+    source = ZarrStreamDatasource(plan, epochs, storage_options)
+    ds = ray.data.read_datasource(source, num_cpus=num_cpus, override_num_blocks=max(1, source.num_tasks))
     ds.context.execution_options.preserve_order = True
+    if object_store_bytes is not None:
+        biggest = max((len(g) for _, groups in source.groups for g in groups), default=1) * plan.sample_bytes
+        _limit_object_store(ds, max(object_store_bytes, 4 * biggest))
     return ds
 
 
@@ -215,6 +238,15 @@ class ApplyViews:
         return out
 
 
+def view_bytes(views: Any) -> int:
+    """float32 bytes of one sample's views (all crops), from the views config."""
+    cfg, c = views.config, views.config.channels
+    if views.recipe == "multicrop":
+        return 4 * c * (cfg.n_global * cfg.global_size**2 + cfg.n_local * cfg.local_size**2)
+    frames = views.cine.frames if views.recipe == "clip" and views.cine else 1
+    return 4 * c * frames * cfg.size**2 * (2 if views.recipe == "pair" else 1)
+
+
 def map_views(ds: ray.data.Dataset, views: Any, seed: int, batch_size: int, *, num_cpus: float = 0.5,
               concurrency: int | None = None,
               passthrough: Sequence[str] = ("item_id", "label", "source", "epoch", "index")) -> ray.data.Dataset:
@@ -223,10 +255,14 @@ def map_views(ds: ray.data.Dataset, views: Any, seed: int, batch_size: int, *, n
 
     Rows become the flat float32 view columns of ``to_columns`` (global_0, local_3, images, clips, ...)
     plus ``passthrough``; ``from_columns(batch)`` gives the objective's batch back. Each batch's
-    torch.Generator is seeded from (seed, epoch, index, source) of its rows: deterministic views.
+    torch.Generator is seeded from (seed, epoch, index, source) of its rows: deterministic views. The
+    stream's object-store cap is raised, if needed, to hold 4 batches of views.
     """
-    return ds.map_batches(ApplyViews(views, seed, passthrough), batch_size=batch_size, batch_format="numpy",
-                          num_cpus=num_cpus, concurrency=concurrency, zero_copy_batch=True)
+    out = ds.map_batches(ApplyViews(views, seed, passthrough), batch_size=batch_size, batch_format="numpy",
+                         num_cpus=num_cpus, concurrency=concurrency, zero_copy_batch=True)
+    if out.context.execution_options.resource_limits.object_store_memory not in (0, float("inf")):
+        _limit_object_store(out, 4 * batch_size * view_bytes(views))
+    return out
 
 
 # --- read_patches: one store's patches, no mixing (kept for evaluation and embedding) -------------------
