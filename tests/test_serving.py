@@ -8,6 +8,8 @@ import asyncio
 import io
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,13 +21,13 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import free_port, run_cli
+from conftest import free_port
 from pretextlab.evaluate.features import embed_images
 from pretextlab.models import BackboneConfig, EncoderCard, create_backbone
 from pretextlab.registry import EncoderRegistry
 from pretextlab.serving.config import ServingConfigError, parse_serve_args
 
-APP = "pretextlab-test"
+APP = "pretextlab-embeddings"  # the application name `pretextlab serve` deploys
 KEY_ENV = "PRETEXTLAB_TEST_API_KEY"
 KEY = "test-key-0123456789abcdef"
 MAX_PIXELS = 300 * 300
@@ -97,24 +99,46 @@ def _args(world, **extra):
 
 
 @pytest.fixture(scope="module")
-def server(world):
-    from ray import serve
-
-    from pretextlab.serving.app import build_app
-
-    os.environ[KEY_ENV] = KEY
+def server(world, ray_session, tmp_path_factory):
+    """`pretextlab serve` on the session's Ray cluster (a subprocess), with the test's args file."""
+    folder = tmp_path_factory.mktemp("serve-cli")
+    args_file = folder / "args.yaml"
+    args_file.write_text(yaml.safe_dump(_args(world)))
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(_args(world)), name=APP, route_prefix="/")
+    log_path = folder / "serve.log"
+    log = open(log_path, "wb")
+    exe = Path(sys.executable).with_name("pretextlab")
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--config", str(args_file), "--port", str(port),
+         "--address", ray_session.get_runtime_context().gcs_address],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, KEY_ENV: KEY}, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=url, timeout=60, headers={"X-API-Key": KEY}) as client:
-        deadline = time.time() + 60
-        while client.get("/readyz").status_code != 200:
-            assert time.time() < deadline, "service never became ready"
+    try:
+        deadline = time.time() + 240
+        while "Ctrl-C stops the service" not in log_path.read_text(errors="replace"):
+            assert proc.poll() is None, "pretextlab serve exited:\n" + log_path.read_text(errors="replace")[-3000:]
+            assert time.time() < deadline, "pretextlab serve did not come up:\n" + log_path.read_text()[-3000:]
             time.sleep(0.5)
-        yield client
-    serve.shutdown()
-    os.environ.pop(KEY_ENV, None)
+        printed = log_path.read_text(errors="replace")
+        assert f"at {url}" in printed and f"{url}/docs" in printed
+        assert f'curl -s -H "X-API-Key: ${KEY_ENV}" -F model=hist -F images=@tile.png {url}/v1/embeddings' in printed
+        assert KEY not in printed  # the key is never printed or logged
+        with httpx.Client(base_url=url, timeout=60, headers={"X-API-Key": KEY}) as client:
+            while client.get("/readyz").status_code != 200:
+                assert time.time() < deadline, "service never became ready"
+                time.sleep(0.5)
+            yield client
+    finally:
+        proc.send_signal(signal.SIGINT)  # the CLI shuts Serve down on Ctrl-C
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        assert KEY not in log_path.read_text(errors="replace")
+        from ray import serve
+
+        serve.shutdown()
 
 
 def _emb(resp: httpx.Response) -> np.ndarray:
@@ -154,7 +178,7 @@ def test_embeddings_match_in_process(world, server):
              ("images", ("c.tif", tiff.getvalue(), "image/tiff"))]
     r = server.post("/v1/embeddings", data={"model": "hist"}, files=files, headers={"accept": "application/x-npy"})
     got = _emb(r)
-    decoded = [np.asarray(Image.open(io.BytesIO(f[1][1])).convert("RGB")) for f in files]
+    decoded = [np.array(Image.open(io.BytesIO(f[1][1])).convert("RGB")) for f in files]
     want = np.concatenate([_local(world, "hist", d[None]) for d in decoded])
     assert got.shape == (3, 192) and np.abs(got - want).max() <= 1e-5
 
@@ -239,6 +263,7 @@ def _bad_cases():
         ("declared oversize", "POST", "/v1/embeddings?model=hist", {"content": b"\0" * (MAX_BODY + 10), "headers": npy_h}, 413, "too_large"),
         ("streamed oversize", "POST", "/v1/embeddings?model=hist", {"content": chunks(), "headers": npy_h}, 413, "too_large"),
         ("too many images", "POST", "/v1/embeddings?model=hist", {"content": _npy(np.zeros((MAX_IMAGES + 1, 8, 8, 3), np.uint8)), "headers": npy_h}, 413, "too_large"),
+        ("too many files", "POST", "/v1/embeddings", {"data": {"model": "hist"}, "files": [("images", (f"{i}.npy", _npy(np.zeros((4, 4, 3), np.uint8)), "application/x-npy")) for i in range(MAX_IMAGES + 1)]}, 413, "too_large"),
         ("too many pixels", "POST", "/v1/embeddings?model=hist", {"content": big_png, "headers": {"content-type": "image/png"}}, 413, "too_large"),
         ("unknown model", "POST", "/v1/embeddings?model=nope", {"content": good, "headers": npy_h}, 404, "unknown_model"),
         ("model missing", "POST", "/v1/embeddings", {"content": good, "headers": npy_h}, 422, "invalid_input"),
@@ -428,10 +453,14 @@ def test_build_app_refuses_a_missing_key_and_unknown_models(world, monkeypatch):
         build_app(_args(world, models=[{"name": "d", "spec": "chosen:dermatology"}]))
 
 
-def test_serve_cli_errors_are_one_line(world):
-    env = {"PRETEXTLAB_API_KEY": ""}
-    out = run_cli("serve", "--registry", world["registry"], "--models", "hist", env=env, timeout=120)
-    assert out.returncode == 2 and "PRETEXTLAB_API_KEY is not set" in out.stderr
-    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    out = run_cli("serve", "--registry", world["registry"], "--models", "nope", "--insecure-local", timeout=120)
-    assert out.returncode == 2 and "no encoder named 'nope'" in out.stderr
+def test_serve_cli_errors_are_one_line(world, capsys, monkeypatch):
+    from pretextlab.jobs.cli import main
+
+    monkeypatch.delenv("PRETEXTLAB_API_KEY", raising=False)
+    assert main(["serve", "--registry", world["registry"], "--models", "hist"]) == 2
+    err = capsys.readouterr().err
+    assert "PRETEXTLAB_API_KEY is not set" in err and len(err.strip().splitlines()) == 1
+    assert main(["serve", "--registry", world["registry"], "--models", "nope", "--insecure-local"]) == 2
+    assert "no encoder named 'nope'" in capsys.readouterr().err
+    assert main(["serve", "--models", "hist"]) == 2
+    assert "--registry ROOT is required" in capsys.readouterr().err

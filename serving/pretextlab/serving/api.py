@@ -144,6 +144,8 @@ async def parse_multipart(request: Request, body: bytes, max_files: int) -> tupl
         form = await MultiPartParser(request.headers, _one_shot(body), max_files=max_files, max_fields=32,
                                      max_part_size=64 << 10).parse()
     except MultiPartException as exc:
+        if "Too many files" in exc.message:
+            raise too_large(f"more than {max_files} files exceeds the limit of images per request") from None
         raise bad_request(f"malformed multipart body: {exc.message}") from None
     except Exception as exc:  # python-multipart raises its own errors on broken boundaries
         raise bad_request(f"malformed multipart body ({type(exc).__name__})") from None

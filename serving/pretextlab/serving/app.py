@@ -63,10 +63,12 @@ def build_app(args: dict[str, Any]) -> Application:
             max_ongoing_requests=m.max_ongoing_requests,
             autoscaling_config=m.autoscaling.to_serve(),
             ray_actor_options={"num_cpus": m.num_cpus, "num_gpus": m.num_gpus},
+            logging_config={"enable_access_log": False},  # internal calls; the ingress logs each request
         ).bind(cfg.registry, infos[m.name]["id"], m.max_batch_images, m.batch_wait_timeout_s, threads,
                cfg.registry_cache_dir)
     return EmbeddingAPI.options(
         max_ongoing_requests=cfg.ingress.max_ongoing_requests,
         autoscaling_config=cfg.ingress.autoscaling.to_serve(),
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
+        logging_config={"enable_access_log": cfg.ingress.access_log},
     ).bind(handles, infos, cfg.stores, cfg.limits.model_dump(), cfg.api_key_env, digest, cfg.insecure_local)

@@ -121,6 +121,7 @@ class IngressArgs(BaseModel):
 
     num_cpus: float = Field(0.5, ge=0)
     max_ongoing_requests: int = Field(256, ge=1)
+    access_log: bool = Field(True, description="one log line per request (method, path, status, latency; never headers)")
     autoscaling: Autoscaling = Field(default_factory=lambda: Autoscaling(target_ongoing_requests=64))
 
 
