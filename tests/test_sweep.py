@@ -202,6 +202,37 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(store, tmp_path
     assert third.returncode == 2 and "already finished" in third.stderr
 
 
+@pytest.mark.slow
+def test_sweep_on_s3(store, tmp_path, s3_server):
+    """Data, trials, Train checkpoints, TensorBoard, status, summary and registry all on object storage."""
+    from pretextlab.jobs.sweep import plan_sweep, run_sweep
+    from pretextlab.registry import EncoderRegistry
+    from pretextlab.training.sweep_config import load_sweep_config
+
+    bucket = s3_server.new_bucket()
+    s3_server.upload(Path(store), bucket, "store")
+    uri = f"s3://{bucket}"
+    cfg = sweep_config(tmp_path, store, name="t-s3", steps=2, scheduler={"name": "fifo"})
+    cfg["pretrain"].update(storage=f"{uri}/runs", registry=f"{uri}/registry")
+    cfg["pretrain"]["data"]["sources"][0]["uri"] = cfg["pretrain"]["validation"]["catalog"] = f"{uri}/store"
+    cfg["search"] = {"train.schedule.lr": {"grid": [1e-3, 1e-4]}}
+    path = write(tmp_path, cfg)
+    res = run_sweep(plan_sweep(load_sweep_config(path), str(path)), print_every=1e9)
+    assert res.complete and [r["state"] for r in res.trials] == ["DONE", "DONE"]
+    keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket, Prefix="runs/t-s3/")["Contents"]}
+    assert {"runs/t-s3/pretextlab-sweep.json", "runs/t-s3/summary/summary.md",
+            "runs/t-s3/summary/learning_curves.png"} <= keys
+    for r in res.trials:
+        trial = f"runs/t-s3/{r['dir']}"
+        assert {f"{trial}/result.json", f"{trial}/train/checkpoint-00000002/state.json"} <= keys
+        assert any(k.startswith(f"{trial}/events.out.tfevents") for k in keys)
+        assert any(k.startswith(f"{trial}/train/tensorboard/events.out.tfevents") for k in keys)
+    chosen = EncoderRegistry(f"{uri}/registry", cache_dir=tmp_path / "cache").chosen("ultrasound")
+    assert chosen is not None and chosen.id == res.encoder.id and chosen.uri.startswith(f"{uri}/registry/")
+    out = run_cli("sweep", "status", f"{uri}/runs/t-s3", timeout=120)
+    assert out.returncode == 0 and "2 trial(s) (2 done)" in out.stdout, out.stdout + out.stderr
+
+
 def _tune_terminated(sweep_dir: Path) -> list[str]:
     """Trial ids Tune's saved experiment state (what Tuner.restore reads) records as finished."""
     out = []

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("pretextlab.jobs.pretrain", "pretrain an encoder with Ray Train (checkpoints, resume, encoder registry)"),
     "evaluate": ("pretextlab.jobs.evaluate", "evaluate a saved encoder on a labelled catalog (kNN, linear probe, few-shot)"),
     "serve": ("pretextlab.jobs.serve", "serve registered encoders over HTTP (Ray Serve): embeddings, regions, models"),
+    "sweep": ("pretextlab.jobs.sweep", "sweep objective hyperparameters with Ray Tune (ASHA, resume, summary, chosen encoder)"),
     "embed": ("pretextlab.jobs.embed", "embed every slide patch / cine frame of a catalog into feature bags (Ray Data)"),
 }
 

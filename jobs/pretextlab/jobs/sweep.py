@@ -94,7 +94,25 @@ def plan_sweep(cfg: Any, source: str = "sweep", storage_options: dict[str, Any] 
         raise UserError(f"{source}: tune.searcher: optuna is not installed (pip install optuna), or use random")
     uri = sfs.join(sfs.normalize(cfg.storage_root), cfg.name)
     fingerprint = json.loads(json.dumps({**cfg.spec_fingerprint(), "pretrain": prep.cfg.model_dump(mode="json")}))
-    return SweepPlan(cfg, prep, uri, source, fingerprint, storage_options)
+    plan = SweepPlan(cfg, prep, uri, source, fingerprint, storage_options)
+    check_resumable(plan)
+    return plan
+
+
+def check_resumable(plan: SweepPlan) -> dict[str, Any] | None:
+    """A sweep folder that already holds this sweep: refuse a finished one and one started with another
+    config; returns its status (None for a new sweep)."""
+    from pretextlab.jobs.sweep_report import read_status
+
+    previous = read_status(plan.uri, plan.storage_options)
+    if previous and previous.get("status") == "complete":
+        best = previous.get("best") or {}
+        raise UserError(f"{plan.uri}: this sweep already finished (best trial {best.get('trial')}, encoder "
+                        f"{best.get('encoder')}); choose another name= to sweep again")
+    if previous and previous.get("spec") != plan.fingerprint:
+        raise UserError(f"{plan.source}: the sweep at {plan.uri} was started with another search space, tune "
+                        "settings or pretraining config; resume it with the same config, or choose another name=")
+    return previous
 
 
 # -- Tune pieces ---------------------------------------------------------------------------------
@@ -248,22 +266,15 @@ def run_sweep(plan: SweepPlan, print_every: float = 30.0, max_concurrent: int | 
     """Run (or resume) the sweep on the current Ray cluster, then summarise and export the best encoder."""
     from ray import tune
 
-    from pretextlab.jobs.sweep_report import finalize, pick_best, read_curve, read_status, write_summary
+    from pretextlab.jobs.sweep_report import finalize, pick_best, read_curve, write_summary
     from pretextlab.jobs.sweep_trial import SweepStatus, run_trial, trial_dirname, trial_name, write_status
 
     cfg, so = plan.cfg, plan.storage_options
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # kNN comes only with validation steps' reports
     t0 = time.perf_counter()
-    previous = read_status(plan.uri, so)
-    if previous and previous.get("status") == "complete":
-        best = previous.get("best") or {}
-        raise UserError(f"{plan.uri}: this sweep already finished (best trial {best.get('trial')}, encoder "
-                        f"{best.get('encoder')}); choose another name= to sweep again")
+    previous = check_resumable(plan)
     storage_path, storage_fs, exp_path = _experiment_path(cfg.storage_root, cfg.name, so)
     resumed = tune.Tuner.can_restore(exp_path, storage_filesystem=storage_fs)
-    if resumed and previous and previous.get("spec") != plan.fingerprint:
-        raise UserError(f"{plan.source}: the sweep at {plan.uri} was started with another search space, tune "
-                        "settings or pretraining config; resume it with the same config, or choose another name=")
     finished_before = sum(r["state"] in ("DONE", "STOPPED", "ERROR") for r in (previous or {}).get("trials", []))
 
     base = plan.prep.cfg

@@ -116,8 +116,12 @@ class SweepStatus(tune.Callback):
         self._flush()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        for trial in trials:
-            self._row(trial)
+        for trial in trials:  # Tune's final word on each trial (also those restored as finished)
+            row = self._row(trial)
+            if trial.status == "TERMINATED" and row["state"] not in ("DONE", "STOPPED"):
+                row["state"] = "STOPPED" if (row.get("step") or 0) < self.header["steps"] else "DONE"
+            elif trial.status == "ERROR" and row["state"] != "ERROR":
+                row["state"], row["error"] = "ERROR", _first_error_line(trial)
         self._dirty = True
         self._flush(force=True)
 
