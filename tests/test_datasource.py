@@ -166,7 +166,7 @@ def test_weighted_mix_through_ray(store):
 def test_each_chunk_fetched_once_per_read_task(store, kind):
     dest = str(store[0])
     spec = StreamSpec(sources=[dest], kind=kind, patch=STREAM_PATCH, clip={"frames": 3, "stride": 1, "hop": 1},
-                      chunks_per_group=4, seed=5)
+                      chunks_per_group=4, min_rows_per_group=1, seed=5)
     plan = plan_stream(spec)
     plan = plan_stream(spec.model_copy(update={"samples_per_epoch": 2 * plan.samples_per_epoch}))  # repeats
     counts: Counter = Counter()

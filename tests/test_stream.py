@@ -90,7 +90,8 @@ def test_weighted_mix_cycles_small_sources(stores):
 
 def test_groups_are_chunk_aligned(stores):
     plan = plan_stream(StreamSpec(sources=[stores["a"], stores["b"]], kind="patches", chunks_per_group=3,
-                                  patch={"patch_size": 64, "min_tissue": 0.0}, samples_per_epoch=3000))
+                                  min_rows_per_group=1, patch={"patch_size": 64, "min_tissue": 0.0},
+                                  samples_per_epoch=3000))
     groups = plan.epoch_groups(2)
     assert sum(map(len, groups)) == 3000
     owner: dict[tuple, int] = {}
@@ -100,6 +101,10 @@ def test_groups_are_chunk_aligned(stores):
         for k in keys:  # a chunk (and every repeat of its patches) belongs to one read task
             assert owner.setdefault(k, gi) == gi
     assert len(groups) >= len(owner) / 3
+    sparse = plan_stream(plan.spec.model_copy(update={"min_rows_per_group": 200, "samples_per_epoch": None}))
+    sizes = [len(g) for g in sparse.epoch_groups(2)]  # small tasks pass the chunk budget up to 200 rows
+    assert sum(n < 200 for n in sizes) <= 1  # only the last group in storage order may be smaller
+    assert max(len({k for r in g for k in sparse.chunk_keys(r)}) for g in sparse.epoch_groups(2)) > 3
 
 
 def test_frames_and_clips(stores):

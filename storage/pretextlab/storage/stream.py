@@ -70,6 +70,9 @@ class StreamSpec(BaseModel):
     samples_per_epoch: int | None = Field(None, ge=1, description="default: sum of the sources' samples")
     chunks_per_group: int | None = Field(None, ge=1, description=(
         "Zarr chunks per read task (default 16 for patches, 64 frames for frames/clips)"))
+    min_rows_per_group: int = Field(64, ge=1, description=(
+        "a read task passes its chunk budget until it holds this many rows: sparse tissue would "
+        "otherwise make tiny tasks (Ray's cost per task is ~30 ms on 2 cores)"))
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -165,15 +168,18 @@ class StreamPlan:
 
     def group(self, refs: list[Ref]) -> list[list[Ref]]:
         """Chunk-aligned groups in storage order: a group closes before it would exceed the chunk budget
-        or MAX_GROUP_BYTES, so the samples of one chunk (repeats included) share one read task."""
+        (once it holds min_rows_per_group rows) or MAX_GROUP_BYTES, so the samples of one chunk (repeats
+        included) share one read task."""
         budget = self.spec.chunks_per_group or CHUNKS_PER_GROUP[self.kind]
         max_rows = max(1, MAX_GROUP_BYTES // self.sample_bytes)
+        min_rows = min(self.spec.min_rows_per_group, max_rows)
         groups: list[list[Ref]] = []
         current: list[Ref] = []
         chunks: set[tuple] = set()
         for ref in sorted(refs, key=self._sort_key):
             keys = set(self.chunk_keys(ref))
-            if current and (len(chunks | keys) > budget or len(current) >= max_rows):
+            over = len(chunks | keys) > budget and len(current) >= min_rows
+            if current and (over or len(current) >= max_rows):
                 groups.append(current)
                 current, chunks = [], set()
             chunks |= keys

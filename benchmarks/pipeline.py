@@ -1,0 +1,390 @@
+"""The training data path, each figure against its anchor in the same run.
+
+    .venv/bin/python benchmarks/pipeline.py                  # parts a and b (generates data once, ~4 min)
+    .venv/bin/python benchmarks/pipeline.py --parts a --repeats 5
+
+(a) patches/s of one epoch of ``read_stream`` (slide patches, no views; Ray Data on a local cluster;
+    read tasks of 0.5 CPU as in training, and of 1 CPU: one task per core when nothing else runs)
+    against (1) a plain zarr + numpy loop over the same chunks in one process (the limit) and (2) a torch
+    DataLoader with 2 workers over a folder of PNG tiles holding the same patches (what most pathology
+    repositories do). Also ``read_group`` in process: the Ray tasks' own code without Ray.
+(b) peak memory of streaming one epoch when the dataset grows 10x (--small vs --large slides): the sum
+    of RSS (and of PSS, which counts shared object-store pages once) of the driver and every Ray process,
+    sampled every 50 ms, each size in a fresh subprocess and Ray cluster, and the peak object-store bytes
+    in use (the blocks in flight). 512 rows of another epoch are streamed first (not measured), so the
+    worker pool is up and has imported the readers; then one epoch is measured. "idle" is the tree right
+    after ray.init. Must stay flat.
+(c) is marked below; it needs jobs/pretrain.
+
+Slides are copies of two synthetic H&E slides (pretextlab.storage.synthetic) ingested with 512 px
+chunks; patches are 256 px at level 0 with >= 50 % tissue (~40 % of the grid). Medians of --repeats; figures to stdout and .bench/pipeline.json
+(parts merge into the existing file, so each part can be rerun alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+HERE = Path(__file__).resolve()
+REPO = HERE.parents[1]
+BENCH = REPO / ".bench"
+DATA = BENCH / "pipeline-data"
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+def slide_store(n: int, size: int) -> str:
+    """A store of ``n`` slides of size x size, made once: two synthetic slides are ingested, and the
+    store holds copies of their Zarr items (item_id set in each card), alternating."""
+    from pretextlab.storage.catalog import rebuild_catalog
+
+    dest = DATA / f"store-{n}x{size}"
+    if (dest / "catalog.parquet").exists():
+        return str(dest)
+    base = _base_store(size)
+    for i in range(n):
+        item = dest / "items" / f"slide-{i:02d}.zarr"
+        if item.exists():
+            continue
+        tmp = item.with_name(item.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(base / "items" / f"seed-{i % 2}.zarr", tmp)
+        meta = json.loads((tmp / "zarr.json").read_text())
+        meta["attributes"]["pretextlab"]["item_id"] = item.stem
+        (tmp / "zarr.json").write_text(json.dumps(meta))
+        tmp.rename(item)
+    rebuild_catalog(str(dest))
+    return str(dest)
+
+
+def _base_store(size: int) -> Path:
+    """Two distinct synthetic H&E slides (seeds 0 and 1) ingested with 512 px chunks."""
+    from pretextlab.jobs.ingest import IngestConfig, run_ingest
+    from pretextlab.storage import synthetic as syn
+
+    dest = DATA / f"base-{size}"
+    if (dest / "catalog.parquet").exists():
+        return dest
+    raw = DATA / f"raw-{size}"
+    for seed in (0, 1):
+        if not (raw / f"seed-{seed}.tif").exists():
+            syn.write_slide_tiff(raw / f"seed-{seed}.tif", size, size, tile=512, levels=1, seed=seed)
+    print(f"ingesting two {size}^2 slides into {dest} (once)", flush=True)
+    rep = run_ingest(IngestConfig(sources=[str(raw)], dest=str(dest)), progress=False)
+    if not rep.ok:
+        raise RuntimeError(f"ingest failed: {rep}")
+    import ray
+
+    ray.shutdown()
+    return dest
+
+
+def spec_for(store: str, patch: int):
+    from pretextlab.storage.stream import StreamSpec
+
+    return StreamSpec(sources=[store], kind="patches", patch={"patch_size": patch, "min_tissue": 0.5}, seed=0)
+
+
+def png_folder(plan, store: str) -> Path:
+    """Epoch 0's patches as PNG files (PIL defaults), written once."""
+    from PIL import Image
+
+    from pretextlab.storage.datasource import read_group
+
+    folder = DATA / f"png-{Path(store).name}-{plan.sample_shape[0]}"
+    refs = [r for g in plan.epoch_groups(0) for r in g]
+    if folder.is_dir() and len(list(folder.glob("*.png"))) == len(refs):
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    first = 0
+    for g in plan.epoch_groups(0):
+        batch = read_group(plan, g, 0, first)
+        for j, img in enumerate(batch["image"]):
+            Image.fromarray(img).save(folder / f"{first + j:07d}.png")
+        first += len(g)
+    return folder
+
+
+# --- (a) patches/s -------------------------------------------------------------------------------------
+
+
+def plain_loop(plan) -> int:
+    """The limit: one process, zarr + numpy, each chunk of each read group fetched once, patches cut."""
+    import zarr
+
+    from pretextlab.storage import fs as sfs
+    from pretextlab.storage.layout import item_url
+
+    uri = plan.sources[0].uri
+    arrays: dict = {}
+    n = 0
+    for group in plan.epoch_groups(0):
+        chunks: dict = {}
+        for ref in group:
+            s = ref.sample
+            key = (s.item_id, s.level)
+            if key not in arrays:
+                grp = zarr.open_group(sfs.zarr_store(item_url(uri, s.item_id), read_only=True), mode="r")
+                arrays[key] = grp[str(s.level)]
+            arr = arrays[key]
+            ch = arr.chunks[-1]
+            patch = np.empty((s.size, s.size, arr.shape[0]), np.uint8)
+            for cy in range(s.y // ch, (s.y + s.size - 1) // ch + 1):
+                for cx in range(s.x // ch, (s.x + s.size - 1) // ch + 1):
+                    block = chunks.get((key, cy, cx))
+                    if block is None:
+                        block = chunks[(key, cy, cx)] = arr[:, cy * ch:(cy + 1) * ch, cx * ch:(cx + 1) * ch].transpose(1, 2, 0)
+                    ya, yb = max(s.y, cy * ch), min(s.y + s.size, cy * ch + block.shape[0])
+                    xa, xb = max(s.x, cx * ch), min(s.x + s.size, cx * ch + block.shape[1])
+                    patch[ya - s.y:yb - s.y, xa - s.x:xb - s.x] = block[ya - cy * ch:yb - cy * ch, xa - cx * ch:xb - cx * ch]
+            n += 1
+    return n
+
+
+def in_process(plan) -> int:
+    from pretextlab.storage.datasource import read_group
+
+    n = 0
+    for g in plan.epoch_groups(0):
+        n += len(read_group(plan, g, 0, n)["image"])
+    return n
+
+
+def ray_stream(plan, num_cpus: float = 0.5, batch_size: int = 64) -> int:
+    from pretextlab.storage.datasource import read_stream
+
+    batches = read_stream(plan, [0], num_cpus=num_cpus).iter_batches(batch_size=batch_size, batch_format="numpy")
+    return sum(len(b["image"]) for b in batches)
+
+
+class PngTiles:
+    """A map-style dataset of PNG tiles, as pathology repositories write them."""
+
+    def __init__(self, folder: Path):
+        self.files = sorted(folder.glob("*.png"))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        import torch
+        from PIL import Image
+
+        with Image.open(self.files[i]) as im:
+            return torch.from_numpy(np.array(im.convert("RGB")))
+
+
+def dataloader(folder: Path, batch_size: int = 64, workers: int = 2) -> int:
+    import torch
+
+    loader = torch.utils.data.DataLoader(PngTiles(folder), batch_size=batch_size, shuffle=True,
+                                         num_workers=workers)
+    return sum(len(b) for b in loader)
+
+
+def timed(fn, repeats: int) -> dict:
+    rates, n = [], 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        n = fn()
+        rates.append(n / (time.perf_counter() - t0))
+    return {"patches": n, "patches_per_s": statistics.median(rates), "runs": [round(r, 1) for r in rates]}
+
+
+def part_a(args) -> dict:
+    import ray
+
+    from pretextlab.storage.stream import plan_stream
+
+    store = slide_store(args.slides, args.size)
+    plan = plan_stream(spec_for(store, args.patch))
+    folder = png_folder(plan, store)
+    print(f"(a) {plan.samples_per_epoch} patches of {args.patch}^2 from {args.slides} slides; "
+          f"{len(plan.epoch_groups(0))} read tasks", flush=True)
+    out = {"slides": args.slides, "slide_size": args.size, "patch": args.patch,
+           "patches": plan.samples_per_epoch, "read_tasks": len(plan.epoch_groups(0))}
+    out["zarr_numpy_loop"] = timed(lambda: plain_loop(plan), args.repeats)
+    out["read_group_in_process"] = timed(lambda: in_process(plan), args.repeats)
+    out["torch_dataloader_png_2_workers"] = timed(lambda: dataloader(folder), args.repeats)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    ray_stream(plan)  # warm-up: worker processes start, imports
+    out["ray_read_stream"] = timed(lambda: ray_stream(plan), args.repeats)
+    out["ray_read_stream_1cpu_tasks"] = timed(lambda: ray_stream(plan, num_cpus=1.0), args.repeats)
+    ray.shutdown()
+    limit = out["zarr_numpy_loop"]["patches_per_s"]
+    png = out["torch_dataloader_png_2_workers"]["patches_per_s"]
+    rs = out["ray_read_stream"]["patches_per_s"]
+    out["ratio_ray_vs_zarr_loop"] = rs / limit
+    out["ratio_ray_vs_png_dataloader"] = rs / png
+    for k in ("zarr_numpy_loop", "read_group_in_process", "torch_dataloader_png_2_workers", "ray_read_stream",
+              "ray_read_stream_1cpu_tasks"):
+        print(f"  {k:32s} {out[k]['patches_per_s']:9.0f} patches/s   runs {out[k]['runs']}")
+    print(f"  read_stream / zarr loop = {out['ratio_ray_vs_zarr_loop']:.2f}x; "
+          f"read_stream / PNG DataLoader = {out['ratio_ray_vs_png_dataloader']:.2f}x", flush=True)
+    return out
+
+
+# --- (b) peak memory vs dataset size ---------------------------------------------------------------------
+
+
+def tree_memory(root: psutil.Process) -> tuple[int, int, int]:
+    """(sum of RSS, sum of PSS, number of processes) of ``root`` and its descendants (GCS, raylet, workers)."""
+    rss = pss = n = 0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            info = p.memory_full_info()
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
+            n += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return rss, pss, n
+
+
+def memory_child(store: str, patch: int) -> None:
+    """In a fresh process: start Ray, stream epoch 1 (warm-up: the worker pool grows to what this stream
+    runs at once and imports what it needs), then epoch 0 batch by batch while sampling memory."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import ray
+    from ray.data import DataContext
+
+    from pretextlab.storage.datasource import read_stream
+    from pretextlab.storage.stream import plan_stream
+
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    me = psutil.Process()
+    peak = {"rss": 0, "pss": 0, "procs": 0, "store": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        address = ray.get_runtime_context().gcs_address
+        while not stop.is_set():
+            rss, pss, n = tree_memory(me)
+            try:
+                store = get_memory_info_reply(get_state_from_address(address)).store_stats.object_store_bytes_used
+            except Exception:  # noqa: BLE001 - a sample may miss; the next one counts
+                store = 0
+            if pss > peak["pss"]:
+                peak.update(pss=pss, procs=n)
+            peak["rss"], peak["store"] = max(peak["rss"], rss), max(peak["store"], store)
+            time.sleep(0.05)
+
+    def stream(epoch: int, limit: int | None = None) -> int:
+        ds = read_stream(plan, [epoch])
+        batches = (ds.limit(limit) if limit else ds).iter_batches(batch_size=64, batch_format="numpy")
+        return sum(len(b["image"]) for b in batches)
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    DataContext.get_current().enable_progress_bars = False
+    plan = plan_stream(spec_for(store, patch))
+    idle = tree_memory(me)
+    stream(1, limit=512)
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    t0 = time.perf_counter()
+    n = stream(0)
+    seconds = time.perf_counter() - t0
+    stop.set()
+    thread.join()
+    ray.shutdown()
+    print(json.dumps({"patches": n, "seconds": seconds, "pixel_mb": n * plan.sample_bytes / 1e6,
+                      "idle_rss_mb": idle[0] / 1e6, "idle_pss_mb": idle[1] / 1e6,
+                      "peak_rss_mb": peak["rss"] / 1e6, "peak_pss_mb": peak["pss"] / 1e6,
+                      "processes_at_peak": peak["procs"], "peak_object_store_mb": peak["store"] / 1e6}))
+
+
+def measure_memory(store: str, patch: int, tries: int = 2) -> dict:
+    """One fresh-process measurement; retried once (a loaded machine can time out Ray's start)."""
+    for attempt in range(tries):
+        proc = subprocess.run([sys.executable, str(HERE), "_memory", store, str(patch)], capture_output=True,
+                              text=True, env={**os.environ, "RAY_ADDRESS": ""}, timeout=900)
+        if proc.returncode == 0:
+            return json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"  memory child failed (try {attempt + 1}): {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+    raise RuntimeError(f"memory child failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
+
+
+def part_b(args) -> dict:
+    out: dict = {"patch": args.patch, "slide_size": args.size}
+    for label, n in (("small", args.small), ("large", args.large)):
+        store = slide_store(n, args.size)
+        runs = [measure_memory(store, args.patch) for _ in range(args.repeats)]
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        out[label] = {"slides": n, **{k: round(v, 1) for k, v in med.items()},
+                      "runs_peak_rss_mb": [round(r["peak_rss_mb"]) for r in runs],
+                      "runs_peak_pss_mb": [round(r["peak_pss_mb"]) for r in runs]}
+        print(f"(b) {n:3d} slides: {med['patches']:.0f} patches ({med['pixel_mb']:.0f} MB of pixels) in "
+              f"{med['seconds']:.1f} s; peak RSS {med['peak_rss_mb']:.0f} MB (idle {med['idle_rss_mb']:.0f}), "
+              f"peak PSS {med['peak_pss_mb']:.0f} MB (idle {med['idle_pss_mb']:.0f}, {med['processes_at_peak']:.0f} "
+              f"processes), object store {med['peak_object_store_mb']:.0f} MB", flush=True)
+    s, b = out["small"], out["large"]
+    out["data_ratio"] = b["pixel_mb"] / s["pixel_mb"]
+    out["peak_rss_ratio"] = b["peak_rss_mb"] / s["peak_rss_mb"]
+    out["peak_pss_ratio"] = b["peak_pss_mb"] / s["peak_pss_mb"]
+    out["peak_object_store_ratio"] = b["peak_object_store_mb"] / max(s["peak_object_store_mb"], 1e-9)
+    print(f"  data x{out['data_ratio']:.1f} -> peak RSS x{out['peak_rss_ratio']:.2f}, "
+          f"peak PSS x{out['peak_pss_ratio']:.2f}, peak object store x{out['peak_object_store_ratio']:.2f}", flush=True)
+    return out
+
+
+# --- (c) training images/s, streaming vs in-memory --------------------------------------------------------
+# PART (c) GOES HERE (added with jobs/pretrain): training images/s of the same objective and batch when
+# fed by read_stream + map_views against an in-memory tensor dataset; goal: the data path costs <= 5 %.
+# Register it in PARTS below and write its figures under the "c" key of .bench/pipeline.json.
+
+
+PARTS = {"a": part_a, "b": part_b}
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "_memory":
+        memory_child(sys.argv[2], int(sys.argv[3]))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", nargs="+", default=sorted(PARTS), choices=sorted(PARTS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--size", type=int, default=4096, help="slide edge in pixels")
+    ap.add_argument("--patch", type=int, default=256)
+    ap.add_argument("--slides", type=int, default=20, help="(a) slides in the store")
+    ap.add_argument("--small", type=int, default=2, help="(b) slides in the small store")
+    ap.add_argument("--large", type=int, default=20, help="(b) slides in the large store")
+    args = ap.parse_args()
+    BENCH.mkdir(exist_ok=True)
+    DATA.mkdir(parents=True, exist_ok=True)
+    path = BENCH / "pipeline.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    for name in args.parts:
+        t0 = time.perf_counter()
+        results[name] = PARTS[name](args)
+        results[name]["bench_seconds"] = round(time.perf_counter() - t0, 1)
+        results[name]["command"] = " ".join([".venv/bin/python", "benchmarks/pipeline.py", *sys.argv[1:]])
+    results["machine"] = {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+                          "python": platform.python_version()}
+    path.write_text(json.dumps(results, indent=1))
+    print(f"-> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
