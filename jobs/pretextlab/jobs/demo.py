@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"      {len(made['slides'])} slides, {len(made['cines'])} cine loops, {len(made['npz'])} NPZ archive")
     dest = work / "zarr"
     print(f"[2/4] ingesting into {dest} (local Ray cluster)")
-    init_ray()
+    init_ray(log_to_driver=False)  # the demo prints its own progress; worker errors still reach the driver
     report = run_ingest(IngestConfig(sources=[str(raw / "slides"), str(raw / "ultrasound"), str(raw / "tiles")],
                                      dest=str(dest), labels=str(made["labels"][0])))
     print(report.render())
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"      {cfg.name} already trained: {ref.id}")
             rows.append((name, ref.uri, None))
             continue
-        print(f"      loss {res.metrics['loss']:.4f}, {res.metrics['images_per_s']:.0f} images/s, "
+        print(f"      {res.seconds:.0f} s: loss {res.metrics['loss']:.4f}, {res.metrics['images_per_s']:.0f} images/s, "
               f"encoder {res.encoder.id}")
         rows.append((name, res.encoder.uri, res.seconds))
     print("[4/4] evaluating frozen features on the labelled cine loops (kNN, linear probe)")

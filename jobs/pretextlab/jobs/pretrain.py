@@ -208,6 +208,7 @@ def build_trainer(prep: Prepared, name: str | None = None, storage: str | None =
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             callbacks=callbacks,
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
         datasets={"train": dataset if dataset is not None else build_dataset(prep, start_epoch)},
     )

@@ -74,8 +74,8 @@ def encoder_card(cfg: PretrainConfig, objective: Objective, views: Views, **extr
     """The registry card of the run's encoder: how to rebuild, preprocess for and trace it."""
     bb = objective.cfg.backbone
     enc = objective.encoder()
-    return EncoderCard(
-        name=cfg.name, timm_name=bb.timm_name, timm_kwargs=bb.timm_kwargs(), embed_dim=int(enc.embed_dim),
+    extra.setdefault("name", cfg.name)
+    return EncoderCard( timm_name=bb.timm_name, timm_kwargs=bb.timm_kwargs(), embed_dim=int(enc.embed_dim),
         img_size=bb.img_size, patch_size=bb.patch_size, in_chans=bb.in_chans, global_pool=bb.global_pool,
         mean=list(views.config.mean), std=list(views.config.std), modality=cfg.modality,
         objective=cfg.objective.name, objective_config=objective.cfg.model_dump(mode="json"),
