@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
     parser.add_argument("--no-dashboard", action="store_true", help="start the local Ray cluster without its dashboard")
     parser.add_argument("--worker-logs", action="store_true",
-                        help="stream the trials' worker logs here (default: only the table; logs stay in Ray's log folder)")
+                        help="stream the trials' worker logs here (default: only the table; the logs stay in "
+                             "Ray's log folder)")
     parser.add_argument("--print-every", type=float, default=30.0, metavar="SECONDS",
                         help="how often the live table is printed while trials run (default: 30)")
     parser.add_argument("--watch", type=float, nargs="?", const=10.0, default=None, metavar="SECONDS",
@@ -120,9 +121,14 @@ def param_space(cfg: Any) -> dict[str, Any]:
     """The sweep's dimensions as Tune distributions, keyed by dotted path."""
     from ray import tune
 
+    from pretextlab.training.sweep_config import encoded_paths
+
+    encoded = encoded_paths(cfg)
     out: dict[str, Any] = {}
     for path, dim in cfg.space().items():
         kind, a = dim.kind, dim.args
+        if path in encoded:
+            a = [json.dumps(v) for v in a]
         if kind == "uniform":
             out[path] = tune.uniform(a[0], a[1])
         elif kind == "loguniform":
@@ -240,7 +246,7 @@ def export_best(plan: SweepPlan, row: dict[str, Any], last: dict[str, Any]):
     from pretextlab.training.sweep_config import trial_config
 
     cfg = plan.cfg
-    tcfg = trial_config(plan.prep.cfg, row["config"])
+    tcfg = trial_config(plan.prep.cfg, row["config"])  # row configs are decoded (see run_sweep)
     if cfg.export.name:
         tcfg = tcfg.model_copy(update={"name": cfg.export.name})
     prep = prepare(tcfg, plan.storage_options)
@@ -267,7 +273,9 @@ def run_sweep(plan: SweepPlan, print_every: float = 30.0, max_concurrent: int | 
     from ray import tune
 
     from pretextlab.jobs.sweep_report import finalize, pick_best, read_curve, write_summary
-    from pretextlab.jobs.sweep_trial import SweepStatus, run_trial, trial_dirname, trial_name, write_status
+    from pretextlab.jobs.sweep_trial import (ACTIVE, RUN_SETTINGS, SweepStatus, run_trial, trial_dirname, trial_name,
+                                             write_status)
+    from pretextlab.training.sweep_config import decode, encoded_paths
 
     cfg, so = plan.cfg, plan.storage_options
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # kNN comes only with validation steps' reports
@@ -280,6 +288,8 @@ def run_sweep(plan: SweepPlan, print_every: float = 30.0, max_concurrent: int | 
     base = plan.prep.cfg
     train = base.train
     concurrency = max_concurrent or cfg.tune.max_concurrent or auto_concurrency(train)
+    if resumed and previous and previous.get("max_concurrent"):
+        concurrency = int(previous["max_concurrent"])  # the restored searcher keeps its limit
     header = {
         "name": cfg.name, "uri": plan.uri, "metric": cfg.tune.metric, "mode": cfg.tune.mode, "steps": train.steps,
         "space": list(cfg.space()), "pretrain": base.name, "objective": base.objective.name,
@@ -288,20 +298,18 @@ def run_sweep(plan: SweepPlan, print_every: float = 30.0, max_concurrent: int | 
         "tensorboard": f"tensorboard --logdir {plan.uri}", "dashboard": dashboard_url(),
     }
     status_cb = SweepStatus(plan.uri, header, so, print_every=print_every)
+    # after a restore Tune runs the callback pickled at the sweep's start; it takes these at setup
+    RUN_SETTINGS[plan.uri] = {"print_every": print_every,
+                              "header": {"dashboard": header["dashboard"]}}
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base.model_dump(mode="json"), sweep_uri=plan.uri, storage_options=so),
+        tune.with_parameters(run_trial, base=base.model_dump(mode="json"), sweep_uri=plan.uri, storage_options=so,
+                             encoded=encoded_paths(cfg)),
         {"CPU": TRIAL_CPU},
     )
     _print_start(plan, header, concurrency, resumed, finished_before)
     if resumed:
         tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=False,
                                    storage_filesystem=storage_fs)
-        # the restored RunConfig holds the first run's status callback; its rows come back with Tune's
-        # callback state, and this run's header (dashboard, concurrency) is what gets printed
-        status_cb = next((c for c in tuner._local_tuner.get_run_config().callbacks or []
-                          if isinstance(c, SweepStatus)), status_cb)
-        status_cb.header.update({k: header[k] for k in ("dashboard", "max_concurrent")})
-        status_cb.print_every = print_every
     else:
         tuner = tune.Tuner(
             trainable, param_space=param_space(cfg),
@@ -314,12 +322,14 @@ def run_sweep(plan: SweepPlan, print_every: float = 30.0, max_concurrent: int | 
                                       callbacks=[status_cb], verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
-    write_status(plan.uri, status_cb.snapshot(), so)
+    if not resumed:
+        write_status(plan.uri, status_cb.snapshot(), so)
     tuner.fit()
     seconds = time.perf_counter() - t0
+    status_cb = ACTIVE.pop(plan.uri, status_cb)
 
     metric = cfg.tune.metric
-    rows = list(status_cb.rows.values())
+    rows = [{**r, "config": decode(r["config"], encoded_paths(cfg))} for r in status_cb.rows.values()]
     curves = {r["id"]: read_curve(plan.uri, r["dir"], metric, so) for r in rows}
     rows = finalize(rows, curves, metric, train.steps)
     unfinished = [r for r in rows if r["state"] in ("PENDING", "RUNNING")]
@@ -351,7 +361,8 @@ def _spans_decades(dim: Any) -> bool:
     return len(nums) == len(vals) > 1 and min(nums) > 0 and max(nums) / min(nums) >= 100
 
 
-def _print_start(plan: SweepPlan, header: dict[str, Any], concurrency: int, resumed: bool, finished_before: int) -> None:
+def _print_start(plan: SweepPlan, header: dict[str, Any], concurrency: int, resumed: bool,
+                 finished_before: int) -> None:
     cfg = plan.cfg
     dims = ", ".join(header["space"])
     what = f"resuming ({finished_before} finished trial(s) kept)" if resumed else "starting"

@@ -81,7 +81,8 @@ def render_table(status: dict[str, Any]) -> str:
     counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
     parts = [f"{counts[s]} {s.lower()}" for s in STATES if counts[s]]
     head = (f"sweep {status.get('name')}: {len(rows)} trial(s) ({', '.join(parts) or 'none yet'}) | "
-            f"{metric} ({status.get('mode', 'max')}) | {status.get('status', 'running')}, updated {status.get('updated', '?')}")
+            f"{metric} ({status.get('mode', 'max')}) | {status.get('status', 'running')}, "
+            f"updated {status.get('updated', '?')}")
     cols = ["trial", *[short(p) for p in space], "step", metric, "state"]
     body = [[r["id"], *[fmt_value(r["config"].get(p)) for p in space],
              "-" if r.get("step") is None else f"{r['step']}/{steps}", fmt_value(r.get("metric")), _state(r, steps)]
@@ -168,7 +169,7 @@ def write_summary(sweep_uri: str, status: dict[str, Any], curves: dict[str, list
     from pretextlab.jobs import sweep_plots
     from pretextlab.storage import fs as sfs
 
-    metric, mode, steps = status["metric"], status["mode"], int(status["steps"])
+    metric, mode = status["metric"], status["mode"]
     rows = status["trials"]
     space = status["space"]
     best = status.get("best") or {}
@@ -227,16 +228,19 @@ def _markdown(status: dict[str, Any], rows: list[dict[str, Any]], images: list[t
              f"searcher {status.get('searcher', '?')}, scheduler {status.get('scheduler', '?')}.",
              f"Ran to the end: {counts['DONE']}; stopped early: {counts['STOPPED']}; errors: {counts['ERROR']}.", ""]
     if best:
-        lines += [f"**Best: trial `{best['trial']}`**, {metric} {fmt_value(best['metric'])} at step {best.get('step')}.",
-                  f"Encoder: `{best.get('encoder') or 'not exported'}`"
-                  + (f", chosen for {status.get('modality')}." if best.get("chosen") else "."),
-                  f"Reproduce with `pretextlab pretrain <pretraining config> {reproduce_overrides(best['config'])}`.", ""]
+        chosen = f", chosen for {status.get('modality')}." if best.get("chosen") else "."
+        value = fmt_value(best["metric"])
+        lines += [f"**Best: trial `{best['trial']}`**, {metric} {value} at step {best.get('step')}.",
+                  f"Encoder: `{best.get('encoder') or 'not exported'}`{chosen}",
+                  "Reproduce with `pretextlab pretrain <pretraining config> "
+                  f"{reproduce_overrides(best['config'])}`.", ""]
     else:
         lines += [f"No trial reported `{metric}`: nothing was exported.", ""]
     cols = ["rank", "trial", *space, "step", metric, "state"]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for i, r in enumerate(rows, 1):
-        cells = [str(i) if _finite(r.get("metric")) else "-", f"`{r['id']}`" + (" (best)" if best and r["id"] == best["trial"] else ""),
+        mark = " (best)" if best and r["id"] == best["trial"] else ""
+        cells = [str(i) if _finite(r.get("metric")) else "-", f"`{r['id']}`{mark}",
                  *[fmt_value(r["config"].get(p)) for p in space],
                  "-" if r.get("step") is None else str(r["step"]), fmt_value(r.get("metric")),
                  _state(r, steps).replace("|", "/")]

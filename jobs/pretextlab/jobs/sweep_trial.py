@@ -18,6 +18,11 @@ from ray import tune
 from pretextlab.jobs.sweep_report import STATUS_FILE, TrialRow, now_iso, render_table
 
 TRAIN_DIR = "train"
+#: this driver's settings per sweep folder (print period, dashboard URL), applied to the status callback
+#: at setup: after Tuner.restore the callback is the unpickled one from the sweep's first start
+RUN_SETTINGS: dict[str, dict[str, Any]] = {}
+#: the status callback Tune actually runs, per sweep folder (set at setup)
+ACTIVE: dict[str, "SweepStatus"] = {}
 
 
 def trial_dirname(trial: Any) -> str:
@@ -30,17 +35,17 @@ def trial_name(trial: Any) -> str:
 
 
 def run_trial(config: dict[str, Any], base: dict[str, Any], sweep_uri: str,
-              storage_options: dict[str, Any] | None = None) -> None:
+              storage_options: dict[str, Any] | None = None, encoded: list[str] | tuple[str, ...] = ()) -> None:
     """The function trainable: pretrain ``base`` with ``config`` (dotted path -> value) applied."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pretextlab.jobs.pretrain import build_trainer, checkpoints, prepare
     from pretextlab.storage import fs as sfs
     from pretextlab.training.config import PretrainConfig
-    from pretextlab.training.sweep_config import trial_config
+    from pretextlab.training.sweep_config import decode, trial_config
 
     trial_uri = sfs.join(sweep_uri, f"trial-{tune.get_context().get_trial_id()}")
-    cfg = trial_config(PretrainConfig.model_validate(base), config)
+    cfg = trial_config(PretrainConfig.model_validate(base), decode(config, encoded))
     prep = prepare(cfg, storage_options)
     done = checkpoints(sfs.join(trial_uri, TRAIN_DIR), storage_options)
     t = prep.cfg.train
@@ -66,6 +71,12 @@ class SweepStatus(tune.Callback):
         self._last_table = ""
 
     # -- Tune hooks --------------------------------------------------------------------------
+    def setup(self, **info: Any) -> None:
+        settings = RUN_SETTINGS.get(self.sweep_uri, {})
+        self.header.update(settings.get("header", {}))
+        self.print_every = settings.get("print_every", self.print_every)
+        ACTIVE[self.sweep_uri] = self
+
     def _row(self, trial: Any) -> dict[str, Any]:
         row = self.rows.get(trial.trial_id)
         if row is None:

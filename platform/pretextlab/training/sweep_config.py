@@ -29,7 +29,8 @@ from pretextlab.training.config import NAME_RE, PretrainConfig
 #: distributions a search dimension may name (exactly one per hyperparameter)
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
 #: the shipped default search spaces, one file per objective family
-DEFAULTS_DIR = Path(os.environ.get("PRETEXTLAB_SWEEP_DEFAULTS", Path(__file__).resolve().parents[3] / "configs" / "sweep"))
+DEFAULTS_DIR = Path(os.environ.get("PRETEXTLAB_SWEEP_DEFAULTS",
+                                   Path(__file__).resolve().parents[3] / "configs" / "sweep"))
 DEFAULT_SPACE = {"dino": "dino", "ijepa": "ijepa", "cine_jepa": "ijepa", "mae": "mae", "cine_mae": "mae",
                  "simclr": "simclr", "vicreg": "vicreg"}
 #: what every pretraining worker reports at each log interval (jobs/pretextlab/jobs/train_loop.py), plus the
@@ -340,6 +341,21 @@ def apply_hyperparameters(base: dict[str, Any], values: dict[str, Any]) -> dict[
             node = node[p]
         node[leaf] = value
     return out
+
+
+def encoded_paths(cfg: SweepConfig) -> list[str]:
+    """Choice dimensions whose values Optuna cannot hold (lists, mappings): they travel as JSON strings."""
+    if cfg.tune.searcher != "optuna":
+        return []
+    return sorted(p for p, d in cfg.space().items()
+                  if d.kind == "choice" and any(isinstance(v, (list, tuple, dict)) for v in d.args))
+
+
+def decode(values: dict[str, Any], encoded: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """A trial's hyperparameters with the JSON-encoded ones (see ``encoded_paths``) decoded."""
+    import json
+
+    return {k: json.loads(v) if k in encoded and isinstance(v, str) else v for k, v in values.items()}
 
 
 def trial_config(base: PretrainConfig, values: dict[str, Any]) -> PretrainConfig:
