@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/pipeline.py                  # parts a and b (generates data once, ~4 min)
     .venv/bin/python benchmarks/pipeline.py --parts a --repeats 5
+    .venv/bin/python benchmarks/pipeline.py --parts c --repeats 2
 
 (a) patches/s of one epoch of ``read_stream`` (slide patches, no views; Ray Data on a local cluster;
     read tasks of 0.5 CPU as in training, and of 1 CPU: one task per core when nothing else runs)
@@ -14,7 +15,10 @@
     in use (the blocks in flight). 512 rows of another epoch are streamed first (not measured), so the
     worker pool is up and has imported the readers; then one epoch is measured. "idle" is the tree right
     after ray.init. Must stay flat.
-(c) is marked below; it needs jobs/pretrain.
+(c) training images/s (Ray Train, 2 DDP workers, a 4-block ViT-Tiny at 64 px, DINO with 2+2 crops) fed by
+    the Zarr stream (read_stream + map_views in Ray Data tasks beside the workers) against the same run
+    fed by the same views materialised in the object store first (the in-memory anchor); the median of
+    each run's log windows after the first, and peak RSS of the whole process tree.
 
 Slides are copies of two synthetic H&E slides (pretextlab.storage.synthetic) ingested with 512 px
 chunks; patches are 256 px at level 0 with >= 50 % tissue (~40 % of the grid). Medians of --repeats; figures to stdout and .bench/pipeline.json
@@ -349,12 +353,85 @@ def part_b(args) -> dict:
 
 
 # --- (c) training images/s, streaming vs in-memory --------------------------------------------------------
-# PART (c) GOES HERE (added with jobs/pretrain): training images/s of the same objective and batch when
-# fed by read_stream + map_views against an in-memory tensor dataset; goal: the data path costs <= 5 %.
-# Register it in PARTS below and write its figures under the "c" key of .bench/pipeline.json.
 
 
-PARTS = {"a": part_a, "b": part_b}
+def _train(prep, name: str, dataset=None) -> dict:
+    """Fit one run; images/s = median of its log windows after the first; peak RSS+PSS of the tree."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pretextlab.jobs.pretrain import build_trainer
+
+    peak = {"rss": 0, "pss": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        me = psutil.Process()
+        while not stop.is_set():
+            rss, pss, _ = tree_memory(me)
+            peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    t0 = time.perf_counter()
+    result = build_trainer(prep, name=name, dataset=dataset).fit()
+    seconds = time.perf_counter() - t0
+    stop.set()
+    watcher.join()
+    acc = EventAccumulator(str(Path(prep.cfg.storage) / name / "tensorboard"))
+    acc.Reload()
+    windows = [e.value for e in acc.Scalars("images_per_s")][1:]  # the first window holds the warm-up
+    return {"images_per_s": statistics.median(windows), "windows": [round(w, 1) for w in windows],
+            "fit_seconds": round(seconds, 1), "loss": float(result.metrics["loss"]),
+            "peak_rss_mb": peak["rss"] / 1e6, "peak_pss_mb": peak["pss"] / 1e6}
+
+
+def part_c(args) -> dict:
+    """Training images/s fed by the Zarr stream (read_stream + map_views in Ray Data tasks) against the same
+    run fed by the same views materialised in the object store beforehand (the in-memory anchor)."""
+    import ray
+
+    from pretextlab.jobs.pretrain import build_dataset, prepare
+    from pretextlab.training.config import PretrainConfig
+
+    store = slide_store(2, 2048)
+    runs = BENCH / "pipeline-runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    cfg = PretrainConfig.model_validate({
+        "name": "c", "modality": "histopathology",
+        "data": {"kind": "patches", "sources": [store], "patch": {"patch_size": 64, "min_tissue": 0.5}},
+        "objective": {"name": args.c_objective, "backbone": {"arch": "vit_tiny", "img_size": 64, "patch_size": 8,
+                                                              "depth": 4}},
+        "views": {"n_local": 2},
+        "train": {"steps": args.c_steps, "batch_size": 32, "num_workers": 2, "cpus_per_worker": 0.5,
+                  "data_cpus": 0.5, "log_every": 10, "checkpoint_every": args.c_steps},
+        "storage": str(runs), "registry": str(runs / "registry"),
+    })
+    ray.init(logging_level="ERROR", log_to_driver=False, include_dashboard=False)
+    prep = prepare(cfg)
+    out: dict = {"objective": args.c_objective, "steps": args.c_steps, "batch": "32 x 2 workers",
+                 "runs": {"stream": [], "memory": []}}
+    t0 = time.perf_counter()
+    materialised = build_dataset(prep).materialize()
+    out["materialise_seconds"] = round(time.perf_counter() - t0, 1)
+    for r in range(args.repeats):
+        for kind in ("stream", "memory"):
+            res = _train(prep, f"{kind}-{r}", materialised if kind == "memory" else None)
+            out["runs"][kind].append(res)
+            print(f"  (c) {kind:6s} run {r}: {res['images_per_s']:.1f} images/s, fit {res['fit_seconds']:.0f} s, "
+                  f"peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
+    for kind in ("stream", "memory"):
+        out[kind] = {k: statistics.median(x[k] for x in out["runs"][kind])
+                     for k in ("images_per_s", "fit_seconds", "peak_rss_mb", "peak_pss_mb")}
+    out["ratio"] = out["stream"]["images_per_s"] / out["memory"]["images_per_s"]
+    out["data_path_cost"] = 1 - out["ratio"]
+    print(f"  (c) streaming {out['stream']['images_per_s']:.1f} vs in-memory {out['memory']['images_per_s']:.1f} "
+          f"images/s: ratio {out['ratio']:.2f} (data path costs {100 * out['data_path_cost']:.0f} %)", flush=True)
+    ray.shutdown()
+    return out
+
+
+PARTS = {"a": part_a, "b": part_b, "c": part_c}
 
 
 def main() -> int:
@@ -369,6 +446,8 @@ def main() -> int:
     ap.add_argument("--slides", type=int, default=20, help="(a) slides in the store")
     ap.add_argument("--small", type=int, default=2, help="(b) slides in the small store")
     ap.add_argument("--large", type=int, default=20, help="(b) slides in the large store")
+    ap.add_argument("--c-objective", default="dino", help="(c) objective to train")
+    ap.add_argument("--c-steps", type=int, default=60, help="(c) steps per run")
     args = ap.parse_args()
     BENCH.mkdir(exist_ok=True)
     DATA.mkdir(parents=True, exist_ok=True)
