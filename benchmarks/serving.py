@@ -29,6 +29,11 @@ import threading
 import time
 from pathlib import Path
 
+if __name__ == "__main__" and "--omp-wait-policy" not in sys.argv:
+    # before torch (OpenMP) loads, in this process and in the Ray workers it starts: spinning OpenMP
+    # threads on shared cores made 2-thread forwards 10-25x slower here; the service sets it per replica
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 
 HERE = Path(__file__).resolve()
@@ -57,6 +62,15 @@ def make_encoder(registry: str, size: int, patch: int):
     return model, ref.card, ref
 
 
+def _at_threads(torch, threads: int, fn):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(old)
+
+
 def in_process_rate(model, card, size: int, batch: int, seconds: float) -> float:
     """Images/s of preprocess + forward in this process, batches of ``batch`` (median of 1 s windows)."""
     from pretextlab.evaluate.features import embed_images
@@ -66,7 +80,7 @@ def in_process_rate(model, card, size: int, batch: int, seconds: float) -> float
     rates, end = [], time.perf_counter() + seconds
     while time.perf_counter() < end:
         t0, n = time.perf_counter(), 0
-        while time.perf_counter() - t0 < 1.0:
+        while time.perf_counter() - t0 < 0.5:
             embed_images(model, card, imgs, batch_size=batch, device="cpu")
             n += batch
         rates.append(n / (time.perf_counter() - t0))
@@ -177,10 +191,16 @@ def main() -> int:
     ap.add_argument("--patch", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=6.0, help="measured window per cell")
     ap.add_argument("--warmup", type=float, default=1.5)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads (replicas and in process)")
+    ap.add_argument("--anchor-seconds", type=float, default=2.0, help="in-process window between cells")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2,
+                    help="torch threads in process (the anchor) and in total across model replicas")
+    ap.add_argument("--replicas", type=int, default=1, help="model replicas (each gets threads / replicas)")
     ap.add_argument("--quick", action="store_true", help="8 clients only")
+    ap.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE"], help="OMP_WAIT_POLICY (default PASSIVE)")
     ap.add_argument("--out", default=str(BENCH / "serving.json"))
     args = ap.parse_args()
+    if args.omp_wait_policy:
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
 
     import ray
     import torch
@@ -193,10 +213,11 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="pretextlab-bench-serving-")
     registry = os.path.join(tmp, "registry")
     model, card, ref = make_encoder(registry, args.size, args.patch)
-    anchor_before = in_process_rate(model, card, args.size, 32, 4.0)
-    print(f"in process (batch 32): {anchor_before:.0f} images/s", flush=True)
+    one_thread_before = _at_threads(torch, 1, lambda: in_process_rate(model, card, args.size, 32, 3.0))
+    print(f"in process (batch 32): {one_thread_before:.0f} images/s at 1 thread", flush=True)
 
     os.environ["PRETEXTLAB_BENCH_KEY"] = KEY
+    per_replica = max(1, args.threads // args.replicas)
     ray.init(num_cpus=max(4, 2 * (os.cpu_count() or 2)), include_dashboard=False, logging_level="ERROR",
              log_to_driver=False)
     port = 8000 + os.getpid() % 1000
@@ -205,9 +226,10 @@ def main() -> int:
     sampler.start()
     serve.run(build_app({
         "registry": registry, "api_key_env": "PRETEXTLAB_BENCH_KEY",
-        "models": [{"name": "bench", "spec": ref.id, "num_cpus": args.threads, "torch_threads": args.threads,
+        "models": [{"name": "bench", "spec": ref.id, "num_cpus": per_replica, "torch_threads": per_replica,
                     "max_batch_images": 64, "batch_wait_timeout_s": 0.002, "max_ongoing_requests": 64,
-                    "autoscaling": {"min_replicas": 1, "max_replicas": 1}}],
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY") or None,
+                    "autoscaling": {"min_replicas": args.replicas, "max_replicas": args.replicas}}],
         "ingress": {"num_cpus": 0.5, "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
     }), name="pretextlab", route_prefix="/")
     serve.run(naive_app(registry, ref.id, args.threads), name="naive", route_prefix="/naive")
@@ -219,32 +241,41 @@ def main() -> int:
     }
     rng = np.random.default_rng(1)
     cells = []
+    anchors = [in_process_rate(model, card, args.size, 32, args.anchor_seconds)]  # between every two cells
     client_counts = [8] if args.quick else [1, 8, 32]
     for n_images in (1, 32):
         payload = _npy(rng.integers(0, 256, (n_images, args.size, args.size, 3), dtype=np.uint8))
         for clients in client_counts:
             for name, (path, headers) in servers.items():
                 stats = asyncio.run(load(url, path, payload, n_images, clients, args.seconds, args.warmup, headers))
-                cells.append({"server": name, "images_per_request": n_images, "clients": clients, **stats})
+                anchors.append(in_process_rate(model, card, args.size, 32, args.anchor_seconds))
+                local = statistics.median(anchors[-2:])
+                cells.append({"server": name, "images_per_request": n_images, "clients": clients, **stats,
+                              "in_process_around": round(local, 1),
+                              "ratio_to_in_process": round(stats["embeddings_per_s"] / local, 3)})
                 print(f"{name:>10}  {n_images:>2} img/req  {clients:>2} clients: {stats['embeddings_per_s']:7.0f} emb/s "
                       f"{stats['requests_per_s']:6.1f} req/s  p50 {stats['p50_ms']:7.1f} ms  p99 {stats['p99_ms']:7.1f} ms"
-                      f"  errors {stats['errors']}", flush=True)
+                      f"  errors {stats['errors']}  | in process {local:5.0f}/s -> {cells[-1]['ratio_to_in_process']:.2f}x",
+                      flush=True)
     sampler.stop.set()
     serve.shutdown()
     ray.shutdown()
-    anchor_after = in_process_rate(model, card, args.size, 32, 4.0)
-    anchor = statistics.median([anchor_before, anchor_after])
-    for c in cells:
-        c["ratio_to_in_process"] = round(c["embeddings_per_s"] / anchor, 3)
+    one_thread_after = _at_threads(torch, 1, lambda: in_process_rate(model, card, args.size, 32, 3.0))
+    anchor = statistics.median(anchors)
     best = {(s, n): max((c for c in cells if c["server"] == s and c["images_per_request"] == n),
-                        key=lambda c: c["embeddings_per_s"]) for s in servers for n in (1, 32)}
+                        key=lambda c: c["ratio_to_in_process"]) for s in servers for n in (1, 32)}
     result = {
         "benchmark": "serving", "model": f"vit_tiny img {args.size} patch {args.patch}", "threads": args.threads,
-        "cpus": os.cpu_count(), "seconds_per_cell": args.seconds,
-        "in_process_images_per_s": {"before": round(anchor_before, 1), "after": round(anchor_after, 1),
-                                    "median": round(anchor, 1)},
+        "replicas": args.replicas, "threads_per_replica": per_replica, "cpus": os.cpu_count(),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 1), "seconds_per_cell": args.seconds,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "in_process_images_per_s": {
+            "threads": args.threads, "median": round(anchor, 1), "windows": [round(a, 1) for a in anchors],
+            "one_thread": {"before": round(one_thread_before, 1), "after": round(one_thread_after, 1)}},
         "cells": cells,
         "best": {f"{s}/{n}": {"clients": c["clients"], "embeddings_per_s": round(c["embeddings_per_s"], 1),
+                              "p50_ms": round(c["p50_ms"], 1), "p99_ms": round(c["p99_ms"], 1),
                               "ratio_to_in_process": c["ratio_to_in_process"]} for (s, n), c in best.items()},
         "peak_rss_mb": {"driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                         "serve_processes_total": round(sampler.peak, 1),
@@ -253,10 +284,11 @@ def main() -> int:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"in process: {anchor:.0f} images/s (before {anchor_before:.0f}, after {anchor_after:.0f})")
+    print(f"in process at {args.threads} threads: median {anchor:.0f} images/s over {len(anchors)} windows "
+          f"({min(anchors):.0f}-{max(anchors):.0f}); at 1 thread {one_thread_before:.0f} / {one_thread_after:.0f}")
     for key, b in result["best"].items():
         print(f"best {key:>14} img/req: {b['embeddings_per_s']:7.0f} emb/s at {b['clients']} clients "
-              f"= {b['ratio_to_in_process']:.2f}x in process")
+              f"= {b['ratio_to_in_process']:.2f}x the in-process rate measured around it")
     print(f"peak RSS: driver {result['peak_rss_mb']['driver']:.0f} MB, Serve processes "
           f"{result['peak_rss_mb']['serve_processes_total']:.0f} MB; wall {result['wall_s']:.0f} s -> {args.out}")
     return 0

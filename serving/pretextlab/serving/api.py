@@ -28,13 +28,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import ValidationError
 from ray import serve
-from ray.exceptions import RayActorError, RayTaskError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import JSONResponse, Response
 
+from pretextlab.serving.batcher import ModelBatcher
 from pretextlab.serving.decode import ImageLimits, check_total, decode_image
 from pretextlab.serving.errors import ApiError, bad_request, error_response, invalid, not_found, too_large
 from pretextlab.serving.regions import RegionsRequest, StoreReader
@@ -42,7 +41,6 @@ from pretextlab.serving.regions import RegionsRequest, StoreReader
 log = logging.getLogger("ray.serve")
 
 NPY = "application/x-npy"
-RETRYABLE = (RayActorError, BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
 RAW_TYPES = ("application/x-npy", "application/octet-stream", "image/png", "image/jpeg", "image/tiff",
              "application/dicom", "")
 
@@ -186,12 +184,17 @@ def _group_by_shape(arrays: list[np.ndarray]) -> tuple[list[np.ndarray], list[np
 @serve.deployment(name="ingress", max_ongoing_requests=256)
 @serve.ingress(api)
 class EmbeddingAPI:
-    """Authenticate, bound, decode and validate; then call the model deployments."""
+    """Authenticate, bound, decode and validate; then batch per model and call the model deployments."""
 
     def __init__(self, models: dict[str, Any], infos: dict[str, dict[str, Any]], stores: dict[str, str],
                  limits: dict[str, Any], api_key_env: str = "PRETEXTLAB_API_KEY", api_key_sha256: str | None = None,
-                 insecure_local: bool = False):
+                 insecure_local: bool = False, batching: dict[str, dict[str, Any]] | None = None):
         self.models, self.infos = models, infos
+        batching = batching or {}
+        self.batchers = {name: ModelBatcher(name, handle, timeout_s=float(limits["request_timeout_s"]),
+                                            **{"max_batch_images": 64, "batch_wait_timeout_s": 0.005,
+                                               "max_in_flight": 1, **batching.get(name, {})})
+                         for name, handle in models.items()}
         self.stores = StoreReader(stores)
         self.limits = limits
         self.image_limits = ImageLimits(limits["max_images"], limits["max_image_pixels"], limits["max_total_pixels"])
@@ -227,32 +230,9 @@ class EmbeddingAPI:
             raise not_found("unknown_model", f"model {name[:80]!r} is not served (served: {', '.join(sorted(self.models))})")
         return name
 
-    async def _call(self, name: str, images: np.ndarray) -> np.ndarray:
-        """One model call, retried while the deployment is replacing a replica, bounded in time."""
-        handle = self.models[name]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + float(self.limits["request_timeout_s"])
-        delay = 0.1
-        while True:
-            try:
-                return await asyncio.wait_for(handle.embed.remote(images), max(0.01, deadline - loop.time()))
-            except TimeoutError:
-                raise ApiError(504, "timeout", f"model {name!r} did not answer within "
-                                               f"{self.limits['request_timeout_s']} s") from None
-            except RETRYABLE as exc:
-                if loop.time() + delay >= deadline:
-                    raise ApiError(503, "unavailable", f"model {name!r} is unavailable ({type(exc).__name__}); retry",
-                                   {"Retry-After": "1"}) from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-            except RayTaskError as exc:
-                if isinstance(exc.cause, ValueError):
-                    raise invalid(f"model {name!r} refused the images: {str(exc.cause)[:300]}") from None
-                raise
-
     async def _embed(self, name: str, arrays: list[np.ndarray]) -> np.ndarray:
         stacks, rows = _group_by_shape(arrays)
-        outs = await asyncio.gather(*(self._call(name, s) for s in stacks))
+        outs = await asyncio.gather(*(self.batchers[name].embed(s) for s in stacks))
         if len(outs) == 1:
             return outs[0]
         result = np.empty((sum(len(o) for o in outs), outs[0].shape[1]), dtype=np.float32)

@@ -17,6 +17,7 @@ from ray.serve import Application
 from pretextlab.serving.config import ServeArgs, ServingConfigError, parse_serve_args
 
 MIN_KEY_LENGTH = 16
+ENCODER_BATCH_WAIT_S = 0.002  # enough for calls that queued during a forward to join the next one
 
 
 def api_key_digest(cfg: ServeArgs) -> str | None:
@@ -62,13 +63,19 @@ def build_app(args: dict[str, Any]) -> Application:
             name=f"encoder-{m.name}",
             max_ongoing_requests=m.max_ongoing_requests,
             autoscaling_config=m.autoscaling.to_serve(),
-            ray_actor_options={"num_cpus": m.num_cpus, "num_gpus": m.num_gpus},
+            ray_actor_options={"num_cpus": m.num_cpus, "num_gpus": m.num_gpus, **(
+                {"runtime_env": {"env_vars": {"OMP_WAIT_POLICY": m.omp_wait_policy}}} if m.omp_wait_policy else {})},
             logging_config={"enable_access_log": False},  # internal calls; the ingress logs each request
-        ).bind(cfg.registry, infos[m.name]["id"], m.max_batch_images, m.batch_wait_timeout_s, threads,
+        ).bind(cfg.registry, infos[m.name]["id"], m.max_batch_images, ENCODER_BATCH_WAIT_S, threads,
                cfg.registry_cache_dir)
+    # the ingress batches per model (one encoder call per batch, one call in flight per encoder replica);
+    # the encoder's @serve.batch merges calls from several ingress replicas
+    batching = {m.name: {"max_batch_images": m.max_batch_images, "batch_wait_timeout_s": m.batch_wait_timeout_s,
+                         "max_in_flight": max(1, m.autoscaling.max_replicas)} for m in cfg.models}
     return EmbeddingAPI.options(
         max_ongoing_requests=cfg.ingress.max_ongoing_requests,
         autoscaling_config=cfg.ingress.autoscaling.to_serve(),
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
         logging_config={"enable_access_log": cfg.ingress.access_log},
-    ).bind(handles, infos, cfg.stores, cfg.limits.model_dump(), cfg.api_key_env, digest, cfg.insecure_local)
+    ).bind(handles, infos, cfg.stores, cfg.limits.model_dump(), cfg.api_key_env, digest, cfg.insecure_local,
+           batching)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -94,6 +94,9 @@ class ModelArgs(BaseModel):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads (default: ceil(num_cpus), >= 1)")
+    omp_wait_policy: Literal["PASSIVE", "ACTIVE"] | None = Field(
+        "PASSIVE", description="OpenMP idle threads sleep (PASSIVE) instead of spinning: on shared cores spinning "
+                               "threads made forwards 10-25x slower (benchmarks/serving.py); None leaves it alone")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
 
     @field_validator("name")

@@ -2,17 +2,17 @@
 
 Requests arrive decoded and validated (uint8 (N, H, W, C)); each is preprocessed exactly as in training
 (``pretextlab.evaluate.features.preprocess``, from the card) *before* it joins a batch, so no input can
-fail a batch it shares with others. The batch size counts images, not requests; a request with more
-images than one batch is split. Forwards run in inference mode on one executor thread, so the replica
-keeps accepting and preprocessing requests while a batch runs.
+fail a batch it shares with others. The batch size counts images, not requests; a call with more
+images than one batch is split. The ingress already batches per model (pretextlab.serving.batcher);
+here ``@serve.batch`` merges calls from several ingress replicas into one inference-mode forward.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -44,20 +44,27 @@ class EncoderReplica:
         self.max_batch_images = max_batch_images
         self._embed_batch.set_max_batch_size(max_batch_images)
         self._embed_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="forward")
+        self.stats = {"forwards": 0, "images": 0, "forward_s": 0.0}
         size = int(self.card.img_size)
         self._forward(torch.zeros(2, int(self.card.in_chans), size, size))  # warm up kernels before traffic
 
     def _forward(self, x: torch.Tensor) -> np.ndarray:
+        t0 = time.perf_counter()
         with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
                                                     enabled=self.device.type == "cuda"):
-            out = self.model(x.to(self.device, non_blocking=True))
-        return out.float().cpu().numpy()
+            out = self.model(x.to(self.device, non_blocking=True)).float().cpu().numpy()
+        self.stats["forwards"] += 1
+        self.stats["images"] += len(x)
+        self.stats["forward_s"] += time.perf_counter() - t0
+        return out
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=_count_images)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002, batch_size_fn=_count_images)
     async def _embed_batch(self, batch: list[torch.Tensor]) -> list[np.ndarray]:
+        # The forward runs on this loop on purpose: calls that arrive meanwhile wait in Serve's own loop and
+        # all join the next batch. (On an executor thread, @serve.batch keeps forming batches on its timer
+        # while the forward runs, and they come out tiny.)
         x = batch[0] if len(batch) == 1 else torch.cat(batch)
-        out = await asyncio.get_running_loop().run_in_executor(self._pool, self._forward, x)
+        out = self._forward(x)
         bounds = np.cumsum([0] + [int(b.shape[0]) for b in batch])
         return [out[bounds[i]:bounds[i + 1]] for i in range(len(batch))]
 
@@ -72,7 +79,8 @@ class EncoderReplica:
 
     def info(self) -> dict[str, Any]:
         """Identity of this replica: the encoder it serves, its process and its device."""
-        return {"id": self.ref.id, "pid": os.getpid(), "device": str(self.device), "threads": self.threads}
+        return {"id": self.ref.id, "pid": os.getpid(), "device": str(self.device), "threads": self.threads,
+                "stats": dict(self.stats)}
 
     def ready(self) -> bool:
         return True
