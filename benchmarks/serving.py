@@ -1,18 +1,22 @@
 """Embedding service throughput and latency against the same model in process, and a naive server, in one run.
 
-    .venv/bin/python benchmarks/serving.py                      # ViT-Tiny 64 px (patch 16), ~4-5 min
+    .venv/bin/python benchmarks/serving.py                      # ViT-Tiny 64 px (patch 16), ~3-5 min
     .venv/bin/python benchmarks/serving.py --seconds 4 --quick  # a quick look (1 and 32 images, 8 clients)
+    .venv/bin/python benchmarks/serving.py --replicas 1         # one model replica with all threads
 
 For 1 and 32 images per request and 1, 8 and 32 concurrent clients (HTTP, keep-alive, .npy bodies and
 responses), each cell time-bounded: embeddings/s and p50/p99 latency of
 
-* ``pretextlab``: this service (FastAPI ingress -> ``@serve.batch`` encoder deployment), and
-* ``naive``: one Serve deployment that runs one forward per request (no batching across requests),
+* ``pretextlab``: this service (FastAPI ingress with per-model batching -> ``@serve.batch`` encoder
+  deployment; by default one replica per core with one torch thread each), and
+* ``naive``: one Serve deployment that runs one forward per request (no batching), all threads,
 
-against ``in_process``: ``embed_images`` on the same model and threads, batches of 32 (the limit: no HTTP,
-no serialisation). ratio = served embeddings/s / in-process embeddings/s. In-process is measured before
-and after the HTTP cells (median of both). Peak RSS of the driver and of the Serve processes (sampled).
-Figures go to .bench/serving.json.
+against ``in_process``: ``embed_images`` on the same model, batches of 32, ``--threads`` threads (the
+limit: no HTTP, no serialisation, no other process). The machine is shared and noisy, so an in-process
+window runs between every two cells, and each cell's ratio is its embeddings/s over the median of the
+two windows around it. The 1-thread in-process rate is reported too. OMP_WAIT_POLICY=PASSIVE for every
+process (spinning OpenMP threads on shared cores made 2-thread forwards 10-25x slower here). Peak RSS of
+the driver and of the Serve processes (sampled). Figures go to .bench/serving.json.
 """
 
 # no `from __future__ import annotations`: the naive Serve ingress needs real annotations (Request)
@@ -194,7 +198,8 @@ def main() -> int:
     ap.add_argument("--anchor-seconds", type=float, default=2.0, help="in-process window between cells")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2,
                     help="torch threads in process (the anchor) and in total across model replicas")
-    ap.add_argument("--replicas", type=int, default=1, help="model replicas (each gets threads / replicas)")
+    ap.add_argument("--replicas", type=int, default=os.cpu_count() or 2,
+                    help="model replicas, each with threads / replicas torch threads (default: one per core)")
     ap.add_argument("--quick", action="store_true", help="8 clients only")
     ap.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE"], help="OMP_WAIT_POLICY (default PASSIVE)")
     ap.add_argument("--out", default=str(BENCH / "serving.json"))
