@@ -92,28 +92,36 @@ def in_process_rate(model, card, size: int, batch: int, seconds: float) -> float
 
 
 class RssSampler(threading.Thread):
-    """Peak RSS (MB) of the Serve processes (ServeReplica / ProxyActor / ServeController), sampled."""
+    """Peak RSS (MB) of the Serve processes (replicas, proxy, controller), sampled, per process and in total."""
 
     def __init__(self, interval: float = 0.5):
         super().__init__(daemon=True)
         self.interval, self.stop, self.peak, self.peak_by = interval, threading.Event(), 0.0, {}
+
+    @staticmethod
+    def _role(cmd: str) -> str | None:
+        for part in cmd.replace("::", " ").split():
+            if part.startswith("ServeReplica:"):
+                return part.split(".", 1)[0]  # ServeReplica:<app>:<deployment>, without the running method
+            if part.startswith(("ProxyActor", "ServeController")):
+                return part.split(".", 1)[0]
+        return None
 
     def run(self) -> None:
         import psutil
 
         while not self.stop.is_set():
             total = 0.0
-            for p in psutil.process_iter(["cmdline", "memory_info", "ppid"]):
+            for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
                 try:
-                    cmd = " ".join(p.info["cmdline"] or [])
-                except (psutil.Error, TypeError):
+                    role = self._role(" ".join(p.info["cmdline"] or []))
+                    mb = p.info["memory_info"].rss / 2**20 if role else 0.0
+                except (psutil.Error, TypeError, AttributeError):
                     continue
-                for tag in ("ServeReplica", "ProxyActor", "ServeController"):
-                    if tag in cmd and p.info["memory_info"] is not None:
-                        mb = p.info["memory_info"].rss / 2**20
-                        name = cmd.split("ray::", 1)[-1].split()[0][:60]
-                        self.peak_by[name] = max(self.peak_by.get(name, 0.0), mb)
-                        total += mb
+                if role:
+                    key = f"{role} (pid {p.info['pid']})"
+                    self.peak_by[key] = max(self.peak_by.get(key, 0.0), mb)
+                    total += mb
             self.peak = max(self.peak, total)
             self.stop.wait(self.interval)
 

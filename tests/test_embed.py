@@ -78,6 +78,7 @@ def _markers(dest: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")} if folder.is_dir() else {}
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_repeats_or_gaps_and_bags_match(world, tmp_path):
     dest = tmp_path / "bags"
     expected = _expected_counts(world["store"])

@@ -359,6 +359,7 @@ def _replica_pid() -> int:
     return serve.get_deployment_handle("encoder-hist", app_name=APP).info.remote().result(timeout_s=30)["pid"]
 
 
+@pytest.mark.slow
 def test_killed_replica_is_replaced_under_load(server):
     import ray
 
