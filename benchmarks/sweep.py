@@ -1,11 +1,11 @@
 """Sweep throughput: trials per hour for a fixed tiny budget, and what Tune costs over a plain loop.
 
-    .venv/bin/python benchmarks/sweep.py                   # 4 trials x 8 steps, 3 repeats
+    .venv/bin/python benchmarks/sweep.py                   # 3 trials x 8 steps, 3 repeats
     .venv/bin/python benchmarks/sweep.py --trials 2 --repeats 1
 
 The same trials (a tiny I-JEPA on 32 px ultrasound frames, 2 Ray Train workers at 0.5 CPU, online kNN
 every 4 steps, a grid over the learning rate) run three ways, each in a fresh subprocess with its own
-local Ray cluster (num_cpus=4), whose whole process tree's RSS is sampled every 100 ms:
+local Ray cluster (num_cpus=4), whose whole process tree's PSS is sampled every 0.5 s:
   1. loop (the anchor): for each trial, ``prepare`` + ``build_trainer`` + ``fit``, then export the best
      encoder: Ray Train alone, one trial after another.
   2. tune: ``pretextlab sweep``'s ``run_sweep`` with FIFO scheduling and one trial at a time: the same
@@ -46,29 +46,36 @@ def pretrain_dict(store: str, work: str, steps: int) -> dict:
     }
 
 
+def _tree_pss(parent: psutil.Process) -> int:
+    """Proportional set size of a process and its descendants: shared pages (Ray's object store, torch
+    libraries) counted once across the tree, where RSS would count them in every worker."""
+    total = 0
+    try:
+        procs = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
 def measure(args: list[str]) -> dict:
-    """Run ``this_script _child ARGS``; sample the peak RSS of its process tree (Ray's processes too)."""
+    """Run ``this_script _child ARGS``; sample the peak PSS of its process tree (Ray's processes too)."""
     proc = subprocess.Popen([sys.executable, str(HERE), "_child", *args], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "RAY_ADDRESS": "", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"})
     parent = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
-        total = 0
-        try:
-            for p in [parent, *parent.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.NoSuchProcess:
-                    pass
-        except psutil.NoSuchProcess:
-            pass
-        peak = max(peak, total)
-        time.sleep(0.1)
+        peak = max(peak, _tree_pss(parent))
+        time.sleep(0.5)
     out = proc.stdout.read()
     if proc.returncode != 0:
         raise RuntimeError(f"child {args} failed:\n{out[-4000:]}")
     result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_mb"] = peak / 1e6
+    result["peak_pss_mb"] = peak / 1e6
     return result
 
 
@@ -132,7 +139,7 @@ def child(argv: list[str]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
@@ -147,19 +154,19 @@ def main() -> None:
                 r = measure([mode, store, work, str(args.trials), str(args.steps)])
                 runs[mode].append(r)
                 print(f"repeat {rep + 1}/{args.repeats} {mode:7s} {r['seconds']:7.1f} s  {r['trials_per_hour']:6.0f} "
-                      f"trials/h  peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+                      f"trials/h  peak PSS {r['peak_pss_mb']:.0f} MB", flush=True)
     anchor = statistics.median(r["seconds"] for r in runs["loop"])
     summary = {}
     for mode in modes:
         sec = statistics.median(r["seconds"] for r in runs[mode])
         summary[mode] = {"seconds_median": sec, "trials_per_hour_median": args.trials * 3600 / sec,
                          "ratio_to_loop": sec / anchor,
-                         "peak_rss_mb_median": statistics.median(r["peak_rss_mb"] for r in runs[mode]),
+                         "peak_pss_mb_median": statistics.median(r["peak_pss_mb"] for r in runs[mode]),
                          "runs": runs[mode]}
     print(f"\n{args.trials} trials x {args.steps} steps, medians of {args.repeats}:")
     for mode, s in summary.items():
         print(f"  {mode:7s} {s['seconds_median']:7.1f} s  {s['trials_per_hour_median']:6.0f} trials/h  "
-              f"x{s['ratio_to_loop']:.2f} of the loop  peak RSS {s['peak_rss_mb_median']:.0f} MB")
+              f"x{s['ratio_to_loop']:.2f} of the loop  peak PSS {s['peak_pss_mb_median']:.0f} MB")
     BENCH.mkdir(exist_ok=True)
     out = {"trials": args.trials, "steps": args.steps, "repeats": args.repeats, "cpus": os.cpu_count(),
            "anchor": "loop", **summary}

@@ -88,6 +88,7 @@ def _result_lines(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.timeout(1200)  # the module's sweep runs in this test's fixture; trials start slowly on a busy box
 def test_asha_sweep_stops_early_and_chooses_best(asha_sweep):
     from PIL import Image
 
@@ -130,6 +131,14 @@ def test_asha_sweep_stops_early_and_chooses_best(asha_sweep):
         with Image.open(sweep_dir / "summary" / png) as im:
             assert im.format == "PNG" and im.size[0] > 200
 
+    # the stopped trials' Train workers gave their CPUs back (their placement groups were reaped)
+    import ray
+
+    deadline = time.time() + 30
+    while ray.available_resources().get("CPU", 0) < 3.99 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) >= 3.99, ray.available_resources()
+
     # the status command prints the table from the sweep folder
     out = run_cli("sweep", "status", str(sweep_dir), timeout=120)
     assert out.returncode == 0, out.stderr
@@ -165,6 +174,7 @@ def test_tensorboard_files_per_trial_hold_the_scalars(asha_sweep):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_killed_driver_resumes_without_rerunning_finished_trials(store, tmp_path):
     cfg = sweep_config(tmp_path, store, name="t-resume", steps=6, metric="knn_acc", scheduler={"name": "fifo"})
     path = write(tmp_path, cfg)
@@ -202,6 +212,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(store, tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_sweep_on_s3(store, tmp_path, s3_server):
     """Data, trials, Train checkpoints, TensorBoard, status, summary and registry all on object storage."""
     from pretextlab.jobs.sweep import plan_sweep, run_sweep

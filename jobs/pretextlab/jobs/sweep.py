@@ -273,8 +273,8 @@ def run_sweep(plan: SweepPlan, print_every: float = 30.0, max_concurrent: int | 
     from ray import tune
 
     from pretextlab.jobs.sweep_report import finalize, pick_best, read_curve, write_summary
-    from pretextlab.jobs.sweep_trial import (ACTIVE, RUN_SETTINGS, SweepStatus, run_trial, trial_dirname, trial_name,
-                                             write_status)
+    from pretextlab.jobs.sweep_trial import (ACTIVE, RUN_SETTINGS, SweepStatus, reap_orphan_placement_groups, run_trial,
+                                             trial_dirname, trial_name, write_status)
     from pretextlab.training.sweep_config import decode, encoded_paths
 
     cfg, so = plan.cfg, plan.storage_options
@@ -325,6 +325,7 @@ def run_sweep(plan: SweepPlan, print_every: float = 30.0, max_concurrent: int | 
     if not resumed:
         write_status(plan.uri, status_cb.snapshot(), so)
     tuner.fit()
+    reap_orphan_placement_groups(wait_s=30.0)  # the last stopped trials' Train workers
     seconds = time.perf_counter() - t0
     status_cb = ACTIVE.pop(plan.uri, status_cb)
 

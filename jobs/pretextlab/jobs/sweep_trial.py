@@ -10,6 +10,8 @@ trial restarted by ``Tuner.restore`` continues from its own latest checkpoint.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from typing import Any
 
@@ -44,6 +46,10 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], sweep_uri: str,
     from pretextlab.training.config import PretrainConfig
     from pretextlab.training.sweep_config import decode, trial_config
 
+    # the Train controller inherits this (Ray Train propagates RAY_TRAIN_* variables): worker processes
+    # importing torch on a busy node can take longer than Train's 60 s default, which then restarts
+    # the whole worker group, again and again
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     trial_uri = sfs.join(sweep_uri, f"trial-{tune.get_context().get_trial_id()}")
     cfg = trial_config(PretrainConfig.model_validate(base), decode(config, encoded))
     prep = prepare(cfg, storage_options)
@@ -66,7 +72,7 @@ class SweepStatus(tune.Callback):
         self.sweep_uri, self.header, self.storage_options = sweep_uri, header, storage_options
         self.print_every, self.write_every = print_every, write_every
         self.rows: dict[str, dict[str, Any]] = {}
-        self._printed = self._written = 0.0
+        self._printed = self._written = self._reaped = 0.0
         self._dirty = False
         self._last_table = ""
 
@@ -120,6 +126,9 @@ class SweepStatus(tune.Callback):
         self._flush(force=True)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self._reaped >= REAP_EVERY_S:
+            reap_orphan_placement_groups()
+            self._reaped = time.monotonic()
         new = [t for t in trials if t.trial_id not in self.rows]
         for trial in new:
             self._row(trial)
@@ -161,6 +170,52 @@ class SweepStatus(tune.Callback):
                 print(table, flush=True)
                 self._last_table = table
             self._printed = now
+
+
+REAP_EVERY_S = 5.0
+log = logging.getLogger(__name__)
+_reap_warned = False
+
+
+def reap_orphan_placement_groups(wait_s: float = 0.0) -> int:
+    """Remove this job's placement groups whose creating actor is dead; with ``wait_s``, keep at it
+    until no actor-created placement group of this job is left (or the time is up).
+
+    When ASHA stops a trial, Tune kills the trial's actor and with it the Ray Train controller, but a
+    placement group lives as long as the job unless its creator removes it. Train's own cleaner watches
+    the controller through the state API, which needs the dashboard and a single Ray instance per host;
+    where it cannot, the stopped trial's worker CPUs stay reserved and later trials wait for them
+    forever. This reads the GCS table directly (Ray 2.60 internals, guarded)."""
+    global _reap_warned
+    try:
+        import ray
+        from ray._private.state import state
+        from ray.core.generated import gcs_pb2
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+        job = bytes.fromhex(ray.get_runtime_context().get_job_id())
+        removed, deadline = 0, time.monotonic() + wait_s
+        while True:
+            live = 0
+            for raw in state._connect_and_get_accessor().get_placement_group_table():
+                pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
+                creator = pg.creator_actor_id
+                if (pg.state == gcs_pb2.PlacementGroupTableData.REMOVED or pg.is_detached or pg.creator_job_id != job
+                        or not creator or creator == b"\xff" * len(creator)):
+                    continue  # gone, detached, another job's, or made by a driver (Tune's trial groups)
+                if pg.creator_actor_dead:
+                    remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
+                    removed += 1
+                else:
+                    live += 1
+            if not live or time.monotonic() >= deadline:
+                return removed
+            time.sleep(0.5)
+    except Exception as exc:  # internals moved: say so once, the sweep itself goes on
+        if not _reap_warned:
+            log.warning("could not check for placement groups left by stopped trials: %s", exc)
+            _reap_warned = True
+        return 0
 
 
 def _first_error_line(trial: Any) -> str:
