@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     for name, uri, seconds in rows:
         results.append((name, evaluate_encoder(uri, str(dest), ev), seconds))
     split = results[0][1]["split"]
-    print(f"      {results[0][1]['dataset']['n_samples']} frames of {results[0][1]['dataset']['n_items']} loops; "
+    print(f"      {results[0][1]['dataset']['n_samples']} images of {results[0][1]['dataset']['n_items']} labelled ultrasound items; "
           f"{split['strategy']}: {split['n_train']} train / {split['n_test']} test")
     print()
     print(comparison_table(results))
