@@ -218,7 +218,7 @@ def test_views_in_map_batches_are_deterministic(store):
     # the same rows, viewed in process with the batch's seed, give the same tensors
     rows = read_stream(plan, [0]).take_batch(8, batch_format="numpy")
     g = torch.Generator().manual_seed(batch_seed(0, rows))
-    local = views({"images": torch.from_numpy(rows["image"]).permute(0, 3, 1, 2)}, g)
+    local = views({"images": torch.from_numpy(np.array(rows["image"])).permute(0, 3, 1, 2)}, g)
     assert torch.equal(local["global"][0], batch["global"][0])
 
 

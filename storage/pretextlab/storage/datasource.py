@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import replace
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -223,6 +224,17 @@ class ApplyViews:
         from pretextlab.views.registry import RECIPES
 
         key = RECIPES[self.views.recipe].key
+        with warnings.catch_warnings():  # zero-copy blocks are read-only; the views only read them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            x = self._pixels(key, batch)
+        g = torch.Generator().manual_seed(batch_seed(self.seed, batch))
+        out = to_columns(self.views({key: x}, g))
+        out.update({k: batch[k] for k in self.passthrough if k in batch})
+        return out
+
+    def _pixels(self, key: str, batch: dict[str, np.ndarray]):
+        import torch
+
         if key == "clips":
             if "clip" not in batch:
                 raise ValueError(f"views {self.views.recipe!r} need clips (StreamSpec kind 'clips'), got {sorted(batch)}")
@@ -232,10 +244,7 @@ class ApplyViews:
                 raise ValueError(f"views {self.views.recipe!r} need images (kind 'patches' or 'frames'), got "
                                  f"{sorted(batch)}")
             x = torch.from_numpy(np.asarray(batch["image"])).permute(0, 3, 1, 2)  # (B, C, H, W)
-        g = torch.Generator().manual_seed(batch_seed(self.seed, batch))
-        out = to_columns(self.views({key: x}, g))
-        out.update({k: batch[k] for k in self.passthrough if k in batch})
-        return out
+        return x
 
 
 def view_bytes(views: Any) -> int:
