@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test install bench clean help image
 
 help:
-	@echo "make demo   - generate sample data, ingest it on a local Ray cluster, print the catalog"
+	@echo "make demo   - generate sample data, ingest, pretrain I-JEPA and MAE on Ray Train, print a kNN table"
 	@echo "make test   - run the test suite (real Ray, real S3 server on 127.0.0.1)"
 	@echo "make bench  - storage benchmarks (benchmarks/ingest.py)"
 

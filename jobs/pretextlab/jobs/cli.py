@@ -16,7 +16,7 @@ from pretextlab.core.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("pretextlab.jobs.ingest", "ingest slides and cine loops into a Zarr store (Ray tasks)"),
     "catalog": ("pretextlab.jobs.catalog", "print (and re-label) the catalog of a store"),
-    "demo": ("pretextlab.jobs.demo", "generate a small sample set, ingest it, print the catalog"),
+    "demo": ("pretextlab.jobs.demo", "sample data -> ingest -> pretrain two objectives -> kNN comparison table"),
     "pretrain": ("pretextlab.jobs.pretrain", "pretrain an encoder with Ray Train (checkpoints, resume, encoder registry)"),
     "evaluate": ("pretextlab.jobs.evaluate", "evaluate a saved encoder on a labelled catalog (kNN, linear probe, few-shot)"),
     "serve": ("pretextlab.jobs.serve", "serve registered encoders over HTTP (Ray Serve): embeddings, regions, models"),
