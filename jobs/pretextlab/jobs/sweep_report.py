@@ -126,7 +126,7 @@ def finalize(rows: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]]]
     for row in rows:
         row = dict(row)
         curve = curves.get(row["id"]) or []
-        if curve:
+        if curve and int(curve[-1]["step"]) >= (row.get("step") or 0):  # not a file a crash cut short
             row["step"] = int(curve[-1]["step"])
             values = [(int(r["step"]), float(r[metric])) for r in curve if _finite(r.get(metric))]
             if values:

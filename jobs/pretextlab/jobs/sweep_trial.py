@@ -101,6 +101,13 @@ class SweepStatus(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         row = self._row(trial)
         row["state"] = "RUNNING"
+        self._take(row, result)
+        self._dirty = True
+
+    def _take(self, row: dict[str, Any], result: dict) -> None:
+        """Step and metric from one result (a trial's last one can reach Tune only with its completion)."""
+        if not isinstance(result, dict):
+            return
         if "step" in result:
             row["step"] = int(result["step"])
         metric = self.header["metric"]
@@ -109,10 +116,11 @@ class SweepStatus(tune.Callback):
             row["metric"], row["metric_step"] = value, row["step"]
             better = max if self.header["mode"] == "max" else min
             row["best"] = value if row.get("best") is None else better(row["best"], value)
-        self._dirty = True
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._row(trial)
+        if (getattr(trial, "last_result", None) or {}).get("step", -1) >= (row.get("step") or 0):
+            self._take(row, trial.last_result)
         steps = self.header["steps"]
         row["state"] = "STOPPED" if (row.get("step") or 0) < steps else "DONE"
         self._dirty = True
@@ -138,7 +146,11 @@ class SweepStatus(tune.Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for trial in trials:  # Tune's final word on each trial (also those restored as finished)
             row = self._row(trial)
-            if trial.status == "TERMINATED" and row["state"] not in ("DONE", "STOPPED"):
+            if (getattr(trial, "last_result", None) or {}).get("step", -1) > (row.get("step") or 0):
+                self._take(row, trial.last_result)
+            if trial.status == "TERMINATED" and (row["state"] not in ("DONE", "STOPPED") or
+                                                 (row["state"] == "STOPPED" and (row.get("step") or 0)
+                                                  >= self.header["steps"])):
                 row["state"] = "STOPPED" if (row.get("step") or 0) < self.header["steps"] else "DONE"
             elif trial.status == "ERROR" and row["state"] != "ERROR":
                 row["state"], row["error"] = "ERROR", _first_error_line(trial)
