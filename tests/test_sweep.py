@@ -53,7 +53,7 @@ def sweep_config(tmp: Path, store: Path, name: str = "t-sweep", steps: int = 8, 
             "train": {"steps": steps, "batch_size": 4, "num_workers": 2, "cpus_per_worker": 0.5,
                       "data_cpus": 0.25, "log_every": 1, "checkpoint_every": 4,
                       "schedule": {"lr": 1e-3, "warmup_steps": 0}},
-            "validation": {"catalog": str(store), "every": 2, "k": 3},
+            "validation": {"catalog": str(store), "every": 2, "k": 3, "linear": True},
             "storage": str(tmp / "runs"),
             "registry": str(tmp / "registry"),
         },
@@ -93,7 +93,7 @@ def test_asha_sweep_stops_early_and_chooses_best(asha_sweep):
     from PIL import Image
 
     from pretextlab.registry import EncoderRegistry
-    from pretextlab.training.sweep_config import TRAIN_METRICS, VALIDATION_METRICS
+    from pretextlab.training.sweep_config import LINEAR_METRICS, TRAIN_METRICS, VALIDATION_METRICS
 
     tmp, cfg, res = asha_sweep
     assert res.complete and len(res.trials) == 4
@@ -108,7 +108,9 @@ def test_asha_sweep_stops_early_and_chooses_best(asha_sweep):
     sweep_dir = tmp / "runs" / "t-sweep"
     # every metric the sweep config promises (tune.metric is checked against them) really is reported
     reported = set().union(*(_result_lines(sweep_dir / best["dir"])))
-    assert set(TRAIN_METRICS) | set(VALIDATION_METRICS) <= reported
+    assert set(TRAIN_METRICS) | set(VALIDATION_METRICS) | set(LINEAR_METRICS) <= reported
+    linear = [r["linear_acc"] for r in _result_lines(sweep_dir / best["dir"]) if "linear_acc" in r]
+    assert len(linear) == 4 and all(0.0 <= a <= 1.0 for a in linear)  # steps 2, 4, 6, 8
 
     # the best trial's encoder is registered and chosen for ultrasound, its card tells where it came from
     reg = EncoderRegistry(str(tmp / "registry"))
@@ -262,7 +264,10 @@ def _tune_terminated(sweep_dir: Path) -> list[str]:
     ({"search": {"objective.teacher_temp": {"uniform": [0.04, 0.07]}}},
      "search.objective.teacher_temp: unknown hyperparameter: objective ijepa has no field 'teacher_temp'"),
     ({"search": {}}, "search: the search space is empty"),
-    ({"tune": {"metric": "linear_acc"}}, "tune.metric: the trials never report 'linear_acc'; they report: "),
+    ({"tune": {"metric": "linear_acc"}, "pretrain": {"validation": {"linear": False}}},
+     "tune.metric: the trials never report 'linear_acc' (the online linear probe is off: set "
+     "pretrain.validation.linear=true); they report: "),
+    ({"tune": {"metric": "dice"}}, "tune.metric: the trials never report 'dice'; they report: "),
     ({"pretrain": {"validation": None}}, "tune.metric: the trials never report 'knn_acc' (it comes from online "
                                          "validation"),
 ])
@@ -275,7 +280,7 @@ def test_bad_sweep_fails_before_any_trial(store, tmp_path, change, message):
     res = run_cli("sweep", str(write(tmp_path, cfg)), timeout=120)
     assert res.returncode == 2, res.stdout + res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr
-    assert "loss_latent" in res.stderr or "linear_acc" not in message  # the objective's own metrics are listed
+    assert "loss_latent" in res.stderr or "report: " not in message  # the objective's own metrics are listed
     assert "Started a local Ray instance" not in res.stderr + res.stdout
     assert not (tmp_path / "runs").exists()
 

@@ -197,6 +197,7 @@ def build_trainer(prep: Prepared, name: str | None = None, storage: str | None =
         "run_uri": sfs.join(storage or cfg.storage, run_name), "storage_options": prep.storage_options,
         "threads": max(1, int(t.cpus_per_worker)),
     }
+    ds = dataset if dataset is not None else build_dataset(prep, start_epoch)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -210,8 +211,18 @@ def build_trainer(prep: Prepared, name: str | None = None, storage: str | None =
             callbacks=callbacks,
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
-        datasets={"train": dataset if dataset is not None else build_dataset(prep, start_epoch)},
+        datasets={"train": ds},
+        # Train would replace the stream's execution options with the driver's defaults: keep its block
+        # order and its object-store cap (storage/datasource.read_stream sets both)
+        dataset_config=ray.train.DataConfig(execution_options={"train": stream_options(ds)}),
     )
+
+
+def stream_options(ds: Any):
+    """A copy of a dataset's own Ray Data execution options, for ``DataConfig``."""
+    import copy
+
+    return copy.deepcopy(ds.context.execution_options)
 
 
 def export_encoder(prep: Prepared, checkpoint_dir: str | Path, metrics: dict[str, Any], extra: dict[str, Any] | None = None):

@@ -41,7 +41,8 @@ def _collate(device: torch.device, pin: bool):
 
 
 class OnlineKNN:
-    """Rank 0's labelled validation set: frozen features of the current encoder -> kNN accuracy."""
+    """Rank 0's labelled validation set: frozen features of the current encoder -> kNN accuracy (and the
+    accuracy of a linear probe with C=1 when ``validation.linear`` is set)."""
 
     def __init__(self, cfg: PretrainConfig, views_mean: list[float], views_std: list[float], img_size: int,
                  in_chans: int):
@@ -51,6 +52,7 @@ class OnlineKNN:
         v = cfg.validation
         assert v is not None
         self.k = v.k
+        self.linear = v.linear
         self.data = load_eval_set(v.catalog, label_column=v.label_column, patches_per_slide=v.patches_per_slide,
                                   patch_size=cfg.data.patch.patch_size, size=img_size, seed=cfg.train.seed,
                                   modality=cfg.modality)
@@ -71,8 +73,16 @@ class OnlineKNN:
                                num_classes=self.data.num_classes)
         acc = float((preds.cpu().numpy() == self.data.labels[te]).mean())
         diag = diagnostics(feats)
-        return {"knn_acc": acc, "rankme": float(diag["rankme"]), "embedding_std": float(diag["embedding_std"]),
-                "collapsed": float(bool(diag["collapsed"]))}
+        out = {"knn_acc": acc, "rankme": float(diag["rankme"]), "embedding_std": float(diag["embedding_std"]),
+               "collapsed": float(bool(diag["collapsed"]))}
+        if self.linear:
+            from pretextlab.evaluate.linear import linear_probe
+
+            x = feats.float().cpu().numpy()
+            probe = linear_probe(x[tr], self.data.labels[tr], x[te], C=1.0, num_classes=self.data.num_classes,
+                                 max_iter=200)
+            out["linear_acc"] = float((probe.preds == self.data.labels[te]).mean())
+        return out
 
 
 def _probe_batch(batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,10 +25,10 @@ from typing import Any
 import torch
 
 from pretextlab.core.errors import UserError
+from pretextlab.core.names import NAME_RE, NAME_RULE
 from pretextlab.models.encoder_io import CARD, WEIGHTS, EncoderCard, load_encoder, save_encoder
 from pretextlab.storage import fs as sfs
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 class RegistryError(UserError):
@@ -52,7 +51,7 @@ class EncoderRef:
 
 def check_name(name: str) -> str:
     if not NAME_RE.match(name):
-        raise RegistryError(f"encoder name {name!r}: use 1-64 of a-z 0-9 . _ - starting with a letter or digit")
+        raise RegistryError(f"encoder name {name!r}: {NAME_RULE}")
     return name
 
 

@@ -7,15 +7,15 @@ a run can be re-created from its card alone.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pretextlab.core.names import check_name
+
 from pretextlab.objectives.schedules import ScheduleConfig
 from pretextlab.storage.stream import StreamSpec
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 class ObjectiveSpec(BaseModel):
@@ -54,7 +54,8 @@ class TrainSpec(BaseModel):
 
 
 class ValidationSpec(BaseModel):
-    """Online kNN on a labelled catalog every ``every`` steps (rank 0, frozen features)."""
+    """Online kNN (and optionally a linear probe) on a labelled catalog every ``every`` steps (rank 0,
+    frozen features)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -64,6 +65,7 @@ class ValidationSpec(BaseModel):
     k: int = Field(20, ge=1)
     patches_per_slide: int = Field(8, ge=1)
     test_size: float = Field(0.3, gt=0, lt=1)
+    linear: bool = Field(False, description="also fit a logistic-regression probe (C=1) and report linear_acc")
 
 
 class PretrainConfig(BaseModel):
@@ -81,12 +83,7 @@ class PretrainConfig(BaseModel):
     storage: str = Field("runs", description="run storage (checkpoints, TensorBoard): folder or s3:// prefix")
     registry: str = Field("registry", description="encoder registry root: folder or s3:// prefix")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError("use 1-64 of a-z 0-9 . _ - starting with a letter or digit")
-        return v
+    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
 
     @model_validator(mode="after")
     def _cadence(self) -> PretrainConfig:

@@ -24,7 +24,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pretextlab.core.config import ConfigError, deep_merge, format_validation_error, parse_overrides, read_yaml
-from pretextlab.training.config import NAME_RE, PretrainConfig
+from pretextlab.core.names import check_name
+from pretextlab.training.config import PretrainConfig
 
 #: distributions a search dimension may name (exactly one per hyperparameter)
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
@@ -39,6 +40,8 @@ TRAIN_METRICS = ("step", "epoch", "loss", "lr", "momentum", "images_per_s", "dat
                  "train_embedding_std", "collapsed")
 #: ... and with a ``validation:`` section (online kNN on a labelled catalog), at each validation step
 VALIDATION_METRICS = ("knn_acc", "rankme", "embedding_std")
+#: ... and with ``validation.linear: true``, a linear probe's accuracy at the same steps
+LINEAR_METRICS = ("linear_acc",)
 #: top-level PretrainConfig fields that name the run rather than train it
 NOT_SWEPT = ("name", "modality", "storage", "registry")
 
@@ -152,12 +155,7 @@ class SweepConfig(BaseModel):
     export: ExportSpec = Field(default_factory=ExportSpec)
     storage: str | None = Field(None, description="where the sweep folder goes (default: pretrain.storage)")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError("use 1-64 of a-z 0-9 . _ - starting with a letter or digit")
-        return v
+    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
 
     def space(self) -> dict[str, Dimension]:
         """The dimensions of this sweep: those for the pretraining modality, then ``search`` (which wins)."""
@@ -430,6 +428,8 @@ def known_metrics(cfg: PretrainConfig, objective_metrics: list[str] | tuple[str,
     names = set(TRAIN_METRICS) | set(objective_metrics)
     if cfg.validation is not None:
         names |= set(VALIDATION_METRICS)
+        if cfg.validation.linear:
+            names |= set(LINEAR_METRICS)
     return sorted(names)
 
 
@@ -441,8 +441,10 @@ def check_metric(cfg: SweepConfig, objective_metrics: list[str] | tuple[str, ...
     if metric in known:
         return
     hint = ""
-    if metric in VALIDATION_METRICS and base.validation is None:
+    if metric in VALIDATION_METRICS + LINEAR_METRICS and base.validation is None:
         hint = (" (it comes from online validation: add a pretrain.validation: section with a labelled "
                 "catalog, e.g. validation: {catalog: <store>, every: 50})")
+    elif metric in LINEAR_METRICS:
+        hint = " (the online linear probe is off: set pretrain.validation.linear=true)"
     raise ConfigError(f"{source}: tune.metric: the trials never report {metric!r}{hint}; they report: "
                       f"{', '.join(known)}")

@@ -15,8 +15,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from pretextlab.core.config import format_validation_error
 from pretextlab.core.errors import UserError
+from pretextlab.core.names import NAME_RE, NAME_RULE
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -47,7 +47,7 @@ EnvStr = Annotated[str, BeforeValidator(expand_env)]
 
 def _check_name(value: str) -> str:
     if not NAME_RE.match(value):
-        raise ValueError(f"{value!r}: use 1-64 of a-z 0-9 . _ - starting with a letter or digit")
+        raise ValueError(f"{value!r}: {NAME_RULE}")
     return value
 
 
