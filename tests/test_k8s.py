@@ -702,8 +702,8 @@ def test_dockerfile_builds_the_wheel_and_installs_it_pinned_as_non_root(variant:
     assert "3.11" in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
     assert builder[0] == "FROM ${BASE_IMAGE} AS wheel" and runtime[0] == "FROM ${BASE_IMAGE}"
     # Stage 1 builds the wheel from the wheel's inputs only: the source roots pyproject.toml packages.
-    roots = {p.split("/")[0] for p in tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"][
-        "targets"]["wheel"]["packages"]}
+    wheel = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
+    roots = {p.split("/")[0] for p in wheel["packages"]} | set(wheel.get("force-include", {}))
     copied = {ins.split()[-2].rstrip("/") for ins in builder if ins.startswith("COPY ") and "./" in ins.split()[-1]
               and not ins.split()[-1] == "./"}
     assert copied == roots, f"the wheel stage copies {copied}, pyproject.toml packages {roots}"
@@ -729,7 +729,7 @@ def test_dockerignore_lets_in_only_the_wheel_inputs():
              if ln.strip() and not ln.startswith("#")]
     assert lines[0] == "*"
     allowed = {ln[1:] for ln in lines if ln.startswith("!")}
-    roots = {"platform", "storage", "jobs", "serving"}
+    roots = {"platform", "storage", "jobs", "serving", "configs/sweep"}
     assert allowed == roots | {"pyproject.toml", "README.md", "constraints.txt"}
     assert "**/__pycache__" in lines
 

@@ -293,3 +293,29 @@ def test_shipped_sweep_configs_validate():
     for f in files:
         cfg = load_sweep_config(f)
         assert cfg.space() and cfg.tune.metric == "knn_acc" and cfg.pretrain.validation is not None, f
+
+
+def test_wheel_carries_the_default_search_spaces(tmp_path):
+    """An installed wheel (the container image) finds the default spaces without the source tree."""
+    import zipfile
+
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "--wheel-dir", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    wheel = next((tmp_path / "dist").glob("pretextlab-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        zf.extractall(tmp_path / "site")
+    shipped = {f"pretextlab/configs/sweep/{f.name}" for f in (REPO / "configs" / "sweep").glob("*.yaml")}
+    assert shipped and shipped <= names
+    probe = ("from pretextlab.training import sweep_config as s; "
+             "print(s.DEFAULTS_DIR); print(sorted(s.default_space('dino')['search']))")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    env.pop("PRETEXTLAB_SWEEP_DEFAULTS", None)
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    where, space = res.stdout.splitlines()
+    assert Path(where) == tmp_path / "site" / "pretextlab" / "configs" / "sweep"
+    assert "objective.teacher_temp" in space

@@ -30,8 +30,17 @@ from pretextlab.training.config import PretrainConfig
 #: distributions a search dimension may name (exactly one per hyperparameter)
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
 #: the shipped default search spaces, one file per objective family
-DEFAULTS_DIR = Path(os.environ.get("PRETEXTLAB_SWEEP_DEFAULTS",
-                                   Path(__file__).resolve().parents[3] / "configs" / "sweep"))
+def _defaults_dir() -> Path:
+    """$PRETEXTLAB_SWEEP_DEFAULTS, else the copy inside an installed wheel (pretextlab/configs/sweep),
+    else the source tree's configs/sweep."""
+    if os.environ.get("PRETEXTLAB_SWEEP_DEFAULTS"):
+        return Path(os.environ["PRETEXTLAB_SWEEP_DEFAULTS"])
+    here = Path(__file__).resolve()
+    packaged = here.parents[1] / "configs" / "sweep"
+    return packaged if packaged.is_dir() else here.parents[3] / "configs" / "sweep"
+
+
+DEFAULTS_DIR = _defaults_dir()
 DEFAULT_SPACE = {"dino": "dino", "ijepa": "ijepa", "cine_jepa": "ijepa", "mae": "mae", "cine_mae": "mae",
                  "simclr": "simclr", "vicreg": "vicreg"}
 #: what every pretraining worker reports at each log interval (jobs/pretextlab/jobs/train_loop.py), plus the
