@@ -477,3 +477,29 @@ def test_cli_errors_exit_2_with_one_line(case, message, broken_encoders, encoder
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("pretextlab: error: ") and message in err, err
     assert not (encoder_dir.parent / "never.json").exists()
+
+
+def test_cli_evaluates_a_registry_address_without_touching_the_version(encoder_dir, npz_store, tmp_path,
+                                                                       monkeypatch, capsys):
+    """`--registry ROOT chosen:<modality>` evaluates the chosen encoder; the result goes under ./evals/,
+    never into the registered version; a wrong address is one line naming what the registry holds."""
+    from pretextlab.jobs.cli import main
+    from pretextlab.models.encoder_io import load_encoder
+    from pretextlab.registry import EncoderRegistry
+
+    reg = EncoderRegistry(str(tmp_path / "registry"))
+    model, card = load_encoder(encoder_dir)
+    ref = reg.register(model, card, "tiny-reg")
+    reg.choose(ref, "histopathology")
+    before = sorted(p.name for p in Path(ref.uri).iterdir())
+    monkeypatch.chdir(tmp_path)
+    args = ["--registry", str(tmp_path / "registry"), "--shots", "1", "--repeats", "1", "--set", "n_bootstrap=20"]
+    assert main(["evaluate", "chosen:histopathology", npz_store, *args]) == 0
+    out = tmp_path / "evals" / "tiny-reg" / ref.version / f"eval-{Path(npz_store).name}.json"
+    res = json.loads(out.read_text())
+    assert res["encoder_ref"]["id"] == ref.id and 0.0 <= res["knn"]["metrics"]["accuracy"]["value"] <= 1.0
+    assert sorted(p.name for p in Path(ref.uri).iterdir()) == before
+    capsys.readouterr()
+    assert main(["evaluate", "nope:latest", npz_store, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope" in err and "tiny-reg" in err, err

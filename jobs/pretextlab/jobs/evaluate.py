@@ -1,11 +1,13 @@
 """Evaluate a saved encoder's frozen features on a labelled catalog: kNN, linear probe, few-shot, diagnostics.
 
-    pretextlab evaluate ENCODER DATASET [--out results.json] [--label-column label] [--k 20]
-                        [--shots 1,5] [--feature-maps DIR] [--config eval.yaml] [--set key=value]
+    pretextlab evaluate ENCODER DATASET [--registry ROOT] [--out results.json] [--label-column label]
+                        [--k 20] [--shots 1,5] [--feature-maps DIR] [--config eval.yaml] [--set key=value]
 
-ENCODER is an encoder folder (model.safetensors + card.json); DATASET is a store with a labelled
-catalog. Prints a table (metrics with 95% bootstrap CIs) and writes the full result as JSON,
-by default to ENCODER/eval-<dataset-name>.json.
+ENCODER is an encoder folder (model.safetensors + card.json) or, with --registry, a registry address
+(name, name:version, chosen:<modality>); DATASET is a store with a labelled catalog. Prints a table
+(metrics with 95% bootstrap CIs) and writes the full result as JSON, by default to
+ENCODER/eval-<dataset-name>.json, or for a registry address (registered versions are never
+changed) to ./evals/<name>/<version>/eval-<dataset-name>.json.
 """
 
 from __future__ import annotations
@@ -30,7 +32,11 @@ def _shots(text: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("encoder", metavar="ENCODER", help="encoder folder (model.safetensors + card.json)")
+    parser.add_argument("encoder", metavar="ENCODER",
+                        help="encoder folder (model.safetensors + card.json), or a registry address with --registry")
+    parser.add_argument("--registry", metavar="ROOT",
+                        help="encoder registry root (local or s3://): ENCODER is then name, name:version or "
+                             "chosen:<modality>")
     parser.add_argument("dataset", metavar="DATASET", help="store with a labelled catalog (local folder or s3://)")
     parser.add_argument("--out", metavar="JSON", help="result file (default: ENCODER/eval-<dataset-name>.json)")
     parser.add_argument("--label-column", help="catalog column holding the class (default: label)")
@@ -53,6 +59,20 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
     return {field: getattr(args, attr) for attr, field in names.items() if getattr(args, attr, None) is not None}
 
 
+def _encoder_folder(encoder: str, registry: str | None):
+    """(local folder to load, default folder of the result, registry ref or None)."""
+    if registry:
+        from pretextlab.registry import EncoderRegistry
+
+        reg = EncoderRegistry(registry)
+        ref = reg.resolve(encoder)  # RegistryError (a UserError) names what the registry holds
+        return reg.local_folder(ref), Path("evals") / ref.name / ref.version, ref
+    folder = Path(encoder)
+    if not folder.exists():
+        raise UserError(f"{encoder}: no such encoder folder (for a registry address, give --registry ROOT)")
+    return folder, folder, None
+
+
 def run(args: argparse.Namespace) -> int:
     # Heavy imports (torch, timm, scikit-learn) only when the command runs, so `pretextlab --help` stays quick.
     from pretextlab.core.config import load_config
@@ -60,11 +80,11 @@ def run(args: argparse.Namespace) -> int:
     from pretextlab.evaluate.report import dataset_name
 
     cfg = load_config(EvaluateConfig, args.config, args.overrides, flags=_flags(args))
-    encoder = Path(args.encoder)
-    if not encoder.exists():
-        raise UserError(f"{encoder}: no such encoder folder")
+    encoder, default_dir, ref = _encoder_folder(args.encoder, args.registry)
     result = evaluate_encoder(encoder, args.dataset, cfg)
-    out = Path(args.out) if args.out else encoder / f"eval-{dataset_name(args.dataset)}.json"
+    if ref is not None:
+        result["encoder_ref"] = {"id": ref.id, "registry": args.registry, "uri": ref.uri}
+    out = Path(args.out) if args.out else default_dir / f"eval-{dataset_name(args.dataset)}.json"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
