@@ -206,6 +206,9 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(store, tmp_path
     again = run_cli("sweep", str(path), "--num-cpus", "4", "--no-dashboard", env=env, timeout=600)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "resuming" in again.stdout
+    # the dashboards: the exact TensorBoard command and the status command for this sweep folder
+    assert f"tensorboard: tensorboard --logdir {sweep_dir}" in again.stdout
+    assert f"status:      pretextlab sweep status {sweep_dir} --watch" in again.stdout
     status = json.loads((sweep_dir / "pretextlab-sweep.json").read_text())
     assert status["status"] == "complete" and len(status["trials"]) == 3
     assert all(r["state"] == "DONE" and r["step"] == 4 for r in status["trials"])
