@@ -131,22 +131,6 @@ def test_online_knn_tensorboard_and_evaluate(store, tmp_path):
     assert 0.0 <= result["knn"]["metrics"]["accuracy"]["value"] <= 1.0
 
 
-def test_trainer_keeps_the_streams_order_and_memory_cap(store, tmp_path):
-    """Ray Train replaces a dataset's execution options with the driver's defaults unless DataConfig
-    passes the stream's own: its block order (same plan, same rows) and its object-store cap."""
-    from pretextlab.jobs.pretrain import build_trainer, prepare
-    from pretextlab.training.config import PretrainConfig
-
-    prep = prepare(PretrainConfig.model_validate(config(tmp_path, store, "ijepa")))
-    trainer = build_trainer(prep)
-    stream = trainer.datasets["train"].context.execution_options
-    assert stream.preserve_order
-    cap = stream.resource_limits.object_store_memory
-    assert 0 < cap < float("inf")
-    given = trainer.data_config._resolve_execution_options("train")  # what each worker's shard runs with
-    assert given.preserve_order and given.resource_limits.object_store_memory == cap
-
-
 def test_s3_data_runs_and_registry(store, tmp_path, s3_server):
     from pretextlab.registry import EncoderRegistry
 

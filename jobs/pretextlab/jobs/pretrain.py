@@ -211,18 +211,11 @@ def build_trainer(prep: Prepared, name: str | None = None, storage: str | None =
             callbacks=callbacks,
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
+        # Train applies its default ingest options to the shard, not the stream's 128 MiB object-store cap:
+        # under training that cap throttled the view tasks (images/s 0.79x the in-memory anchor with it,
+        # 0.99x without; benchmarks/pipeline.py part c). Memory stays bounded by Ray Data's own limit.
         datasets={"train": ds},
-        # Train would replace the stream's execution options with the driver's defaults: keep its block
-        # order and its object-store cap (storage/datasource.read_stream sets both)
-        dataset_config=ray.train.DataConfig(execution_options={"train": stream_options(ds)}),
     )
-
-
-def stream_options(ds: Any):
-    """A copy of a dataset's own Ray Data execution options, for ``DataConfig``."""
-    import copy
-
-    return copy.deepcopy(ds.context.execution_options)
 
 
 def export_encoder(prep: Prepared, checkpoint_dir: str | Path, metrics: dict[str, Any], extra: dict[str, Any] | None = None):
