@@ -197,7 +197,6 @@ def build_trainer(prep: Prepared, name: str | None = None, storage: str | None =
         "run_uri": sfs.join(storage or cfg.storage, run_name), "storage_options": prep.storage_options,
         "threads": max(1, int(t.cpus_per_worker)),
     }
-    ds = dataset if dataset is not None else build_dataset(prep, start_epoch)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -214,7 +213,7 @@ def build_trainer(prep: Prepared, name: str | None = None, storage: str | None =
         # Train applies its default ingest options to the shard, not the stream's 128 MiB object-store cap:
         # under training that cap throttled the view tasks (images/s 0.79x the in-memory anchor with it,
         # 0.99x without; benchmarks/pipeline.py part c). Memory stays bounded by Ray Data's own limit.
-        datasets={"train": ds},
+        datasets={"train": dataset if dataset is not None else build_dataset(prep, start_epoch)},
     )
 
 

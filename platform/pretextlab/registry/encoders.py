@@ -30,7 +30,6 @@ from pretextlab.models.encoder_io import CARD, WEIGHTS, EncoderCard, load_encode
 from pretextlab.storage import fs as sfs
 
 
-
 class RegistryError(UserError):
     """A registry address that names nothing, or a registry that cannot be read."""
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pretextlab.core.names import check_name
-
+from pretextlab.core.names import Name
 from pretextlab.objectives.schedules import ScheduleConfig
 from pretextlab.storage.stream import StreamSpec
-
 
 
 class ObjectiveSpec(BaseModel):
@@ -73,7 +71,7 @@ class PretrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="run name: the run folder under storage and the encoder name")
+    name: Name = Field(description="run name: the run folder under storage and the encoder name")
     modality: Literal["histopathology", "ultrasound"]
     data: StreamSpec
     objective: ObjectiveSpec
@@ -82,8 +80,6 @@ class PretrainConfig(BaseModel):
     validation: ValidationSpec | None = None
     storage: str = Field("runs", description="run storage (checkpoints, TensorBoard): folder or s3:// prefix")
     registry: str = Field("registry", description="encoder registry root: folder or s3:// prefix")
-
-    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
 
     @model_validator(mode="after")
     def _cadence(self) -> PretrainConfig:

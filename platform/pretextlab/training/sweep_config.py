@@ -21,15 +21,16 @@ from pathlib import Path
 from types import SimpleNamespace, UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pretextlab.core.config import ConfigError, deep_merge, format_validation_error, parse_overrides, read_yaml
-from pretextlab.core.names import check_name
+from pretextlab.core.names import Name
 from pretextlab.training.config import PretrainConfig
 
 #: distributions a search dimension may name (exactly one per hyperparameter)
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
-#: the shipped default search spaces, one file per objective family
+
+
 def _defaults_dir() -> Path:
     """$PRETEXTLAB_SWEEP_DEFAULTS, else the copy inside an installed wheel (pretextlab/configs/sweep),
     else the source tree's configs/sweep."""
@@ -40,6 +41,7 @@ def _defaults_dir() -> Path:
     return packaged if packaged.is_dir() else here.parents[3] / "configs" / "sweep"
 
 
+#: the shipped default search spaces, one file per objective family
 DEFAULTS_DIR = _defaults_dir()
 DEFAULT_SPACE = {"dino": "dino", "ijepa": "ijepa", "cine_jepa": "ijepa", "mae": "mae", "cine_mae": "mae",
                  "simclr": "simclr", "vicreg": "vicreg"}
@@ -154,7 +156,7 @@ class SweepConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="the sweep folder under storage")
+    name: Name = Field(description="the sweep folder under storage")
     pretrain: PretrainConfig
     search: dict[str, Dimension] = Field(default_factory=dict)
     search_by_modality: dict[Literal["histopathology", "ultrasound"], dict[str, Dimension]] = Field(
@@ -163,8 +165,6 @@ class SweepConfig(BaseModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
     storage: str | None = Field(None, description="where the sweep folder goes (default: pretrain.storage)")
-
-    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
 
     def space(self) -> dict[str, Dimension]:
         """The dimensions of this sweep: those for the pretraining modality, then ``search`` (which wins)."""
