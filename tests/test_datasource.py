@@ -19,7 +19,7 @@ from pretextlab.storage.datasource import batch_seed, map_views, read_group, rea
 from pretextlab.storage.frames import fit_frames
 from pretextlab.storage.patches import PatchRef, PatchSpec, group_by_chunks, plan_patches
 from pretextlab.storage.stream import StreamSpec, plan_stream
-from pretextlab.views import create_views
+from pretextlab.modalities import create_views
 from pretextlab.views.columns import from_columns
 
 

@@ -16,7 +16,7 @@ from pretextlab.evaluate.diagnostics import is_collapsed
 from pretextlab.evaluate.knn import knn_predict
 from pretextlab.objectives import ScheduleConfig, create_objective
 from pretextlab.training import Trainer
-from pretextlab.views import create_views
+from pretextlab.modalities import create_views
 
 SIZE = 24
 

@@ -18,7 +18,7 @@ from pretextlab.storage import synthetic as syn
 from pretextlab.storage.frames import FrameRef, fit_frames, loop_refs
 from pretextlab.storage.patches import PatchRef
 from pretextlab.storage.stream import Ref, StreamSpec, plan_stream
-from pretextlab.views import create_views
+from pretextlab.modalities import create_views
 from pretextlab.views.columns import from_columns, to_columns
 
 PATCH = {"patch_size": 64, "min_tissue": 0.3}

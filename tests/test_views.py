@@ -13,14 +13,13 @@ from pretextlab.views import (
     CineViews,
     HistopathologyViews,
     UltrasoundViews,
-    create_views,
     hed_jitter,
     hed_to_rgb,
-    list_views,
     normalize,
     rgb_to_hed,
     to_float,
 )
+from pretextlab.modalities import create_views, get_modality, list_views
 from pretextlab.views.crop import resized_crop_boxes
 from pretextlab.views.stain import RGB_FROM_HED
 
@@ -66,7 +65,7 @@ def flat(out: dict) -> list[torch.Tensor]:
 
 def test_list_views_is_every_modality_recipe_pair():
     assert sorted(list_views()) == sorted(
-        (m, r) for m in ("histopathology", "ultrasound") for r in ("multicrop", "pair", "single", "clip")
+        (m, r) for m in ("histopathology", "radiograph", "ultrasound") for r in ("multicrop", "pair", "single", "clip")
     )
 
 
@@ -74,7 +73,7 @@ def test_list_views_is_every_modality_recipe_pair():
 def test_output_format_dtype_and_range(modality: str, recipe: str):
     views = create_views(modality, recipe, **small(recipe))
     out = views(batch_for(recipe, 3), gen())  # ultrasound also gets RGB-encoded frames
-    c = 3 if modality == "histopathology" else 1
+    c = get_modality(modality).channels
     if recipe == "multicrop":
         assert list(out) == ["global", "local"]
         assert [t.shape for t in out["global"]] == [(4, c, 16, 16)] * 2
@@ -142,9 +141,9 @@ def test_to_float_and_normalize():
 
 
 def test_factory_errors_name_the_unknown_modality_and_recipe():
-    with pytest.raises(ValueError, match=r"unknown modality 'xray'.*histopathology, ultrasound"):
+    with pytest.raises(ValueError, match=r"unknown modality 'xray'.*histopathology, radiograph, ultrasound"):
         create_views("xray", "pair")
-    with pytest.raises(ValueError, match=r"unknown recipe 'triplet'.*multicrop, pair, single, clip"):
+    with pytest.raises(ValueError, match=r"unknown recipe 'triplet'.*clip, multicrop, pair, single"):
         create_views("ultrasound", "triplet")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pretextlab.core.errors import UserError
+from pretextlab.modalities import list_modalities
 
 
 def _shots(text: str) -> list[int]:
@@ -44,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=_shots, metavar="N,N,...", help="few-shot examples per class (default: 1,5,10)")
     parser.add_argument("--repeats", type=int, help="few-shot repeats per shot count (default: 5)")
     parser.add_argument("--fewshot-method", choices=["linear", "knn"], help="few-shot classifier (default: linear)")
-    parser.add_argument("--modality", choices=["histopathology", "ultrasound"], help="only rows of this modality")
+    parser.add_argument("--modality", choices=list_modalities(), help="only rows of this modality")
     parser.add_argument("--feature-maps", metavar="DIR", help="write attention/PCA/similarity PNGs of a test image")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--config", metavar="YAML", help="evaluate config file (fields of EvaluateConfig)")

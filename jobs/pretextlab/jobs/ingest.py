@@ -15,13 +15,14 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pretextlab.core.config import load_config
 from pretextlab.storage import fs as sfs
 from pretextlab.storage.catalog import rebuild_catalog
+from pretextlab.modalities import ModalityName, list_modalities
 from pretextlab.storage.discovery import discover
 from pretextlab.storage.options import ZarrOptions
 from pretextlab.storage.writer import ItemResult, write_item
@@ -34,7 +35,7 @@ class IngestConfig(BaseModel):
 
     sources: list[str] = Field(min_length=1, description="files, folders, globs or s3:// prefixes")
     dest: str = Field(min_length=1, description="store: a local folder or s3://bucket/prefix")
-    modality: Literal["histopathology", "ultrasound"] | None = Field(
+    modality: ModalityName | None = Field(
         None, description="force a modality; default: from the file (DICOM Modality, format)"
     )
     labels: str | None = Field(None, description="CSV with item_id or source, and label columns")
@@ -140,7 +141,7 @@ def run_ingest(cfg: IngestConfig, storage_options: dict[str, Any] | None = None,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sources", nargs="*", metavar="SRC", help="files, folders, globs or s3://bucket/prefix")
     parser.add_argument("--to", dest="dest", metavar="DEST", help="store: local folder or s3://bucket/prefix")
-    parser.add_argument("--modality", choices=["histopathology", "ultrasound"], help="force the modality")
+    parser.add_argument("--modality", choices=list_modalities(), help="force the modality")
     parser.add_argument("--labels", metavar="CSV", help="labels CSV keyed by item_id or source")
     parser.add_argument("--config", metavar="YAML", help="ingest config file (fields of IngestConfig)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -68,12 +68,10 @@ def objective_metrics(prep: Any) -> list[str]:
     import numpy as np
     import torch
 
-    from pretextlab.views.registry import RECIPES
+    from pretextlab.views.columns import from_columns
 
-    x = torch.from_numpy(np.full((2, *prep.plan.sample_shape), 127, dtype=np.uint8))
-    key = RECIPES[prep.views.recipe].key
-    x = x.permute(0, 4, 1, 2, 3) if key == "clips" else x.permute(0, 3, 1, 2)
-    batch = prep.views({key: x}, torch.Generator().manual_seed(0))
+    rows = {prep.views.spec.row_key: np.full((2, *prep.plan.sample_shape), 127, dtype=np.uint8)}
+    batch = from_columns(prep.views.apply_to_rows(rows, torch.Generator().manual_seed(0)))
     with torch.no_grad():
         out = prep.objective(batch)
     return sorted(out.metrics)

@@ -27,6 +27,7 @@ from pretextlab.evaluate.knn import knn_predict
 from pretextlab.evaluate.linear import DEFAULT_CS, linear_probe
 from pretextlab.evaluate.metrics import METRICS, classification_metrics
 from pretextlab.evaluate.splits import make_split
+from pretextlab.modalities import ModalityName
 from pretextlab.models import load_encoder
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -38,7 +39,7 @@ class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     label_column: str = Field("label", min_length=1, description="catalog column holding the class")
-    modality: Literal["histopathology", "ultrasound"] | None = Field(None, description="only rows of this modality")
+    modality: ModalityName | None = Field(None, description="only rows of this modality")
     k: PositiveInt = Field(20, description="neighbours of the weighted kNN")
     temperature: float = Field(0.07, gt=0, description="kNN vote weight exp(sim / temperature)")
     linear_Cs: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: list(DEFAULT_CS), min_length=1,

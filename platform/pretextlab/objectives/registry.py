@@ -7,25 +7,24 @@ from typing import Any
 from pydantic import ValidationError
 
 from pretextlab.core.config import ConfigError, format_validation_error
+from pretextlab.core.registry import Registry
 from pretextlab.objectives.base import Objective
 
-OBJECTIVES: dict[str, type[Objective]] = {}
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 
 
 def register_objective(cls: type[Objective]) -> type[Objective]:
-    OBJECTIVES[cls.name] = cls
-    return cls
+    """Class decorator: register ``cls`` under ``cls.name`` (empty and duplicate names are refused)."""
+    return OBJECTIVES.register(cls.name, cls)
 
 
 def list_objectives() -> list[str]:
-    return sorted(OBJECTIVES)
+    return OBJECTIVES.names()
 
 
 def get_objective_class(name: str) -> type[Objective]:
-    try:
-        return OBJECTIVES[name]
-    except KeyError:
-        raise ConfigError(f"objective: unknown objective {name!r}; known: {', '.join(list_objectives())}") from None
+    """The objective class called ``name``; UnknownName (a ConfigError) listing the known ones otherwise."""
+    return OBJECTIVES.get(name)
 
 
 def create_objective(name: str, **config: Any) -> Objective:

@@ -7,11 +7,12 @@ a run can be re-created from its card alone.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pretextlab.core.names import Name
+from pretextlab.modalities import ModalityName
 from pretextlab.objectives.schedules import ScheduleConfig
 from pretextlab.storage.stream import StreamSpec
 
@@ -72,7 +73,7 @@ class PretrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Name = Field(description="run name: the run folder under storage and the encoder name")
-    modality: Literal["histopathology", "ultrasound"]
+    modality: ModalityName = Field(description="a registered modality (pretextlab.modalities)")
     data: StreamSpec
     objective: ObjectiveSpec
     views: dict[str, Any] = Field(default_factory=dict, description="view config overrides")

@@ -11,23 +11,19 @@ from pretextlab.core.config import ConfigError
 from pretextlab.models.encoder_io import EncoderCard
 from pretextlab.objectives.base import Objective
 from pretextlab.objectives.registry import create_objective, get_objective_class
+from pretextlab.modalities import get_modality
 from pretextlab.training.config import PretrainConfig
-from pretextlab.views import Views, create_views
-
-#: channels the views emit per modality (ultrasound frames become luminance)
-CHANNELS = {"histopathology": 3, "ultrasound": 1}
-#: which stream kinds feed which view recipe
-KINDS = {"multicrop": ("patches", "frames"), "pair": ("patches", "frames"), "single": ("patches", "frames"),
-         "clip": ("clips",)}
+from pretextlab.views import RECIPES, Views
 
 
 def objective_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
     """The objective's config with the backbone's channels defaulted from the modality."""
     kw = cfg.objective.kwargs()
     backbone = dict(kw.get("backbone") or {})
-    backbone.setdefault("in_chans", CHANNELS[cfg.modality])
-    if backbone["in_chans"] != CHANNELS[cfg.modality]:
-        raise ConfigError(f"objective.backbone.in_chans: {cfg.modality} views have {CHANNELS[cfg.modality]} "
+    channels = get_modality(cfg.modality).channels
+    backbone.setdefault("in_chans", channels)
+    if backbone["in_chans"] != channels:
+        raise ConfigError(f"objective.backbone.in_chans: {cfg.modality} views have {channels} "
                           f"channel(s), got {backbone['in_chans']}")
     kw["backbone"] = backbone
     return kw
@@ -50,7 +46,7 @@ def view_overrides(cfg: PretrainConfig, objective: Objective) -> dict[str, Any]:
 
 def make_views(cfg: PretrainConfig, objective: Objective) -> Views:
     try:
-        return create_views(cfg.modality, objective.views, **view_overrides(cfg, objective))
+        return get_modality(cfg.modality).create_views(objective.views, **view_overrides(cfg, objective))
     except ValueError as exc:
         raise ConfigError(f"views: {str(exc).splitlines()[0]}") from None
 
@@ -58,7 +54,7 @@ def make_views(cfg: PretrainConfig, objective: Objective) -> Views:
 def check(cfg: PretrainConfig) -> tuple[Objective, Views]:
     """Build objective and views once (cheap: tiny CPU tensors) so mistakes surface as ConfigErrors."""
     cls = get_objective_class(cfg.objective.name)
-    allowed = KINDS[cls.views]
+    allowed = RECIPES.get(cls.views).kinds
     if cfg.data.kind not in allowed:
         raise ConfigError(f"data.kind: objective {cls.name} takes {cls.views} views of "
                           f"{' or '.join(allowed)}, got {cfg.data.kind!r}")

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pretextlab.core.config import ConfigError, deep_merge, format_validation_error, parse_overrides, read_yaml
 from pretextlab.core.names import Name
+from pretextlab.modalities import ModalityName
 from pretextlab.training.config import PretrainConfig
 
 #: distributions a search dimension may name (exactly one per hyperparameter)
@@ -159,7 +160,7 @@ class SweepConfig(BaseModel):
     name: Name = Field(description="the sweep folder under storage")
     pretrain: PretrainConfig
     search: dict[str, Dimension] = Field(default_factory=dict)
-    search_by_modality: dict[Literal["histopathology", "ultrasound"], dict[str, Dimension]] = Field(
+    search_by_modality: dict[ModalityName, dict[str, Dimension]] = Field(
         default_factory=dict, description="extra dimensions used only when pretrain.modality matches")
     tune: TuneSpec = Field(default_factory=TuneSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -305,8 +306,8 @@ def check_path(cfg: PretrainConfig, path: str, where: str) -> None:
     """``path`` must name a field a trial can change: objective fields by the objective's config, view
     fields by the modality's view config, the rest by PretrainConfig."""
     from pretextlab.objectives.registry import get_objective_class
+    from pretextlab.modalities import get_modality
     from pretextlab.views.config import CineViews
-    from pretextlab.views.registry import MODALITIES
 
     parts = path.split(".")
     if any(not p for p in parts):
@@ -322,7 +323,7 @@ def check_path(cfg: PretrainConfig, path: str, where: str) -> None:
     elif head == "views":
         if len(parts) != 2:
             raise ConfigError(f"{where}: unknown hyperparameter: views fields are one level deep (views.scale)")
-        view_cls = MODALITIES[cfg.modality].config
+        view_cls = get_modality(cfg.modality).view_set.config
         cls = get_objective_class(cfg.objective.name)
         known = set(view_cls.model_fields) | (set(CineViews.model_fields) if cls.views == "clip" else set())
         if parts[1] not in known:
@@ -375,7 +376,7 @@ def check_value(base: PretrainConfig, path: str, value: Any, where: str) -> None
     (Pydantic only: building models is left to the trials; the base config was built once.)"""
     from pretextlab.objectives.registry import get_objective_class
     from pretextlab.training.setup import objective_kwargs, view_overrides
-    from pretextlab.views import create_views
+    from pretextlab.modalities import create_views
 
     what = f"{where}: value {value!r}"
     try:
@@ -387,7 +388,7 @@ def check_value(base: PretrainConfig, path: str, value: Any, where: str) -> None
         stand_in = SimpleNamespace(cfg=ocfg, views=cls.views, frames=getattr(ocfg, "frames", 1))
         create_views(cfg.modality, cls.views, **view_overrides(cfg, stand_in))
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, what).replace(": <root>: Value error, ", ": ")) from None
+        raise ConfigError(format_validation_error(exc, what).replace(": <root>: ", ": ")) from None
     except (ValueError, ConfigError) as exc:
         raise ConfigError(f"{what}: {str(exc).splitlines()[0]}") from None
 

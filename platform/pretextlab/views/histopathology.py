@@ -9,6 +9,7 @@ from pretextlab.views.config import HistopathologyViews
 from pretextlab.views.crop import resized_crop, resized_crop_boxes
 from pretextlab.views.flips import dihedral
 from pretextlab.views.intensity import brightness_contrast
+from pretextlab.views.registry import ViewSet
 from pretextlab.views.stain import hed_jitter
 
 
@@ -40,3 +41,6 @@ def view(
     if cfg.blur_prob > 0:
         x = gaussian_blur(x, cfg.blur_prob, cfg.blur_sigma, g)
     return x.clamp(0.0, 1.0)
+
+
+VIEW_SET = ViewSet("histopathology", HistopathologyViews, prepare, view)

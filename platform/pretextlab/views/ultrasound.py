@@ -9,6 +9,7 @@ from pretextlab.views.config import UltrasoundViews
 from pretextlab.views.crop import native_crop, zoomed_crop
 from pretextlab.views.flips import hflip
 from pretextlab.views.intensity import ultrasound_gain
+from pretextlab.views.registry import ViewSet
 from pretextlab.views.tensors import to_luminance
 
 
@@ -37,3 +38,6 @@ def view(
     if cfg.blur_prob > 0:
         x = gaussian_blur(x, cfg.blur_prob, cfg.blur_sigma, g)
     return x.clamp(0.0, 1.0)
+
+
+VIEW_SET = ViewSet("ultrasound", UltrasoundViews, prepare, view)

@@ -10,12 +10,30 @@ Public API::
     plan = plan_stream(StreamSpec(sources=["data/zarr"], kind="patches"))
 """
 
-from pretextlab.storage.catalog import read_catalog, rebuild_catalog
-from pretextlab.storage.discovery import discover
-from pretextlab.storage.item import Item, ItemNotFound, open_item
-from pretextlab.storage.options import ZarrOptions
-from pretextlab.storage.stream import ClipSpec, SourceSpec, StreamPlan, StreamSpec, plan_stream
-from pretextlab.storage.writer import ItemPlan, ItemResult, write_item
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name -> module. Imported on first use (PEP 562), so importing a light submodule such as
+#: ``pretextlab.storage.stream`` (the training config does) never pulls in the writer, dask or zarr.
+_EXPORTS = {
+    "read_catalog": "catalog", "rebuild_catalog": "catalog", "discover": "discovery",
+    "Item": "item", "ItemNotFound": "item", "open_item": "item", "ZarrOptions": "options",
+    "ClipSpec": "stream", "SourceSpec": "stream", "StreamPlan": "stream", "StreamSpec": "stream",
+    "plan_stream": "stream", "ItemPlan": "writer", "ItemResult": "writer", "write_item": "writer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "ClipSpec",

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import replace
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -212,7 +211,10 @@ def batch_seed(seed: int, batch: dict[str, np.ndarray]) -> int:
 
 
 class ApplyViews:
-    """``map_batches`` function: channel-last uint8 rows -> the views' flat float32 columns."""
+    """``map_batches`` function: channel-last uint8 rows -> the views' flat float32 columns.
+
+    The views own the packing (``Views.apply_to_rows``); storage only seeds them and passes ids through.
+    """
 
     def __init__(self, views: Any, seed: int, passthrough: Sequence[str]):
         self.views, self.seed, self.passthrough = views, seed, tuple(passthrough)
@@ -220,46 +222,16 @@ class ApplyViews:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from pretextlab.views.columns import to_columns
-        from pretextlab.views.registry import RECIPES
-
-        key = RECIPES[self.views.recipe].key
-        with warnings.catch_warnings():  # zero-copy blocks are read-only; the views only read them
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            x = self._pixels(key, batch)
         g = torch.Generator().manual_seed(batch_seed(self.seed, batch))
-        out = to_columns(self.views({key: x}, g))
+        out = self.views.apply_to_rows(batch, g)
         out.update({k: batch[k] for k in self.passthrough if k in batch})
         return out
-
-    def _pixels(self, key: str, batch: dict[str, np.ndarray]):
-        import torch
-
-        if key == "clips":
-            if "clip" not in batch:
-                raise ValueError(f"views {self.views.recipe!r} need clips (StreamSpec kind 'clips'), got {sorted(batch)}")
-            x = torch.from_numpy(np.asarray(batch["clip"])).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W)
-        else:
-            if "image" not in batch:
-                raise ValueError(f"views {self.views.recipe!r} need images (kind 'patches' or 'frames'), got "
-                                 f"{sorted(batch)}")
-            x = torch.from_numpy(np.asarray(batch["image"])).permute(0, 3, 1, 2)  # (B, C, H, W)
-        return x
-
-
-def view_bytes(views: Any) -> int:
-    """float32 bytes of one sample's views (all crops), from the views config."""
-    cfg, c = views.config, views.config.channels
-    if views.recipe == "multicrop":
-        return 4 * c * (cfg.n_global * cfg.global_size**2 + cfg.n_local * cfg.local_size**2)
-    frames = views.cine.frames if views.recipe == "clip" and views.cine else 1
-    return 4 * c * frames * cfg.size**2 * (2 if views.recipe == "pair" else 1)
 
 
 def map_views(ds: ray.data.Dataset, views: Any, seed: int, batch_size: int, *, num_cpus: float = 0.5,
               concurrency: int | None = None,
               passthrough: Sequence[str] = ("item_id", "label", "source", "epoch", "index")) -> ray.data.Dataset:
-    """Apply ``views`` (``pretextlab.views.create_views(...)``) to a :func:`read_stream` dataset in Ray
+    """Apply ``views`` (``pretextlab.modalities.create_views(...)``) to a :func:`read_stream` dataset in Ray
     Data tasks of ``num_cpus`` (fractional: CPU preprocessing scales apart from the train workers).
 
     Rows become the flat float32 view columns of ``to_columns`` (global_0, local_3, images, clips, ...)
@@ -270,7 +242,7 @@ def map_views(ds: ray.data.Dataset, views: Any, seed: int, batch_size: int, *, n
     out = ds.map_batches(ApplyViews(views, seed, passthrough), batch_size=batch_size, batch_format="numpy",
                          num_cpus=num_cpus, concurrency=concurrency, zero_copy_batch=True)
     if out.context.execution_options.resource_limits.object_store_memory not in (0, float("inf")):
-        _limit_object_store(out, 4 * batch_size * view_bytes(views))
+        _limit_object_store(out, 4 * batch_size * views.sample_bytes())
     return out
 
 

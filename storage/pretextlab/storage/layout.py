@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pretextlab.storage import fs as sfs
 from pretextlab.storage.fs import join
 
 LAYOUT_VERSION = 1
@@ -79,3 +80,11 @@ def ngff_multiscales(
         "version": "0.5",
         "multiscales": [{"name": name, "axes": [axis_defs[a] for a in axes], "datasets": datasets}],
     }
+
+
+def read_card(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The pretextlab card of the item at ``url``, or None when absent or unreadable."""
+    try:
+        return parse_card(sfs.read_bytes(sfs.join(url, "zarr.json"), storage_options))
+    except FileNotFoundError:
+        return None

@@ -29,7 +29,7 @@ from pretextlab.storage.layout import (
     is_complete,
     item_url,
     ngff_multiscales,
-    parse_card,
+    read_card,
 )
 from pretextlab.storage.options import ZarrOptions
 from pretextlab.storage.pyramid import downsample2, tissue_mask
@@ -66,14 +66,6 @@ class ItemResult:
     seconds: float = 0.0
     source_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
-
-
-def read_card(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The pretextlab card of the item at ``url``, or None when absent or unreadable."""
-    try:
-        return parse_card(sfs.read_bytes(sfs.join(url, "zarr.json"), storage_options))
-    except FileNotFoundError:
-        return None
 
 
 def one_line(exc: BaseException) -> str:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 
-Modality = Literal["histopathology", "ultrasound"]
+#: a registered modality name (pretextlab.modalities); readers never branch on it, they read its record
+Modality = str
 
 
 class ReaderError(Exception):

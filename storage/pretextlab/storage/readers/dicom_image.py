@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 from pydicom.pixels import iter_pixels
 
+from pretextlab.modalities import get_modality, modality_for_source
 from pretextlab.storage.readers.base import (
     CineSource,
     Modality,
@@ -46,9 +47,10 @@ def pixel_spacing_mm(ds: pydicom.Dataset) -> tuple[float, float] | None:
     for region in ds.get("SequenceOfUltrasoundRegions", []):
         if int(region.get("PhysicalUnitsXDirection", 0)) == 3 and int(region.get("PhysicalUnitsYDirection", 0)) == 3:
             return (abs(float(region.PhysicalDeltaY)) * 10.0, abs(float(region.PhysicalDeltaX)) * 10.0)
-    if ds.get("PixelSpacing"):
-        r, c = ds.PixelSpacing
-        return (float(r), float(c))
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):  # projection radiographs (DX) carry the latter
+        if ds.get(key):
+            r, c = ds.get(key)
+            return (float(r), float(c))
     return None
 
 
@@ -78,15 +80,15 @@ class DicomImageReader(Reader):
         if "Rows" not in ds or "Columns" not in ds:
             raise ReaderError("DICOM file holds no image (no Rows/Columns)")
         check_decodable(ds)
-        dicom_modality = str(ds.get("Modality", ""))
+        inferred, warning = modality_for_source("dicom", str(ds.get("Modality", "")))
         info = SourceInfo(
             reader=self.name,
-            modality=modality or ("histopathology" if dicom_modality == "SM" else "ultrasound"),
+            modality=modality or inferred,
             metadata={"format": "dicom", **describe(ds)},
             **ids(ds),
         )
-        if modality is None and dicom_modality not in ("US", "SM", ""):
-            info.warnings.append(f"DICOM modality {dicom_modality} read as ultrasound-like frames")
+        if modality is None and warning:
+            info.warnings.append(warning)
         n = int(ds.get("NumberOfFrames", 1) or 1)
         try:
             first = next(_frames(path, ds))
@@ -95,7 +97,7 @@ class DicomImageReader(Reader):
         except Exception as exc:
             raise ReaderError(f"cannot decode pixel data: {type(exc).__name__}: {exc}") from None
         rows, cols, channels = first.shape
-        if info.modality == "histopathology" and n == 1:
+        if get_modality(info.modality).reader.still == "slide" and n == 1:
             return SlideSource(levels=[da.from_array(first, chunks=(1024, 1024, channels))], info=info)
 
         def batches() -> Iterator[np.ndarray]:

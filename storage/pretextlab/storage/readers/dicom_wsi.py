@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 from pydicom.pixels import pixel_array
 
+from pretextlab.modalities import modality_for_source
 from pretextlab.storage.readers.base import Modality, ReaderError, SlideSource, SourceInfo
 from pretextlab.storage.readers.dicom_common import (
     VL_WSI_SOP_CLASS,
@@ -122,7 +123,7 @@ class DicomWsiReader(Reader):
                 break
         info = SourceInfo(
             reader=self.name,
-            modality=modality or "histopathology",
+            modality=modality or modality_for_source("slide", "SM")[0],
             metadata={
                 "format": "dicom-wsi",
                 "levels": [describe(ds) for _, ds in headers],

@@ -12,6 +12,7 @@ import dask.array as da
 import numpy as np
 from PIL import Image
 
+from pretextlab.modalities import get_modality, modality_for_source
 from pretextlab.storage.readers.base import (
     Modality,
     ReaderError,
@@ -68,10 +69,10 @@ class ImageReader(Reader):
             raise ReaderError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
         info = SourceInfo(
             reader=self.name,
-            modality=modality or "histopathology",
+            modality=modality or modality_for_source("image")[0],
             metadata={"format": (fmt or "image").lower(), "mode": mode, "size": list(size)},
         )
-        if info.modality == "ultrasound":
+        if get_modality(info.modality).reader.still == "cine":
             return single_frame_cine(arr, info)
         info.warnings.append("source has no pixel size: µm/px unknown (set it before sampling by µm/px)")
         return SlideSource(levels=[da.from_array(arr, chunks=(1024, 1024, arr.shape[2]))], info=info)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from pretextlab.modalities import modality_for_source
 from pretextlab.storage.readers.base import Modality, ReaderError, SourceInfo, StackSource
 from pretextlab.storage.readers.registry import Reader, register_reader
 
@@ -60,7 +61,7 @@ class NpzReader(Reader):
         channels = next(iter(splits.values()))[0].shape[-1]
         info = SourceInfo(
             reader=self.name,
-            modality=modality or ("histopathology" if channels == 3 else "ultrasound"),
+            modality=modality or modality_for_source(f"stack-{3 if channels == 3 else 1}")[0],
             metadata={"format": "npz", "splits": {k: list(v[0].shape) for k, v in splits.items()}},
         )
         return StackSource(splits=splits, info=info)

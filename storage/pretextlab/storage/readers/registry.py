@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pretextlab.storage.readers.base import Modality, ReaderError, Source
-
-READERS: dict[str, type[Reader]] = {}
+from pretextlab.core.registry import Registry
+from pretextlab.storage.readers.base import Modality, Source
 
 
 class Reader:
@@ -31,20 +30,18 @@ class Reader:
         raise NotImplementedError
 
 
+READERS: Registry[type[Reader]] = Registry("reader")
+
+
 def register_reader(cls: type[Reader]) -> type[Reader]:
-    """Class decorator adding a reader to :data:`READERS` under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    READERS[cls.name] = cls
-    return cls
+    """Class decorator adding a reader to :data:`READERS` under ``cls.name`` (empty and duplicate names
+    are refused)."""
+    return READERS.register(cls.name, cls)
 
 
 def get_reader(name: str) -> Reader:
-    """An instance of the reader called ``name``."""
-    try:
-        return READERS[name]()
-    except KeyError:
-        raise ReaderError(f"unknown reader {name!r}; known: {', '.join(sorted(READERS))}") from None
+    """An instance of the reader called ``name``; UnknownName listing the known readers otherwise."""
+    return READERS.get(name)()
 
 
 def list_readers() -> list[type[Reader]]:

@@ -10,6 +10,7 @@ import tifffile
 import tifffile.tifffile
 import zarr
 
+from pretextlab.modalities import get_modality, modality_for_source
 from pretextlab.storage.readers.base import (
     Modality,
     ReaderError,
@@ -110,7 +111,7 @@ class TiffReader(Reader):
         pyramidal = len(series.levels) > 1
         info = SourceInfo(
             reader=self.name,
-            modality=modality or "histopathology",
+            modality=modality or modality_for_source("slide")[0],
             metadata={
                 "format": fmt,
                 "axes": axes,
@@ -123,7 +124,7 @@ class TiffReader(Reader):
             desc = tf.pages[0].description or ""
             info.metadata["description"] = desc[:2000]
         info.closers.append(tf.close)
-        if info.modality == "ultrasound" and not pyramidal:
+        if get_modality(info.modality).reader.still == "cine" and not pyramidal:
             image = series.asarray()
             tf.close()
             return single_frame_cine(image, info)

@@ -8,6 +8,7 @@ from typing import Any
 import av
 import numpy as np
 
+from pretextlab.modalities import get_modality, modality_for_source
 from pretextlab.storage.readers.base import CineSource, Modality, ReaderError, SourceInfo
 from pretextlab.storage.readers.registry import Reader, register_reader
 
@@ -73,8 +74,8 @@ class VideoReader(Reader):
             raise ReaderError(f"cannot decode video: {type(exc).__name__}: {exc}") from None
         if first is None:
             raise ReaderError("video has no frames")
-        info = SourceInfo(reader=self.name, modality=modality or "ultrasound", metadata=meta)
-        keep = 1 if (gray and info.modality == "ultrasound") else first.shape[2]
+        info = SourceInfo(reader=self.name, modality=modality or modality_for_source("video")[0], metadata=meta)
+        keep = 1 if (gray and get_modality(info.modality).reader.grayscale) else first.shape[2]
         meta["channels_kept"] = keep
 
         def batches() -> Iterator[np.ndarray]:
