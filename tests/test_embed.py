@@ -20,8 +20,8 @@ import zarr
 from conftest import REPO
 from pretextlab.evaluate.features import embed_images
 from pretextlab.models import BackboneConfig, EncoderCard, create_backbone, save_encoder
-from pretextlab.serving.bags import read_h5
-from pretextlab.serving.batch import EmbedConfig, run_embed
+from pretextlab.storage.bags import read_h5
+from pretextlab.jobs.embed_batch import EmbedConfig, run_embed
 from pretextlab.storage import open_item, read_catalog
 from pretextlab.storage.patches import PatchSpec, item_patches
 
@@ -149,7 +149,7 @@ def test_killed_run_resumes_without_repeats_or_gaps_and_bags_match(world, tmp_pa
     (["nope", "{store}", "--to", "{dest}", "--registry", "{registry}"], "no encoder named 'nope'"),
 ])
 def test_bad_input_is_one_line_exit_2(world, tmp_path, capsys, args, message):
-    from pretextlab.jobs.cli import main
+    from pretextlab.cli import main
 
     subst = {"store": world["store"], "dest": str(tmp_path / "o"), "encoder": str(world["encoder"]),
              "registry": world["registry"]}
@@ -159,7 +159,7 @@ def test_bad_input_is_one_line_exit_2(world, tmp_path, capsys, args, message):
 
 
 def test_dest_of_another_encoder_is_refused(world, tmp_path, capsys):
-    from pretextlab.jobs.cli import main
+    from pretextlab.cli import main
 
     dest = tmp_path / "o"
     (dest / "done").mkdir(parents=True)

@@ -469,7 +469,7 @@ def test_cli_error_is_one_line_exit_2_without_traceback(cli_runs):
 def test_cli_errors_exit_2_with_one_line(case, message, broken_encoders, encoder_dir, npz_store,
                                          unlabelled_cine_store, capsys):
     """Same dispatcher as the entry point, in this process (the subprocess case above covers the wrapper)."""
-    from pretextlab.jobs.cli import main
+    from pretextlab.cli import main
 
     encoder = encoder_dir if case == "no_labels" else broken_encoders[case]
     store = unlabelled_cine_store if case == "no_labels" else npz_store
@@ -483,7 +483,7 @@ def test_cli_evaluates_a_registry_address_without_touching_the_version(encoder_d
                                                                        monkeypatch, capsys):
     """`--registry ROOT chosen:<modality>` evaluates the chosen encoder; the result goes under ./evals/,
     never into the registered version; a wrong address is one line naming what the registry holds."""
-    from pretextlab.jobs.cli import main
+    from pretextlab.cli import main
     from pretextlab.models.encoder_io import load_encoder
     from pretextlab.registry import EncoderRegistry
 

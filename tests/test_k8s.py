@@ -515,7 +515,7 @@ def test_job_configs_validate_and_fit_their_clusters(kdir: str, tmp_path: Path):
         path.write_text(data[key])
         cfgs[key] = load_config(model, path)  # raises ConfigError naming the field
     # embed.yaml tunes the run; ENCODER, CATALOG, --to and --registry come from the RayJob's entrypoint.
-    from pretextlab.serving.batch import EmbedConfig
+    from pretextlab.jobs.embed_batch import EmbedConfig
 
     (tmp_path / "embed.yaml").write_text(data["embed.yaml"])
     words = entrypoint_words(by_kind(docs, "RayJob")["pretextlab-embed"])

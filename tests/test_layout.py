@@ -85,14 +85,14 @@ def test_wheel_holds_one_namespace_without_init(repo_root: Path, tmp_path: Path)
     names = zipfile.ZipFile(wheel).namelist()
     assert "pretextlab/__init__.py" not in names
     assert not any(n.startswith("platform/") for n in names)
-    for needed in ("pretextlab/core/config.py", "pretextlab/storage/writer.py", "pretextlab/jobs/cli.py",
+    for needed in ("pretextlab/core/config.py", "pretextlab/storage/writer.py", "pretextlab/cli/__init__.py",
                    "pretextlab/serving/__init__.py"):
         assert needed in names, needed
     # Installed from the wheel alone (no editable paths), every portion imports.
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, timeout=300)
-    code = "import pretextlab.storage, pretextlab.jobs.cli, pretextlab.core, platform; " \
+    code = "import pretextlab.storage, pretextlab.cli, pretextlab.core, platform; " \
            "print(pretextlab.storage.__file__); print(platform.__file__)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                          env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})

@@ -455,7 +455,7 @@ def test_build_app_refuses_a_missing_key_and_unknown_models(world, monkeypatch):
 
 
 def test_serve_cli_errors_are_one_line(world, capsys, monkeypatch):
-    from pretextlab.jobs.cli import main
+    from pretextlab.cli import main
 
     monkeypatch.delenv("PRETEXTLAB_API_KEY", raising=False)
     assert main(["serve", "--registry", world["registry"], "--models", "hist"]) == 2

@@ -62,6 +62,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from pretextlab.jobs.cli import run_command
+    from pretextlab.core.cli import run_module
 
-    sys.exit(run_command("catalog"))
+    sys.exit(run_module("pretextlab.jobs.catalog"))

@@ -93,7 +93,7 @@ def comparison_table(rows: list[tuple[str, dict[str, Any], float | None]]) -> st
 def run(args: argparse.Namespace) -> int:
     from pretextlab.evaluate import EvaluateConfig, evaluate_encoder
     from pretextlab.jobs.pretrain import run_pretrain
-    from pretextlab.jobs.ray_cluster import init_ray
+    from pretextlab.cluster import init_ray
     from pretextlab.storage import read_catalog
     from pretextlab.training.config import PretrainConfig
 
@@ -153,6 +153,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from pretextlab.jobs.cli import run_command
+    from pretextlab.core.cli import run_module
 
-    sys.exit(run_command("demo"))
+    sys.exit(run_module("pretextlab.jobs.demo"))

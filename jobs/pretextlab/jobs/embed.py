@@ -50,7 +50,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from pretextlab.core.config import load_config
     from pretextlab.core.errors import UserError
-    from pretextlab.serving.batch import EmbedConfig, run_embed
+    from pretextlab.jobs.embed_batch import EmbedConfig, run_embed
 
     if not args.dest and not args.config:
         raise UserError("--to DEST is required (where the feature bags go)")
@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from pretextlab.jobs.cli import run_command
+    from pretextlab.core.cli import run_module
 
-    sys.exit(run_command("embed"))
+    sys.exit(run_module("pretextlab.jobs.embed"))

@@ -101,6 +101,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from pretextlab.jobs.cli import run_command
+    from pretextlab.core.cli import run_module
 
-    sys.exit(run_command("evaluate"))
+    sys.exit(run_module("pretextlab.jobs.evaluate"))

@@ -95,7 +95,7 @@ def run_ingest(cfg: IngestConfig, storage_options: dict[str, Any] | None = None,
     import ray
     from tqdm import tqdm
 
-    from pretextlab.jobs.ray_cluster import init_ray
+    from pretextlab.cluster import init_ray
 
     t0 = time.perf_counter()
     dest = sfs.normalize(cfg.dest)
@@ -168,9 +168,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pretextlab.jobs.cli import run_command
+    from pretextlab.core.cli import run_module
 
-    return run_command("ingest", argv)
+    return run_module("pretextlab.jobs.ingest", argv)
 
 
 if __name__ == "__main__":

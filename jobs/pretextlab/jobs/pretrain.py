@@ -252,8 +252,7 @@ def run_pretrain(cfg: Any, storage_options: dict[str, Any] | None = None) -> Pre
                         "choose another name= to train again")
     existing = checkpoints(prep.run_uri, storage_options)
     resumed = existing[-1][0] if existing else None
-    t = prep.cfg.train
-    start_epoch = (resumed or 0) * t.batch_size * t.num_workers // prep.plan.samples_per_epoch
+    start_epoch = prep.cfg.train.epoch_at(resumed or 0, prep.plan.samples_per_epoch)
     write_run_record(prep.run_uri, {"status": "running", "config": prep.cfg.model_dump(mode="json"),
                                     "git_commit": prep.git_commit, "data": prep.data_info}, storage_options)
     t0 = time.perf_counter()
@@ -288,7 +287,7 @@ def load_pretrain_config(path: str, overrides: list[str]):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pretextlab.jobs.ray_cluster import init_ray
+    from pretextlab.cluster import init_ray
 
     cfg = load_pretrain_config(args.config, args.overrides)
     prepare(cfg)  # fail on bad input before starting Ray
@@ -304,6 +303,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from pretextlab.jobs.cli import run_command
+    from pretextlab.core.cli import run_module
 
-    sys.exit(run_command("pretrain"))
+    sys.exit(run_module("pretextlab.jobs.pretrain"))

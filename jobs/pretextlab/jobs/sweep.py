@@ -270,9 +270,9 @@ def run_sweep(plan: SweepPlan, print_every: float = 30.0, max_concurrent: int | 
     """Run (or resume) the sweep on the current Ray cluster, then summarise and export the best encoder."""
     from ray import tune
 
-    from pretextlab.jobs.sweep_report import finalize, pick_best, read_curve, write_summary
-    from pretextlab.jobs.sweep_trial import (ACTIVE, RUN_SETTINGS, SweepStatus, reap_orphan_placement_groups, run_trial,
-                                             trial_dirname, trial_name, write_status)
+    from pretextlab.jobs.sweep_report import finalize, pick_best, read_curve, read_status, write_summary
+    from pretextlab.jobs.sweep_trial import (SweepStatus, reap_orphan_placement_groups, run_trial, trial_dirname,
+                                             trial_name, write_status)
     from pretextlab.training.sweep_config import decode, encoded_paths
 
     cfg, so = plan.cfg, plan.storage_options
@@ -295,10 +295,10 @@ def run_sweep(plan: SweepPlan, print_every: float = 30.0, max_concurrent: int | 
         "num_samples": cfg.tune.num_samples, "max_concurrent": concurrency, "spec": plan.fingerprint,
         "tensorboard": f"tensorboard --logdir {plan.uri}", "dashboard": dashboard_url(),
     }
+    # this driver's settings travel to the status callback through the status file (after a restore
+    # Tune runs the callback pickled at the sweep's first start, which reads them at setup)
+    header["driver"] = {"print_every": print_every, "dashboard": header["dashboard"]}
     status_cb = SweepStatus(plan.uri, header, so, print_every=print_every)
-    # after a restore Tune runs the callback pickled at the sweep's start; it takes these at setup
-    RUN_SETTINGS[plan.uri] = {"print_every": print_every,
-                              "header": {"dashboard": header["dashboard"]}}
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base.model_dump(mode="json"), sweep_uri=plan.uri, storage_options=so,
                              encoded=encoded_paths(cfg)),
@@ -320,15 +320,14 @@ def run_sweep(plan: SweepPlan, print_every: float = 30.0, max_concurrent: int | 
                                       callbacks=[status_cb], verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
-    if not resumed:
-        write_status(plan.uri, status_cb.snapshot(), so)
+    write_status(plan.uri, {**(previous or {}), "driver": header["driver"]} if resumed else status_cb.snapshot(), so)
     tuner.fit()
     reap_orphan_placement_groups(wait_s=30.0)  # the last stopped trials' Train workers
     seconds = time.perf_counter() - t0
-    status_cb = ACTIVE.pop(plan.uri, status_cb)
+    final = read_status(plan.uri, so) or {}  # the callback's last flush (on_experiment_end)
 
     metric = cfg.tune.metric
-    rows = [{**r, "config": decode(r["config"], encoded_paths(cfg))} for r in status_cb.rows.values()]
+    rows = [{**r, "config": decode(r["config"], encoded_paths(cfg))} for r in final.get("trials", [])]
     curves = {r["id"]: read_curve(plan.uri, r["dir"], metric, so) for r in rows}
     rows = finalize(rows, curves, metric, train.steps)
     unfinished = [r for r in rows if r["state"] in ("PENDING", "RUNNING")]
@@ -408,7 +407,7 @@ def run_status(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.config == "status":
         return run_status(args)
-    from pretextlab.jobs.ray_cluster import init_ray
+    from pretextlab.cluster import init_ray
     from pretextlab.training.sweep_config import load_sweep_config
 
     cfg = load_sweep_config(args.config, args.rest)
@@ -436,6 +435,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from pretextlab.jobs.cli import run_command
+    from pretextlab.core.cli import run_module
 
-    sys.exit(run_command("sweep"))
+    sys.exit(run_module("pretextlab.jobs.sweep"))

@@ -20,11 +20,6 @@ from ray import tune
 from pretextlab.jobs.sweep_report import STATUS_FILE, TrialRow, now_iso, render_table
 
 TRAIN_DIR = "train"
-#: this driver's settings per sweep folder (print period, dashboard URL), applied to the status callback
-#: at setup: after Tuner.restore the callback is the unpickled one from the sweep's first start
-RUN_SETTINGS: dict[str, dict[str, Any]] = {}
-#: the status callback Tune actually runs, per sweep folder (set at setup)
-ACTIVE: dict[str, "SweepStatus"] = {}
 
 
 def trial_dirname(trial: Any) -> str:
@@ -54,8 +49,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], sweep_uri: str,
     cfg = trial_config(PretrainConfig.model_validate(base), decode(config, encoded))
     prep = prepare(cfg, storage_options)
     done = checkpoints(sfs.join(trial_uri, TRAIN_DIR), storage_options)
-    t = prep.cfg.train
-    start_epoch = (done[-1][0] if done else 0) * t.batch_size * t.num_workers // prep.plan.samples_per_epoch
+    start_epoch = prep.cfg.train.epoch_at(done[-1][0] if done else 0, prep.plan.samples_per_epoch)
     if done:
         print(f"[sweep] trial resumes its Train run from step {done[-1][0]}", flush=True)
     trainer = build_trainer(prep, name=TRAIN_DIR, storage=trial_uri, callbacks=[TuneReportCallback()],
@@ -78,10 +72,15 @@ class SweepStatus(tune.Callback):
 
     # -- Tune hooks --------------------------------------------------------------------------
     def setup(self, **info: Any) -> None:
-        settings = RUN_SETTINGS.get(self.sweep_uri, {})
-        self.header.update(settings.get("header", {}))
-        self.print_every = settings.get("print_every", self.print_every)
-        ACTIVE[self.sweep_uri] = self
+        """Take this driver's settings (print period, dashboard URL) from the status file the driver wrote
+        before ``fit``: after ``Tuner.restore`` Tune runs the callback pickled at the sweep's first start."""
+        from pretextlab.jobs.sweep_report import read_status
+
+        driver = (read_status(self.sweep_uri, self.storage_options) or {}).get("driver") or {}
+        self.print_every = float(driver.get("print_every", self.print_every))
+        if driver.get("dashboard") is not None:
+            self.header["dashboard"] = driver["dashboard"]
+        self.header["driver"] = driver
 
     def _row(self, trial: Any) -> dict[str, Any]:
         row = self.rows.get(trial.trial_id)

@@ -1,13 +1,20 @@
-"""The Ray Train worker loop of a pretraining run: DDP around the shared :class:`Trainer`, batches of
-ready views from the Ray Data shard, checkpoints with the full training state, and metrics (loss,
-LR, images/s, RankMe and collapse, online kNN) to Ray and to TensorBoard on rank 0."""
+"""The Ray Train worker loop of a pretraining run, in named steps as Ray's Train examples are written:
+
+1. :func:`build_worker` - the objective, views and :class:`Trainer` on this worker's device;
+2. :func:`load_checkpoint` - the training state of Ray's latest checkpoint (or a fresh per-rank seed);
+3. :func:`wrap_ddp` - DDP around the objective when there is more than one worker;
+4. :func:`train_step` - one batch of ready views from the Ray Data shard through ``Trainer.step``;
+5. :func:`report` - metrics to Ray (and Tune) every ``log_every`` steps, with a checkpoint holding the
+   full training state every ``checkpoint_every`` steps;
+6. :class:`RankZeroLog` - RankMe/collapse on the training stream, online kNN, TensorBoard (rank 0 only).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +27,8 @@ from pretextlab.evaluate.diagnostics import diagnostics
 from pretextlab.training import Trainer
 from pretextlab.training.checkpoint import load_training_state, save_rng, save_training_state
 from pretextlab.training.config import PretrainConfig
-from pretextlab.training.setup import make_objective, make_views
+from pretextlab.training.setup import encoder_card, make_objective, make_views
+from pretextlab.views import Views
 from pretextlab.views.columns import from_columns
 
 #: view columns the objectives consume; anything else in a row (item ids, labels) stays out of the batch
@@ -42,10 +50,10 @@ def _collate(device: torch.device, pin: bool):
 
 class OnlineKNN:
     """Rank 0's labelled validation set: frozen features of the current encoder -> kNN accuracy (and the
-    accuracy of a linear probe with C=1 when ``validation.linear`` is set)."""
+    accuracy of a linear probe with C=1 when ``validation.linear`` is set). Images are preprocessed from
+    the run's own encoder card, as evaluation and serving will."""
 
-    def __init__(self, cfg: PretrainConfig, views_mean: list[float], views_std: list[float], img_size: int,
-                 in_chans: int):
+    def __init__(self, cfg: PretrainConfig, card: Any):
         from pretextlab.evaluate.dataset import load_eval_set
         from pretextlab.evaluate.splits import make_split
 
@@ -53,12 +61,11 @@ class OnlineKNN:
         assert v is not None
         self.k = v.k
         self.linear = v.linear
+        self.card = card
         self.data = load_eval_set(v.catalog, label_column=v.label_column, patches_per_slide=v.patches_per_slide,
-                                  patch_size=cfg.data.patch.patch_size, size=img_size, seed=cfg.train.seed,
+                                  patch_size=cfg.data.patch.patch_size, size=card.img_size, seed=cfg.train.seed,
                                   modality=cfg.modality)
         self.split = make_split(self.data.labels, self.data.groups, self.data.splits, v.test_size, cfg.train.seed)
-        self.card = type("Card", (), {"img_size": img_size, "in_chans": in_chans, "mean": views_mean,
-                                      "std": views_std})()
 
     @torch.no_grad()
     def __call__(self, encoder: torch.nn.Module, device: torch.device) -> dict[str, float]:
@@ -126,108 +133,174 @@ class TensorBoard:
         self.writer.close()
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+@dataclass
+class Worker:
+    """One Ray Train worker: its place in the group, its device, and the training state it owns."""
+
+    cfg: PretrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    trainer: Trainer
+    views: Views
+    samples_per_epoch: int
+    restored_from: int | None = None
+
+
+def build_worker(config: dict[str, Any]) -> Worker:
+    """Step 1: the objective (same initial weights on every rank), its views and the Trainer."""
     cfg = PretrainConfig.model_validate(config["cfg"])
     t = cfg.train
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
-
     torch.manual_seed(t.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     objective = make_objective(cfg)
     views = make_views(cfg, objective)
     trainer = Trainer(objective, t.schedule, t.steps, device=device, grad_clip=t.grad_clip, bf16=t.bf16)
-    restored_from = None
-    per_epoch = max(1, int(config["samples_per_epoch"]))
+    return Worker(cfg, ctx.get_world_rank(), ctx.get_world_size(), device, trainer, views,
+                  max(1, int(config["samples_per_epoch"])))
+
+
+def load_checkpoint(worker: Worker) -> int | None:
+    """Step 2: restore weights, optimiser, step and this rank's RNG from Ray's latest checkpoint; with
+    none, seed this rank's own stream of masks and noise. Returns the restored step (or None)."""
     ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as folder:
-            state = load_training_state(folder, trainer.objective, trainer.optimizer, rank, device)
-        trainer.global_step, restored_from = int(state["step"]), int(state["step"])
-    else:
-        torch.manual_seed(t.seed * 1000 + rank + 1)  # per-rank masks and noise
-    if world > 1:
-        ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
-        trainer.forward_module = torch.nn.parallel.DistributedDataParallel(
-            trainer.objective, broadcast_buffers=False, find_unused_parameters=bool(config.get("find_unused", True)),
-            **ddp_kwargs)
+    if ckpt is None:
+        torch.manual_seed(worker.cfg.train.seed * 1000 + worker.rank + 1)
+        return None
+    trainer = worker.trainer
+    with ckpt.as_directory() as folder:
+        state = load_training_state(folder, trainer.objective, trainer.optimizer, worker.rank, worker.device)
+    trainer.global_step = worker.restored_from = int(state["step"])
+    return worker.restored_from
 
-    knn = None
-    tb = None
-    if rank == 0:
+
+def wrap_ddp(worker: Worker, find_unused: bool = True) -> None:
+    """Step 3: run the objective's forward through DDP when the group has more than one worker."""
+    if worker.world <= 1:
+        return
+    kwargs = {"device_ids": [worker.device.index]} if worker.device.type == "cuda" else {}
+    worker.trainer.forward_module = torch.nn.parallel.DistributedDataParallel(
+        worker.trainer.objective, broadcast_buffers=False, find_unused_parameters=find_unused, **kwargs)
+
+
+def train_step(worker: Worker, raw: dict[str, torch.Tensor]) -> tuple[dict[str, Any], Any]:
+    """Step 4: one optimiser step on a batch of flat view columns; returns (objective batch, StepResult)."""
+    batch = from_columns(raw)
+    return batch, worker.trainer.step(batch)
+
+
+@dataclass
+class RankZeroLog:
+    """Step 6 (rank 0 only): diagnostics on the training stream, online kNN and TensorBoard."""
+
+    worker: Worker
+    tensorboard: TensorBoard
+    knn: OnlineKNN | None = None
+
+    @classmethod
+    def start(cls, worker: Worker, config: dict[str, Any]) -> RankZeroLog:
         tb = TensorBoard(config["run_uri"], config.get("storage_options"))
-        if cfg.validation is not None:
-            bb = objective.cfg.backbone
-            knn = OnlineKNN(cfg, list(views.config.mean), list(views.config.std), bb.img_size, bb.in_chans)
-        if restored_from is not None:
-            print(f"[pretrain] resumed from the checkpoint at step {restored_from}", flush=True)
+        knn = None
+        if worker.cfg.validation is not None:
+            knn = OnlineKNN(worker.cfg, encoder_card(worker.cfg, worker.trainer.objective, worker.views))
+        if worker.restored_from is not None:
+            print(f"[pretrain] resumed from the checkpoint at step {worker.restored_from}", flush=True)
+        return cls(worker, tb, knn)
 
+    @torch.no_grad()
+    def stream_diagnostics(self, batch: dict[str, Any]) -> dict[str, float]:
+        """RankMe, embedding std and the collapse flag of the current encoder on this batch's images."""
+        trainer = self.worker.trainer
+        enc = trainer.objective.encoder()
+        was = enc.training
+        enc.eval()
+        with trainer.autocast():
+            feats = enc(_probe_batch(batch)).float()
+        enc.train(was)
+        diag = diagnostics(feats)
+        return {"train_rankme": float(diag["rankme"]), "train_embedding_std": float(diag["embedding_std"]),
+                "collapsed": float(bool(diag["collapsed"]))}
+
+    def add(self, metrics: dict[str, float], batch: dict[str, Any], step: int, last: bool) -> None:
+        metrics.update(self.stream_diagnostics(batch))
+        v = self.worker.cfg.validation
+        if self.knn is not None and v is not None and (step % v.every == 0 or last):
+            metrics.update(self.knn(self.worker.trainer.objective.encoder(), self.worker.device))
+        if self.worker.restored_from is not None:
+            metrics["restored_from"] = self.worker.restored_from
+        self.tensorboard.scalars(metrics, step)
+
+
+@dataclass
+class Window:
+    """Losses, images and data-wait time since the last report."""
+
+    losses: list[float] = field(default_factory=list)
+    images: int = 0
+    wait: float = 0.0
+    start: float = field(default_factory=time.perf_counter)
+
+    def metrics(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return {"loss": float(np.mean(self.losses)), "images_per_s": self.images / elapsed,
+                "data_wait_fraction": self.wait / elapsed}
+
+
+def report(worker: Worker, metrics: dict[str, float], log: RankZeroLog | None, checkpoint: bool) -> None:
+    """Step 5: ``ray.train.report`` rank 0's metrics; at checkpoint steps every rank writes its RNG and
+    rank 0 the full training state into one checkpoint folder that Ray registers."""
+    step, epoch = int(metrics["step"]), int(metrics["epoch"])
+    if not checkpoint:
+        ray.train.report(metrics if worker.rank == 0 else {})
+        return
+    with tempfile.TemporaryDirectory(prefix="pretextlab-ckpt-") as folder:
+        if worker.rank == 0:
+            save_training_state(folder, worker.trainer.objective, worker.trainer.optimizer, step, epoch,
+                                {"metrics": metrics})
+            if log is not None:
+                log.tensorboard.sync()
+        save_rng(folder, worker.rank)
+        ray.train.report(metrics if worker.rank == 0 else {}, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                         checkpoint_dir_name=f"checkpoint-{step:08d}")
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The Ray Train entry point: steps 1-6 until ``train.steps`` optimiser steps are done."""
+    worker = build_worker(config)
+    load_checkpoint(worker)
+    wrap_ddp(worker, bool(config.get("find_unused", True)))
+    log = RankZeroLog.start(worker, config) if worker.rank == 0 else None
+    t, trainer = worker.cfg.train, worker.trainer
     shard = ray.train.get_dataset_shard("train")
-    collate = _collate(device, pin=device.type == "cuda")
-    losses: list[float] = []
-    window_start, window_images, wait = time.perf_counter(), 0, 0.0
-    last_metrics: dict[str, float] = {}
+    collate = _collate(worker.device, pin=worker.device.type == "cuda")
+    window = Window()
     while trainer.global_step < t.steps:
-        batches = shard.iter_torch_batches(batch_size=t.batch_size, drop_last=True, collate_fn=collate,
-                                           prefetch_batches=t.prefetch_batches)
-        fetched = time.perf_counter()
         seen = 0
-        for raw in batches:
-            wait += time.perf_counter() - fetched
+        fetched = time.perf_counter()
+        for raw in shard.iter_torch_batches(batch_size=t.batch_size, drop_last=True, collate_fn=collate,
+                                            prefetch_batches=t.prefetch_batches):
+            window.wait += time.perf_counter() - fetched
             seen += 1
-            batch = from_columns(raw)
-            result = trainer.step(batch)
-            losses.append(result.loss)
-            window_images += t.batch_size * world
+            batch, result = train_step(worker, raw)
+            window.losses.append(result.loss)
+            window.images += t.batch_size * worker.world
             step = trainer.global_step  # steps done
-            epoch = step * t.batch_size * world // per_epoch
             last = step >= t.steps
-            if step % t.log_every == 0 or last or step % t.checkpoint_every == 0:
-                elapsed = time.perf_counter() - window_start
-                metrics: dict[str, float] = {
-                    "step": step, "epoch": epoch, "loss": float(np.mean(losses)), "lr": result.lr,
-                    "momentum": result.momentum, "images_per_s": window_images / max(elapsed, 1e-9),
-                    "data_wait_fraction": wait / max(elapsed, 1e-9),
-                    **{k: v for k, v in result.metrics.items()},
-                }
-                if rank == 0:
-                    with torch.no_grad():
-                        enc = trainer.objective.encoder()
-                        was = enc.training
-                        enc.eval()
-                        ctx_manager = (torch.autocast(device.type, dtype=torch.bfloat16) if trainer.bf16
-                                       else contextlib.nullcontext())
-                        with ctx_manager:
-                            feats = enc(_probe_batch(batch)).float()
-                        enc.train(was)
-                    diag = diagnostics(feats)
-                    metrics.update(train_rankme=float(diag["rankme"]), train_embedding_std=float(diag["embedding_std"]),
-                                   collapsed=float(bool(diag["collapsed"])))
-                    if knn is not None and (step % cfg.validation.every == 0 or last):
-                        metrics.update(knn.__call__(trainer.objective.encoder(), device))
-                    if restored_from is not None:
-                        metrics["restored_from"] = restored_from
-                    tb.scalars(metrics, step)
-                    last_metrics = metrics
-                losses, window_images, wait = [], 0, 0.0
-                window_start = time.perf_counter()
-                if step % t.checkpoint_every == 0 or last:
-                    with tempfile.TemporaryDirectory(prefix="pretextlab-ckpt-") as folder:
-                        if rank == 0:
-                            save_training_state(folder, trainer.objective, trainer.optimizer, step, epoch,
-                                                {"metrics": last_metrics})
-                            tb.sync()
-                        save_rng(folder, rank)
-                        ray.train.report(metrics if rank == 0 else {}, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                                         checkpoint_dir_name=f"checkpoint-{step:08d}")
-                else:
-                    ray.train.report(metrics if rank == 0 else {})
+            checkpoint = step % t.checkpoint_every == 0 or last
+            if step % t.log_every == 0 or checkpoint:
+                metrics = {"step": step, "epoch": t.epoch_at(step, worker.samples_per_epoch), **window.metrics(),
+                           "lr": result.lr, "momentum": result.momentum, **result.metrics}
+                if log is not None:
+                    log.add(metrics, batch, step, last)
+                report(worker, metrics, log, checkpoint)
+                window = Window()
             if last:
                 break
             fetched = time.perf_counter()
         if seen == 0:
             raise RuntimeError("the training stream yielded no full batch: fewer samples than batch_size "
                                f"({t.batch_size}) per worker")
-    if tb is not None:
-        tb.close()
+    if log is not None:
+        log.tensorboard.close()

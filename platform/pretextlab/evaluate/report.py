@@ -21,7 +21,8 @@ from pretextlab.core.errors import UserError
 from pretextlab.evaluate.dataset import load_eval_set
 from pretextlab.evaluate.diagnostics import alignment, diagnostics
 from pretextlab.evaluate.feature_maps import save_feature_maps
-from pretextlab.evaluate.features import embed_images, preprocess
+from pretextlab.evaluate.features import embed_images
+from pretextlab.models.encoder_io import preprocess
 from pretextlab.evaluate.fewshot import few_shot
 from pretextlab.evaluate.knn import knn_predict
 from pretextlab.evaluate.linear import DEFAULT_CS, linear_probe

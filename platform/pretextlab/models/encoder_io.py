@@ -10,11 +10,14 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import timm
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -127,3 +130,57 @@ def load_encoder(folder: str | Path, map_location: str = "cpu") -> tuple[torch.n
     model.load_state_dict(state)
     model.eval()
     return model, card
+
+
+# --- preprocessing: exactly what training fed the encoder, from its card ---------------------------
+
+#: ITU-R BT.601 luma weights, the same ones Pillow uses for ``convert("L")``.
+LUMA = (0.299, 0.587, 0.114)
+
+
+class _CardLike(Protocol):
+    img_size: int
+    in_chans: int
+    mean: list[float]
+    std: list[float]
+
+
+def _channel_stats(values: Sequence[float], channels: int, name: str) -> torch.Tensor:
+    vals = list(values)
+    if len(vals) == 1:
+        vals = vals * channels
+    if len(vals) != channels:
+        raise ValueError(f"card {name} has {len(vals)} values for {channels} input channels")
+    return torch.tensor(vals, dtype=torch.float32).view(1, channels, 1, 1)
+
+
+def preprocess(images: np.ndarray | torch.Tensor, card: _CardLike) -> torch.Tensor:
+    """uint8 (N, H, W, C) or (N, H, W) images -> float (N, card.in_chans, S, S), normalised as the card says.
+
+    RGB becomes luminance for a 1-channel encoder and gray is copied to 3 channels for an RGB one;
+    images are resized (bilinear, antialiased) to ``card.img_size`` only when their size differs.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    if x.ndim == 3:
+        x = x.unsqueeze(-1)
+    if x.ndim != 4:
+        raise ValueError(f"expected images of shape (N, H, W, C), got {tuple(x.shape)}")
+    x = x.permute(0, 3, 1, 2).to(torch.float32)
+    channels, want = x.shape[1], int(card.in_chans)
+    if channels == 4:  # RGBA: drop alpha
+        x, channels = x[:, :3], 3
+    if channels != want:
+        if channels == 3 and want == 1:
+            weights = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            x = (x * weights).sum(dim=1, keepdim=True)
+        elif channels == 1 and want == 3:
+            x = x.expand(-1, 3, -1, -1)
+        else:
+            raise ValueError(f"cannot convert {channels}-channel images for a {want}-channel encoder")
+    size = int(card.img_size)
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    x = x / 255.0
+    mean = _channel_stats(card.mean, want, "mean").to(x.device)
+    std = _channel_stats(card.std, want, "std").to(x.device)
+    return ((x - mean) / std).contiguous()

@@ -51,6 +51,11 @@ class TrainSpec(BaseModel):
     seed: int = 0
     prefetch_batches: int = Field(2, ge=0)
 
+    def epoch_at(self, step: int, samples_per_epoch: int) -> int:
+        """The stream epoch that step ``step`` reads from: every step takes ``batch_size`` samples on
+        each of ``num_workers`` workers. The one formula for resume, sweeps and the worker loop."""
+        return int(step) * self.batch_size * self.num_workers // max(1, int(samples_per_epoch))
+
 
 class ValidationSpec(BaseModel):
     """Online kNN (and optionally a linear probe) on a labelled catalog every ``every`` steps (rank 0,

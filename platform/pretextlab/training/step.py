@@ -6,8 +6,9 @@ Pure PyTorch. The Ray Train loop (jobs/pretrain) wraps the same ``Trainer`` in D
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -48,7 +49,8 @@ class Trainer:
         #: the module whose forward runs the step: the objective, or a DDP wrapper of it
         self.forward_module: torch.nn.Module = self.objective
 
-    def _autocast(self):
+    def autocast(self) -> AbstractContextManager[Any]:
+        """bf16 autocast on the trainer's device when enabled, else a no-op context."""
         if self.bf16:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return nullcontext()
@@ -60,7 +62,7 @@ class Trainer:
         if hasattr(self.objective, "set_progress"):
             self.objective.set_progress(s / self.total_steps)
         self.objective.train()
-        with self._autocast():
+        with self.autocast():
             out = self.forward_module(batch)
         if not torch.isfinite(out.loss):
             raise FloatingPointError(f"loss is {float(out.loss)} at step {s}")

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from ray import serve
 
-from pretextlab.evaluate.features import default_device, preprocess
+from pretextlab.evaluate.features import default_device
+from pretextlab.models.encoder_io import preprocess
 
 
 def _count_images(items: list[torch.Tensor]) -> int:

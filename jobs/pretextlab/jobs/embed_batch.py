@@ -1,5 +1,5 @@
 """Batch embedding of a whole catalog on Ray Data: every tissue patch of every slide, every frame of every
-cine loop, written per item as feature bags (see :mod:`pretextlab.serving.bags`).
+cine loop, written per item as feature bags (see :mod:`pretextlab.storage.bags`).
 
 Pipeline::
 
@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pretextlab.core.errors import UserError
 from pretextlab.models.encoder_io import EncoderCard, read_card
-from pretextlab.serving.bags import Bag, BagStore
+from pretextlab.storage.bags import Bag, BagStore
 from pretextlab.storage import fs as sfs
 
 
@@ -141,7 +141,7 @@ def spec_key(cfg: EmbedConfig, patch_size: int) -> dict[str, Any]:
 # -- Ray Data pieces (run in workers) --------------------------------------------------------------------------
 def preprocess_batch(batch: dict[str, np.ndarray], card: EncoderCard) -> dict[str, np.ndarray]:
     """uint8 images -> the encoder's normalised input (the ``pixels`` column); the images are dropped."""
-    from pretextlab.evaluate.features import preprocess
+    from pretextlab.models.encoder_io import preprocess
 
     out = {k: v for k, v in batch.items() if k not in ("image", "label")}
     out["pixels"] = preprocess(np.ascontiguousarray(batch["image"]), card).numpy()
@@ -153,7 +153,7 @@ def read_frames(dest: str, item_id: str, frames: list[int], card: EncoderCard,
     """One read task: frames of a cine loop, preprocessed (frame sizes differ between loops)."""
     from ray.data.block import BlockAccessor
 
-    from pretextlab.evaluate.features import preprocess
+    from pretextlab.models.encoder_io import preprocess
     from pretextlab.storage import open_item
 
     item = open_item(dest, item_id, storage_options)
@@ -281,7 +281,7 @@ def run_embed(cfg: EmbedConfig, progress: bool = True, storage_options: dict[str
     import ray
     import ray.data
 
-    from pretextlab.jobs.ray_cluster import init_ray
+    from pretextlab.cluster import init_ray
     from pretextlab.storage import open_item
     from pretextlab.storage.datasource import ZarrPatchDatasource
 

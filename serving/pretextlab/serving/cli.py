@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ray import serve
 
-    from pretextlab.jobs.ray_cluster import init_ray
+    from pretextlab.cluster import init_ray
     from pretextlab.serving.app import build_app
 
     init_ray(args.address)
@@ -119,6 +119,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from pretextlab.jobs.cli import run_command
+    from pretextlab.core.cli import run_module
 
-    sys.exit(run_command("serve"))
+    sys.exit(run_module("pretextlab.serving.cli"))
