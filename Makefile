@@ -8,11 +8,12 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench clean help image
+.PHONY: demo test lint install bench clean help image
 
 help:
 	@echo "make demo   - generate sample data, ingest, pretrain I-JEPA and MAE on Ray Train, print a kNN table"
 	@echo "make test   - run the test suite (real Ray, real S3 server on 127.0.0.1)"
+	@echo "make lint   - ruff (lint + format check) and mypy (strict for core, modalities, views)"
 	@echo "make bench  - storage benchmarks (benchmarks/ingest.py)"
 
 $(PY):
@@ -31,6 +32,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy -p pretextlab
 
 bench: $(STAMP)
 	$(PY) benchmarks/ingest.py

@@ -18,7 +18,7 @@ from pretextlab.training import Trainer
 
 
 def batch_for(views: str, b: int, size: int, device: str) -> dict:
-    x = lambda s: torch.randn(b, 3, s, s, device=device)  # noqa: E731
+    x = lambda s: torch.randn(b, 3, s, s, device=device)
     return {"multicrop": {"global": [x(size), x(size)], "local": [x(96) for _ in range(6)]},
             "pair": {"global": [x(size), x(size)]},
             "single": {"images": x(size)},

@@ -64,7 +64,7 @@ def child(argv: list[str]) -> None:
     warnings.filterwarnings("ignore")
     if mode == "baseline":
         import dask.array  # noqa: F401
-        import tifffile  # noqa: F401
+        import tifffile
         import zarr  # noqa: F401
 
         import pretextlab.storage  # noqa: F401

@@ -29,7 +29,7 @@ LIGHTLY = {"dino", "simclr", "vicreg", "mae"}
 def make_batch(name: str, b: int, size: int, g):
     import torch
 
-    x = lambda s: torch.randn(b, 3, s, s, generator=g)  # noqa: E731
+    x = lambda s: torch.randn(b, 3, s, s, generator=g)
     if name == "dino":
         return {"global": [x(size), x(size)], "local": [x(size // 2) for _ in range(4)]}
     if name in ("simclr", "vicreg"):

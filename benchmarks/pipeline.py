@@ -281,12 +281,11 @@ def memory_child(store: str, patch: int) -> None:
 
     warnings.filterwarnings("ignore")
     import ray
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
     from ray.data import DataContext
 
     from pretextlab.storage.datasource import read_stream
     from pretextlab.storage.stream import plan_stream
-
-    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
     me = psutil.Process()
     peak = {"rss": 0, "pss": 0, "procs": 0, "store": 0}
@@ -298,7 +297,7 @@ def memory_child(store: str, patch: int) -> None:
             rss, pss, n = tree_memory(me)
             try:
                 store = get_memory_info_reply(get_state_from_address(address)).store_stats.object_store_bytes_used
-            except Exception:  # noqa: BLE001 - a sample may miss; the next one counts
+            except Exception:
                 store = 0
             if pss > peak["pss"]:
                 peak.update(pss=pss, procs=n)

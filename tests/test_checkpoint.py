@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from pretextlab.modalities import create_views
 from pretextlab.objectives import ScheduleConfig, create_objective
 from pretextlab.training import Trainer
 from pretextlab.training.checkpoint import load_training_state, read_state, save_rng, save_training_state
-from pretextlab.modalities import create_views
 
 BACKBONE = {"arch": "vit_tiny", "img_size": 32, "patch_size": 8, "depth": 1, "in_chans": 3}
 

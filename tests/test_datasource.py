@@ -13,13 +13,13 @@ import zarr
 from zarr.storage import LocalStore, WrapperStore
 
 from pretextlab.jobs.ingest import IngestConfig, run_ingest
+from pretextlab.modalities import create_views
 from pretextlab.storage import Item, open_item
 from pretextlab.storage import synthetic as syn
 from pretextlab.storage.datasource import batch_seed, map_views, read_group, read_patches, read_stream
 from pretextlab.storage.frames import fit_frames
 from pretextlab.storage.patches import PatchRef, PatchSpec, group_by_chunks, plan_patches
 from pretextlab.storage.stream import StreamSpec, plan_stream
-from pretextlab.modalities import create_views
 from pretextlab.views.columns import from_columns
 
 

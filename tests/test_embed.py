@@ -19,10 +19,10 @@ import zarr
 
 from conftest import REPO
 from pretextlab.evaluate.features import embed_images
-from pretextlab.models import BackboneConfig, EncoderCard, create_backbone, save_encoder
-from pretextlab.storage.bags import read_h5
 from pretextlab.jobs.embed_batch import EmbedConfig, run_embed
+from pretextlab.models import BackboneConfig, EncoderCard, create_backbone, save_encoder
 from pretextlab.storage import open_item, read_catalog
+from pretextlab.storage.bags import read_h5
 from pretextlab.storage.patches import PatchSpec, item_patches
 
 PATCH = 64

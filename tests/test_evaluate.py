@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli
 from PIL import Image
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
+from conftest import REPO, run_cli
 from pretextlab.core.errors import UserError
 from pretextlab.evaluate import (
     alignment,

@@ -126,3 +126,98 @@ def test_pure_computation_has_no_ray_imports(repo_root: Path):
             if s.startswith(("import ray", "from ray")):
                 offenders.append(f"{py.relative_to(repo_root)}: {s}")
     assert offenders == []
+
+
+# --------------------------------------------------------------------------- the import graph
+#: package -> layer. A module may import from its own layer's package or any lower layer, never higher;
+#: packages on one layer do not import each other unless listed in SAME_LAYER_OK.
+LAYERS = {
+    "core": 0,
+    "models": 1, "objectives": 1, "views": 1, "phantoms": 1,
+    "modalities": 2,
+    "storage": 3,
+    "training": 4, "evaluate": 4, "registry": 4, "profile": 4,
+    "study": 5,
+    "cluster": 6,
+    "jobs": 7, "serving": 7, "review": 7,
+    "cli": 8,
+}
+#: same-layer arrows that are part of the design (objectives build on models, training on registry
+#: for weights, the study on both evaluate and training)
+SAME_LAYER_OK = {("objectives", "models"), ("training", "evaluate"), ("training", "registry"),
+                 ("evaluate", "registry"), ("profile", "evaluate"), ("review", "serving")}
+NEVER = {("jobs", "serving"), ("serving", "jobs")}
+SOURCE_ROOTS = ("platform", "storage", "jobs", "serving")
+
+
+def _imports(py: Path) -> list[tuple[int, str]]:
+    import ast
+
+    tree = ast.parse(py.read_text(), str(py))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.lineno, node.module))
+            out += [(node.lineno, f"{node.module}.{a.name}") for a in node.names if node.module == "pretextlab"]
+    return out
+
+
+def _package(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "pretextlab" and len(parts) > 1 else None
+
+
+def import_graph(repo_root: Path) -> list[tuple[str, int, str, str]]:
+    """(file, line, from package, to package) for every pretextlab import, function-level ones included."""
+    edges = []
+    for root in SOURCE_ROOTS:
+        for py in sorted((repo_root / root / "pretextlab").rglob("*.py")):
+            src = _package(".".join(py.relative_to(repo_root / root).with_suffix("").parts))
+            for line, module in _imports(py):
+                dst = _package(module)
+                if src and dst and dst != src:
+                    edges.append((str(py.relative_to(repo_root)), line, src, dst))
+    return edges
+
+
+def layer_violations(edges: list[tuple[str, int, str, str]]) -> list[str]:
+    bad = []
+    for file, line, src, dst in edges:
+        if src not in LAYERS or dst not in LAYERS:
+            bad.append(f"{file}:{line}: {src} -> {dst}: package not in the layer table (add it to ARCHITECTURE.md and LAYERS)")
+        elif (src, dst) in NEVER or LAYERS[dst] > LAYERS[src] or (
+                LAYERS[dst] == LAYERS[src] and (src, dst) not in SAME_LAYER_OK):
+            bad.append(f"{file}:{line}: {src} (layer {LAYERS[src]}) imports {dst} (layer {LAYERS[dst]})")
+    return bad
+
+
+def test_import_graph_follows_the_layers(repo_root: Path):
+    """core -> (models, objectives, views) -> modalities -> storage -> (training, evaluate, registry) ->
+    cluster -> (jobs | serving) -> cli, read from the AST of every module (no import, no Ray)."""
+    edges = import_graph(repo_root)
+    assert len(edges) > 50, "the graph walk found almost nothing: the layout changed?"
+    assert layer_violations(edges) == []
+
+
+def test_import_graph_check_catches_upward_and_sideways_arrows():
+    """The checker itself: an upward arrow, jobs <-> serving and an unknown package are each reported."""
+    edges = [("platform/pretextlab/core/x.py", 3, "core", "storage"),
+             ("jobs/pretextlab/jobs/y.py", 5, "jobs", "serving"),
+             ("serving/pretextlab/serving/z.py", 7, "serving", "jobs"),
+             ("platform/pretextlab/views/w.py", 9, "views", "objectives"),
+             ("platform/pretextlab/newpkg/v.py", 1, "newpkg", "core"),
+             ("storage/pretextlab/storage/ok.py", 2, "storage", "modalities")]
+    bad = layer_violations(edges)
+    assert len(bad) == 5 and not any("ok.py" in b for b in bad), bad
+
+
+def test_training_config_does_not_import_the_writer():
+    """Loading a pretraining config stays light: no ingest writer, readers or dask behind it."""
+    code = ("import sys, pretextlab.training.config; "
+            "print(sorted(m for m in ('pretextlab.storage.writer', 'pretextlab.storage.readers', 'dask') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

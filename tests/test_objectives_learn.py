@@ -14,9 +14,9 @@ import torch
 
 from pretextlab.evaluate.diagnostics import is_collapsed
 from pretextlab.evaluate.knn import knn_predict
+from pretextlab.modalities import create_views
 from pretextlab.objectives import ScheduleConfig, create_objective
 from pretextlab.training import Trainer
-from pretextlab.modalities import create_views
 
 SIZE = 24
 

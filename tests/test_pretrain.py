@@ -19,9 +19,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from conftest import REPO, run_cli
 from pretextlab.jobs.ingest import IngestConfig, run_ingest
 from pretextlab.storage import synthetic as syn
-from conftest import REPO, run_cli
 
 BACKBONE = {"arch": "vit_tiny", "img_size": 32, "patch_size": 8, "depth": 1}
 OBJECTIVES = {  # objective -> (modality, data kind, extra objective fields)

@@ -14,11 +14,11 @@ from pydantic import ValidationError
 
 from pretextlab.core.errors import UserError
 from pretextlab.jobs.ingest import IngestConfig, run_ingest
+from pretextlab.modalities import create_views
 from pretextlab.storage import synthetic as syn
 from pretextlab.storage.frames import FrameRef, fit_frames, loop_refs
 from pretextlab.storage.patches import PatchRef
 from pretextlab.storage.stream import Ref, StreamSpec, plan_stream
-from pretextlab.modalities import create_views
 from pretextlab.views.columns import from_columns, to_columns
 
 PATCH = {"patch_size": 64, "min_tissue": 0.3}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
+from pretextlab.modalities import create_views, get_modality, list_views
 from pretextlab.views import (
     CineViews,
     HistopathologyViews,
@@ -19,7 +19,6 @@ from pretextlab.views import (
     rgb_to_hed,
     to_float,
 )
-from pretextlab.modalities import create_views, get_modality, list_views
 from pretextlab.views.crop import resized_crop_boxes
 from pretextlab.views.stain import RGB_FROM_HED
 

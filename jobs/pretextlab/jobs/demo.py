@@ -61,10 +61,10 @@ def demo_config(objective: str, work: Path, steps: int, seed: int) -> dict[str, 
 
 def _random_init(cfg: Any, work: Path) -> Path:
     """The same encoder untrained: the baseline every objective must beat."""
+    import torch
+
     from pretextlab.models import save_encoder
     from pretextlab.training.setup import check, encoder_card
-
-    import torch
 
     torch.manual_seed(cfg.train.seed)
     objective, views = check(cfg)
@@ -91,9 +91,9 @@ def comparison_table(rows: list[tuple[str, dict[str, Any], float | None]]) -> st
 
 
 def run(args: argparse.Namespace) -> int:
+    from pretextlab.cluster import init_ray
     from pretextlab.evaluate import EvaluateConfig, evaluate_encoder
     from pretextlab.jobs.pretrain import run_pretrain
-    from pretextlab.cluster import init_ray
     from pretextlab.storage import read_catalog
     from pretextlab.training.config import PretrainConfig
 

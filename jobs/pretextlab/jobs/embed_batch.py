@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pretextlab.core.errors import UserError
 from pretextlab.models.encoder_io import EncoderCard, read_card
-from pretextlab.storage.bags import Bag, BagStore
 from pretextlab.storage import fs as sfs
+from pretextlab.storage.bags import Bag, BagStore
 
 
 class EmbedConfig(BaseModel):

@@ -20,9 +20,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from pretextlab.core.config import load_config
+from pretextlab.modalities import ModalityName, list_modalities
 from pretextlab.storage import fs as sfs
 from pretextlab.storage.catalog import rebuild_catalog
-from pretextlab.modalities import ModalityName, list_modalities
 from pretextlab.storage.discovery import discover
 from pretextlab.storage.options import ZarrOptions
 from pretextlab.storage.writer import ItemResult, write_item

@@ -276,7 +276,7 @@ def run_pretrain(cfg: Any, storage_options: dict[str, Any] | None = None) -> Pre
                                     "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                                     "seconds": seconds, "config": prep.cfg.model_dump(mode="json"),
                                     "git_commit": prep.git_commit, "data": prep.data_info}, storage_options)
-    return PretrainResult(prep.run_uri, int(metrics.get("step", t.steps)), metrics, ref, seconds, resumed)
+    return PretrainResult(prep.run_uri, int(metrics.get("step", prep.cfg.train.steps)), metrics, ref, seconds, resumed)
 
 
 def load_pretrain_config(path: str, overrides: list[str]):

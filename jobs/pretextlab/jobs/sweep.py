@@ -271,8 +271,14 @@ def run_sweep(plan: SweepPlan, print_every: float = 30.0, max_concurrent: int | 
     from ray import tune
 
     from pretextlab.jobs.sweep_report import finalize, pick_best, read_curve, read_status, write_summary
-    from pretextlab.jobs.sweep_trial import (SweepStatus, reap_orphan_placement_groups, run_trial, trial_dirname,
-                                             trial_name, write_status)
+    from pretextlab.jobs.sweep_trial import (
+        SweepStatus,
+        reap_orphan_placement_groups,
+        run_trial,
+        trial_dirname,
+        trial_name,
+        write_status,
+    )
     from pretextlab.training.sweep_config import decode, encoded_paths
 
     cfg, so = plan.cfg, plan.storage_options

@@ -88,7 +88,7 @@ def render_table(status: dict[str, Any]) -> str:
              "-" if r.get("step") is None else f"{r['step']}/{steps}", fmt_value(r.get("metric")), _state(r, steps)]
             for r in rows]
     widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(cols)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     out = [head, line(cols), line(["-" * w for w in widths])] + [line(b) for b in body]
     best = status.get("best")
     if best:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pretextlab.models.encoder_io import preprocess
+from pretextlab.models.encoder_io import CardLike, preprocess
+
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
     """The device to use: the one asked for, else CUDA when available, else the CPU."""
@@ -44,7 +45,7 @@ def extract_features(
 
 def embed_images(
     model: torch.nn.Module,
-    card: _CardLike,
+    card: CardLike,
     images: np.ndarray,
     batch_size: int = 256,
     device: str | torch.device | None = None,

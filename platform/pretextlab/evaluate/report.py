@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pretextlab.core.config import ConfigError, format_validation_error
@@ -22,7 +21,6 @@ from pretextlab.evaluate.dataset import load_eval_set
 from pretextlab.evaluate.diagnostics import alignment, diagnostics
 from pretextlab.evaluate.feature_maps import save_feature_maps
 from pretextlab.evaluate.features import embed_images
-from pretextlab.models.encoder_io import preprocess
 from pretextlab.evaluate.fewshot import few_shot
 from pretextlab.evaluate.knn import knn_predict
 from pretextlab.evaluate.linear import DEFAULT_CS, linear_probe
@@ -30,6 +28,7 @@ from pretextlab.evaluate.metrics import METRICS, classification_metrics
 from pretextlab.evaluate.splits import make_split
 from pretextlab.modalities import ModalityName
 from pretextlab.models import load_encoder
+from pretextlab.models.encoder_io import preprocess
 
 PositiveInt = Annotated[int, Field(ge=1)]
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator
 
 from pretextlab.core.registry import Registry
-from pretextlab.views.registry import RECIPES, ViewSet, Views, make_views
+from pretextlab.views.registry import RECIPES, Views, ViewSet, make_views
 
 
 @dataclass(frozen=True)

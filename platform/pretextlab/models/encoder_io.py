@@ -138,7 +138,7 @@ def load_encoder(folder: str | Path, map_location: str = "cpu") -> tuple[torch.n
 LUMA = (0.299, 0.587, 0.114)
 
 
-class _CardLike(Protocol):
+class CardLike(Protocol):
     img_size: int
     in_chans: int
     mean: list[float]
@@ -154,7 +154,7 @@ def _channel_stats(values: Sequence[float], channels: int, name: str) -> torch.T
     return torch.tensor(vals, dtype=torch.float32).view(1, channels, 1, 1)
 
 
-def preprocess(images: np.ndarray | torch.Tensor, card: _CardLike) -> torch.Tensor:
+def preprocess(images: np.ndarray | torch.Tensor, card: CardLike) -> torch.Tensor:
     """uint8 (N, H, W, C) or (N, H, W) images -> float (N, card.in_chans, S, S), normalised as the card says.
 
     RGB becomes luminance for a 1-channel encoder and gray is copied to 3 channels for an RGB one;

@@ -79,7 +79,7 @@ class DINO(Objective):
     def forward(self, batch: dict) -> ObjectiveOutput:
         c = self.cfg
         globals_, locals_ = batch["global"], batch.get("local", [])
-        ng, b = len(globals_), globals_[0].shape[0]
+        ng = len(globals_)
         g = torch.cat(globals_)
         temp = self.teacher_temperature()
         with torch.no_grad():

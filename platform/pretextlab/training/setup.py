@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from pretextlab.core.config import ConfigError
+from pretextlab.modalities import get_modality
 from pretextlab.models.encoder_io import EncoderCard
 from pretextlab.objectives.base import Objective
 from pretextlab.objectives.registry import create_objective, get_objective_class
-from pretextlab.modalities import get_modality
 from pretextlab.training.config import PretrainConfig
 from pretextlab.views import RECIPES, Views
 

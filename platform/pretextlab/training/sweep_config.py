@@ -305,8 +305,8 @@ def _walk(model: type[BaseModel], parts: list[str], where: str, root: str = "the
 def check_path(cfg: PretrainConfig, path: str, where: str) -> None:
     """``path`` must name a field a trial can change: objective fields by the objective's config, view
     fields by the modality's view config, the rest by PretrainConfig."""
-    from pretextlab.objectives.registry import get_objective_class
     from pretextlab.modalities import get_modality
+    from pretextlab.objectives.registry import get_objective_class
     from pretextlab.views.config import CineViews
 
     parts = path.split(".")
@@ -374,9 +374,9 @@ def trial_config(base: PretrainConfig, values: dict[str, Any]) -> PretrainConfig
 def check_value(base: PretrainConfig, path: str, value: Any, where: str) -> None:
     """A trial with ``path = value`` must validate: PretrainConfig, the objective's config and its views.
     (Pydantic only: building models is left to the trials; the base config was built once.)"""
+    from pretextlab.modalities import create_views
     from pretextlab.objectives.registry import get_objective_class
     from pretextlab.training.setup import objective_kwargs, view_overrides
-    from pretextlab.modalities import create_views
 
     what = f"{where}: value {value!r}"
     try:

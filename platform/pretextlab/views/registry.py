@@ -31,7 +31,9 @@ class ViewSet:
     name: str
     config: type[ViewsConfig]
     prepare: Callable[[torch.Tensor, Any], torch.Tensor]
-    view: recipes.ViewFn
+    #: ``view(x, cfg, *, size, local, light, g)`` (see recipes.ViewFn); typed loosely because each view
+    #: set's function takes its own config subclass
+    view: Callable[..., torch.Tensor]
 
     @property
     def channels(self) -> int:

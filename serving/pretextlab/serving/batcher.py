@@ -94,7 +94,7 @@ class ModelBatcher:
             try:
                 stack = batch[0][0] if len(batch) == 1 else np.concatenate([a for a, _ in batch])
                 out = await self._call(stack)
-            except Exception as exc:  # noqa: BLE001 - delivered to every request of the batch
+            except Exception as exc:
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)

@@ -13,8 +13,7 @@ import zarr
 
 from pretextlab.core.errors import UserError
 from pretextlab.storage import fs as sfs
-from pretextlab.storage.layout import is_complete, item_url
-from pretextlab.storage.layout import read_card
+from pretextlab.storage.layout import is_complete, item_url, read_card
 
 
 class ItemNotFound(UserError):

@@ -6,6 +6,8 @@ Each reader sniffs a file (magic bytes, suffix, DICOM header) and opens it as a
 
 from __future__ import annotations
 
+# Importing the modules registers the readers.
+from pretextlab.storage.readers import dicom_image, dicom_wsi, image, npz, tiff, video  # noqa: F401
 from pretextlab.storage.readers.base import (
     CineSource,
     ReaderError,
@@ -22,9 +24,6 @@ from pretextlab.storage.readers.registry import (
     register_reader,
     sniff,
 )
-
-# Importing the modules registers the readers.
-from pretextlab.storage.readers import dicom_image, dicom_wsi, image, npz, tiff, video  # noqa: E402,F401
 
 __all__ = [
     "READERS",

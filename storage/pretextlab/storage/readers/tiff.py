@@ -129,7 +129,7 @@ class TiffReader(Reader):
             tf.close()
             return single_frame_cine(image, info)
         levels = []
-        for i, level in enumerate(series.levels):
+        for i in range(len(series.levels)):
             arr = zarr.open(series.aszarr(level=i), mode="r")
             d = da.from_zarr(arr)
             if d.ndim == 2:
