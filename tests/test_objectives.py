@@ -215,3 +215,38 @@ def test_one_step_reduces_nothing_to_nan_and_updates_weights(name):
     assert all(np.isfinite(r.loss) for r in res)
     changed = [not torch.equal(b, p) for b, p in zip(before, obj.backbone.parameters(), strict=True)]
     assert sum(changed) > len(changed) // 2
+
+
+def test_every_registered_objective_cites_its_paper_and_reference_code():
+    """As lightly's loss modules do: the class docstring names the paper (arXiv id) and the code."""
+    import re
+
+    from pretextlab.objectives import OBJECTIVES
+
+    for name, cls in OBJECTIVES.items():
+        doc = cls.__dict__.get("__doc__") or ""
+        assert re.search(r"arXiv:\d{4}\.\d{4,5}", doc), f"{name}: class docstring cites no arXiv paper"
+        assert "https://github.com/" in doc, f"{name}: class docstring names no reference code"
+
+
+def test_registries_refuse_empty_and_duplicate_names_and_list_what_exists():
+    from pretextlab.core.errors import UserError
+    from pretextlab.core.registry import Registry, UnknownName
+    from pretextlab.modalities import MODALITIES
+    from pretextlab.objectives import OBJECTIVES
+    from pretextlab.objectives.dino import DINO
+    from pretextlab.objectives.registry import register_objective
+    from pretextlab.storage.readers import READERS
+    from pretextlab.views import RECIPES
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_objective(DINO)  # before: a silent overwrite
+    assert OBJECTIVES.get("dino") is DINO
+    reg: Registry[int] = Registry("widget")
+    with pytest.raises(ValueError, match="without a name"):
+        reg.register("", 1)
+    for registry, bad in ((OBJECTIVES, "byol9"), (MODALITIES, "mri"), (READERS, "jpegxl"), (RECIPES, "triplet")):
+        with pytest.raises(UnknownName) as err:
+            registry.get(bad)
+        assert isinstance(err.value, UserError)
+        assert f"{bad!r}" in str(err.value) and ", ".join(registry.names()) in str(err.value)

@@ -70,13 +70,17 @@ def world(ray_session, tmp_path_factory):
     us_model, us_card = _encoder("us-enc", 1, "ultrasound", 1)
     us_ref = reg.register(us_model, us_card)
     reg.choose(us_ref, "ultrasound", {"why": "test"})
+    cxr_model, cxr_card = _encoder("cxr-enc", 1, "radiograph", 2)
+    cxr_ref = reg.register(cxr_model, cxr_card)
+    reg.choose(cxr_ref, "radiograph", {"why": "test"})
     raw = base / "raw"
     syn.write_slide_tiff(raw / "slide-a.tif", 512, 768, tile=256, levels=2, seed=3)
     dcm = syn.write_us_dicom(raw / "liver-a.dcm", frames=6, rows=48, cols=64, seed=4)
     rep = run_ingest(IngestConfig(sources=[str(raw)], dest=str(base / "store"), zarr={"chunk": 256}), progress=False)
     assert rep.ok, rep.render()
     return {"base": base, "registry": str(base / "registry"), "store": str(base / "store"), "dcm": dcm,
-            "hist": (hist_model, hist_ref.card, hist_ref), "us": (us_model, us_ref.card, us_ref)}
+            "hist": (hist_model, hist_ref.card, hist_ref), "us": (us_model, us_ref.card, us_ref),
+            "cxr": (cxr_model, cxr_ref.card, cxr_ref)}
 
 
 def _args(world, **extra):
@@ -86,6 +90,8 @@ def _args(world, **extra):
             {"name": "hist", "spec": "hist", "num_cpus": 0.5, "max_batch_images": 32,
              "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
             {"name": "us", "spec": "chosen:ultrasound", "num_cpus": 0.25,
+             "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
+            {"name": "cxr", "spec": "chosen:radiograph", "num_cpus": 0.25,
              "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
         ],
         "stores": {"lake": world["store"]},
@@ -192,6 +198,20 @@ def test_embeddings_match_in_process(world, server):
     assert np.abs(_emb(r) - _local(world, "us", frames)).max() <= 1e-5
 
 
+def test_radiograph_dicom_embeds_on_the_encoder_chosen_for_radiographs(world, server, tmp_path):
+    """The third modality served with no serving change: a DX upload, windowed and preprocessed from the
+    card of the encoder marked chosen:radiograph."""
+    import pydicom
+    from test_radiograph import chest, write_dx
+
+    dx = write_dx(tmp_path / "chest.dcm", chest(48, 1, seed=5), photometric="MONOCHROME1")
+    r = server.post("/v1/embeddings", data={"model": "cxr"},
+                    files=[("images", ("chest.dcm", dx.read_bytes(), "application/dicom"))])
+    assert r.json()["model_id"] == world["cxr"][2].id
+    pixels = 255 - pydicom.dcmread(dx).pixel_array  # MONOCHROME1 shown inverted, as ingest stores it
+    assert np.abs(_emb(r) - _local(world, "cxr", pixels[None, ..., None])).max() <= 1e-5
+
+
 def test_regions_match_in_process(world, server):
     from pretextlab.storage import open_item
 
@@ -214,11 +234,11 @@ def test_regions_match_in_process(world, server):
 def test_models_health_ready_and_docs(world, server):
     models = server.get("/v1/models").json()
     by_name = {m["name"]: m for m in models["models"]}
-    assert set(by_name) == {"hist", "us"} and models["stores"] == ["lake"]
+    assert set(by_name) == {"hist", "us", "cxr"} and models["stores"] == ["lake"]
     assert by_name["us"]["spec"] == "chosen:ultrasound" and by_name["us"]["id"] == world["us"][2].id
     assert by_name["hist"]["card"]["in_chans"] == 3 and by_name["hist"]["card"]["mean"] == [0.7, 0.5, 0.6]
     assert server.get("/healthz").json() == {"status": "ok"}
-    assert server.get("/readyz").json()["models"] == {"hist": True, "us": True}
+    assert server.get("/readyz").json()["models"] == {"hist": True, "us": True, "cxr": True}
     assert "swagger" in server.get("/docs").text.lower()
     spec = server.get("/openapi.json").json()
     assert {"/v1/embeddings", "/v1/embeddings/regions", "/v1/models"} <= set(spec["paths"])

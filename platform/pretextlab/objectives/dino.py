@@ -36,6 +36,18 @@ class DINOConfig(ObjectiveConfig):
 
 @register_objective
 class DINO(Objective):
+    """DINO: self-distillation with no labels, with DINOv2's iBOT, KoLeo and Sinkhorn-Knopp as options.
+
+    A student sees global and local crops and matches the centred, sharpened output distribution of an
+    EMA teacher that sees only the global crops (cross-entropy over ``out_dim`` prototypes). Options add
+    DINOv2's masked-patch iBOT loss, the KoLeo spreading regulariser and Sinkhorn-Knopp centring.
+
+    - Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021 (arXiv:2104.14294);
+      code: https://github.com/facebookresearch/dino
+    - Oquab et al., "DINOv2: Learning Robust Visual Features without Supervision", TMLR 2024
+      (arXiv:2304.07193); code: https://github.com/facebookresearch/dinov2
+    """
+
     name = "dino"
     family = "jea"
     views = "multicrop"

@@ -36,6 +36,17 @@ def _predictor(cfg: IJEPAConfig, embed_dim: int, grid: tuple[int, int], frames: 
 
 @register_objective
 class IJEPA(Objective):
+    """I-JEPA: predict the latent representations of masked target blocks from a visible context block.
+
+    A context encoder sees the image minus the target blocks; a narrow ViT predictor, given mask
+    tokens at the target positions, regresses the EMA target encoder's (layer-normalised) patch
+    features there. No pixel loss and no hand-made view invariance.
+
+    - Assran et al., "Self-Supervised Learning from Images with a Joint-Embedding Predictive
+      Architecture", CVPR 2023 (arXiv:2301.08243); code: https://github.com/facebookresearch/ijepa
+      (masks: ``src/masks/multiblock.py``)
+    """
+
     name = "ijepa"
     family = "jepa"
     views = "single"
@@ -94,8 +105,12 @@ class CineJEPAConfig(IJEPAConfig):
 
 @register_objective
 class CineJEPA(IJEPA):
-    """V-JEPA-style: multi-block masks repeated over every frame (tubes); a 2-D ViT encodes the
-    T x N tokens jointly with fixed temporal embeddings; the frame encoder is what is kept."""
+    """Cine JEPA (V-JEPA-style): multi-block masks repeated over every frame (tubes); a 2-D ViT encodes
+    the T x N tokens jointly with fixed temporal embeddings; the frame encoder is what is kept.
+
+    - Bardes et al., "Revisiting Feature Prediction for Learning Visual Representations from Video"
+      (V-JEPA), TMLR 2024 (arXiv:2404.08471); code: https://github.com/facebookresearch/jepa
+    """
 
     name = "cine_jepa"
     views = "clip"

@@ -57,6 +57,15 @@ class _Decoder(nn.Module):
 
 @register_objective
 class MAE(Objective):
+    """MAE: reconstruct the pixels of randomly masked patches from the visible ones.
+
+    The encoder sees only the ~25 % visible patches; a light decoder with mask tokens reconstructs the
+    (per-patch normalised) pixels of the masked ones, and the loss is the MSE on masked patches only.
+
+    - He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022 (arXiv:2111.06377);
+      code: https://github.com/facebookresearch/mae
+    """
+
     name = "mae"
     family = "pixel"
     views = "single"
@@ -93,6 +102,13 @@ class CineMAEConfig(MAEConfig):
 
 @register_objective
 class CineMAE(MAE):
+    """Cine MAE (VideoMAE-style): tube masking at a very high ratio over the frames of a clip, pixels of
+    the masked tubes reconstructed from the visible ones.
+
+    - Tong et al., "VideoMAE: Masked Autoencoders are Data-Efficient Learners for Self-Supervised Video
+      Pre-Training", NeurIPS 2022 (arXiv:2203.12602); code: https://github.com/MCG-NJU/VideoMAE
+    """
+
     name = "cine_mae"
     views = "clip"
     config_class = CineMAEConfig

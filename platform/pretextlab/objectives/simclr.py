@@ -21,6 +21,13 @@ class SimCLRConfig(ObjectiveConfig):
 
 @register_objective
 class SimCLR(Objective):
+    """SimCLR: contrast two augmented views of each image against the rest of the batch (NT-Xent).
+
+    - Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020
+      (arXiv:2002.05709); code: https://github.com/google-research/simclr; loss as lightly's
+      ``NTXentLoss`` (https://github.com/lightly-ai/lightly/blob/master/lightly/loss/ntx_ent_loss.py)
+    """
+
     name = "simclr"
     family = "jea"
     views = "pair"

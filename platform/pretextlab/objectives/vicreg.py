@@ -23,6 +23,13 @@ class VICRegConfig(ObjectiveConfig):
 
 @register_objective
 class VICReg(Objective):
+    """VICReg: variance, invariance and covariance terms on the embeddings of two views, no negatives.
+
+    - Bardes, Ponce and LeCun, "VICReg: Variance-Invariance-Covariance Regularization for
+      Self-Supervised Learning", ICLR 2022 (arXiv:2105.04906); code:
+      https://github.com/facebookresearch/vicreg
+    """
+
     name = "vicreg"
     family = "jea"
     views = "pair"

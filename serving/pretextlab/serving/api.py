@@ -34,6 +34,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import JSONResponse, Response
 
 from pretextlab.serving.batcher import ModelBatcher
+from pretextlab.serving.config import BatchingArgs, IngressDeploymentArgs
 from pretextlab.serving.decode import ImageLimits, check_total, decode_image
 from pretextlab.serving.errors import ApiError, bad_request, error_response, invalid, not_found, too_large
 from pretextlab.serving.regions import RegionsRequest, StoreReader
@@ -186,18 +187,17 @@ def _group_by_shape(arrays: list[np.ndarray]) -> tuple[list[np.ndarray], list[np
 class EmbeddingAPI:
     """Authenticate, bound, decode and validate; then batch per model and call the model deployments."""
 
-    def __init__(self, models: dict[str, Any], infos: dict[str, dict[str, Any]], stores: dict[str, str],
-                 limits: dict[str, Any], api_key_env: str = "PRETEXTLAB_API_KEY", api_key_sha256: str | None = None,
-                 insecure_local: bool = False, batching: dict[str, dict[str, Any]] | None = None):
-        self.models, self.infos = models, infos
-        batching = batching or {}
-        self.batchers = {name: ModelBatcher(name, handle, timeout_s=float(limits["request_timeout_s"]),
-                                            **{"max_batch_images": 64, "batch_wait_timeout_s": 0.005,
-                                               "max_in_flight": 1, **batching.get(name, {})})
+    def __init__(self, models: dict[str, Any], args: IngressDeploymentArgs):
+        """``models``: served name -> the encoder deployment's handle; ``args``: everything else, typed."""
+        self.models, self.infos = models, args.infos
+        limits = args.limits
+        self.batchers = {name: ModelBatcher(name, handle, timeout_s=float(limits.request_timeout_s),
+                                            **args.batching.get(name, BatchingArgs()).model_dump())
                          for name, handle in models.items()}
-        self.stores = StoreReader(stores)
+        self.stores = StoreReader(args.stores)
         self.limits = limits
-        self.image_limits = ImageLimits(limits["max_images"], limits["max_image_pixels"], limits["max_total_pixels"])
+        self.image_limits = ImageLimits(limits.max_images, limits.max_image_pixels, limits.max_total_pixels)
+        api_key_env, api_key_sha256, insecure_local = args.api_key_env, args.api_key_sha256, args.insecure_local
         self.insecure = insecure_local
         key = os.environ.get(api_key_env)
         if key:  # the replica's own environment (a Kubernetes Secret) wins over the digest from the builder
@@ -245,9 +245,9 @@ class EmbeddingAPI:
         info = self.infos[name]
         if fmt == "npy" or (fmt is None and NPY in request.headers.get("accept", "")):
             return Response(npy_bytes(emb), media_type=NPY, headers={
-                "X-Model": name, "X-Model-Id": info["id"], "X-Embedding-Dim": str(emb.shape[1]),
+                "X-Model": name, "X-Model-Id": info.id, "X-Embedding-Dim": str(emb.shape[1]),
                 "X-Embedding-Count": str(emb.shape[0])})
-        payload = {"model": name, "model_id": info["id"], "version": info["version"], "dim": int(emb.shape[1]),
+        payload = {"model": name, "model_id": info.id, "version": info.version, "dim": int(emb.shape[1]),
                    "count": int(emb.shape[0]), **(extra or {}), "embeddings": emb.tolist()}
         return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
 
@@ -274,7 +274,8 @@ class EmbeddingAPI:
     @api.get("/v1/models", summary="served encoders with their cards", dependencies=SECURED)
     async def list_models(self, request: Request) -> dict[str, Any]:
         self._authorize(request)
-        return {"models": [self.infos[n] for n in sorted(self.infos)], "stores": sorted(self.stores.stores)}
+        return {"models": [self.infos[n].model_dump(mode="json") for n in sorted(self.infos)],
+                "stores": sorted(self.stores.stores)}
 
     @api.post("/v1/embeddings", summary="embed images", dependencies=SECURED, openapi_extra=_EMBEDDINGS_BODY)
     async def embeddings(self, request: Request, model: str | None = Query(None, max_length=64),
@@ -287,7 +288,7 @@ class EmbeddingAPI:
         if ctype != "multipart/form-data" and ctype not in RAW_TYPES:
             raise ApiError(415, "unsupported_media_type", f"content type {ctype[:60]!r}: send multipart/form-data "
                                                           f"files or one application/x-npy (or image) body")
-        body = await read_body(request, int(self.limits["max_body_bytes"]))
+        body = await read_body(request, int(self.limits.max_body_bytes))
         if not body:
             raise bad_request("empty body: send images")
         limits = self.image_limits
@@ -314,7 +315,7 @@ class EmbeddingAPI:
         ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if ctype not in ("application/json", ""):
             raise ApiError(415, "unsupported_media_type", f"content type {ctype[:60]!r}: send application/json")
-        body = await read_body(request, int(self.limits["max_json_bytes"]))
+        body = await read_body(request, int(self.limits.max_json_bytes))
         if not body:
             raise bad_request("empty body: send a JSON object {store, item_id, patches | frames}")
         try:
@@ -326,8 +327,8 @@ class EmbeddingAPI:
             raise invalid(_format_errors(errors)) from None
         name = self._model(req.model)
         arrays, coords = await asyncio.to_thread(
-            self.stores.read, req, int(self.limits["max_images"]), int(self.limits["max_region_size"]),
-            int(self.limits["max_total_pixels"]))
+            self.stores.read, req, int(self.limits.max_images), int(self.limits.max_region_size),
+            int(self.limits.max_total_pixels))
         emb = await self._embed(name, arrays)
         return self._respond(request, name, emb, format,
                              {"store": req.store, "item_id": req.item_id, "regions": coords})

@@ -14,7 +14,15 @@ from typing import Any
 
 from ray.serve import Application
 
-from pretextlab.serving.config import ServeArgs, ServingConfigError, parse_serve_args
+from pretextlab.serving.config import (
+    BatchingArgs,
+    EncoderDeploymentArgs,
+    IngressDeploymentArgs,
+    ModelInfo,
+    ServeArgs,
+    ServingConfigError,
+    parse_serve_args,
+)
 
 MIN_KEY_LENGTH = 16
 ENCODER_BATCH_WAIT_S = 0.002  # enough for calls that queued during a forward to join the next one
@@ -34,7 +42,7 @@ def api_key_digest(cfg: ServeArgs) -> str | None:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def model_infos(cfg: ServeArgs) -> dict[str, dict[str, Any]]:
+def model_infos(cfg: ServeArgs) -> dict[str, ModelInfo]:
     """Served name -> pinned registry version and card, resolved once here."""
     from pretextlab.registry import EncoderRegistry
 
@@ -42,9 +50,9 @@ def model_infos(cfg: ServeArgs) -> dict[str, dict[str, Any]]:
     infos = {}
     for m in cfg.models:
         ref = reg.resolve(m.spec)
-        infos[m.name] = {"name": m.name, "id": ref.id, "encoder": ref.name, "version": ref.version, "spec": m.spec,
-                         "dim": int(ref.card.embed_dim), "modality": ref.card.modality,
-                         "card": ref.card.model_dump(mode="json")}
+        infos[m.name] = ModelInfo(name=m.name, id=ref.id, encoder=ref.name, version=str(ref.version), spec=m.spec,
+                                  dim=int(ref.card.embed_dim), modality=ref.card.modality,
+                                  card=ref.card.model_dump(mode="json"))
     return infos
 
 
@@ -66,16 +74,19 @@ def build_app(args: dict[str, Any]) -> Application:
             ray_actor_options={"num_cpus": m.num_cpus, "num_gpus": m.num_gpus, **(
                 {"runtime_env": {"env_vars": {"OMP_WAIT_POLICY": m.omp_wait_policy}}} if m.omp_wait_policy else {})},
             logging_config={"enable_access_log": False},  # internal calls; the ingress logs each request
-        ).bind(cfg.registry, infos[m.name]["id"], m.max_batch_images, ENCODER_BATCH_WAIT_S, threads,
-               cfg.registry_cache_dir)
+        ).bind(EncoderDeploymentArgs(registry=cfg.registry, ref_id=infos[m.name].id,
+                                     max_batch_images=m.max_batch_images, batch_wait_timeout_s=ENCODER_BATCH_WAIT_S,
+                                     torch_threads=threads, cache_dir=cfg.registry_cache_dir))
     # the ingress batches per model (one encoder call per batch, one call in flight per encoder replica);
     # the encoder's @serve.batch merges calls from several ingress replicas
-    batching = {m.name: {"max_batch_images": m.max_batch_images, "batch_wait_timeout_s": m.batch_wait_timeout_s,
-                         "max_in_flight": max(1, m.autoscaling.max_replicas)} for m in cfg.models}
+    ingress = IngressDeploymentArgs(
+        infos=infos, stores=dict(cfg.stores), limits=cfg.limits, api_key_env=cfg.api_key_env, api_key_sha256=digest,
+        insecure_local=cfg.insecure_local,
+        batching={m.name: BatchingArgs(max_batch_images=m.max_batch_images, batch_wait_timeout_s=m.batch_wait_timeout_s,
+                                       max_in_flight=max(1, m.autoscaling.max_replicas)) for m in cfg.models})
     return EmbeddingAPI.options(
         max_ongoing_requests=cfg.ingress.max_ongoing_requests,
         autoscaling_config=cfg.ingress.autoscaling.to_serve(),
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
         logging_config={"enable_access_log": cfg.ingress.access_log},
-    ).bind(handles, infos, cfg.stores, cfg.limits.model_dump(), cfg.api_key_env, digest, cfg.insecure_local,
-           batching)
+    ).bind(handles, ingress)

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     key = "" if cfg.insecure_local else f'-H "X-API-Key: ${cfg.api_key_env}" '
     print(f"pretextlab serve: {len(infos)} model(s) at {url}  (OpenAPI: {url}/docs)")
     for name, info in infos.items():
-        print(f"  {name:<20} {info['id']}  dim {info['dim']}  {info['modality'] or ''}")
+        print(f"  {name:<20} {info.id}  dim {info.dim}  {info.modality or ''}")
     print("try:")
     print(f"  curl -s {key}-F model={first} -F images=@tile.png {url}/v1/embeddings")
     print(f"  curl -s {key}{url}/v1/models")

@@ -195,3 +195,59 @@ def parse_serve_args(args: dict[str, Any] | ServeArgs | None, source: str = "ser
         return ServeArgs.model_validate(dict(args or {}))
     except ValidationError as exc:
         raise ServingConfigError(format_validation_error(exc, source)) from None
+
+
+# --- what the application builder hands each deployment (typed, instead of positional .bind lists) -----
+
+
+class ModelInfo(BaseModel):
+    """A served model pinned to one registry version at deploy time (also the body of ``/v1/models``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    id: str
+    encoder: str
+    version: str
+    spec: str
+    dim: int
+    modality: str | None = None
+    card: dict[str, Any]
+
+
+class EncoderDeploymentArgs(BaseModel):
+    """The constructor arguments of one encoder deployment (``EncoderReplica``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    registry: str
+    ref_id: str = Field(description="the pinned registry version, name:version")
+    max_batch_images: int = Field(64, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    torch_threads: int | None = Field(None, ge=1)
+    cache_dir: str | None = None
+    device: str | None = None
+
+
+class BatchingArgs(BaseModel):
+    """The ingress's per-model batching: images per encoder call, wait to fill, calls in flight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_images: int = Field(64, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    max_in_flight: int = Field(1, ge=1)
+
+
+class IngressDeploymentArgs(BaseModel):
+    """The constructor arguments of the ingress (``EmbeddingAPI``), besides the encoder handles."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    infos: dict[str, ModelInfo]
+    stores: dict[str, str] = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+    api_key_env: str = "PRETEXTLAB_API_KEY"
+    api_key_sha256: str | None = None
+    insecure_local: bool = False
+    batching: dict[str, BatchingArgs] = Field(default_factory=dict)

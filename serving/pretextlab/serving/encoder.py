@@ -21,6 +21,7 @@ from ray import serve
 
 from pretextlab.evaluate.features import default_device
 from pretextlab.models.encoder_io import preprocess
+from pretextlab.serving.config import EncoderDeploymentArgs
 
 
 def _count_images(items: list[torch.Tensor]) -> int:
@@ -31,20 +32,19 @@ def _count_images(items: list[torch.Tensor]) -> int:
 class EncoderReplica:
     """Hold one encoder (from the registry, sha256-checked) and embed preprocessed batches."""
 
-    def __init__(self, registry: str, ref_id: str, max_batch_images: int = 64, batch_wait_timeout_s: float = 0.005,
-                 torch_threads: int | None = None, cache_dir: str | None = None, device: str | None = None):
+    def __init__(self, args: EncoderDeploymentArgs):
         from pretextlab.registry import EncoderRegistry
 
-        threads = torch_threads or 1
+        threads = args.torch_threads or 1
         torch.set_num_threads(threads)
         self.threads = threads
-        self.device = default_device(device)
-        reg = EncoderRegistry(registry, cache_dir=cache_dir)
-        model, self.card, self.ref = reg.load(ref_id, map_location="cpu")
+        self.device = default_device(args.device)
+        reg = EncoderRegistry(args.registry, cache_dir=args.cache_dir)
+        model, self.card, self.ref = reg.load(args.ref_id, map_location="cpu")
         self.model = model.eval().to(self.device)
-        self.max_batch_images = max_batch_images
-        self._embed_batch.set_max_batch_size(max_batch_images)
-        self._embed_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.max_batch_images = args.max_batch_images
+        self._embed_batch.set_max_batch_size(args.max_batch_images)
+        self._embed_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
         self.stats = {"forwards": 0, "images": 0, "forward_s": 0.0}
         size = int(self.card.img_size)
         self._forward(torch.zeros(2, int(self.card.in_chans), size, size))  # warm up kernels before traffic
