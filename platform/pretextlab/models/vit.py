@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+__all__ = ["BackboneConfig", "VisionTransformer", "create_backbone", "encode_clip_tokens", "encode_tokens", "pool"]
+
 import timm
+from timm.models.vision_transformer import VisionTransformer
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -55,12 +58,14 @@ class BackboneConfig(BaseModel):
         }
 
 
-def create_backbone(cfg: BackboneConfig) -> torch.nn.Module:
+def create_backbone(cfg: BackboneConfig) -> VisionTransformer:
     """A randomly initialised timm ViT without a classifier head (``num_classes=0``)."""
-    return timm.create_model(cfg.timm_name, pretrained=False, **cfg.timm_kwargs())
+    model = timm.create_model(cfg.timm_name, pretrained=False, **cfg.timm_kwargs())
+    assert isinstance(model, VisionTransformer), type(model)
+    return model
 
 
-def encode_tokens(vit: torch.nn.Module, images: torch.Tensor, keep: torch.Tensor | None = None,
+def encode_tokens(vit: VisionTransformer, images: torch.Tensor, keep: torch.Tensor | None = None,
                   prefix: bool = True, mask: torch.Tensor | None = None,
                   mask_token: torch.Tensor | None = None) -> torch.Tensor:
     """Run ``vit`` on the patch tokens of ``images``, optionally only on the patches in ``keep``.
@@ -71,6 +76,7 @@ def encode_tokens(vit: torch.nn.Module, images: torch.Tensor, keep: torch.Tensor
     """
     x = vit.patch_embed(images)  # (B, N, D), or (B, h, w, D) with dynamic_img_size
     if mask is not None:  # iBOT: masked patches replaced by a learned token before position embedding
+        assert mask_token is not None, "a mask needs its mask_token"
         m = mask.reshape(x.shape[:-1]).unsqueeze(-1)
         x = torch.where(m, mask_token.to(x.dtype).reshape(*([1] * (x.ndim - 1)), -1), x)
     x = vit._pos_embed(x)  # timm: adds positional embeddings and prepends the CLS token
@@ -84,7 +90,7 @@ def encode_tokens(vit: torch.nn.Module, images: torch.Tensor, keep: torch.Tensor
     return vit.norm(x)
 
 
-def pool(vit: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def pool(vit: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
     """The encoder's embedding from its tokens: CLS or mean of patch tokens, per ``global_pool``."""
     npt = vit.num_prefix_tokens
     if getattr(vit, "global_pool", "token") == "avg":
@@ -92,7 +98,7 @@ def pool(vit: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return tokens[:, 0]
 
 
-def encode_clip_tokens(vit: torch.nn.Module, clips: torch.Tensor, temporal: torch.Tensor,
+def encode_clip_tokens(vit: VisionTransformer, clips: torch.Tensor, temporal: torch.Tensor,
                        keep: torch.Tensor | None = None) -> torch.Tensor:
     """Spatio-temporal tokens of clips (B, C, T, H, W) through a 2-D ViT (V-JEPA / VideoMAE style).
 
@@ -108,6 +114,8 @@ def encode_clip_tokens(vit: torch.nn.Module, clips: torch.Tensor, temporal: torc
     n = x.shape[1]
     npt = vit.num_prefix_tokens
     no_embed_class = getattr(vit, "no_embed_class", False)
+    if vit.pos_embed is None or vit.cls_token is None:
+        raise ValueError("clip tokens need a ViT with absolute position embeddings and a CLS token")
     pos = vit.pos_embed if no_embed_class else vit.pos_embed[:, npt:]
     if pos.shape[1] != n:
         raise ValueError(f"clip frames give {n} patches, the ViT was built for {pos.shape[1]}: use img_size frames")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from pretextlab.models.vit import BackboneConfig, create_backbone
+from pretextlab.models.vit import BackboneConfig, VisionTransformer, create_backbone
 
 
 @dataclass
@@ -62,8 +62,11 @@ class Objective(torch.nn.Module):
         """Teacher/target <- momentum * teacher + (1 - momentum) * student. Default: nothing to do."""
 
 
-def ema_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """A frozen copy for a teacher/target network."""
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def ema_copy(module: M) -> M:
+    """A frozen copy for a teacher/target network (same type as ``module``)."""
     twin = copy.deepcopy(module)
     for p in twin.parameters():
         p.requires_grad_(False)
@@ -72,7 +75,7 @@ def ema_copy(module: torch.nn.Module) -> torch.nn.Module:
 
 @torch.no_grad()
 def ema_update(target: torch.nn.Module, online: torch.nn.Module, momentum: float) -> None:
-    t_params = [p for p in target.parameters()]
-    o_params = [p.detach() for p in online.parameters()]
+    t_params: list[torch.Tensor] = list(target.parameters())
+    o_params: list[torch.Tensor] = [p.detach() for p in online.parameters()]
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)

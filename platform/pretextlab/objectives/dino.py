@@ -52,6 +52,10 @@ class DINO(Objective):
     family = "jea"
     views = "multicrop"
     config_class = DINOConfig
+    cfg: DINOConfig
+    center: torch.Tensor
+    progress: torch.Tensor
+    patch_center: torch.Tensor
     default_pool = "token"
 
     def __init__(self, cfg: DINOConfig):
@@ -120,7 +124,7 @@ class DINO(Objective):
         loss = loss_dino
         metrics = {"loss_dino": loss_dino.detach(), "teacher_temp": torch.tensor(temp)}
         if c.koleo_weight > 0:
-            k = sum(koleo_loss(x) for x in s_cls.chunk(ng)) / ng
+            k = torch.stack([koleo_loss(x) for x in s_cls.chunk(ng)]).mean()
             loss = loss + c.koleo_weight * k
             metrics["loss_koleo"] = k.detach()
         if c.ibot and masks is not None and masks.any():

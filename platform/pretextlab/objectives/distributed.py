@@ -25,4 +25,4 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x), dim=0)
+    return torch.cat(all_gather(x), dim=0)  # type: ignore[no-untyped-call]

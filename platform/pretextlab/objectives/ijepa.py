@@ -51,6 +51,7 @@ class IJEPA(Objective):
     family = "jepa"
     views = "single"
     config_class = IJEPAConfig
+    cfg: IJEPAConfig
     default_pool = "avg"
 
     def __init__(self, cfg: IJEPAConfig):
@@ -79,7 +80,7 @@ class IJEPA(Objective):
             pred = self.predictor(ctx_tokens, ctx_idx, t_idx)
             tgt = torch.gather(targets, 1, t_idx.unsqueeze(-1).expand(-1, -1, targets.shape[-1]))
             losses.append(latent_regression_loss(pred.float(), tgt.float(), self.cfg.loss))
-        return sum(losses) / m
+        return torch.stack(losses).sum() / m
 
     def forward(self, batch: dict) -> ObjectiveOutput:
         images = batch["images"]
@@ -115,6 +116,8 @@ class CineJEPA(IJEPA):
     name = "cine_jepa"
     views = "clip"
     config_class = CineJEPAConfig
+    cfg: CineJEPAConfig
+    temporal: torch.Tensor
 
     def __init__(self, cfg: CineJEPAConfig):
         super().__init__(cfg)

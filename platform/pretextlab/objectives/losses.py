@@ -13,7 +13,7 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
     except the same one. ``teacher`` holds raw logits; it is centred and sharpened here."""
     t_probs = [F.softmax((t - center) / teacher_temp, dim=-1).detach() for t in teacher]
     s_logp = [F.log_softmax(s / student_temp, dim=-1) for s in student]
-    total, n = 0.0, 0
+    total, n = torch.zeros((), device=student[0].device), 0
     for i, tp in enumerate(t_probs):
         for j, sl in enumerate(s_logp):
             if i == j:

@@ -29,6 +29,8 @@ def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 class _Decoder(nn.Module):
+    pos: torch.Tensor
+
     def __init__(self, embed_dim: int, cfg: MAEConfig, pos: torch.Tensor, patch_dim: int):
         super().__init__()
         self.embed = nn.Linear(embed_dim, cfg.decoder_dim)
@@ -70,6 +72,7 @@ class MAE(Objective):
     family = "pixel"
     views = "single"
     config_class = MAEConfig
+    cfg: MAEConfig
     default_pool = "avg"
 
     def __init__(self, cfg: MAEConfig):
@@ -112,6 +115,8 @@ class CineMAE(MAE):
     name = "cine_mae"
     views = "clip"
     config_class = CineMAEConfig
+    cfg: CineMAEConfig
+    temporal: torch.Tensor
 
     def __init__(self, cfg: CineMAEConfig):
         self.frames = cfg.frames

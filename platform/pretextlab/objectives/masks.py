@@ -78,7 +78,8 @@ class MultiBlockMasks:
         g = generator if generator is not None else torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
         th, tw = self._block_size(g, self.target_scale, self.target_aspect)
         ch, cw = self._block_size(g, self.context_scale, self.context_aspect)
-        contexts, targets = [], [[] for _ in range(self.num_targets)]
+        contexts: list[torch.Tensor] = []
+        targets: list[list[torch.Tensor]] = [[] for _ in range(self.num_targets)]
         for _ in range(batch):
             tgt_union = torch.zeros(self.height, self.width, dtype=torch.bool)
             for m in range(self.num_targets):

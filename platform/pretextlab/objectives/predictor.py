@@ -13,6 +13,8 @@ class Predictor(nn.Module):
     """Embeds context tokens to ``dim``, appends position-embedded mask tokens, runs ``depth`` blocks,
     projects the mask-token outputs back to the encoder width. Positions cover T frames x (h x w)."""
 
+    pos: torch.Tensor
+
     def __init__(self, embed_dim: int, dim: int, depth: int, heads: int, grid: tuple[int, int], frames: int = 1):
         super().__init__()
         self.embed = nn.Linear(embed_dim, dim)

@@ -32,6 +32,7 @@ class SimCLR(Objective):
     family = "jea"
     views = "pair"
     config_class = SimCLRConfig
+    cfg: SimCLRConfig
     default_pool = "token"
 
     def __init__(self, cfg: SimCLRConfig):

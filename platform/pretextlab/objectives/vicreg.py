@@ -34,6 +34,7 @@ class VICReg(Objective):
     family = "jea"
     views = "pair"
     config_class = VICRegConfig
+    cfg: VICRegConfig
     default_pool = "token"
 
     def __init__(self, cfg: VICRegConfig):

@@ -45,40 +45,45 @@ class Item:
     def num_levels(self) -> int:
         return len(self.card.get("levels", []))
 
+    def _array(self, path: str) -> zarr.Array:
+        node = self.group[path]
+        if not isinstance(node, zarr.Array):
+            raise UserError(f"item {self.item_id}: {path} is a group, not an array (a damaged item?)")
+        return node
+
     def level(self, index: int = 0) -> zarr.Array:
         """The raw Zarr array of a level: (C, Y, X) for slides, (T, C, Y, X) for cine loops."""
-        return self.group[self.card["levels"][index]["path"]]
+        return self._array(self.card["levels"][index]["path"])
 
     def downsample(self, index: int) -> float:
         return float(self.card["levels"][index]["downsample"])
 
     def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """A (height, width, C) region of a slide level; x, y in that level's pixels."""
-        arr = self.level(level)
-        return np.ascontiguousarray(arr[:, y : y + height, x : x + width].transpose(1, 2, 0))
+        region = np.asarray(self.level(level)[:, y : y + height, x : x + width])
+        return np.ascontiguousarray(region.transpose(1, 2, 0))
 
     def frames(self, start: int = 0, stop: int | None = None, step: int = 1) -> np.ndarray:
         """Frames [start:stop:step] of a cine loop as (T, Y, X, C)."""
         if self.kind != "cine":
             raise UserError(f"item {self.item_id} is a {self.kind}, not a cine loop")
-        return np.ascontiguousarray(self.level(0)[start:stop:step].transpose(0, 2, 3, 1))
+        return np.ascontiguousarray(np.asarray(self.level(0)[start:stop:step]).transpose(0, 2, 3, 1))
 
     def to_numpy(self, level: int = 0) -> np.ndarray:
         """A whole level (slides, Y, X, C) or all frames (cine loops, T, Y, X, C). Small items only."""
         if self.kind == "cine":
             return self.frames()
-        arr = self.level(level)
-        return np.ascontiguousarray(arr[:].transpose(1, 2, 0))
+        return np.ascontiguousarray(np.asarray(self.level(level)[:]).transpose(1, 2, 0))
 
     def tissue_mask(self) -> np.ndarray | None:
         meta = self.card.get("tissue_mask")
-        return None if meta is None else self.group[meta["path"]][:]
+        return None if meta is None else np.asarray(self._array(meta["path"])[:])
 
     def stack_image(self, split: str, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """One (Y, X, C) image and its label row from a stack item (NPZ)."""
-        sub = self.group[split]
-        image = np.ascontiguousarray(sub["images"][index].transpose(1, 2, 0))
-        labels = sub["labels"][index] if "labels" in sub else None
+        image = np.ascontiguousarray(np.asarray(self._array(f"{split}/images")[index]).transpose(1, 2, 0))
+        has_labels = f"{split}/labels" in self.group
+        labels = np.asarray(self._array(f"{split}/labels")[index]) if has_labels else None
         return image, labels
 
 
