@@ -26,6 +26,7 @@ from pretextlab.evaluate.fewshot import few_shot
 from pretextlab.evaluate.knn import knn_predict
 from pretextlab.evaluate.linear import DEFAULT_CS, linear_probe
 from pretextlab.evaluate.metrics import METRICS, classification_metrics
+from pretextlab.evaluate.resample import group_index
 from pretextlab.evaluate.splits import make_split
 from pretextlab.models import load_encoder
 
@@ -93,10 +94,26 @@ def dataset_name(dest: str) -> str:
     return str(dest).rstrip("/").rsplit("/", 1)[-1] or "dataset"
 
 
-def _metrics(y: np.ndarray, preds: Any, probs: Any, nc: int, cfg: EvaluateConfig, seed_offset: int) -> dict[str, Any]:
+def _metrics(y: np.ndarray, preds: Any, probs: Any, nc: int, cfg: EvaluateConfig, seed_offset: int,
+             groups: np.ndarray | None = None) -> dict[str, Any]:
     est = classification_metrics(y, np.asarray(preds), np.asarray(probs), nc, n_boot=cfg.n_bootstrap, ci=cfg.ci,
-                                 seed=cfg.seed + seed_offset)
+                                 seed=cfg.seed + seed_offset, groups=groups)
     return {name: e.to_dict() for name, e in est.items()}
+
+
+def bootstrap_unit(groups: np.ndarray, item_ids: np.ndarray) -> dict[str, Any]:
+    """What the CIs resample for these test rows: whole groups (patients, or the items the rows came from) or rows.
+
+    A row's group is its patient id, else its item (slide, cine loop, image stack entry): the same
+    column the split keeps on one side. When every test row is its own group the bootstrap is the
+    plain row bootstrap.
+    """
+    grp = group_index(groups, len(groups))
+    by_item = bool(np.array_equal(np.asarray(groups, dtype=str), np.asarray(item_ids, dtype=str)))
+    return {"unit": grp.unit, "group_by": "item_id" if by_item else "patient_id", "n_groups": grp.count,
+            "n_test": int(len(groups)),
+            "method": ("cluster bootstrap: whole groups resampled with replacement" if grp.resampled
+                       else "row bootstrap: every test row is its own group")}
 
 
 def evaluate_encoder(encoder_folder: str | Path, dest: str,
@@ -127,11 +144,14 @@ def evaluate_encoder(encoder_folder: str | Path, dest: str,
     y = data.labels
     tr, va, te = split.train, split.val, split.test
     ytest = y[te]
+    gtest = data.groups[te]
+    boot = bootstrap_unit(gtest, data.item_ids[te])
 
     t = time.perf_counter()
     k = min(cfg.k, len(tr))
     knn_preds, knn_probs = knn_predict(x[tr], y[tr], x[te], k=k, temperature=cfg.temperature, num_classes=nc)
-    knn = {"k": k, "temperature": cfg.temperature, "metrics": _metrics(ytest, knn_preds, knn_probs, nc, cfg, 0)}
+    knn = {"k": k, "temperature": cfg.temperature,
+           "metrics": _metrics(ytest, knn_preds, knn_probs, nc, cfg, 0, gtest)}
     timings["knn"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -139,12 +159,13 @@ def evaluate_encoder(encoder_folder: str | Path, dest: str,
                        Cs=cfg.linear_Cs, num_classes=nc, groups=data.groups[tr], seed=cfg.seed)
     notes += lin.notes
     linear = {"C": lin.C, "selection": lin.selection, "val_scores": {f"{c:g}": s for c, s in lin.val_scores.items()},
-              "metrics": _metrics(ytest, lin.preds, lin.probs, nc, cfg, 1)}
+              "metrics": _metrics(ytest, lin.preds, lin.probs, nc, cfg, 1, gtest)}
     timings["linear"] = time.perf_counter() - t
 
     t = time.perf_counter()
     fs = few_shot(x[tr], y[tr], x[te], ytest, cfg.shots, cfg.fewshot_repeats, cfg.fewshot_method, nc, k=cfg.k,
-                  temperature=cfg.temperature, C=cfg.fewshot_C, seed=cfg.seed)
+                  temperature=cfg.temperature, C=cfg.fewshot_C, seed=cfg.seed, groups=gtest,
+                  n_boot=cfg.n_bootstrap, ci=cfg.ci)
     notes += [f"{r.shots}-shot: {n}" for r in fs for n in r.notes]
     fewshot = {"method": cfg.fewshot_method, "repeats": cfg.fewshot_repeats, "results": [r.to_dict() for r in fs]}
     timings["fewshot"] = time.perf_counter() - t
@@ -177,6 +198,7 @@ def evaluate_encoder(encoder_folder: str | Path, dest: str,
                     "test_class_counts": {n: int(c) for n, c in zip(data.class_names, counts_test, strict=True)}},
         "split": {"strategy": split.strategy, "n_train": len(tr), "n_val": len(va), "n_test": len(te),
                   "n_groups": int(len(set(data.groups.tolist())))},
+        "bootstrap": boot,
         "knn": knn,
         "linear": linear,
         "fewshot": fewshot,
@@ -198,6 +220,13 @@ def _cell(metric: dict[str, Any] | None) -> str:
     return f"{metric['value']:.3f}{ci}"
 
 
+def _resampled(boot: dict[str, Any] | None) -> str:
+    if not boot or boot.get("unit") != "group":
+        return ""
+    what = "patients" if boot.get("group_by") == "patient_id" else "items"
+    return f", resampling {boot['n_groups']} {what}"
+
+
 def render_table(result: dict[str, Any]) -> str:
     """The result as an aligned text table: one row per protocol, one column per metric (95% CIs in brackets)."""
     enc, ds, sp = result["encoder"], result["dataset"], result["split"]
@@ -217,7 +246,7 @@ def render_table(result: dict[str, Any]) -> str:
         f"encoder {enc['name']} (objective: {enc['objective'] or '-'}, {enc['timm_name']}, D={enc['embed_dim']}) "
         f"on {ds['name']}: {len(ds['class_names'])} classes, {ds['n_samples']} samples",
         f"split: {sp['strategy']}; train {sp['n_train']}, val {sp['n_val']}, test {sp['n_test']} "
-        f"({ci}% bootstrap CIs in brackets)",
+        f"({ci}% bootstrap CIs in brackets{_resampled(result.get('bootstrap'))})",
         fmt.format(*head),
         "  ".join("-" * w for w in widths),
         *(fmt.format(*row) for row in rows),
