@@ -79,3 +79,24 @@ def test_grouped_cis_are_wider_for_correlated_rows():
     rows = classification_metrics(y, pred, n_boot=500)["accuracy"]
     clus = classification_metrics(y, pred, n_boot=500, groups=patients)["accuracy"]
     assert clus.value == rows.value and (clus.high - clus.low) > 2.5 * (rows.high - rows.low)
+
+
+def test_evaluate_marks_a_dino_run_whose_loss_ended_at_ln_k(stores, tmp_path):
+    """The card's final loss at ln(out_dim) is a collapse signal; a dead encoder is complete collapse."""
+    torch.manual_seed(0)
+    model = create_backbone(TINY)
+    card = EncoderCard(name="dino-uniform", timm_name=TINY.timm_name, timm_kwargs=TINY.timm_kwargs(),
+                       embed_dim=model.embed_dim, img_size=32, patch_size=8, in_chans=1, objective="dino",
+                       objective_config={"out_dim": 1024}, metrics={"loss_dino": 6.931, "loss": 6.931})
+    res = evaluate_encoder(save_encoder(model, card, tmp_path / "uniform"), stores[0], FAST)
+    d = res["diagnostics"]
+    assert d["collapse"] == "partial" and d["collapsed"] is False  # healthy random-init features, uniform loss
+    assert any("uniform-output value 6.931" in r for r in d["collapse_reasons"])
+    assert "collapsed: PARTIAL" in render_table(res) and any(n.startswith("partial collapse") for n in res["notes"])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.norm.bias.fill_(0.5)  # every input -> the same vector
+    res = evaluate_encoder(save_encoder(model, card, tmp_path / "dead"), stores[0], FAST)
+    assert res["diagnostics"]["collapse"] == "complete" and res["diagnostics"]["collapsed"] is True
+    assert len(res["diagnostics"]["collapse_reasons"]) >= 2 and "collapsed: COMPLETE" in render_table(res)

@@ -2,7 +2,11 @@
 
 One call loads the encoder (safetensors + card), turns the catalog into an evaluation set, splits it
 without leaking patients, embeds every image once, and scores each protocol on the same test rows
-with bootstrap confidence intervals. The result is a JSON-able dict; ``render_table`` prints it.
+with bootstrap confidence intervals. When test rows share a group (patient, else the slide / cine
+loop they came from) the CIs are cluster-bootstrap CIs over those groups; ``result["bootstrap"]``
+says which. Collapse is judged from several signals (``diagnostics.collapse_verdict``), the card's
+final training loss included when the objective has a uniform-output value (DINO: ln(out_dim)).
+The result is a JSON-able dict; ``render_table`` prints it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pretextlab.core.config import ConfigError, format_validation_error
 from pretextlab.core.errors import UserError
 from pretextlab.evaluate.dataset import load_eval_set
-from pretextlab.evaluate.diagnostics import alignment, diagnostics
+from pretextlab.evaluate.diagnostics import alignment, diagnostics, uniform_loss
 from pretextlab.evaluate.feature_maps import save_feature_maps
 from pretextlab.evaluate.features import embed_images, preprocess
 from pretextlab.evaluate.fewshot import few_shot
@@ -171,14 +175,16 @@ def evaluate_encoder(encoder_folder: str | Path, dest: str,
     timings["fewshot"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    diag: dict[str, Any] = dict(diagnostics(feats, seed=cfg.seed))
+    final = uniform_loss(card.objective, card.objective_config, card.metrics)
+    diag: dict[str, Any] = dict(diagnostics(feats, seed=cfg.seed, loss=final[0] if final else None,
+                                            uniform_loss_value=final[1] if final else None))
     if cfg.alignment_images:
         sub = te[: cfg.alignment_images]
         mirrored = np.ascontiguousarray(data.images[sub][:, :, ::-1])
         flipped = embed_images(model, card, mirrored, cfg.batch_size, cfg.device)
         diag["alignment_hflip"] = alignment(feats[sub], flipped)
-    if diag["collapsed"]:
-        notes.append("the embeddings look collapsed (embedding std ~0): every input maps to nearly the same vector")
+    if diag["collapse"] != "no":
+        notes.append(f"{diag['collapse']} collapse: " + "; ".join(diag["collapse_reasons"]))
     timings["diagnostics"] = time.perf_counter() - t
 
     maps: list[str] = []
@@ -220,6 +226,11 @@ def _cell(metric: dict[str, Any] | None) -> str:
     return f"{metric['value']:.3f}{ci}"
 
 
+def _collapse(diag: dict[str, Any]) -> str:
+    level = diag.get("collapse") or ("complete" if diag.get("collapsed") else "no")
+    return level if level == "no" else level.upper()
+
+
 def _resampled(boot: dict[str, Any] | None) -> str:
     if not boot or boot.get("unit") != "group":
         return ""
@@ -253,7 +264,7 @@ def render_table(result: dict[str, Any]) -> str:
     ]
     d = result["diagnostics"]
     diag = (f"diagnostics: rankme {d['rankme']:.1f} of D={d['dim']}, embedding std {d['embedding_std']:.4f} "
-            f"(healthy ~{d['healthy_std']:.4f}), collapsed: {'YES' if d['collapsed'] else 'no'}, "
+            f"(healthy ~{d['healthy_std']:.4f}), collapsed: {_collapse(d)}, "
             f"uniformity {d['uniformity']:.3f}")
     if d.get("alignment_hflip") is not None:
         diag += f", alignment (h-flip) {d['alignment_hflip']:.3f}"
