@@ -15,7 +15,7 @@ def test_gaussian_is_not_collapsed_rank_two_is_partial_constant_is_complete():
     gauss = rng.normal(size=(2000, 32))
     v = collapse_verdict(gauss)
     assert v.collapsed == "no" and v.reasons == [] and v.signals["rankme_share"] > 0.8
-    rank2 = rng.normal(size=(2000, 2)) @ rng.normal(size=(2, 32))
+    rank2 = rng.normal(size=(2000, 2)) @ rng.normal(size=(2, 64))  # RankMe ~2 of 64
     v = collapse_verdict(rank2)
     assert v.collapsed == "partial" and "dimensional collapse" in v.reasons[0]
     assert v.signals["std_ratio"] > 0.3  # it is the rank signal, not the spread, that fires

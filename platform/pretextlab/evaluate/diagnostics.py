@@ -10,9 +10,11 @@
   reason, so a collapsed arm is marked rather than ranked silently:
 
   * RankMe share = rankme / min(N, D): the fraction of the available dimensions the embeddings use.
-    Below ``PARTIAL_RANK_SHARE`` (0.1) is dimensional (partial) collapse (Jing et al. 2022); RankMe
-    below ``COMPLETE_RANKME`` (1.5: one direction) is complete collapse. Random-init tiny ViTs sit at
-    0.36-0.75 here; only judged when min(N, D) >= 10.
+    Below ``PARTIAL_RANK_SHARE`` (0.05) is dimensional (partial) collapse (Jing et al. 2022); RankMe
+    below ``COMPLETE_RANKME`` (1.5: one direction) is complete collapse. RankMe depends on the data as
+    well as the encoder: random-init tiny ViTs measured 0.15 on the 48 near-identical stripe images of
+    the test stores and 0.36-0.75 on noise and varied stripes, hence the low threshold. Only judged
+    when min(N, D) >= 10.
   * std ratio = embedding_std / healthy_std, with healthy_std = 1/sqrt(D): the per-dimension std of
     l2-normalised vectors spread over the sphere (SimSiam's reference). Below ``PARTIAL_STD_RATIO``
     (0.3) is partial, below ``COLLAPSE_THRESHOLD`` (0.1) complete collapse. Random-init ViTs sit at
@@ -44,7 +46,7 @@ import torch.nn.functional as F
 COLLAPSE_THRESHOLD = 0.1
 #: ``collapse_verdict`` thresholds (see the module docstring for where the figures come from).
 PARTIAL_STD_RATIO = 0.3
-PARTIAL_RANK_SHARE = 0.1
+PARTIAL_RANK_SHARE = 0.05
 COMPLETE_RANKME = 1.5
 UNIFORM_LOSS_RTOL = 0.01
 MIN_RANK_SHARE_DIM = 10
