@@ -167,8 +167,8 @@ def patch_pixels(patch: tuple[int, int], grid: tuple[int, int], size: tuple[int,
     """(H, W) bool: the pixels of a mask of ``size`` that fall in patch (row, col) of the grid."""
     (r, c), (rows, cols), (h, w) = patch, grid, size
     out = np.zeros((h, w), dtype=bool)
-    y0, y1 = int(round(r * h / rows)), int(round((r + 1) * h / rows))
-    x0, x1 = int(round(c * w / cols)), int(round((c + 1) * w / cols))
+    y0, y1 = round(r * h / rows), round((r + 1) * h / rows)
+    x0, x1 = round(c * w / cols), round((c + 1) * w / cols)
     out[y0:y1, x0:x1] = True
     return out
 
