@@ -49,10 +49,16 @@ def stores(tmp_path_factory) -> tuple[str, str]:
     return out[0], out[1]
 
 
-def test_evaluate_resamples_patients_and_reports_the_unit(encoder, stores):
+@pytest.fixture(scope="module")
+def grouped(encoder, stores) -> dict:
+    """The tiny encoder on the store whose test rows come 4 per patient, with its per-row predictions."""
+    return evaluate_encoder(encoder, stores[1], {**FAST, "keep_predictions": True})
+
+
+def test_evaluate_resamples_patients_and_reports_the_unit(encoder, stores, grouped):
     plain_store, patient_store = stores
     plain = evaluate_encoder(encoder, plain_store, FAST)
-    grouped = evaluate_encoder(encoder, patient_store, FAST)
+    assert "predictions" not in plain
     assert plain["bootstrap"]["unit"] == "sample" and plain["bootstrap"]["n_groups"] == 16
     assert grouped["bootstrap"] == {"unit": "group", "group_by": "patient_id", "n_groups": 4, "n_test": 16,
                                     "method": "cluster bootstrap: whole groups resampled with replacement"}
@@ -100,3 +106,34 @@ def test_evaluate_marks_a_dino_run_whose_loss_ended_at_ln_k(stores, tmp_path):
     res = evaluate_encoder(save_encoder(model, card, tmp_path / "dead"), stores[0], FAST)
     assert res["diagnostics"]["collapse"] == "complete" and res["diagnostics"]["collapsed"] is True
     assert len(res["diagnostics"]["collapse_reasons"]) >= 2 and "collapsed: COMPLETE" in render_table(res)
+
+
+def test_compare_arms_pairs_the_same_test_rows_by_patient(grouped, stores, tmp_path):
+    import copy
+    import json
+
+    from pretextlab.evaluate.compare import compare_arms
+
+    torch.manual_seed(1)
+    other = create_backbone(TINY)
+    card = EncoderCard(name="other", timm_name=TINY.timm_name, timm_kwargs=TINY.timm_kwargs(),
+                       embed_dim=other.embed_dim, img_size=32, patch_size=8, in_chans=1, objective="random-init")
+    cfg = {**FAST, "keep_predictions": True}
+    results = {"a": grouped, "b": evaluate_encoder(save_encoder(other, card, tmp_path / "other"), stores[1], cfg)}
+    results = json.loads(json.dumps(results))  # as read back from the result files
+    pred = results["a"]["predictions"]
+    assert len(pred["rows"]) == 16 and len(set(pred["groups"])) == 4 and len(pred["linear"]["probs"][0]) == 2
+    cmp = compare_arms(results, "knn", "accuracy", n_boot=300)
+    (c,) = cmp.comparisons
+    d = c.difference
+    a_acc, b_acc = results["a"]["knn"]["metrics"]["accuracy"]["value"], results["b"]["knn"]["metrics"]["accuracy"]["value"]
+    assert d.difference == pytest.approx(a_acc - b_acc) and d.unit == "group" and d.n_units == 4
+    assert d.p_holm == d.p_value and c.verdict in ("A > B", "B > A", "tie") and cmp.flagged == {}
+    assert compare_arms(results, "linear", "auroc", n_boot=100).comparisons[0].difference.metric == "auroc"
+    shifted = copy.deepcopy(results)
+    shifted["b"]["predictions"]["rows"][0] += 1
+    with pytest.raises(ValueError, match="not scored on the same test rows"):
+        compare_arms(shifted)
+    del shifted["b"]["predictions"]
+    with pytest.raises(ValueError, match="keep_predictions=True"):
+        compare_arms(shifted)

@@ -8,6 +8,7 @@ Pure computation (PyTorch, scikit-learn, NumPy), no Ray: the evaluate job and th
     print(render_table(result))
 """
 
+from pretextlab.evaluate.compare import ArmComparison, compare_arms
 from pretextlab.evaluate.dataset import EvalSet, load_eval_set
 from pretextlab.evaluate.diagnostics import (
     COLLAPSE_THRESHOLD,
@@ -61,6 +62,7 @@ from pretextlab.evaluate.stats import (
 
 __all__ = [
     "COLLAPSE_THRESHOLD",
+    "ArmComparison",
     "BootstrapCI",
     "CollapseVerdict",
     "Comparison",
@@ -83,6 +85,7 @@ __all__ = [
     "classification_metrics",
     "cls_attention_maps",
     "collapse_verdict",
+    "compare_arms",
     "diagnostics",
     "embed_images",
     "embedding_std",

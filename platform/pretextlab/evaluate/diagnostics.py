@@ -52,6 +52,8 @@ UNIFORM_LOSS_RTOL = 0.01
 MIN_RANK_SHARE_DIM = 10
 
 CollapseLevel = Literal["no", "partial", "complete"]
+#: The verdict as a number, for scalar logs (TensorBoard, Tune): 0 no, 1 partial, 2 complete.
+COLLAPSE_LEVELS: dict[str, int] = {"no": 0, "partial": 1, "complete": 2}
 
 
 def _tensor(x: Any) -> torch.Tensor:
@@ -124,6 +126,7 @@ def diagnostics(features: Any, max_rows: int = 4096, seed: int = 0, loss: float 
         "healthy_std": 1.0 / math.sqrt(dim),
         "collapsed": verdict.collapsed == "complete",
         "collapse": verdict.collapsed,
+        "collapse_level": COLLAPSE_LEVELS[verdict.collapsed],
         "collapse_reasons": verdict.reasons,
         "uniformity": uniformity(f),
     }

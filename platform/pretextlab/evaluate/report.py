@@ -63,6 +63,8 @@ class EvaluateConfig(BaseModel):
     device: str | None = Field(None, description="cpu, cuda, cuda:1 ... (default: cuda when available)")
     seed: int = 0
     feature_maps: str | None = Field(None, description="folder for attention / PCA / similarity PNGs of one test image")
+    keep_predictions: bool = Field(False, description="add each test row's label, group and kNN / linear predictions "
+                                                     "(for paired comparisons between encoders, evaluate.compare)")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -210,6 +212,9 @@ def evaluate_encoder(encoder_folder: str | Path, dest: str,
         "fewshot": fewshot,
         "diagnostics": diag,
         "feature_maps": maps,
+        **({"predictions": {"rows": te, "item_ids": data.item_ids[te], "groups": gtest, "y_true": ytest,
+                            "knn": {"preds": knn_preds, "probs": knn_probs},
+                            "linear": {"preds": lin.preds, "probs": lin.probs}}} if cfg.keep_predictions else {}),
         "device": str(next(model.parameters()).device),
         "config": cfg.model_dump(),
         "notes": notes,
