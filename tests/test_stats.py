@@ -17,6 +17,7 @@ from pretextlab.evaluate.metrics import ResampledMetric, classification_metrics
 from pretextlab.evaluate.resample import bootstrap_counts, group_index
 from pretextlab.evaluate.stats import (
     PairedDifference,
+    best_arms,
     bootstrap_ci,
     bootstrap_p_value,
     holm,
@@ -126,6 +127,11 @@ def test_one_row_per_group_is_the_row_bootstrap_and_groups_are_reported():
     grouped = classification_metrics(y, pred, n_boot=300, seed=5, groups=np.arange(80) // 8)
     assert grouped["accuracy"].unit == "group" and grouped["accuracy"].n_units == 10
     assert grouped["accuracy"].value == plain["accuracy"].value
+    assert grouped["accuracy"].note is None
+    three = classification_metrics(y, pred, n_boot=300, groups=np.arange(80) % 3)["accuracy"]
+    assert "only 3 group(s)" in three.note and three.low <= three.value <= three.high
+    one = classification_metrics(y, pred, n_boot=300, groups=np.zeros(80))["accuracy"]
+    assert "one group" in one.note and math.isnan(one.low) and one.value == plain["accuracy"].value
     with pytest.raises(ValueError, match="groups has 3 entries"):
         classification_metrics(y, pred, groups=[1, 2, 3])
 
@@ -235,6 +241,8 @@ def test_pairwise_ranks_all_arms_on_shared_resamples():
     comps = pairwise(arms, groups, "accuracy", y, n_boot=500)
     got = {(c.arm_a, c.arm_b): c.verdict for c in comps}
     assert got[("strong", "weak")] == "A > B" and got[("strong-too", "weak")] == "A > B"
+    assert got[("strong", "strong-too")] == "tie" and best_arms(comps) == ["strong", "strong-too"]
+    assert best_arms(rank([_diff(0.001, -0.05, "x", "y"), _diff(0.5, 0.01, "x", "z")])) == ["y", "z"]
     assert all(c.difference.p_holm is not None and c.difference.unit == "group" for c in comps)
     # p-value <-> CI duality: a difference whose CI excludes 0 has a small p
     for c in comps:

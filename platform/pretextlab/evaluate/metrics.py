@@ -20,6 +20,8 @@ import numpy as np
 from pretextlab.evaluate.resample import Groups, bootstrap_counts, group_index, percentile_interval
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
+#: Below this many groups a cluster-bootstrap interval gets a note saying it is unreliable.
+FEW_GROUPS = 10
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,10 @@ def classification_metrics(
             continue
         if name == "auroc" and len(finite) < len(vals):
             note = f"{len(vals) - len(finite)} of {len(vals)} resamples lacked a class and were dropped"
-        lo, hi = percentile_interval(vals, ci)
+        if grp.resampled and grp.count < FEW_GROUPS:
+            few = (f"only {grp.count} group(s) in the test rows: the cluster-bootstrap interval is unreliable"
+                   if grp.count > 1 else "one group in the test rows: no interval can be estimated")
+            note = f"{note}; {few}" if note else few
+        lo, hi = percentile_interval(vals, ci) if grp.count > 1 else (float("nan"), float("nan"))
         out[name] = Estimate(point[name], lo, hi, int(len(finite)), note, grp.unit, grp.count)
     return out

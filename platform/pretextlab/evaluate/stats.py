@@ -13,9 +13,10 @@
   the comparisons of a study without assuming they are independent.
 - ``mcnemar_exact``: McNemar's test for paired correct / incorrect vectors, exact form (a two-sided
   binomial test with p = 1/2 on the discordant pairs; Edwards 1948, Dietterich 1998).
-- ``compare``: the verdict between two arms: "A > B" or "B > A" only when the Holm-adjusted p-value of
+- ``verdict`` / ``rank``: the verdict between two arms: "A > B" or "B > A" only when the Holm-adjusted p-value of
   the difference is below ``alpha`` (i.e. the percentile CI excludes 0 at the corrected level), else
-  "tie". ``pairwise`` runs every pair of arms and applies Holm across them.
+  "tie". ``pairwise`` runs every pair of arms and applies Holm across them; ``best_arms`` names the
+  arms no other arm beats.
 
 Pure NumPy / SciPy; no Ray.
 """
@@ -332,3 +333,13 @@ def pairwise(arms: Mapping[str, Any], groups: Any | None = None, metric: str = "
     diffs = [paired_bootstrap(arms[a], arms[b], groups, metric, y_true, num_classes, n_boot, ci, seed, a, b)
              for a, b in itertools.combinations(names, 2)]
     return rank(diffs, alpha)
+
+
+def best_arms(comparisons: Sequence[Comparison]) -> list[str]:
+    """The arms no other arm beats (in the comparisons' order of appearance): one name is a winner, several a tie.
+
+    Collapsed arms should be left out of ``comparisons`` (or marked) by the caller before reading this.
+    """
+    names = list(dict.fromkeys(n for c in comparisons for n in (c.arm_a, c.arm_b)))
+    beaten = {c.arm_b if c.verdict == "A > B" else c.arm_a for c in comparisons if c.verdict != "tie"}
+    return [n for n in names if n not in beaten]
