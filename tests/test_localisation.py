@@ -18,13 +18,14 @@ from pretextlab.evaluate.localisation import (
     MEAN_MAP,
     inside_auroc,
     localisation_scores,
+    localise_encoder,
     patch_coverage,
     pointing_hit,
     roi_anchor,
     score_map,
     upsample_map,
 )
-from pretextlab.models import BackboneConfig, create_backbone
+from pretextlab.models import BackboneConfig, EncoderCard, create_backbone
 
 CFG = BackboneConfig(img_size=32, patch_size=8, in_chans=1, depth=2)  # a 4 x 4 patch grid, 3 heads
 
@@ -153,6 +154,12 @@ def test_random_init_vit_runs_and_skips_images_without_a_usable_roi():
     masks[1] = np.zeros((64, 64), dtype=bool)
     masks[2] = np.ones((64, 64), dtype=bool)
     res = localisation_scores(model, images, masks, n_boot=50)
+    # the same through the card's preprocessing from uint8 images: x / 255 normalised by mean 0.5, std 0.5
+    card = EncoderCard(name="t", timm_name=CFG.timm_name, timm_kwargs=CFG.timm_kwargs(), embed_dim=model.embed_dim,
+                       img_size=32, patch_size=8, in_chans=1)
+    raw = ((images[:, 0].numpy() + 1) / 2 * 255).round().astype(np.uint8)[..., None]
+    via_card = localise_encoder(model, card, raw, masks, n_boot=50)
+    assert via_card.auroc[MEAN_MAP].value == pytest.approx(res.auroc[MEAN_MAP].value)
     assert res.skipped == [1, 2] and res.n_images == 2
     assert all(0.0 <= ci.value <= 1.0 for ci in res.auroc.values())
     with pytest.raises(ValueError, match="4 images but 3 masks"):

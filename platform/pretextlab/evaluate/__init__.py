@@ -33,7 +33,7 @@ from pretextlab.evaluate.features import embed_images, extract_features, preproc
 from pretextlab.evaluate.fewshot import FewShotResult, few_shot
 from pretextlab.evaluate.knn import knn_predict
 from pretextlab.evaluate.linear import LinearProbeResult, linear_probe
-from pretextlab.evaluate.localisation import LocalisationResult, localisation_scores
+from pretextlab.evaluate.localisation import LocalisationResult, localisation_scores, localise_encoder
 from pretextlab.evaluate.metrics import (
     Estimate,
     accuracy,
@@ -100,6 +100,7 @@ __all__ = [
     "linear_probe",
     "load_eval_set",
     "localisation_scores",
+    "localise_encoder",
     "macro_f1",
     "make_split",
     "mcnemar_exact",

@@ -134,7 +134,7 @@ def diagnostics(features: Any, max_rows: int = 4096, seed: int = 0, loss: float 
 
 @dataclass(frozen=True)
 class CollapseVerdict:
-    """``collapsed`` ("no" | "partial" | "complete"), one human-readable reason per signal that fired, and the signals."""
+    """``collapsed`` ("no" | "partial" | "complete"), one readable reason per signal that fired, and the signals."""
 
     collapsed: CollapseLevel
     reasons: list[str] = field(default_factory=list)

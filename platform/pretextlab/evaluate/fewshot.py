@@ -12,7 +12,7 @@ which the spread over repeats does not show.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -112,7 +112,7 @@ def few_shot(
             values["macro_f1"].append(macro_f1(sy, preds))
         mean = {m: float(np.mean(v)) for m, v in values.items()}
         std = {m: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()}
-        acc_ci = (bootstrap_ci(correct / repeats, groups, n_boot=n_boot, ci=ci, seed=seed)
+        acc_ci = (replace(bootstrap_ci(correct / repeats, groups, n_boot=n_boot, ci=ci, seed=seed), metric="accuracy")
                   if n_boot > 0 and len(sy) else None)
         results.append(FewShotResult(int(n), method, repeats, mean, std, values, notes, acc_ci))
     return results

@@ -237,3 +237,17 @@ def localisation_scores(model: torch.nn.Module, images: torch.Tensor, masks: Any
     g = None if groups is None else np.asarray(groups)[kept]
     hits, aucs = aggregate(scored, g, n_boot, ci, seed) if scored else ({}, {})
     return LocalisationResult(hits, aucs, len(scored), skipped, scored)
+
+
+def localise_encoder(model: torch.nn.Module, card: Any, images: np.ndarray, masks: Any, groups: Any | None = None,
+                     n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> LocalisationResult:
+    """``localisation_scores`` on uint8 (N, H, W, C) images, preprocessed as the encoder's card says.
+
+    Each mask covers the same field of view as its image at any resolution (e.g. the source's), since
+    the maps are upsampled to the mask, not the mask squeezed to the patch grid.
+    """
+    from pretextlab.evaluate.features import preprocess
+
+    device = next(model.parameters()).device
+    return localisation_scores(model, preprocess(np.asarray(images), card).to(device), masks, groups, n_boot, ci,
+                               seed)

@@ -117,7 +117,7 @@ class _WeightedAuc:
 
 
 def _auroc_weighted(y_true: np.ndarray, probs: np.ndarray, num_classes: int) -> Any:
-    """A function of (B, N) row weights -> (B,) AUROC: binary for 2 classes, else one-vs-rest macro (NaN if a class is absent)."""
+    """(B, N) row weights -> (B,) AUROC: binary for 2 classes, else one-vs-rest macro (NaN if a class is absent)."""
     if num_classes == 2:
         return _WeightedAuc(probs[:, 1], y_true == 1)
     per_class = [_WeightedAuc(probs[:, c], y_true == c) for c in range(num_classes)]
