@@ -2,7 +2,11 @@
 
 One call loads the encoder (safetensors + card), turns the catalog into an evaluation set, splits it
 without leaking patients, embeds every image once, and scores each protocol on the same test rows
-with bootstrap confidence intervals. The result is a JSON-able dict; ``render_table`` prints it.
+with bootstrap confidence intervals. When test rows share a group (patient, else the slide / cine
+loop they came from) the CIs are cluster-bootstrap CIs over those groups; ``result["bootstrap"]``
+says which. Collapse is judged from several signals (``diagnostics.collapse_verdict``), the card's
+final training loss included when the objective has a uniform-output value (DINO: ln(out_dim)).
+The result is a JSON-able dict; ``render_table`` prints it.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pretextlab.core.config import ConfigError, format_validation_error
 from pretextlab.core.errors import UserError
 from pretextlab.evaluate.dataset import load_eval_set
-from pretextlab.evaluate.diagnostics import alignment, diagnostics
+from pretextlab.evaluate.diagnostics import alignment, diagnostics, uniform_loss
 from pretextlab.evaluate.feature_maps import save_feature_maps
 from pretextlab.evaluate.features import embed_images
 from pretextlab.evaluate.fewshot import few_shot
 from pretextlab.evaluate.knn import knn_predict
 from pretextlab.evaluate.linear import DEFAULT_CS, linear_probe
 from pretextlab.evaluate.metrics import METRICS, classification_metrics
+from pretextlab.evaluate.resample import group_index
 from pretextlab.evaluate.splits import make_split
 from pretextlab.modalities import ModalityName
 from pretextlab.models import load_encoder
@@ -59,6 +64,8 @@ class EvaluateConfig(BaseModel):
     device: str | None = Field(None, description="cpu, cuda, cuda:1 ... (default: cuda when available)")
     seed: int = 0
     feature_maps: str | None = Field(None, description="folder for attention / PCA / similarity PNGs of one test image")
+    keep_predictions: bool = Field(False, description="add each test row's label, group and kNN / linear predictions "
+                                                     "(for paired comparisons between encoders, evaluate.compare)")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -94,10 +101,26 @@ def dataset_name(dest: str) -> str:
     return str(dest).rstrip("/").rsplit("/", 1)[-1] or "dataset"
 
 
-def _metrics(y: np.ndarray, preds: Any, probs: Any, nc: int, cfg: EvaluateConfig, seed_offset: int) -> dict[str, Any]:
+def _metrics(y: np.ndarray, preds: Any, probs: Any, nc: int, cfg: EvaluateConfig, seed_offset: int,
+             groups: np.ndarray | None = None) -> dict[str, Any]:
     est = classification_metrics(y, np.asarray(preds), np.asarray(probs), nc, n_boot=cfg.n_bootstrap, ci=cfg.ci,
-                                 seed=cfg.seed + seed_offset)
+                                 seed=cfg.seed + seed_offset, groups=groups)
     return {name: e.to_dict() for name, e in est.items()}
+
+
+def bootstrap_unit(groups: np.ndarray, item_ids: np.ndarray) -> dict[str, Any]:
+    """What the CIs resample for these test rows: whole groups (patients, or the items the rows came from) or rows.
+
+    A row's group is its patient id, else its item (slide, cine loop, image stack entry): the same
+    column the split keeps on one side. When every test row is its own group the bootstrap is the
+    plain row bootstrap.
+    """
+    grp = group_index(groups, len(groups))
+    by_item = bool(np.array_equal(np.asarray(groups, dtype=str), np.asarray(item_ids, dtype=str)))
+    return {"unit": grp.unit, "group_by": "item_id" if by_item else "patient_id", "n_groups": grp.count,
+            "n_test": int(len(groups)),
+            "method": ("cluster bootstrap: whole groups resampled with replacement" if grp.resampled
+                       else "row bootstrap: every test row is its own group")}
 
 
 def evaluate_encoder(encoder_folder: str | Path, dest: str,
@@ -128,11 +151,14 @@ def evaluate_encoder(encoder_folder: str | Path, dest: str,
     y = data.labels
     tr, va, te = split.train, split.val, split.test
     ytest = y[te]
+    gtest = data.groups[te]
+    boot = bootstrap_unit(gtest, data.item_ids[te])
 
     t = time.perf_counter()
     k = min(cfg.k, len(tr))
     knn_preds, knn_probs = knn_predict(x[tr], y[tr], x[te], k=k, temperature=cfg.temperature, num_classes=nc)
-    knn = {"k": k, "temperature": cfg.temperature, "metrics": _metrics(ytest, knn_preds, knn_probs, nc, cfg, 0)}
+    knn = {"k": k, "temperature": cfg.temperature,
+           "metrics": _metrics(ytest, knn_preds, knn_probs, nc, cfg, 0, gtest)}
     timings["knn"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -140,25 +166,28 @@ def evaluate_encoder(encoder_folder: str | Path, dest: str,
                        Cs=cfg.linear_Cs, num_classes=nc, groups=data.groups[tr], seed=cfg.seed)
     notes += lin.notes
     linear = {"C": lin.C, "selection": lin.selection, "val_scores": {f"{c:g}": s for c, s in lin.val_scores.items()},
-              "metrics": _metrics(ytest, lin.preds, lin.probs, nc, cfg, 1)}
+              "metrics": _metrics(ytest, lin.preds, lin.probs, nc, cfg, 1, gtest)}
     timings["linear"] = time.perf_counter() - t
 
     t = time.perf_counter()
     fs = few_shot(x[tr], y[tr], x[te], ytest, cfg.shots, cfg.fewshot_repeats, cfg.fewshot_method, nc, k=cfg.k,
-                  temperature=cfg.temperature, C=cfg.fewshot_C, seed=cfg.seed)
+                  temperature=cfg.temperature, C=cfg.fewshot_C, seed=cfg.seed, groups=gtest,
+                  n_boot=cfg.n_bootstrap, ci=cfg.ci)
     notes += [f"{r.shots}-shot: {n}" for r in fs for n in r.notes]
     fewshot = {"method": cfg.fewshot_method, "repeats": cfg.fewshot_repeats, "results": [r.to_dict() for r in fs]}
     timings["fewshot"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    diag: dict[str, Any] = dict(diagnostics(feats, seed=cfg.seed))
+    final = uniform_loss(card.objective, card.objective_config, card.metrics)
+    diag: dict[str, Any] = dict(diagnostics(feats, seed=cfg.seed, loss=final[0] if final else None,
+                                            uniform_loss_value=final[1] if final else None))
     if cfg.alignment_images:
         sub = te[: cfg.alignment_images]
         mirrored = np.ascontiguousarray(data.images[sub][:, :, ::-1])
         flipped = embed_images(model, card, mirrored, cfg.batch_size, cfg.device)
         diag["alignment_hflip"] = alignment(feats[sub], flipped)
-    if diag["collapsed"]:
-        notes.append("the embeddings look collapsed (embedding std ~0): every input maps to nearly the same vector")
+    if diag["collapse"] != "no":
+        notes.append(f"{diag['collapse']} collapse: " + "; ".join(diag["collapse_reasons"]))
     timings["diagnostics"] = time.perf_counter() - t
 
     maps: list[str] = []
@@ -178,11 +207,15 @@ def evaluate_encoder(encoder_folder: str | Path, dest: str,
                     "test_class_counts": {n: int(c) for n, c in zip(data.class_names, counts_test, strict=True)}},
         "split": {"strategy": split.strategy, "n_train": len(tr), "n_val": len(va), "n_test": len(te),
                   "n_groups": int(len(set(data.groups.tolist())))},
+        "bootstrap": boot,
         "knn": knn,
         "linear": linear,
         "fewshot": fewshot,
         "diagnostics": diag,
         "feature_maps": maps,
+        **({"predictions": {"rows": te, "item_ids": data.item_ids[te], "groups": gtest, "y_true": ytest,
+                            "knn": {"preds": knn_preds, "probs": knn_probs},
+                            "linear": {"preds": lin.preds, "probs": lin.probs}}} if cfg.keep_predictions else {}),
         "device": str(next(model.parameters()).device),
         "config": cfg.model_dump(),
         "notes": notes,
@@ -197,6 +230,18 @@ def _cell(metric: dict[str, Any] | None) -> str:
     lo, hi = metric.get("low"), metric.get("high")
     ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
     return f"{metric['value']:.3f}{ci}"
+
+
+def _collapse(diag: dict[str, Any]) -> str:
+    level = diag.get("collapse") or ("complete" if diag.get("collapsed") else "no")
+    return level if level == "no" else level.upper()
+
+
+def _resampled(boot: dict[str, Any] | None) -> str:
+    if not boot or boot.get("unit") != "group":
+        return ""
+    what = "patients" if boot.get("group_by") == "patient_id" else "items"
+    return f", resampling {boot['n_groups']} {what}"
 
 
 def render_table(result: dict[str, Any]) -> str:
@@ -218,14 +263,14 @@ def render_table(result: dict[str, Any]) -> str:
         f"encoder {enc['name']} (objective: {enc['objective'] or '-'}, {enc['timm_name']}, D={enc['embed_dim']}) "
         f"on {ds['name']}: {len(ds['class_names'])} classes, {ds['n_samples']} samples",
         f"split: {sp['strategy']}; train {sp['n_train']}, val {sp['n_val']}, test {sp['n_test']} "
-        f"({ci}% bootstrap CIs in brackets)",
+        f"({ci}% bootstrap CIs in brackets{_resampled(result.get('bootstrap'))})",
         fmt.format(*head),
         "  ".join("-" * w for w in widths),
         *(fmt.format(*row) for row in rows),
     ]
     d = result["diagnostics"]
     diag = (f"diagnostics: rankme {d['rankme']:.1f} of D={d['dim']}, embedding std {d['embedding_std']:.4f} "
-            f"(healthy ~{d['healthy_std']:.4f}), collapsed: {'YES' if d['collapsed'] else 'no'}, "
+            f"(healthy ~{d['healthy_std']:.4f}), collapsed: {_collapse(d)}, "
             f"uniformity {d['uniformity']:.3f}")
     if d.get("alignment_hflip") is not None:
         diag += f", alignment (h-flip) {d['alignment_hflip']:.3f}"
