@@ -123,3 +123,9 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         [str(exe), *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def closed_ray() -> dict[str, str]:
+    """Environment that points Ray at a loopback port where nothing listens: a command that tries to
+    reach (or start) Ray before validating its input fails differently than with the one-line error."""
+    return {"RAY_ADDRESS": f"127.0.0.1:{free_port()}"}

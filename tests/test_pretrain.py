@@ -19,7 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import REPO, run_cli
+from conftest import closed_ray, REPO, run_cli
 from pretextlab.jobs.ingest import IngestConfig, run_ingest
 from pretextlab.storage import synthetic as syn
 
@@ -100,13 +100,20 @@ def _check_encoder(res, objective: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", list(OBJECTIVES))
 def test_two_workers_train_each_objective(store, tmp_path, objective):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     res = _run(config(tmp_path, store, objective))
-    assert res.steps == 4 and res.resumed_from is None
+    assert res.resumed_from is None
     assert np.isfinite(res.metrics["loss"]) and res.metrics["images_per_s"] > 0
-    assert "train_rankme" in res.metrics and res.metrics["collapsed"] in (0.0, 1.0)
+    assert res.metrics["collapsed"] == 0.0 and res.metrics["train_rankme"] > 1.5  # a random-init ViT is not collapsed
     _check_encoder(res, objective)
-    events = list((tmp_path / "runs" / res.encoder.name / "tensorboard").glob("events.out.tfevents.*"))
-    assert events, "rank 0 wrote no TensorBoard file"
+    run_dir = tmp_path / "runs" / res.encoder.name
+    acc = EventAccumulator(str(run_dir / "tensorboard"))  # the steps the workers logged, not the config's
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3, 4]
+    # two workers: every rank wrote its RNG state into each checkpoint
+    for ckpt in _registered_checkpoints(run_dir):
+        assert sorted(p.name for p in (run_dir / ckpt).glob("rng-*.json")) == ["rng-0.json", "rng-1.json"]
 
 
 def test_online_knn_tensorboard_and_evaluate(store, tmp_path):
@@ -117,8 +124,6 @@ def test_online_knn_tensorboard_and_evaluate(store, tmp_path):
     cfg = config(tmp_path, store, "ijepa", steps=4)
     cfg["validation"] = {"catalog": str(store), "every": 2, "k": 3, "linear": True}
     res = _run(cfg)
-    assert 0.0 <= res.metrics["knn_acc"] <= 1.0 and res.metrics["rankme"] >= 1.0
-    assert 0.0 <= res.metrics["linear_acc"] <= 1.0
     acc = EventAccumulator(str(tmp_path / "runs" / cfg["name"] / "tensorboard"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
@@ -126,9 +131,14 @@ def test_online_knn_tensorboard_and_evaluate(store, tmp_path):
     assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3, 4]
     assert [e.step for e in acc.Scalars("knn_acc")] == [2, 4]
     assert [e.step for e in acc.Scalars("linear_acc")] == [2, 4]
+    # the run's final metrics are the workers' step-4 validation, and the validation encoder is not collapsed
+    assert acc.Scalars("knn_acc")[-1].value == pytest.approx(res.metrics["knn_acc"])
+    assert acc.Scalars("linear_acc")[-1].value == pytest.approx(res.metrics["linear_acc"])
+    assert res.metrics["rankme"] > 1.5 and res.metrics["collapsed"] == 0.0
     result = evaluate_encoder(res.encoder.uri, str(store), EvaluateConfig(modality="ultrasound", n_bootstrap=50,
                                                                           shots=[1], fewshot_repeats=1))
-    assert 0.0 <= result["knn"]["metrics"]["accuracy"]["value"] <= 1.0
+    assert result["dataset"]["n_items"] == 6 and result["dataset"]["class_names"] == ["band", "lesion"]
+    assert result["encoder"]["weights_sha256"] == json.loads(Path(res.encoder.uri, "card.json").read_text())["weights_sha256"]
 
 
 def test_s3_data_runs_and_registry(store, tmp_path, s3_server):
@@ -179,14 +189,16 @@ def test_killed_worker_resumes_with_same_total_steps(store, tmp_path):
     os.kill(workers[-1]["Pid"], signal.SIGKILL)
     thread.join(900)
     res = out["res"]
-    assert res.steps == 12
+    assert res.metrics["step"] == 12  # reported by the workers at their last step
     assert res.metrics.get("restored_from", 0) >= 4  # the group restarted from a checkpoint
     assert json.loads((run_dir / "pretextlab-run.json").read_text())["status"] == "complete"
 
 
 def test_stop_and_restart_continues_schedules(store, tmp_path):
-    """Ctrl-C a CLI run after its first checkpoint, run it again: it resumes from that step, and step,
-    LR and EMA momentum continue along their schedules instead of restarting."""
+    """SIGTERM (what systemd, docker stop and Kubernetes send; handled like Ctrl-C) to a CLI run after its
+    first checkpoint: exit 130, no traceback. Run it again: the workers restore that checkpoint (their own
+    TensorBoard records say so and log no step at or below it), and step, LR and EMA momentum continue
+    along their schedules instead of restarting."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from pretextlab.objectives.schedules import ScheduleConfig, Schedules
@@ -203,13 +215,21 @@ def test_stop_and_restart_continues_schedules(store, tmp_path):
     deadline = time.time() + 600
     while time.time() < deadline and not _registered_checkpoints(run_dir) and proc.poll() is None:
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(120)
+    proc.send_signal(signal.SIGTERM)  # the main process only, as an orchestrator does
+    out = proc.communicate(timeout=120)[0].decode(errors="replace")
+    assert proc.returncode == 130, out[-3000:]
+    assert "pretextlab: interrupted" in out and "Traceback" not in out
     first = int(sorted(_registered_checkpoints(run_dir))[-1].split("-")[1])
     assert 3 <= first < 10
+    before = set((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     again = run_cli("pretrain", str(path), "--num-cpus", "4", env=env, timeout=400)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resumed from step" in again.stdout
+    (second,) = set((run_dir / "tensorboard").glob("events.out.tfevents.*")) - before  # the re-run's own file
+    own = EventAccumulator(str(second))
+    own.Reload()
+    assert {e.value for e in own.Scalars("restored_from")} == {first}  # read by the workers, not the driver
+    assert min(e.step for e in own.Scalars("loss")) > first  # no step redone
     acc = EventAccumulator(str(run_dir / "tensorboard"))
     acc.Reload()
     sched = Schedules(ScheduleConfig(lr=1e-3, warmup_steps=4, momentum=0.9), total_steps=10)
@@ -238,10 +258,11 @@ def test_bad_config_fails_before_workers(store, tmp_path, change, message):
     cfg = deep_merge(cfg, json.loads(text))
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    res = run_cli("pretrain", str(path), timeout=120)
+    # Ray is addressed at a closed port: any attempt to start or reach it before the check would fail
+    # differently (a connection error after retries), so exit 2 with the message proves the order
+    res = run_cli("pretrain", str(path), timeout=120, env=closed_ray())
     assert res.returncode == 2, res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr
-    assert "Started a local Ray instance" not in res.stderr + res.stdout
     assert not (tmp_path / "runs").exists()
 
 
@@ -252,7 +273,9 @@ def test_no_items_of_the_needed_kind(tmp_path, ray_session):
     assert run_ingest(IngestConfig(sources=[str(raw)], dest=str(dest)), progress=False).ok
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config(tmp_path, dest, "dino")))
-    res = run_cli("pretrain", str(path), timeout=120)
+    # Ray is addressed at a closed port: any attempt to start or reach it before the check would fail
+    # differently (a connection error after retries), so exit 2 with the message proves the order
+    res = run_cli("pretrain", str(path), timeout=120, env=closed_ray())
     assert res.returncode == 2 and str(dest) in res.stderr and "Traceback" not in res.stderr
 
 

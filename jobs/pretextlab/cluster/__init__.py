@@ -1,4 +1,9 @@
-"""Connect to Ray: the cluster in ``RAY_ADDRESS`` (a Ray job, KubeRay) or a local one started here."""
+"""Connect to Ray: the cluster in ``RAY_ADDRESS`` (a Ray job, KubeRay) or a local one started here.
+
+Shared by jobs and serving (which never import each other). After ``ray.init`` the process's SIGTERM
+handler is put back to "behave like Ctrl-C": Ray's driver handler exits abruptly (seen: exit 134 with a
+native stack dump), while systemd, ``docker stop`` and Kubernetes all stop a process with SIGTERM.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import os
 from typing import Any
 
 import ray
+
+from pretextlab.core.cli import sigterm_as_interrupt
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False, **kwargs: Any) -> None:
@@ -23,3 +30,4 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
             params["num_cpus"] = num_cpus
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     ray.init(**params)
+    sigterm_as_interrupt()  # Ray's driver handler replaced: SIGTERM stops a command as Ctrl-C does

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 
 from pretextlab.core.errors import UserError
 
@@ -29,8 +32,22 @@ def describe(module: ModuleType, fallback: str = "") -> str:
     return (module.__doc__ or fallback).strip()
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def sigterm_as_interrupt() -> None:
+    """Handle SIGTERM (what systemd, ``docker stop`` and Kubernetes send) as SIGINT: a KeyboardInterrupt in
+    the main thread, so every long-running command stops the way Ctrl-C stops it. Call it again after
+    ``ray.init``, whose driver handler exits abruptly (seen: exit 134 with a native stack dump)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 def dispatch(args: argparse.Namespace) -> int:
-    """Run ``args._module.run(args)``: UserError -> one line + its exit code, Ctrl-C -> 130."""
+    """Run ``args._module.run(args)``: UserError -> one line + its exit code, Ctrl-C or SIGTERM -> 130
+    (commands that drain, like ``serve``, catch the interrupt themselves and exit 0)."""
+    sigterm_as_interrupt()
     try:
         return int(args._module.run(args) or 0)
     except UserError as exc:
