@@ -2,7 +2,7 @@
 checkpoint and resume, export the encoder to the registry.
 
     pretextlab pretrain CONFIG [key=value ...] [--address ray://... | auto]
-    ray job submit --working-dir . -- python -m pretextlab.jobs.pretrain CONFIG [key=value ...]
+    ray job submit --runtime-env jobs/runtime_env.yaml -- python -m pretextlab.jobs.pretrain CONFIG [key=value ...]
 
 CONFIG is a YAML file of PretrainConfig fields (examples: configs/pretrain/*.yaml); key=value pairs
 override dotted fields, e.g. train.steps=50 objective.mask_ratio=0.6. Re-running the same config

@@ -4,7 +4,7 @@ kNN metric, and the best trial's encoder goes to the registry as the chosen enco
 
     pretextlab sweep CONFIG [key=value ...] [--address ray://... | auto] [--num-cpus N]
     pretextlab sweep status RUN [--watch [SECONDS]]
-    ray job submit --working-dir . -- python -m pretextlab.jobs.sweep CONFIG [key=value ...]
+    ray job submit --runtime-env jobs/runtime_env.yaml -- python -m pretextlab.jobs.sweep CONFIG [key=value ...]
 
 CONFIG is a sweep YAML (examples and per-objective default spaces: configs/sweep/*.yaml); key=value
 pairs override its dotted fields, e.g. tune.num_samples=4 pretrain.train.steps=50. RUN is the sweep
