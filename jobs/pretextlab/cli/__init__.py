@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("pretextlab.serving.cli", "serve registered encoders over HTTP (Ray Serve): embeddings, regions, models"),
     "sweep": ("pretextlab.jobs.sweep", "sweep objective hyperparameters with Ray Tune (ASHA, resume, summary, chosen encoder)"),
     "embed": ("pretextlab.jobs.embed", "embed every slide patch / cine frame of a catalog into feature bags (Ray Data)"),
+    "study": ("pretextlab.jobs.study", "compare objectives per dataset: a grid of pretrain + evaluate cells, a report"),
 }
 
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pretextlab.core.config import ConfigError, format_validation_error
 from pretextlab.core.errors import UserError
-from pretextlab.evaluate.dataset import load_eval_set
+from pretextlab.evaluate.dataset import EvalSet, load_eval_set
 from pretextlab.evaluate.diagnostics import alignment, diagnostics, uniform_loss
 from pretextlab.evaluate.feature_maps import save_feature_maps
 from pretextlab.evaluate.features import embed_images
@@ -123,15 +123,46 @@ def bootstrap_unit(groups: np.ndarray, item_ids: np.ndarray) -> dict[str, Any]:
                        else "row bootstrap: every test row is its own group")}
 
 
+def external_split(train: EvalSet, test: EvalSet) -> EvalSet:
+    """One eval set whose catalog split is ``train``'s rows for fitting and ``test``'s rows for scoring
+    (external transfer: probes fitted on one dataset, scored on another). Labels are mapped onto the
+    union of class names; groups and item ids are prefixed so two stores' patients never merge."""
+    names = sorted(set(train.class_names) | set(test.class_names))
+    index = {n: i for i, n in enumerate(names)}
+
+    def remap(es: EvalSet) -> np.ndarray:
+        return np.array([index[es.class_names[int(y)]] for y in es.labels], dtype=np.int64)
+
+    def tag(values: np.ndarray, prefix: str) -> np.ndarray:
+        return np.array([f"{prefix}:{v}" for v in values], dtype=object)
+
+    return EvalSet(
+        images=np.concatenate([train.images, test.images]), labels=np.concatenate([remap(train), remap(test)]),
+        class_names=names, groups=np.concatenate([tag(train.groups, "train"), tag(test.groups, "test")]),
+        item_ids=np.concatenate([tag(train.item_ids, "train"), tag(test.item_ids, "test")]),
+        splits=np.array(["train"] * len(train) + ["test"] * len(test), dtype=object),
+        kinds=np.concatenate([train.kinds, test.kinds]),
+        notes=[*train.notes, *test.notes,
+               f"external transfer: probes fitted on {len(train)} rows, scored on {len(test)} rows of another store"])
+
+
 def evaluate_encoder(encoder_folder: str | Path, dest: str,
-                     cfg: EvaluateConfig | dict[str, Any] | None = None) -> dict[str, Any]:
-    """Score a saved encoder's frozen features on the labelled catalog at ``dest``; returns a JSON-able dict."""
+                     cfg: EvaluateConfig | dict[str, Any] | None = None, test_dest: str | None = None) -> dict[str, Any]:
+    """Score a saved encoder's frozen features on the labelled catalog at ``dest``; returns a JSON-able dict.
+
+    With ``test_dest`` (external transfer) every row of ``dest`` fits the probes and every row of
+    ``test_dest`` scores them; the labels of ``test_dest`` are never seen at fit time.
+    """
     cfg = _config(cfg)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model, card = load_encoder(encoder_folder)
-    data = load_eval_set(dest, cfg.label_column, cfg.patches_per_slide, cfg.patch_size or card.img_size, cfg.seed,
-                         size=card.img_size, cine_frame_step=cfg.cine_frame_step, modality=cfg.modality)
+
+    def load(store: str) -> EvalSet:
+        return load_eval_set(store, cfg.label_column, cfg.patches_per_slide, cfg.patch_size or card.img_size,
+                             cfg.seed, size=card.img_size, cine_frame_step=cfg.cine_frame_step, modality=cfg.modality)
+
+    data = load(dest) if test_dest is None else external_split(load(dest), load(test_dest))
     timings["load"] = time.perf_counter() - t0
     notes = list(data.notes)
     nc = data.num_classes
@@ -201,7 +232,7 @@ def evaluate_encoder(encoder_folder: str | Path, dest: str,
         "encoder": {"folder": str(encoder_folder), "name": card.name, "objective": card.objective,
                     "timm_name": card.timm_name, "embed_dim": card.embed_dim, "img_size": card.img_size,
                     "in_chans": card.in_chans, "weights_sha256": card.weights_sha256},
-        "dataset": {"dest": str(dest), "name": dataset_name(dest), "label_column": cfg.label_column,
+        "dataset": {"dest": str(dest), "test_dest": test_dest, "name": dataset_name(dest), "label_column": cfg.label_column,
                     "class_names": data.class_names, "n_samples": len(data), "n_items": int(len(set(data.item_ids))),
                     "kinds": sorted(set(data.kinds.tolist())),
                     "test_class_counts": {n: int(c) for n, c in zip(data.class_names, counts_test, strict=True)}},

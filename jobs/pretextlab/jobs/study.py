@@ -1,0 +1,375 @@
+"""Compare pretext objectives per dataset and answer with evidence: a study of datasets x arms x seeds.
+
+    pretextlab study STUDY.yaml [key=value ...] [--choose] [--address ADDRESS] [--num-cpus N]
+    ray job submit --runtime-env jobs/runtime_env.yaml -- python -m pretextlab.jobs.study STUDY.yaml
+
+Every cell pretrains the study's backbone with one objective for the same number of steps on Ray Train
+(the pretraining job's trainer; a random-init baseline is always added), registers the encoder, and
+evaluates it frozen (kNN, linear probe, few-shot, bootstrap CIs over patients/items, RankMe, collapse).
+Cells run as a Ray Tune grid, as many at once as the cluster holds. The study folder gets report.md,
+a self-contained report.html, results.parquet and results.json: per dataset the arms with CIs, paired
+Holm-corrected comparisons and a one-sentence verdict. Re-running the same command skips finished
+cells and resumes interrupted ones; a changed study under the same name is refused; a failed cell is
+reported with its reason while the others complete (exit 1). --choose marks each modality's winner
+as chosen:<modality> in the registry (never on a tie).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from pretextlab.core.errors import UserError
+
+STUDY_FILE = "study.json"
+CELLS_DIR = "cells"
+TRIAL_CPU = 0.01
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="STUDY", help="study config (YAML): datasets, arms, seeds, steps")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override study fields (dotted paths)")
+    parser.add_argument("--choose", action="store_true",
+                        help="mark each modality's winning encoder chosen:<modality> (not on a tie)")
+    parser.add_argument("--address", help="Ray cluster address (default: a Ray job's cluster, else a local one)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
+
+
+# -- planning: every check that can fail on user input, before Ray starts ------------------------------
+@dataclass
+class StudyPlan:
+    cfg: Any  # StudyConfig
+    uri: str
+    cells: list[Any]  # study.Cell
+    fingerprint: dict[str, Any]
+    data: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+    storage_options: dict[str, Any] | None = None
+
+
+def _labels(store: str, column: str, storage_options: dict[str, Any] | None) -> set[str]:
+    from pretextlab.storage.catalog import read_catalog
+
+    cat = read_catalog(store, storage_options)
+    if column not in cat.columns or cat[column].isna().all():
+        raise UserError(f"{store}: the catalog has no {column!r} labels; a study needs labelled stores "
+                        f"(pretextlab catalog {store} --labels labels.csv)")
+    return set(cat[column].dropna().astype(str))
+
+
+def plan_study(cfg: Any, source: str = "study", storage_options: dict[str, Any] | None = None) -> StudyPlan:
+    """Check the study and each cell's pretraining config and data; refuse a changed study."""
+    from pretextlab.core.config import ConfigError
+    from pretextlab.jobs.pretrain import git_commit, prepare
+    from pretextlab.storage import fs as sfs
+    from pretextlab.study import plan_cells
+    from pretextlab.training.config import PretrainConfig
+
+    uri = sfs.join(sfs.normalize(cfg.storage), cfg.name)
+    runs = sfs.join(uri, "runs")
+    try:
+        cells = plan_cells(cfg, runs)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    data: dict[str, Any] = {}
+    for ds in cfg.datasets:
+        train_labels = _labels(ds.store, ds.label_column, storage_options)
+        if len(train_labels) < 2:
+            raise UserError(f"{source}: dataset {ds.name}: {ds.store} has one class ({', '.join(train_labels)})")
+        if ds.test_store:
+            test_labels = _labels(ds.test_store, ds.label_column, storage_options)
+            if not train_labels & test_labels:
+                raise UserError(f"{source}: dataset {ds.name}: {ds.store} and {ds.test_store} share no label "
+                                f"({', '.join(sorted(train_labels))} vs {', '.join(sorted(test_labels))})")
+    for cell in cells:
+        pcfg = PretrainConfig.model_validate(cell.pretrain)
+        prep = prepare(pcfg, storage_options)  # objective, views, stream plan: one-line errors
+        data.setdefault(cell.dataset, prep.data_info)
+    fingerprint = json.loads(json.dumps({"config": cfg.model_dump(mode="json"),
+                                         "cells": [c.id for c in cells]}))
+    previous = read_study(uri, storage_options)
+    if previous and previous.get("fingerprint") != fingerprint:
+        raise UserError(f"{uri}: a different study ran under the name {cfg.name!r}; choose another name= (or "
+                        "delete the folder to start over)")
+    return StudyPlan(cfg, uri, cells, fingerprint, {"datasets": data, "git_commit": git_commit()},
+                     storage_options=storage_options)
+
+
+def read_study(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    from pretextlab.storage import fs as sfs
+
+    try:
+        return json.loads(sfs.read_bytes(sfs.join(uri, STUDY_FILE), storage_options))
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def _write_json(url: str, obj: Any, storage_options: dict[str, Any] | None) -> None:
+    from pretextlab.storage import fs as sfs
+
+    sfs.atomic_write_bytes(url, json.dumps(obj, indent=1, default=str).encode(), storage_options)
+
+
+def read_cell(uri: str, cell_id: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    from pretextlab.storage import fs as sfs
+
+    try:
+        return json.loads(sfs.read_bytes(sfs.join(uri, CELLS_DIR, f"{cell_id}.json"), storage_options))
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+# -- one cell (a Tune trial) ------------------------------------------------------------------------------
+def _baseline_encoder(cfg: Any, seed: int, storage_options: dict[str, Any] | None) -> Any:
+    """The random-init backbone of a dataset and seed, registered like any trained arm (once)."""
+    import torch
+
+    from pretextlab.registry import EncoderRegistry
+    from pretextlab.training.setup import encoder_card, make_objective, make_views
+
+    reg = EncoderRegistry(cfg.registry, storage_options)
+    existing = reg.versions(cfg.name)
+    if existing:
+        return existing[-1]
+    torch.manual_seed(seed)
+    objective = make_objective(cfg)
+    card = encoder_card(cfg, objective, make_views(cfg, objective), objective="random-init",
+                        metrics={}, run={"baseline": "random initialisation, no pretraining", "seed": seed})
+    return reg.register(objective.encoder(), card, cfg.name)
+
+
+def _trained_encoder(cfg: Any, storage_options: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    """Pretrain the cell (resuming its run if it has checkpoints), or find the encoder of a finished run."""
+    from pretextlab.jobs.pretrain import read_run_record, run_pretrain
+    from pretextlab.registry import EncoderRegistry
+    from pretextlab.storage import fs as sfs
+
+    record = read_run_record(sfs.join(cfg.storage, cfg.name), storage_options)
+    if record and record.get("status") == "complete":
+        return EncoderRegistry(cfg.registry, storage_options).resolve(record["encoder"]), record.get("metrics", {})
+    res = run_pretrain(cfg, storage_options)
+    return res.encoder, {k: v for k, v in res.metrics.items() if isinstance(v, (int, float))}
+
+
+def run_cell(cell: dict[str, Any], study_uri: str, evaluate: dict[str, Any], test_store: str | None,
+             storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Pretrain (or build the baseline), register, evaluate; the cell record is written last, atomically."""
+    from pretextlab.evaluate import EvaluateConfig, evaluate_encoder
+    from pretextlab.registry import EncoderRegistry
+    from pretextlab.storage import fs as sfs
+    from pretextlab.training.config import PretrainConfig
+
+    done = read_cell(study_uri, cell["id"], storage_options)
+    if done and done.get("status") == "complete":
+        return done
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {**{k: cell[k] for k in ("id", "dataset", "arm", "objective", "seed")}, "status": "running"}
+    try:
+        cfg = PretrainConfig.model_validate(cell["pretrain"])
+        if cell["arm"] == "random-init":
+            ref, train = _baseline_encoder(cfg, cell["seed"], storage_options), {}
+        else:
+            ref, train = _trained_encoder(cfg, storage_options)
+        folder = EncoderRegistry(cfg.registry, storage_options).local_folder(ref)
+        ev_cfg = EvaluateConfig.model_validate({**evaluate, "modality": cfg.modality, "keep_predictions": True,
+                                                "seed": 0})
+        store = cfg.data.sources[0].uri
+        result = evaluate_encoder(folder, store, ev_cfg) if test_store is None else \
+            evaluate_encoder(folder, store, ev_cfg, test_dest=test_store)
+        record.update(status="complete", encoder=ref.id, train=train, evaluation=result,
+                      wall_s=round(time.perf_counter() - t0, 1))
+    except Exception as exc:  # reported in the study, the other cells go on
+        cause = getattr(exc, "__cause__", None) or exc
+        line = " ".join(str(cause).split())[:500] or type(cause).__name__
+        record.update(status="failed", error=f"{type(cause).__name__}: {line}",
+                      traceback=traceback.format_exc()[-4000:], wall_s=round(time.perf_counter() - t0, 1))
+    _write_json(sfs.join(study_uri, CELLS_DIR, f"{cell['id']}.json"), record, storage_options)
+    return record
+
+
+def _trial(config: dict[str, Any], cells: dict[str, dict[str, Any]], study_uri: str, evaluate: dict[str, Any],
+           test_stores: dict[str, str | None], storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Tune function trainable: one cell."""
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
+    cell = cells[config["cell"]]
+    record = run_cell(cell, study_uri, evaluate, test_stores.get(cell["dataset"]), storage_options)
+    return {"status": record["status"], "done": 1}
+
+
+# -- the study ------------------------------------------------------------------------------------------
+@dataclass
+class StudyResult:
+    uri: str
+    records: list[dict[str, Any]]
+    verdicts: dict[str, Any]
+    files: dict[str, str]
+    seconds: float
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("status") != "complete"]
+
+
+def _concurrency(plan: StudyPlan) -> int:
+    import ray
+
+    from pretextlab.training.config import PretrainConfig
+
+    if plan.cfg.max_concurrent:
+        return plan.cfg.max_concurrent
+    t = PretrainConfig.model_validate(plan.cells[-1].pretrain).train
+    per_cell = t.num_workers * t.cpus_per_worker + t.data_cpus
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // per_cell))
+
+
+def run_cells(plan: StudyPlan) -> list[dict[str, Any]]:
+    """The unfinished cells as a Tune grid; returns every cell's record."""
+    from ray import tune
+
+    from pretextlab.storage import fs as sfs
+
+    so = plan.storage_options
+    todo = [c for c in plan.cells if (read_cell(plan.uri, c.id, so) or {}).get("status") != "complete"]
+    if todo:
+        cells = {c.id: {"id": c.id, "dataset": c.dataset, "arm": c.arm, "objective": c.objective, "seed": c.seed,
+                        "pretrain": c.pretrain} for c in todo}
+        tests = {d.name: d.test_store for d in plan.cfg.datasets}
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, cells=cells, study_uri=plan.uri, evaluate=plan.cfg.evaluate,
+                                 test_stores=tests, storage_options=so), {"CPU": TRIAL_CPU})
+        from pretextlab.jobs.pretrain import ray_storage
+
+        storage_path, storage_fs = ray_storage(sfs.join(plan.uri, "tune"), so)
+        tuner = tune.Tuner(
+            trainable, param_space={"cell": tune.grid_search([c.id for c in todo])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=_concurrency(plan), reuse_actors=False),
+            run_config=tune.RunConfig(name=f"run-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
+                                      storage_filesystem=storage_fs, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=0)))
+        tuner.fit()
+    records = []
+    for c in plan.cells:
+        rec = read_cell(plan.uri, c.id, so)
+        records.append(rec or {"id": c.id, "dataset": c.dataset, "arm": c.arm, "objective": c.objective,
+                               "seed": c.seed, "status": "failed", "error": "the cell did not finish (no record)"})
+    return records
+
+
+def read_curves(plan: StudyPlan) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Loss and RankMe over steps of every trained cell, from its run's TensorBoard files (local runs)."""
+    from pretextlab.storage import fs as sfs
+
+    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    if sfs.is_remote(plan.uri):
+        return out
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for c in plan.cells:
+        tb = sfs.join(plan.uri, "runs", c.id, "tensorboard")
+        if c.baseline or not os.path.isdir(tb):
+            continue
+        acc = EventAccumulator(tb)
+        acc.Reload()
+        tags = set(acc.Tags().get("scalars", []))
+        out[c.id] = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in ("loss", "train_rankme")
+                     if tag in tags}
+    return out
+
+
+def write_report(plan: StudyPlan, records: list[dict[str, Any]], seconds: float) -> StudyResult:
+    from pretextlab.storage import fs as sfs
+    from pretextlab.storage.catalog import write_table
+    from pretextlab.study.report import html_report, markdown, results_json
+    from pretextlab.study.results import results_table, summarise
+
+    so = plan.storage_options
+    table = results_table(records)
+    verdicts = summarise(records, n_boot=int(plan.cfg.evaluate.get("n_bootstrap", 2000)))
+    n_ok = int((table["status"] == "complete").sum())
+    meta = {"name": plan.cfg.name, "uri": plan.uri, "command": plan.command, "config": plan.cfg.model_dump(mode="json"),
+            "git_commit": plan.data.get("git_commit"), "seconds": round(seconds, 1),
+            "data": {f"{d}: {s['uri']}": s.get("catalog_sha256") for d, info in plan.data.get("datasets", {}).items()
+                     for s in info.get("sources", [])},
+            "summary": f"{n_ok} of {len(table)} cells finished; {len(plan.cfg.datasets)} dataset(s), "
+                       f"{len(plan.cfg.arms)} arm(s) + random init, seeds {plan.cfg.seeds}, {plan.cfg.steps} steps each"}
+    files = {name: sfs.join(plan.uri, name) for name in ("report.md", "report.html", "results.json", "results.parquet")}
+    sfs.atomic_write_bytes(files["report.md"], markdown(meta, table, verdicts).encode(), so)
+    sfs.atomic_write_bytes(files["report.html"], html_report(meta, table, verdicts, read_curves(plan)).encode(), so)
+    sfs.atomic_write_bytes(files["results.json"], results_json(meta, table, verdicts).encode(), so)
+    write_table(files["results.parquet"], table.drop(columns=["error"]).assign(error=table["error"].astype(str)), so)
+    return StudyResult(plan.uri, records, verdicts, files, seconds)
+
+
+def choose_winners(plan: StudyPlan, result: StudyResult) -> list[str]:
+    """Mark each modality's winner chosen:<modality>; a modality whose datasets disagree, or tie, gets none."""
+    from pretextlab.registry import EncoderRegistry
+
+    lines = []
+    by_modality: dict[str, set[str | None]] = {}
+    for ds in plan.cfg.datasets:
+        by_modality.setdefault(ds.modality, set()).add(result.verdicts[ds.name].winner)
+    reg = EncoderRegistry(plan.cfg.registry, plan.storage_options)
+    for modality, winners in by_modality.items():
+        if len(winners) != 1 or None in winners or "random-init" in winners:
+            lines.append(f"chosen:{modality}: not marked (no single winner across its datasets)")
+            continue
+        (arm,) = winners
+        rec = next(r for r in result.records if r["arm"] == arm and r.get("status") == "complete"
+                   and plan.cfg.datasets[[d.modality for d in plan.cfg.datasets].index(modality)].name == r["dataset"])
+        reg.choose(reg.resolve(rec["encoder"]), modality, {"by": "study", "study": plan.cfg.name, "uri": plan.uri,
+                                                           "arm": arm})
+        lines.append(f"chosen:{modality} -> {rec['encoder']} ({arm})")
+    return lines
+
+
+def run_study(plan: StudyPlan) -> StudyResult:
+    t0 = time.perf_counter()
+    _write_json(f"{plan.uri}/{STUDY_FILE}", {"name": plan.cfg.name, "fingerprint": plan.fingerprint,
+                                            "status": "running", "command": plan.command}, plan.storage_options)
+    records = run_cells(plan)
+    result = write_report(plan, records, time.perf_counter() - t0)
+    _write_json(f"{plan.uri}/{STUDY_FILE}", {"name": plan.cfg.name, "fingerprint": plan.fingerprint,
+                                            "status": "complete" if not result.failed else "incomplete",
+                                            "command": plan.command, "report": result.files["report.html"]},
+                plan.storage_options)
+    return result
+
+
+def render_verdicts(result: StudyResult) -> str:
+    lines = [v.sentence for v in result.verdicts.values()]
+    for r in result.failed:
+        lines.append(f"failed cell {r['id']}: {r.get('error')}")
+    lines.append(f"report: {result.files['report.html']}  (also report.md, results.parquet, results.json)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pretextlab.cluster import init_ray
+    from pretextlab.study import load_study
+
+    cfg = load_study(args.config, args.overrides)
+    plan = plan_study(cfg, args.config)
+    plan.command = " ".join(shlex.quote(a) for a in ["pretextlab", "study", args.config, *args.overrides])
+    init_ray(args.address, num_cpus=args.num_cpus)
+    previous = read_study(plan.uri, plan.storage_options)
+    done = sum((read_cell(plan.uri, c.id) or {}).get("status") == "complete" for c in plan.cells)
+    print(f"study {cfg.name}: {len(plan.cells)} cells ({done} already finished) -> {plan.uri}"
+          + (" (resuming)" if previous else ""), flush=True)
+    result = run_study(plan)
+    print(render_verdicts(result))
+    if args.choose:
+        print("\n".join(choose_winners(plan, result)))
+    return 1 if result.failed else 0
+
+
+if __name__ == "__main__":
+    from pretextlab.core.cli import run_module
+
+    sys.exit(run_module("pretextlab.jobs.study"))

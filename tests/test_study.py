@@ -1,0 +1,182 @@
+"""`pretextlab study`: datasets x arms x seeds on Ray Tune, each cell pretrained on Ray Train, registered,
+evaluated frozen; a report with paired statistics. Budgets are tiny (2 steps, a 1-block ViT at 32 px):
+the tests check the machinery and the evidence trail, never which objective wins."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, closed_ray, run_cli
+from pretextlab.jobs.ingest import IngestConfig, run_ingest
+from pretextlab.storage import synthetic as syn
+
+BACKBONE = {"arch": "vit_tiny", "img_size": 32, "patch_size": 8, "depth": 1}
+SHARED = {"data": {"clip": {"size": 32}},
+          "train": {"batch_size": 4, "num_workers": 2, "cpus_per_worker": 0.5, "data_cpus": 0.25, "log_every": 1,
+                    "checkpoint_every": 2}}
+EVALUATE = {"n_bootstrap": 50, "shots": [1], "fewshot_repeats": 1, "alignment_images": 0}
+ARMS = [{"name": "dino", "objective": "dino",
+         "overrides": {"objective": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}, "views": {"n_local": 2}}},
+        {"name": "ijepa", "objective": "ijepa"},
+        {"name": "mae", "objective": "mae", "overrides": {"objective": {"decoder_dim": 32, "decoder_depth": 1,
+                                                                         "decoder_heads": 2}}}]
+
+
+def _us_store(raw: Path, dest: Path, n: int, seed: int, unlabelled: int = 0) -> Path:
+    """``n`` labelled cine loops (two classes, one patient each) plus ``unlabelled`` ones, ingested."""
+    rows = ["item_id,label,patient_id"]
+    for i in range(n + unlabelled):
+        syn.write_us_dicom(raw / f"us{i}.dcm", frames=6, rows=48, cols=64, seed=seed + i, label=i % 2)
+        if i < n:
+            rows.append(f"us{i},{'lesion' if i % 2 == 0 else 'band'},P{seed}-{i}")
+    (raw.parent / f"{raw.name}.csv").write_text("\n".join(rows) + "\n")
+    rep = run_ingest(IngestConfig(sources=[str(raw)], dest=str(dest), labels=str(raw.parent / f"{raw.name}.csv")),
+                     progress=False)
+    assert rep.ok, rep.render()
+    return dest
+
+
+@pytest.fixture(scope="module")
+def stores(ray_session, tmp_path_factory):
+    base = tmp_path_factory.mktemp("study-data")
+    return {"a": _us_store(base / "raw-a", base / "store-a", 8, 0),
+            "b": _us_store(base / "raw-b", base / "store-b", 8, 100)}
+
+
+def study_yaml(tmp: Path, datasets: list[dict], name: str = "s1", arms: list[dict] | None = None,
+               storage: str | None = None, registry: str | None = None) -> Path:
+    cfg = {"name": name, "datasets": datasets, "arms": arms if arms is not None else ARMS, "seeds": [0], "steps": 2,
+           "backbone": BACKBONE, "pretrain": SHARED, "evaluate": EVALUATE,
+           "storage": storage or str(tmp / "studies"), "registry": registry or str(tmp / "registry")}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _records(study_dir: Path) -> dict[str, bytes]:
+    return {p.stem: p.read_bytes() for p in (study_dir / "cells").glob("*.json")}
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(stores, tmp_path_factory):
+    """The 2-dataset x 3-arm x 1-seed study through the CLI, killed after its first cells finished, then
+    run again to the end."""
+    tmp = tmp_path_factory.mktemp("study")
+    path = study_yaml(tmp, [{"name": "liver-a", "store": str(stores["a"]), "modality": "ultrasound"},
+                            {"name": "liver-b", "store": str(stores["b"]), "modality": "ultrasound",
+                             "test_store": str(stores["a"])}])
+    study_dir = tmp / "studies" / "s1"
+    cmd = [str(Path(sys.executable).with_name("pretextlab")), "study", str(path), "--num-cpus", "4"]
+    env = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+    log = open(tmp / "first.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        done = [k for k, v in _records(study_dir).items() if json.loads(v)["status"] == "complete"
+                and json.loads(v)["arm"] != "random-init"] if (study_dir / "cells").is_dir() else []
+        if done:
+            break
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray cluster die at once
+    proc.wait(60)
+    log.close()
+    first = _records(study_dir)
+    assert any(json.loads(v)["arm"] != "random-init" for v in first.values()), (tmp / "first.log").read_text()[-3000:]
+    ckpts = {k: sorted(p.name for p in (study_dir / "runs" / k).glob("checkpoint-*"))
+             for k, v in first.items() if json.loads(v)["arm"] != "random-init"}
+    again = run_cli("study", str(path), "--num-cpus", "4", "--choose", env=env, timeout=900)
+    return {"tmp": tmp, "dir": study_dir, "first": first, "ckpts": ckpts, "again": again, "path": path}
+
+
+@pytest.mark.slow
+def test_study_end_to_end_report_and_resume(killed_and_resumed):
+    r = killed_and_resumed
+    again, study_dir = r["again"], r["dir"]
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "(resuming)" in again.stdout and f"report: {study_dir / 'report.html'}" in again.stdout
+    # every cell: 2 datasets x (3 arms + random init), each complete with an evaluation
+    records = {k: json.loads(v) for k, v in _records(study_dir).items()}
+    want = {f"{d}.{a}.s0" for d in ("liver-a", "liver-b") for a in ("random-init", "dino", "ijepa", "mae")}
+    assert set(records) == want and all(v["status"] == "complete" for v in records.values())
+    # finished cells were not re-run: their records and their run folders are as the first run left them
+    for k, v in r["first"].items():
+        if json.loads(v)["status"] == "complete":
+            assert (study_dir / "cells" / f"{k}.json").read_bytes() == v
+    for k, names in r["ckpts"].items():
+        assert sorted(p.name for p in (study_dir / "runs" / k).glob("checkpoint-*")) == names
+    # results.parquet round-trips and agrees with the records
+    table = pd.read_parquet(study_dir / "results.parquet")
+    assert set(table["cell"]) == want and (table["status"] == "complete").all()
+    rec = records["liver-a.ijepa.s0"]
+    row = table.set_index("cell").loc["liver-a.ijepa.s0"]
+    assert row["linear_bal_acc"] == pytest.approx(rec["evaluation"]["linear"]["metrics"]["balanced_accuracy"]["value"])
+    assert row["steps"] == 2  # the workers' last reported step
+    results = json.loads((study_dir / "results.json").read_text())
+    assert set(results["verdicts"]) == {"liver-a", "liver-b"}
+    for v in results["verdicts"].values():
+        assert v["sentence"].startswith(v["dataset"] + ":")
+        assert len(v["comparisons"]["0"]) == 6  # every pair of the 4 arms, Holm-corrected together
+    # every arm is a registered encoder, and the report names every cell and the reproduce command
+    md = (study_dir / "report.md").read_text()
+    for cell in want:
+        assert records[cell]["encoder"].split(":")[0] == cell
+        assert cell.split(".")[1] in md
+    assert f"pretextlab study {r['path']}" in md
+    html = (study_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "http://" not in html and "https://" not in html
+    # external transfer: liver-b's probes were fitted on store b and scored on store a
+    ev = records["liver-b.ijepa.s0"]["evaluation"]
+    assert ev["dataset"]["test_dest"] and ev["split"]["strategy"] == "catalog split column"
+    assert ev["split"]["n_test"] == 8 and ev["split"]["n_train"] + ev["split"]["n_val"] == 8
+    # --choose marks a winner only when the verdict has one
+    chosen = Path(r["tmp"] / "registry" / "chosen" / "ultrasound.json")
+    winners = {v["winner"] for v in results["verdicts"].values()}
+    assert chosen.is_file() == (len(winners) == 1 and None not in winners and "random-init" not in winners)
+
+
+def test_bad_studies_fail_before_ray_and_leave_nothing(stores, tmp_path):
+    import shutil
+
+    from pretextlab.storage.catalog import rebuild_catalog
+
+    unlabelled = tmp_path / "unlabelled"
+    shutil.copytree(stores["a"], unlabelled)
+    (unlabelled / "labels.parquet").unlink()
+    rebuild_catalog(str(unlabelled))
+    other = tmp_path / "other-labels"  # the same images labelled with classes store a does not have
+    shutil.copytree(stores["a"], other)
+    (tmp_path / "other.csv").write_text("item_id,label\n" + "".join(f"us{i},class{i % 2}\n" for i in range(8)))
+    rebuild_catalog(str(other), str(tmp_path / "other.csv"))
+    liver = {"name": "liver-a", "store": str(stores["a"]), "modality": "ultrasound"}
+    cases = [
+        ({"arms": [{"objective": "byol9"}]}, "unknown objective 'byol9'"),
+        ({"datasets": [{"name": "u", "store": str(unlabelled), "modality": "ultrasound"}]}, "no 'label' labels"),
+        ({"datasets": [{**liver, "modality": "mri"}]}, "unknown modality 'mri'"),
+        ({"datasets": [{**liver, "test_store": str(other)}]}, "share no label"),
+        ({"steps": 0}, "steps"),
+    ]
+    for change, message in cases:
+        cfg = {**yaml.safe_load(study_yaml(tmp_path, [liver], name="bad").read_text()), **change}
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        res = run_cli("study", str(path), timeout=120, env=closed_ray())
+        assert res.returncode == 2, (change, res.stdout, res.stderr)
+        assert message in res.stderr and "Traceback" not in res.stderr, res.stderr
+        assert not (tmp_path / "studies").exists()  # no partial study a re-run would take for progress
+
+
+@pytest.mark.slow
+def test_a_changed_study_under_the_same_name_is_refused(killed_and_resumed):
+    r = killed_and_resumed
+    res = run_cli("study", str(r["path"]), "steps=3", timeout=120, env=closed_ray())
+    assert res.returncode == 2 and "a different study ran under the name 's1'" in res.stderr
