@@ -180,3 +180,24 @@ def test_a_changed_study_under_the_same_name_is_refused(killed_and_resumed):
     r = killed_and_resumed
     res = run_cli("study", str(r["path"]), "steps=3", timeout=120, env=closed_ray())
     assert res.returncode == 2 and "a different study ran under the name 's1'" in res.stderr
+
+
+def test_shipped_study_and_default_arms_validate_for_every_modality():
+    """configs/study/*.yaml plan and build; the default arms (one per family) build on every registered
+    modality's data kind, so a study runs on any modality without hand-written configs."""
+    from pretextlab.modalities import list_modalities
+    from pretextlab.study import load_study, plan_cells
+    from pretextlab.training.config import PretrainConfig
+    from pretextlab.training.setup import check
+
+    for path in sorted((REPO / "configs" / "study").glob("*.yaml")):
+        cells = plan_cells(load_study(path), "runs")
+        assert {c.arm for c in cells} == {"random-init", "dino", "ijepa", "mae"}, path
+        for c in cells:
+            check(PretrainConfig.model_validate(c.pretrain))
+    for modality in list_modalities():
+        study = load_study(None, ["name=m", "steps=1",
+                                  f"datasets=[{{name: d, store: s, modality: {modality}}}]"])
+        for c in plan_cells(study, "runs"):
+            objective, _views = check(PretrainConfig.model_validate(c.pretrain))
+            assert objective.cfg.backbone.in_chans == (3 if modality == "histopathology" else 1)
