@@ -201,3 +201,34 @@ def test_shipped_study_and_default_arms_validate_for_every_modality():
         for c in plan_cells(study, "runs"):
             objective, _views = check(PretrainConfig.model_validate(c.pretrain))
             assert objective.cfg.backbone.in_chans == (3 if modality == "histopathology" else 1)
+
+
+@pytest.mark.slow
+def test_report_html_opens_offline_in_headless_chromium(killed_and_resumed, tmp_path):
+    """The self-contained report in a real browser (Debian's chromium): no console error, no request
+    beyond the file itself, and a screenshot that is not blank."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip(f"{chromium} missing (apt-get install -y chromium; .ci/run installs it)")
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    report = killed_and_resumed["dir"] / "report.html"
+    errors, requests = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1200, "height": 1600})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(report.as_uri())
+        page.wait_for_load_state("load")
+        assert page.locator("img").count() >= 4 and page.locator("p.verdict").count() == 2
+        assert all(page.evaluate("Array.from(document.images).map(i => i.naturalWidth > 0)"))  # decoded
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=False)
+        browser.close()
+    assert errors == []
+    assert [u for u in requests if not u.startswith(("file://", "data:"))] == []
+    shot = np.asarray(Image.open(tmp_path / "report.png").convert("L"))
+    assert shot.std() > 5  # text, tables and plots, not a blank page

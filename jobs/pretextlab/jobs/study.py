@@ -283,6 +283,37 @@ def read_curves(plan: StudyPlan) -> dict[str, dict[str, list[tuple[int, float]]]
     return out
 
 
+def feature_map_grids(plan: StudyPlan, records: list[dict[str, Any]], n_images: int = 4) -> dict[str, str]:
+    """Per dataset, a fixed seeded panel of test images x every finished arm of the first seed."""
+    import numpy as np
+
+    from pretextlab.evaluate.dataset import load_eval_set
+    from pretextlab.evaluate.splits import make_split
+    from pretextlab.models.encoder_io import load_encoder
+    from pretextlab.modalities import get_modality
+    from pretextlab.registry import EncoderRegistry
+    from pretextlab.study.maps import arm_maps, grid_figure
+    from pretextlab.study.report import png_base64
+
+    reg = EncoderRegistry(plan.cfg.registry, plan.storage_options)
+    seed = plan.cfg.seeds[0]
+    grids = {}
+    for ds in plan.cfg.datasets:
+        done = [r for r in records if r["dataset"] == ds.name and r["seed"] == seed and r.get("status") == "complete"]
+        if not done:
+            continue
+        encoders = {r["arm"]: load_encoder(reg.local_folder(reg.resolve(r["encoder"]))) for r in done}
+        card = next(iter(encoders.values()))[1]
+        data = load_eval_set(ds.store, ds.label_column, 1, card.img_size, seed=0, size=card.img_size,
+                             modality=ds.modality)
+        split = make_split(data.labels, data.groups, data.splits, seed=0)
+        pick = np.random.default_rng(0).permutation(split.test)[:n_images]
+        images = data.images[np.sort(pick)]
+        maps = {arm: arm_maps(model, c, images) for arm, (model, c) in encoders.items()}
+        grids[ds.name] = png_base64(grid_figure(images, maps, get_modality(ds.modality).display.grayscale))
+    return grids
+
+
 def write_report(plan: StudyPlan, records: list[dict[str, Any]], seconds: float) -> StudyResult:
     from pretextlab.storage import fs as sfs
     from pretextlab.storage.catalog import write_table
@@ -301,7 +332,8 @@ def write_report(plan: StudyPlan, records: list[dict[str, Any]], seconds: float)
                        f"{len(plan.cfg.arms)} arm(s) + random init, seeds {plan.cfg.seeds}, {plan.cfg.steps} steps each"}
     files = {name: sfs.join(plan.uri, name) for name in ("report.md", "report.html", "results.json", "results.parquet")}
     sfs.atomic_write_bytes(files["report.md"], markdown(meta, table, verdicts).encode(), so)
-    sfs.atomic_write_bytes(files["report.html"], html_report(meta, table, verdicts, read_curves(plan)).encode(), so)
+    html = html_report(meta, table, verdicts, read_curves(plan), feature_map_grids(plan, records))
+    sfs.atomic_write_bytes(files["report.html"], html.encode(), so)
     sfs.atomic_write_bytes(files["results.json"], results_json(meta, table, verdicts).encode(), so)
     write_table(files["results.parquet"], table.drop(columns=["error"]).assign(error=table["error"].astype(str)), so)
     return StudyResult(plan.uri, records, verdicts, files, seconds)

@@ -30,7 +30,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def _png(fig: Any) -> str:
+def png_base64(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
@@ -56,7 +56,7 @@ def metric_figure(table: pd.DataFrame, dataset: str) -> str | None:
     ax.set_xlabel(f"{PROTOCOL} probe {METRIC.replace('_', ' ')} (95 % CI)")
     ax.set_title(dataset)
     ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def forest_figure(verdict: DatasetVerdict) -> str | None:
@@ -76,7 +76,7 @@ def forest_figure(verdict: DatasetVerdict) -> str | None:
     ax.set_xlabel("paired difference, 95 % CI (green: excludes 0 after Holm)")
     ax.set_title(f"{verdict.dataset}: paired comparisons")
     ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def curves_figure(curves: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], dataset: str) -> str | None:
@@ -96,7 +96,7 @@ def curves_figure(curves: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]
         ax.set_title(tag)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _fmt(x: Any) -> str:
@@ -150,7 +150,7 @@ def markdown(meta: Mapping[str, Any], table: pd.DataFrame, verdicts: Mapping[str
 
 
 def html_report(meta: Mapping[str, Any], table: pd.DataFrame, verdicts: Mapping[str, DatasetVerdict],
-                curves: Mapping[str, Any]) -> str:
+                curves: Mapping[str, Any], grids: Mapping[str, str] | None = None) -> str:
     """One self-contained page: inline CSS and PNGs, no script, no external URL."""
     e = html.escape
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -171,7 +171,8 @@ def html_report(meta: Mapping[str, Any], table: pd.DataFrame, verdicts: Mapping[
             parts.append("<p><b>Collapsed arms (not ranked):</b> " +
                          e(", ".join(f"{a} ({k})" for a, k in v.flagged.items())) + "</p>")
         for title, png in (("Probe accuracy", metric_figure(table, dataset)), ("Paired differences", forest_figure(v)),
-                           ("Learning curves", curves_figure(curves, dataset))):
+                           ("Learning curves", curves_figure(curves, dataset)),
+                           ("Feature maps (same test images, every arm)", (grids or {}).get(dataset))):
             if png:
                 parts.append(f"<h3>{e(title)}</h3><img alt='{e(title)} - {e(dataset)}' src='data:image/png;base64,{png}'>")
     failed = table[table["status"] == "failed"]
