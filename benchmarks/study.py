@@ -1,0 +1,120 @@
+"""What a study costs over running its cells' pretrain + evaluate jobs by hand, one after another.
+
+    .venv/bin/python benchmarks/study.py                  # 1 dataset x 2 arms + random init, 3 repeats
+    .venv/bin/python benchmarks/study.py --steps 8 --repeats 1
+
+The same cells (a tiny ViT on 32 px ultrasound frames, 2 Ray Train workers at 0.5 CPU each) run three
+ways, each in a fresh subprocess with its own local Ray cluster (num_cpus=4), modes interleaved per
+repeat, the peak PSS of the whole process tree sampled (benchmarks/harness.py):
+  1. hand (the anchor): for each arm ``run_pretrain`` then ``evaluate_encoder``, and the random-init
+     baseline registered and evaluated, one after another: what a user would script;
+  2. study-1: ``pretextlab study`` with max_concurrent=1 (the same work, plus Tune, records, the report);
+  3. study: the study with its default concurrency (cells side by side when they fit).
+Ratio = seconds / the hand-run's seconds (medians); figures to stdout and .bench/study.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import measure_child  # noqa: E402
+
+HERE = Path(__file__).resolve()
+BENCH = HERE.parents[1] / ".bench"
+ARMS = [{"name": "ijepa", "objective": "ijepa"},
+        {"name": "simclr", "objective": "simclr", "overrides": {"objective": {"proj_hidden_dim": 64, "proj_dim": 32}}}]
+
+
+def study_dict(store: str, work: str, steps: int, max_concurrent: int | None) -> dict:
+    return {"name": "bench", "datasets": [{"name": "us", "store": store, "modality": "ultrasound"}], "arms": ARMS,
+            "seeds": [0], "steps": steps, "backbone": {"arch": "vit_tiny", "img_size": 32, "patch_size": 8, "depth": 1},
+            "pretrain": {"data": {"clip": {"size": 32}},
+                         "train": {"batch_size": 8, "num_workers": 2, "cpus_per_worker": 0.5, "data_cpus": 0.25,
+                                   "log_every": 2, "checkpoint_every": steps}},
+            "evaluate": {"n_bootstrap": 200, "shots": [1], "fewshot_repeats": 1, "alignment_images": 0},
+            "storage": f"{work}/studies", "registry": f"{work}/registry", "max_concurrent": max_concurrent}
+
+
+def child(argv: list[str]) -> None:
+    import warnings
+
+    import ray
+
+    warnings.filterwarnings("ignore")
+    mode, store, work, steps = argv[0], argv[1], argv[2], int(argv[3])
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if mode == "store":
+        from pretextlab.jobs.ingest import IngestConfig, run_ingest
+        from pretextlab.storage import synthetic as syn
+
+        raw = Path(work) / "raw"
+        rows = ["item_id,label,patient_id"]
+        for i in range(12):
+            syn.write_us_dicom(raw / f"us{i}.dcm", frames=8, rows=48, cols=64, seed=i, label=i % 2)
+            rows.append(f"us{i},{'lesion' if i % 2 == 0 else 'band'},P{i}")
+        (Path(work) / "labels.csv").write_text("\n".join(rows) + "\n")
+        assert run_ingest(IngestConfig(sources=[str(raw)], dest=store, labels=str(Path(work) / "labels.csv")),
+                          progress=False).ok
+        print(json.dumps({"seconds": 0.0}))
+        return
+    from pretextlab.jobs.study import plan_study, run_cell, run_study
+    from pretextlab.study import StudyConfig
+
+    cfg = StudyConfig.model_validate(study_dict(store, work, steps, 1 if mode == "study-1" else None))
+    t0 = time.perf_counter()
+    plan = plan_study(cfg)
+    if mode == "hand":  # the cells' jobs by hand: no Tune, no report
+        for c in plan.cells:
+            cell = {"id": c.id, "dataset": c.dataset, "arm": c.arm, "objective": c.objective, "seed": c.seed,
+                    "pretrain": c.pretrain}
+            assert run_cell(cell, plan.uri, cfg.evaluate, None)["status"] == "complete"
+    else:
+        assert not run_study(plan).failed
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"seconds": seconds, "cells": len(plan.cells)}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    modes = ["hand", "study-1", "study"]
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory(prefix="pretextlab-bench-study-") as tmp:
+        store = f"{tmp}/store"
+        measure_child(HERE, ["store", store, tmp, "0"])
+        for rep in range(args.repeats):
+            for mode in modes:
+                r = measure_child(HERE, [mode, store, f"{tmp}/{mode}-{rep}", str(args.steps)])
+                runs[mode].append(r)
+                print(f"repeat {rep + 1}/{args.repeats} {mode:8s} {r['seconds']:7.1f} s  peak PSS "
+                      f"{r['peak_pss_mb']:.0f} MB", flush=True)
+    anchor = statistics.median(r["seconds"] for r in runs["hand"])
+    summary = {m: {"seconds_median": statistics.median(r["seconds"] for r in runs[m]),
+                   "ratio_to_hand": statistics.median(r["seconds"] for r in runs[m]) / anchor,
+                   "peak_pss_mb_median": statistics.median(r["peak_pss_mb"] for r in runs[m]), "runs": runs[m]}
+               for m in modes}
+    print(f"\n{len(ARMS)} arms + random init, {args.steps} steps, medians of {args.repeats}:")
+    for m, s in summary.items():
+        print(f"  {m:8s} {s['seconds_median']:7.1f} s  x{s['ratio_to_hand']:.2f} of the hand-run  "
+              f"peak PSS {s['peak_pss_mb_median']:.0f} MB")
+    BENCH.mkdir(exist_ok=True)
+    (BENCH / "study.json").write_text(json.dumps({"steps": args.steps, "repeats": args.repeats,
+                                                  "cpus": os.cpu_count(), "anchor": "hand", **summary}, indent=1))
+    print(f"wrote {BENCH / 'study.json'}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_child":
+        child(sys.argv[2:])
+    else:
+        main()
