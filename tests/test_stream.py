@@ -191,3 +191,34 @@ def test_patch_refs_are_the_planned_grid(stores):
     assert all(isinstance(r, PatchRef) for r in refs)
     assert len(refs) == (768 // 64) * (1024 // 64) + (512 // 64) ** 2
     assert plan.sources[0].chunks == {("a", 0): (256, 256), ("b", 0): (256, 256)}
+
+
+def test_working_resolution_resamples_frames_only_when_asked(stores):
+    """clip.resize / clip.spacing_mm: every frame resampled to the working resolution (aspect ratio kept,
+    padded), in the read path the training stream uses; native pixels when neither is set."""
+    from PIL import Image
+
+    from pretextlab.evaluate.dataset import load_eval_set
+    from pretextlab.storage import open_item
+    from pretextlab.storage.datasource import read_group
+    from pretextlab.storage.frames import working_frame
+
+    native = plan_stream(StreamSpec(sources=[stores["a"]], kind="frames", clip={"size": 56}))
+    assert native.sources[0].scales == {}  # never silent: no resampling unless asked
+    plan = plan_stream(StreamSpec(sources=[stores["a"]], kind="frames", clip={"resize": 40}))
+    assert plan.sample_shape == (40, 40, 1)
+    assert plan.sources[0].scales == {"l1": (0.5, 0.5), "l2": (40 / 64, 40 / 64)}
+    ref = next(r for r in plan.epoch_samples(0) if r.item_id == "l1")
+    got = read_group(plan, [ref], 0, 0)["image"][0]
+    frame = open_item(stores["a"], "l1").frames(ref.sample.start, ref.sample.start + 1)[0]  # 64 x 80
+    want = np.asarray(Image.fromarray(frame[..., 0]).resize((40, 32), Image.Resampling.BILINEAR))  # PIL, apart
+    assert (got[:4] == 0).all() and (got[36:] == 0).all()  # 32 rows of content, padded to 40 (fit: pad)
+    assert np.abs(got[4:36, :, 0].astype(int) - want.astype(int)).mean() < 3
+    by_spacing = plan_stream(StreamSpec(sources=[stores["a"]], kind="frames", clip={"spacing_mm": 0.4, "size": 40}))
+    assert by_spacing.sources[0].scales == {"l1": (0.5, 0.5), "l2": (0.5, 0.5)}  # 0.2 mm/px -> 0.4 mm/px
+    # evaluation brings frames to the same scale: resampled, padded, then the native-crop window
+    res = {**plan.spec.clip.resolution(), "eval_fit": "crop"}
+    ev = load_eval_set(stores["a"], size=32, resolution=res)
+    mid = open_item(stores["a"], "l1").frames(6, 7)[0]
+    np.testing.assert_array_equal(ev.images[list(ev.item_ids).index("l1")][..., :1],
+                                  working_frame(mid, res, [0.2, 0.2], 32))

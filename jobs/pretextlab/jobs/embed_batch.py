@@ -160,6 +160,11 @@ def read_frames(dest: str, item_id: str, frames: list[int], card: EncoderCard,
     idx = np.asarray(frames, dtype=np.int64)
     arr = item.level(0)
     pixels = np.ascontiguousarray(arr.oindex[idx].transpose(0, 2, 3, 1)) if len(idx) else np.zeros((0, 1, 1, 1), np.uint8)
+    if card.resolution is not None and len(idx):  # cine frames at the encoder's working resolution
+        from pretextlab.storage.frames import working_frame
+
+        spacing = item.card.get("pixel_spacing_mm")
+        pixels = np.stack([working_frame(f, card.resolution, spacing, card.img_size) for f in pixels])
     batch = {"pixels": preprocess(pixels, card).numpy(), "item_id": np.array([item_id] * len(idx)),
              "level": np.zeros(len(idx), np.int32), "x": idx, "y": np.zeros(len(idx), np.int64)}
     return [BlockAccessor.batch_to_block(batch)]

@@ -64,7 +64,7 @@ class OnlineKNN:
         self.card = card
         self.data = load_eval_set(v.catalog, label_column=v.label_column, patches_per_slide=v.patches_per_slide,
                                   patch_size=cfg.data.patch.patch_size, size=card.img_size, seed=cfg.train.seed,
-                                  modality=cfg.modality)
+                                  modality=cfg.modality, resolution=card.resolution)
         self.split = make_split(self.data.labels, self.data.groups, self.data.splits, v.test_size, cfg.train.seed)
 
     @torch.no_grad()

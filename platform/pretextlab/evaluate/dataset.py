@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pretextlab.core.errors import UserError
+from pretextlab.storage.frames import working_frame
 from pretextlab.storage import open_item, read_catalog
 
 
@@ -126,6 +127,7 @@ def load_eval_set(
     size: int | None = None,
     cine_frame_step: int | None = None,
     modality: str | None = None,
+    resolution: dict[str, Any] | None = None,
 ) -> EvalSet:
     """Read the labelled rows of the catalog at ``dest`` as uint8 images with integer labels.
 
@@ -133,6 +135,11 @@ def load_eval_set(
     another size are resized to size x size; without it all images must already share one size.
     Mixed 1- and 3-channel images are all made RGB. Raises ``UserError`` for a catalog without labels
     or with fewer than 2 classes.
+
+    ``resolution`` (an encoder card's working resolution, ``ClipSpec.resolution()``) brings cine frames
+    to the scale training saw: resampled as the stream resampled them and fitted to its size; with
+    ``resolution['eval_fit'] == 'crop'`` (native-crop views) the encoder-size window is then cut from
+    the middle instead of resizing the whole frame.
     """
     cat = read_catalog(dest)
     hint = f"attach them with `pretextlab catalog {dest} --labels labels.csv`"
@@ -173,6 +180,8 @@ def load_eval_set(
                 new = list(item.frames(0, frames, int(cine_frame_step)))
             else:
                 new = [item.frames(frames // 2, frames // 2 + 1)[0]]
+            if resolution is not None:
+                new = [working_frame(f, resolution, item.card.get("pixel_spacing_mm"), size) for f in new]
         elif kind == "slide":
             item = open_item(dest, item_id)
             rng = np.random.default_rng([seed, zlib.crc32(item_id.encode())])

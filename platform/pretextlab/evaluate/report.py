@@ -160,7 +160,8 @@ def evaluate_encoder(encoder_folder: str | Path, dest: str,
 
     def load(store: str) -> EvalSet:
         return load_eval_set(store, cfg.label_column, cfg.patches_per_slide, cfg.patch_size or card.img_size,
-                             cfg.seed, size=card.img_size, cine_frame_step=cfg.cine_frame_step, modality=cfg.modality)
+                             cfg.seed, size=card.img_size, cine_frame_step=cfg.cine_frame_step, modality=cfg.modality,
+                             resolution=card.resolution)
 
     data = load(dest) if test_dest is None else external_split(load(dest), load(test_dest))
     timings["load"] = time.perf_counter() - t0

@@ -57,6 +57,8 @@ class EncoderCard(BaseModel):
     git_commit: str | None = None
     created: str | None = None
     weights_sha256: str | None = None
+    resolution: dict[str, Any] | None = Field(None, description=(
+        "the working resolution of training frames (resize or spacing_mm, fit, size, eval_fit); None: native"))
 
 
 def _sha256(path: Path) -> str:

@@ -71,6 +71,10 @@ def encoder_card(cfg: PretrainConfig, objective: Objective, views: Views, **extr
     bb = objective.cfg.backbone
     enc = objective.encoder()
     extra.setdefault("name", cfg.name)
+    resolution = cfg.data.clip.resolution() if cfg.data.kind in ("frames", "clips") else None
+    if resolution is not None:  # evaluation and serving bring images to the scale the views saw
+        resolution["eval_fit"] = "crop" if getattr(views.config, "native", False) else "resize"
+        extra.setdefault("resolution", resolution)
     return EncoderCard( timm_name=bb.timm_name, timm_kwargs=bb.timm_kwargs(), embed_dim=int(enc.embed_dim),
         img_size=bb.img_size, patch_size=bb.patch_size, in_chans=bb.in_chans, global_pool=bb.global_pool,
         mean=list(views.config.mean), std=list(views.config.std), modality=cfg.modality,

@@ -22,6 +22,7 @@ from ray import serve
 from pretextlab.evaluate.features import default_device
 from pretextlab.models.encoder_io import preprocess
 from pretextlab.serving.config import EncoderDeploymentArgs
+from pretextlab.storage.frames import working_frame
 
 
 def _count_images(items: list[torch.Tensor]) -> int:
@@ -73,6 +74,9 @@ class EncoderReplica:
         """uint8 (N, H, W, C) -> float32 (N, D)."""
         with warnings.catch_warnings():  # arrays from Ray are read-only; preprocess only reads them
             warnings.simplefilter("ignore", UserWarning)
+            if self.card.resolution is not None:  # the scale training saw (uploads carry no pixel spacing)
+                images = np.stack([working_frame(img, self.card.resolution, None, self.card.img_size)
+                                   for img in images])
             x = preprocess(images, self.card)
         step = self.max_batch_images
         parts = await asyncio.gather(*(self._embed_batch(x[i:i + step]) for i in range(0, len(x), step)))

@@ -22,7 +22,7 @@ from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pretextlab.storage import fs as sfs
-from pretextlab.storage.frames import FrameRef, fit_frames
+from pretextlab.storage.frames import FrameRef, fit_frames, resample_frames
 from pretextlab.storage.item import Item, open_item
 from pretextlab.storage.patches import PatchRef, PatchSpec, group_by_chunks, plan_patches
 from pretextlab.storage.stream import Ref, StreamPlan
@@ -80,7 +80,7 @@ def _patch_pixels(refs: list[Ref], arrays: dict[tuple, Any]) -> list[np.ndarray]
 
 
 def _frame_pixels(refs: list[Ref], arrays: dict[tuple, Any], size: int | None, anchor: str,
-                  single: bool) -> list[np.ndarray]:
+                  single: bool, scales: dict[tuple[int, str], tuple[float, float]] | None = None) -> list[np.ndarray]:
     """Each frame or clip assembled from its frame chunks (each fetched once), cropped/padded to size."""
     def keys(r: Ref) -> set[tuple]:
         ct = arrays[(r.source, r.item_id, 0)].chunks[0]
@@ -97,7 +97,10 @@ def _frame_pixels(refs: list[Ref], arrays: dict[tuple, Any], size: int | None, a
         s: FrameRef = r.sample
         ct = arrays[(r.source, s.item_id, 0)].chunks[0]
         frames = np.stack([chunks[(r.source, s.item_id, 0, t // ct)][t % ct] for t in s.indices])
-        frames = fit_frames(frames.transpose(0, 2, 3, 1), size, anchor)  # (T, Y, X, C)
+        frames = frames.transpose(0, 2, 3, 1)  # (T, Y, X, C)
+        if scales:  # the working resolution, when the spec asks for one
+            frames = resample_frames(frames, scales.get((r.source, s.item_id), (1.0, 1.0)))
+        frames = fit_frames(frames, size, anchor)
         out.append(np.ascontiguousarray(frames[0] if single else frames))
     return out
 
@@ -121,7 +124,8 @@ def read_group(plan: StreamPlan, group: Sequence[Ref], epoch: int, first_index: 
         batch["image"] = np.stack(_patch_pixels(group, arrays))
     else:
         clip = plan.spec.clip
-        pixels = _frame_pixels(group, arrays, clip.size, clip.anchor, single=plan.kind == "frames")
+        scales = {(i, item): sc for i, src in enumerate(plan.sources) for item, sc in src.scales.items()}
+        pixels = _frame_pixels(group, arrays, clip.size, clip.anchor, single=plan.kind == "frames", scales=scales)
         batch["image" if plan.kind == "frames" else "clip"] = np.stack(pixels)
     batch["item_id"] = np.array([r.item_id for r in group], dtype=object).astype(str)
     batch["label"] = np.array(["" if r.label is None else str(r.label) for r in group], dtype=object).astype(str)

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pretextlab.core.errors import UserError
 from pretextlab.storage import fs as sfs
 from pretextlab.storage.catalog import read_catalog
-from pretextlab.storage.frames import FrameRef, clip_span, loop_refs
+from pretextlab.storage.frames import FrameRef, clip_span, loop_refs, working_scale
 from pretextlab.storage.item import Item, open_item
 from pretextlab.storage.patches import PatchRef, PatchSpec, choose_level, item_patches
 
@@ -50,6 +50,37 @@ class ClipSpec(BaseModel):
     anchor: Literal["center", "top"] = Field("center", description=(
         "rows kept when cropping / padding to size: 'center', or 'top' (keeps the probe surface, row 0; "
         "crops and pads at the bottom like the ultrasound views)"))
+    resize: int | None = Field(None, ge=8, description=(
+        "working resolution in px: resample every frame (antialiased, aspect ratio kept) so its longer side "
+        "(fit: pad) or shorter side (fit: crop) is this many px, then pad / crop to size (default: resize). "
+        "None (default): frames keep their native pixels, so speckle keeps its grain size"))
+    fit: Literal["pad", "crop"] = Field("pad", description=(
+        "aspect-ratio policy of resize: 'pad' keeps the whole frame (zero bars), 'crop' fills the square"))
+    spacing_mm: float | None = Field(None, gt=0, description=(
+        "resample every frame to this mm/px from its own pixel spacing (catalog pixel_spacing_mm, from "
+        "DICOM); items without one are refused. Needs size"))
+
+    @model_validator(mode="after")
+    def _working_resolution(self) -> ClipSpec:
+        if self.resize is not None and self.spacing_mm is not None:
+            raise ValueError("resize and spacing_mm both set: choose one working resolution")
+        if self.spacing_mm is not None and self.size is None:
+            raise ValueError("spacing_mm needs size: frames of different fields of view differ in pixels")
+        if self.resize is not None and self.size is None:
+            self.size = self.resize
+        return self
+
+    def scale_for(self, shape: tuple[int, int], spacing: Any = None) -> tuple[float, float]:
+        """This spec's resampling factors for a (H, W) frame with pixel ``spacing`` (mm/px)."""
+        return working_scale(shape, self.resize, self.fit, tuple(spacing) if spacing is not None else None,
+                             self.spacing_mm)
+
+    def resolution(self) -> dict[str, Any] | None:
+        """The working resolution as recorded on an encoder card (None: native pixels)."""
+        if self.resize is None and self.spacing_mm is None:
+            return None
+        return {"resize": self.resize, "fit": self.fit, "spacing_mm": self.spacing_mm, "size": self.size,
+                "anchor": self.anchor}
 
     @property
     def span(self) -> int:
@@ -108,6 +139,8 @@ class SourcePlan:
     refs: list[PatchRef | FrameRef]
     #: (item_id, level) -> chunk edge along (y, x) for slides, or (t,) for cine loops
     chunks: dict[tuple[str, int], tuple[int, ...]] = field(default_factory=dict)
+    #: item_id -> (row, column) resampling factors to the working resolution (cine; only when asked)
+    scales: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -281,6 +314,12 @@ def _plan_cine(index: int, src: SourceSpec, spec: StreamSpec, storage_options: d
         else:
             refs = loop_refs(item.item_id, t, clip.frames, clip.stride, clip.hop or clip.span, label)
         if refs:
+            if clip.resolution() is not None:
+                spacing = item.card.get("pixel_spacing_mm")
+                if clip.spacing_mm is not None and not spacing:
+                    raise UserError(f"clip.spacing_mm: item {item.item_id} of {src.uri} has no pixel spacing "
+                                    "(no PixelSpacing in its source); use clip.resize, or drop the item")
+                plan.scales[item.item_id] = clip.scale_for((h, w), spacing)
             shapes.setdefault((h, w, c) if clip.size is None else (clip.size, clip.size, c), item.item_id)
             plan.chunks[(item.item_id, 0)] = (int(arr.chunks[0]),)
             plan.refs.extend(refs)
