@@ -27,8 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pretextlab.core.errors import UserError
 from pretextlab.review import service as svc
 from pretextlab.review.analysis import analyse
-from pretextlab.review.assets import read_asset
 from pretextlab.review.db import open_database
+from pretextlab.review.files import read_asset
 from pretextlab.review.security import PID_RE, TOKEN_RE, RateLimiter, hash_token, new_pid, new_token, same
 from pretextlab.review.settings import ReviewSettings
 from pretextlab.review.spec import MAP_TYPES, parse_spec

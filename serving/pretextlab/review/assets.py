@@ -9,8 +9,6 @@ chunks; file names are random hex, so neither a name nor a path can unblind a re
 from __future__ import annotations
 
 import io
-import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,19 +21,11 @@ from pretextlab.core.errors import UserError
 from pretextlab.evaluate import load_eval_set, preprocess
 from pretextlab.evaluate.feature_maps import anchor_similarity, cls_attention_maps, colormap, grid_size, patch_tokens, pca_rgb
 from pretextlab.models.encoder_io import EncoderCard, load_encoder
+from pretextlab.review.files import put_png
 from pretextlab.review.spec import ReviewSpec
-from pretextlab.storage import fs as sfs
 from pretextlab.storage import read_catalog
 
-ASSET_RE = re.compile(r"^[0-9a-f]{32}$")
 OVERLAY_ALPHA = 0.55
-
-
-def asset_url(root: str, key: str) -> str:
-    """The URL of asset ``key`` under ``root``; keys are only ever generated here (32 hex)."""
-    if not ASSET_RE.match(key):
-        raise ValueError("bad asset key")
-    return sfs.join(root, f"{key}.png")
 
 
 def _png(img: Image.Image) -> bytes:
@@ -45,13 +35,7 @@ def _png(img: Image.Image) -> bytes:
 
 
 def _put(root: str, img: Image.Image) -> str:
-    key = secrets.token_hex(16)
-    sfs.atomic_write_bytes(asset_url(root, key), _png(img))
-    return key
-
-
-def read_asset(root: str, key: str) -> bytes:
-    return sfs.read_bytes(asset_url(root, key))
+    return put_png(root, _png(img))
 
 
 @dataclass

@@ -90,10 +90,6 @@ def _write(path: str, data: bytes) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from pretextlab.review.app import create_app
-
     key = os.environ.get("PRETEXTLAB_API_KEY", "")
     if not key and not args.admin_token_sha256:
         raise UserError("PRETEXTLAB_API_KEY is not set: export an organiser key "
@@ -103,6 +99,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.admin_token_sha256 and not (len(args.admin_token_sha256) == 64
                                         and all(ch in "0123456789abcdef" for ch in args.admin_token_sha256)):
         raise UserError("--admin-token-sha256: expected 64 lowercase hex characters (sha256sum of the token)")
+    import uvicorn
+
+    from pretextlab.review.app import create_app
+
     secure = {"auto": None, "always": True, "never": False}[args.secure_cookies]
     settings = _settings(args, base_url=args.base_url, admin_token_sha256=args.admin_token_sha256,
                          secure_cookies=secure, login_per_minute=args.login_per_minute,

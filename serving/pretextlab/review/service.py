@@ -23,10 +23,8 @@ from sqlalchemy.orm import sessionmaker
 
 from pretextlab.core.errors import UserError
 from pretextlab.review import models as m
-from pretextlab.review.assets import render_review
 from pretextlab.review.security import PID_RE, hash_token, new_pid, new_token
 from pretextlab.review.spec import ReviewSpec
-from pretextlab.storage import fs as sfs
 
 _sysrand = random.SystemRandom()
 
@@ -46,8 +44,12 @@ class AccessError(Exception):
 # ----------------------------------------------------------------------------------------- organiser
 def create_review(sm: sessionmaker, spec: ReviewSpec, asset_root: str) -> m.Review:
     """Render images and maps under ``asset_root/<random>``, then store the review in one transaction."""
+    from pretextlab.review.assets import render_review  # torch + timm: only when a review is created
+
     pid = new_pid()
     folder = new_pid().replace("-", "x").replace("_", "y")
+    from pretextlab.storage import fs as sfs
+
     root = sfs.join(asset_root, folder)
     try:
         rendered = render_review(spec, root)

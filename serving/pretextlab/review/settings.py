@@ -7,7 +7,6 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from pretextlab.review.db import database_url, is_sqlite
-from pretextlab.storage import fs as sfs
 
 
 class ReviewSettings(BaseModel):
@@ -30,6 +29,8 @@ class ReviewSettings(BaseModel):
     def asset_root(self) -> str:
         """The folder/prefix for rendered assets."""
         if self.assets:
+            from pretextlab.storage import fs as sfs
+
             return sfs.normalize(self.assets)
         url = database_url(self.db)
         if not is_sqlite(url):
