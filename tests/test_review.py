@@ -410,6 +410,12 @@ def test_browser_flow_blinded_resumable_keyboard_export(database, review_inputs,
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            browser_context = browser.new_context
+            def new_context():  # generous timeouts: the machine may be shared and loaded
+                ctx = browser_context()
+                ctx.set_default_timeout(60_000)
+                return ctx
+            browser.new_context = new_context
             # organiser: log in, create 3 encoders x 6 images, invite 2 reviewers, all through the pages
             org = browser.new_context().new_page()
             org.goto(f"{server.url}/admin/login")
@@ -419,8 +425,8 @@ def test_browser_flow_blinded_resumable_keyboard_export(database, review_inputs,
             org.fill("textarea[name=encoders]", "\n".join(review_inputs["encoders"]))
             org.fill("input[name=store]", review_inputs["store"])
             org.fill("input[name=sample]", "6")
-            org.click("#create button[type=submit]")
-            org.wait_for_url(re.compile(r"/admin/reviews/"))
+            org.click("#create button[type=submit]", no_wait_after=True)  # renders 18 maps (+ imports torch)
+            org.wait_for_url(re.compile(r"/admin/reviews/"), timeout=240_000)
             review = org.url.rsplit("/", 1)[1]
             links = []
             for name in ("reviewer one", "reviewer two"):
@@ -476,7 +482,7 @@ def test_browser_flow_blinded_resumable_keyboard_export(database, review_inputs,
                 if i == 5:  # back to the previous case and forward again with the arrows
                     page.keyboard.press("ArrowLeft")
                     page.wait_for_url(lambda u, url=url: u != url)
-                    assert page.is_checked("input[name=rating][value='5']")
+                    assert page.is_checked(f"input[name=rating][value='{5 - (i - 1) % 5}']")  # its stored answer
                     page.keyboard.press("ArrowRight")
                     page.wait_for_url(url)
                 page.keyboard.press(str(5 - i % 5))

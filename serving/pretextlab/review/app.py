@@ -73,14 +73,14 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
     def wants_json(request: Request) -> bool:
         return request.url.path.startswith("/api/") or "application/json" in request.headers.get("accept", "")
 
-    def page(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+    def page(name: str, http_status: int = 200, **ctx: Any) -> HTMLResponse:
         html = env.get_template(name).render(**ctx)
-        return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+        return HTMLResponse(html, status_code=http_status, headers={"Cache-Control": "no-store"})
 
     def error(request: Request, status: int, message: str) -> Response:
         if wants_json(request):
             return JSONResponse({"detail": message}, status_code=status)
-        return page("error.html", status=status, status_code=status, message=message)
+        return page("error.html", http_status=status, status_code=status, message=message)
 
     def is_https(request: Request) -> bool:
         if settings.secure_cookies is not None:
