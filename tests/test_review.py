@@ -518,3 +518,51 @@ def test_browser_flow_blinded_resumable_keyboard_export(database, review_inputs,
         assert sorted(by_label.loc["reviewer one", "rating"].tolist()) == sorted([1 + i % 5 for i in range(18)])
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- behind a proxy prefix, and as a Ray Serve application
+def test_pages_and_redirects_follow_the_root_path(client_factory, review_inputs):
+    from fastapi.testclient import TestClient
+
+    app, org = client_factory()
+    pid = org.post("/api/reviews", json=spec(review_inputs, sample=1), headers=AUTH).json()["review"]
+    link = org.post(f"/api/reviews/{pid}/invites", json={"label": "p"}, headers=AUTH).json()["link"]
+    proxied = TestClient(app, root_path="/review")
+    opened = proxied.get("/invite/" + link.rsplit("/", 1)[1], follow_redirects=False)
+    assert opened.status_code == 303 and opened.headers["location"] == "/review/r/"
+    case = proxied.get("/r/", follow_redirects=False).headers["location"]
+    assert case.startswith("/review/r/case/")
+    html = proxied.get(case.removeprefix("/review")).text
+    assert 'src="/review/r/img/' in html and 'href="/review/static/review.css"' in html
+    assert 'action="/review/r/case/' in html
+
+
+@pytest.mark.slow
+def test_review_app_as_a_second_serve_application(ray_session, review_inputs, tmp_path):
+    import httpx
+    from ray import serve
+
+    from pretextlab.review.cli import token_sha256
+    from pretextlab.serving.review_app import build_review_app
+
+    admin = "serve-admin-token-0123456789abcdef"
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_review_app({"db": str(tmp_path / "serve.sqlite"), "assets": str(tmp_path / "assets"),
+                                    "admin_token_sha256": token_sha256(admin), "num_cpus": 0.1}),
+                  name="pretextlab-review", route_prefix="/review")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as c:
+            assert c.get("/review/healthz").json() == {"status": "ok"}
+            assert c.post("/review/api/reviews", json=spec(review_inputs, sample=1)).status_code == 401
+            auth = {"Authorization": f"Bearer {admin}"}
+            pid = c.post("/review/api/reviews", json=spec(review_inputs, sample=1), headers=auth).json()["review"]
+            link = c.post(f"/review/api/reviews/{pid}/invites", json={"label": "s"}, headers=auth).json()["link"]
+            assert link.startswith(f"http://127.0.0.1:{port}/review/invite/")
+            page = c.get(link, follow_redirects=True)
+            assert page.status_code == 200 and "/review/r/case/" in str(page.url)
+            img = re.search(r'src="(/review/r/img/[^"]+/map)"', page.text).group(1)
+            assert c.get(img).content[:4] == b"\x89PNG"
+    finally:
+        serve.delete("pretextlab-review")
+        serve.shutdown()

@@ -74,14 +74,17 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
     def wants_json(request: Request) -> bool:
         return request.url.path.startswith("/api/") or "application/json" in request.headers.get("accept", "")
 
-    def page(name: str, http_status: int = 200, **ctx: Any) -> HTMLResponse:
-        html = env.get_template(name).render(**ctx)
+    def root(request: Request) -> str:
+        return str(request.scope.get("root_path") or "").rstrip("/")
+
+    def page(request: Request, name: str, http_status: int = 200, **ctx: Any) -> HTMLResponse:
+        html = env.get_template(name).render(root=root(request), **ctx)
         return HTMLResponse(html, status_code=http_status, headers={"Cache-Control": "no-store"})
 
     def error(request: Request, status: int, message: str) -> Response:
         if wants_json(request):
             return JSONResponse({"detail": message}, status_code=status)
-        return page("error.html", http_status=status, status_code=status, message=message)
+        return page(request, "error.html", http_status=status, status_code=status, message=message)
 
     def is_https(request: Request) -> bool:
         if settings.secure_cookies is not None:
@@ -118,7 +121,7 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
         return svc.reviewer_context(sm, request.cookies.get(SESSION_COOKIE))
 
     def base_url(request: Request) -> str:
-        return (settings.base_url or str(request.base_url)).rstrip("/")
+        return (settings.base_url or str(request.base_url)).rstrip("/")  # base_url includes the root path
 
     # ------------------------------------------------------------------------------------ errors
     @app.exception_handler(HttpError)
@@ -176,8 +179,8 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/")
-    def home() -> Response:
-        return page("home.html")
+    def home(request: Request) -> Response:
+        return page(request, "home.html")
 
     # ------------------------------------------------------------------------------------ reviewer
     @app.get("/invite/{token}")
@@ -187,7 +190,7 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
         if not TOKEN_RE.match(token):
             raise HttpError(403, "this invitation link is not valid")
         session_token = svc.login(sm, token, settings.session_hours)
-        response = RedirectResponse("/r/", status_code=303)
+        response = RedirectResponse(root(request) + "/r/", status_code=303)
         set_cookie(request, response, SESSION_COOKIE, session_token, int(settings.session_hours * 3600))
         return response
 
@@ -195,13 +198,13 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
     def resume(request: Request) -> Response:
         ctx = reviewer(request)
         nxt = svc.next_case_pid(sm, ctx)
-        return RedirectResponse(f"/r/case/{nxt}" if nxt else "/r/done", status_code=303)
+        return RedirectResponse(root(request) + (f"/r/case/{nxt}" if nxt else "/r/done"), status_code=303)
 
     @app.get("/r/done")
     def done(request: Request) -> Response:
         ctx = reviewer(request)
         rows = [r for r in svc.progress(sm, _review_pid(ctx)) if r["reviewer"] == ctx.reviewer_pid]
-        return page("done.html", csrf=ctx.csrf, progress=rows[0] if rows else None, next=svc.next_case_pid(sm, ctx))
+        return page(request, "done.html", csrf=ctx.csrf, progress=rows[0] if rows else None, next=svc.next_case_pid(sm, ctx))
 
     def _review_pid(ctx: svc.ReviewerContext) -> str:
         from sqlalchemy import select
@@ -215,7 +218,7 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
     def show_case(request: Request, case_pid: str) -> Response:
         ctx = reviewer(request)
         view = svc.case_view(sm, ctx, case_pid)
-        return page("case.html", case=view, q=ctx.spec["questions"], csrf=ctx.csrf, nonce=new_pid())
+        return page(request, "case.html", case=view, q=ctx.spec["questions"], csrf=ctx.csrf, nonce=new_pid())
 
     @app.post("/r/case/{case_pid}")
     def answer(request: Request, case_pid: str, csrf: str = Form(""), nonce: str = Form(""),
@@ -230,7 +233,7 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
                                                           "comment": comment, "region_x": region_x,
                                                           "region_y": region_y})
         nxt = svc.next_case_pid(sm, ctx)
-        target = f"/r/case/{nxt}" if nxt else "/r/done"
+        target = root(request) + (f"/r/case/{nxt}" if nxt else "/r/done")
         if wants_json(request):
             return JSONResponse({"status": status, "next": target}, status_code=201 if status == "created" else 200)
         return RedirectResponse(target, status_code=303)
@@ -250,7 +253,7 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
         if not same(csrf, ctx.csrf):
             raise HttpError(403, "CSRF token missing or wrong: reload the page")
         svc.end_session(sm, request.cookies.get(SESSION_COOKIE))
-        response = page("error.html", status_code=200, message="You are logged out. Your invitation link resumes "
+        response = page(request, "error.html", status_code=200, message="You are logged out. Your invitation link resumes "
                                                                 "where you stopped.")
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
@@ -259,7 +262,7 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
     @app.get("/admin/login")
     def admin_login_form(request: Request) -> Response:
         token = new_token()
-        response = page("admin_login.html", csrf=token)
+        response = page(request, "admin_login.html", csrf=token)
         set_cookie(request, response, LOGIN_CSRF_COOKIE, token, 600)
         return response
 
@@ -271,7 +274,7 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
             raise HttpError(403, "CSRF token missing or wrong: reload the login page")
         if not organiser_ok(key):
             raise HttpError(401, "wrong organiser key")
-        response = RedirectResponse("/admin", status_code=303)
+        response = RedirectResponse(root(request) + "/admin", status_code=303)
         set_cookie(request, response, ADMIN_COOKIE, svc.organiser_session(sm, settings.session_hours),
                    int(settings.session_hours * 3600))
         response.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
@@ -280,7 +283,7 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
     @app.get("/admin")
     def admin_home(request: Request) -> Response:
         csrf = admin_session(request)
-        return page("admin_home.html", csrf=csrf, reviews=svc.list_reviews(sm), map_types=MAP_TYPES)
+        return page(request, "admin_home.html", csrf=csrf, reviews=svc.list_reviews(sm), map_types=MAP_TYPES)
 
     @app.post("/admin/reviews")
     def admin_create(request: Request, csrf: str = Form(""), title: str = Form(""), encoders: str = Form(""),
@@ -299,14 +302,14 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
             "display_size": display_size or 320,
         }
         review = svc.create_review(sm, parse_spec(data, "form"), asset_root)
-        return RedirectResponse(f"/admin/reviews/{review.pid}", status_code=303)
+        return RedirectResponse(root(request) + f"/admin/reviews/{review.pid}", status_code=303)
 
     def admin_review_page(request: Request, review_pid: str, csrf: str, new_link: str | None = None,
                           new_label: str | None = None) -> Response:
         with sm() as s:
             review = svc.get_review(s, review_pid)
             title, status, spec = review.title, review.status, review.spec
-        return page("admin_review.html", csrf=csrf, pid=review_pid, title=title, status=status, spec=spec,
+        return page(request, "admin_review.html", csrf=csrf, pid=review_pid, title=title, status=status, spec=spec,
                     progress=svc.progress(sm, review_pid), new_link=new_link, new_label=new_label)
 
     @app.get("/admin/reviews/{review_pid}")
@@ -323,20 +326,20 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
     def admin_revoke(request: Request, review_pid: str, reviewer_pid: str, csrf: str = Form("")) -> Response:
         admin_session(request, csrf)
         svc.revoke(sm, review_pid, reviewer_pid)
-        return RedirectResponse(f"/admin/reviews/{review_pid}", status_code=303)
+        return RedirectResponse(root(request) + f"/admin/reviews/{review_pid}", status_code=303)
 
     @app.post("/admin/reviews/{review_pid}/close")
     def admin_close(request: Request, review_pid: str, csrf: str = Form("")) -> Response:
         admin_session(request, csrf)
         svc.close_review(sm, review_pid)
-        return RedirectResponse(f"/admin/reviews/{review_pid}", status_code=303)
+        return RedirectResponse(root(request) + f"/admin/reviews/{review_pid}", status_code=303)
 
     @app.get("/admin/reviews/{review_pid}/report")
     def admin_report(request: Request, review_pid: str) -> Response:
         csrf = admin_session(request)
         with sm() as s:
             title = svc.get_review(s, review_pid).title
-        return page("report.html", csrf=csrf, pid=review_pid, title=title,
+        return page(request, "report.html", csrf=csrf, pid=review_pid, title=title,
                     report=analyse(svc.export_answers(sm, review_pid)))
 
     @app.get("/admin/reviews/{review_pid}/export.{fmt}")
