@@ -274,7 +274,9 @@ def test_http_refusals_and_nothing_lost(client_factory, review_inputs):
         assert b"root:" not in resp.content and b"import" not in resp.content
     png = ann.get(f"/r/img/{case_a}/image")
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "content-disposition" not in png.headers
+    assert "content-disposition" not in png.headers and png.headers["x-content-type-options"] == "nosniff"
+    assert "frame-ancestors 'none'" in first.headers["content-security-policy"]
+    assert first.headers["referrer-policy"] == "no-referrer" and first.headers["cache-control"] == "no-store"
 
     # two copies of one form racing: exactly one stored
     race_fields = _form(ann.get("/r/", follow_redirects=True).text)

@@ -49,6 +49,30 @@ class InviteRequest(BaseModel):
     label: str = Field(..., min_length=1, max_length=200)
 
 
+class SecurityHeaders:
+    """Pure ASGI middleware: security headers and ``Server-Timing: app;dur=<ms>`` on every response."""
+
+    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+               (b"x-frame-options", b"DENY"), (b"content-security-policy", CSP.encode())]
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                took = f"app;dur={(time.perf_counter() - started) * 1000:.1f}".encode()
+                message["headers"] = [*message.get("headers", []), *self.HEADERS, (b"server-timing", took)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 class HttpError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -155,16 +179,7 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error(request, 500, "internal error")
 
-    @app.middleware("http")
-    async def _headers(request: Request, call_next):  # noqa: ANN001, ANN202
-        started = time.perf_counter()
-        response = await call_next(request)
-        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Content-Security-Policy"] = CSP
-        return response
+    app.add_middleware(SecurityHeaders)
 
     # ------------------------------------------------------------------------------------ static
     @app.get("/static/{name}")

@@ -273,12 +273,14 @@ def reviewer_context(sm: sessionmaker, token: str | None) -> ReviewerContext:
     if not token:
         raise AccessError(401, "no session: open your personal invitation link")
     now = m.utcnow()
-    with sm() as s:
-        row = s.scalar(select(m.Session).where(m.Session.token_hash == hash_token(token)))
-        if row is None or row.role != "reviewer" or row.expires_at <= now:
+    with sm() as s:  # one query: session, reviewer and review together
+        found = s.execute(select(m.Session, m.Reviewer, m.Review)
+                          .join(m.Reviewer, m.Session.reviewer_id == m.Reviewer.id)
+                          .join(m.Review, m.Reviewer.review_id == m.Review.id)
+                          .where(m.Session.token_hash == hash_token(token), m.Session.role == "reviewer")).first()
+        if found is None or found[0].expires_at <= now:
             raise AccessError(401, "your session has ended: open your personal invitation link again")
-        r = s.get(m.Reviewer, row.reviewer_id)
-        review = s.get(m.Review, r.review_id)
+        row, r, review = found
         _reviewer_state(review, r, now)
         return ReviewerContext(row.id, row.csrf, r.id, r.pid, review.id, dict(r.letters), review.spec,
                                review.asset_root)
@@ -303,12 +305,9 @@ def case_view(sm: sessionmaker, ctx: ReviewerContext, case_pid: str) -> dict[str
     """Everything the rating page shows: blinded letters, slot URLs, progress, neighbours, the current answer."""
     with sm() as s:
         c = _case(s, ctx, case_pid)
-        total = s.scalar(select(func.count()).select_from(m.Case).where(m.Case.reviewer_id == ctx.reviewer_id))
+        queue = dict(s.execute(select(m.Case.position, m.Case.pid).where(m.Case.reviewer_id == ctx.reviewer_id)).all())
+        total, prev_pid, next_pid = len(queue), queue.get(c.position - 1), queue.get(c.position + 1)
         done = s.scalar(select(func.count()).select_from(m.Answer).where(m.Answer.reviewer_id == ctx.reviewer_id))
-        prev_pid = s.scalar(select(m.Case.pid).where(m.Case.reviewer_id == ctx.reviewer_id,
-                                                     m.Case.position == c.position - 1))
-        next_pid = s.scalar(select(m.Case.pid).where(m.Case.reviewer_id == ctx.reviewer_id,
-                                                     m.Case.position == c.position + 1))
         a = s.scalar(select(m.Answer).where(m.Answer.reviewer_id == ctx.reviewer_id, m.Answer.case_id == c.id))
         return {
             "pid": c.pid, "kind": c.kind, "position": c.position + 1, "total": int(total or 0),
