@@ -568,3 +568,66 @@ def test_review_app_as_a_second_serve_application(ray_session, review_inputs, tm
     finally:
         serve.delete("pretextlab-review")
         serve.shutdown()
+
+
+@pytest.mark.parametrize("with_chromium", [False, True])
+def test_ci_installs_chromium_and_postgresql_from_debian_only_when_missing(tmp_path: Path, with_chromium: bool):
+    import shutil
+
+    repo = tmp_path / "repo"
+    (repo / ".ci").mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / ".ci" / "run", repo / ".ci" / "run")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("bash", "id", "env", "dirname", "python3.11"):
+        if shutil.which(tool):
+            (bindir / tool).symlink_to(shutil.which(tool))
+    log = tmp_path / "calls.log"
+    for tool in ["apt-get", "make", "sudo", "kubectl"] + (["chromium"] if with_chromium else []):
+        (bindir / tool).write_text(f"#!/bin/sh\necho \"{tool} $*\" >> {log}\n")
+        (bindir / tool).chmod(0o755)
+    run = subprocess.run(["bash", str(repo / ".ci" / "run")], cwd=repo, capture_output=True, text=True, timeout=60,
+                         env={"PATH": str(bindir), "HOME": str(tmp_path)})
+    assert run.returncode == 0, run.stderr
+    calls = log.read_text().splitlines()
+    assert calls[-1] == "make test", calls
+    installs = " ".join(c for c in calls if c.startswith("apt-get") and " install " in c)
+    assert ("chromium" in installs) is (not with_chromium), calls
+    has_postgres = bool(list(Path("/usr/lib/postgresql").glob("*/bin/initdb")))
+    assert ("postgresql" in installs) is (not has_postgres), calls
+    assert "kubernetes-client" not in installs  # kubectl is on PATH here
+
+
+@pytest.mark.parametrize("overlay", ["k8s/base", "k8s/overlays/dev", "k8s/overlays/prod"])
+def test_k8s_review_deployment_runs_the_review_cli_with_its_secret(overlay: str):
+    import argparse
+    import shutil
+
+    import yaml
+
+    from pretextlab.review.cli import add_arguments
+
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl missing (Debian's kubernetes-client; .ci/run installs it)")
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["kubectl", "kustomize", str(repo / overlay)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "pretextlab-review")
+    svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "pretextlab-review")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["python", "-m", "pretextlab.review.cli", "serve"]
+    env = {e["name"]: e.get("valueFrom") for e in c["env"]}
+    assert env["PRETEXTLAB_REVIEW_DB"]["secretKeyRef"]["name"] == "pretextlab-review-db"
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "pretextlab-env")
+    assert cm["data"]["PRETEXTLAB_REVIEW_ASSETS"].startswith("s3://")
+    assert "pretextlab-api" in [r["secretRef"]["name"] for r in c["envFrom"] if "secretRef" in r]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    values = {"PRETEXTLAB_REVIEW_DB": "postgresql://u@db/review", "PRETEXTLAB_REVIEW_ASSETS": "s3://b/assets"}
+    args = parser.parse_args([c["command"][-1], *(re.sub(r"\$\((\w+)\)", lambda m: values[m.group(1)], a)
+                                                 for a in c["args"])])
+    assert (args.db, args.assets, args.port) == ("postgresql://u@db/review", "s3://b/assets", 8600)
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8600}
+    assert svc["spec"]["ports"][0]["port"] == 8600 and svc["spec"]["selector"].items() <= \
+        dep["spec"]["template"]["metadata"]["labels"].items()
