@@ -391,6 +391,8 @@ def submit_answer(sm: sessionmaker, ctx: ReviewerContext, case_pid: str, form: d
             if seen is not None:
                 raise AccessError(409, "this answer was already recorded")
             a = s.scalar(select(m.Answer).where(m.Answer.reviewer_id == ctx.reviewer_id, m.Answer.case_id == c.id))
+            if a is not None and a.nonce == nonce:  # the copy that committed between our two reads
+                raise AccessError(409, "this answer was already recorded")
             now = m.utcnow()
             if a is None:
                 a = m.Answer(reviewer_id=ctx.reviewer_id, case_id=c.id, nonce=nonce, version=1, created_at=now,
