@@ -631,3 +631,23 @@ def test_k8s_review_deployment_runs_the_review_cli_with_its_secret(overlay: str)
     assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8600}
     assert svc["spec"]["ports"][0]["port"] == 8600 and svc["spec"]["selector"].items() <= \
         dep["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_migrations_build_exactly_the_models_schema_and_rerun_cleanly(database):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import inspect
+
+    from pretextlab.review.db import make_engine, migrate
+    from pretextlab.review.models import Base
+
+    engine = make_engine(database["db"])
+    migrate(engine)
+    migrate(engine)  # every start runs it: a second run is a no-op
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == [], diff
+        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+    tables = set(inspect(engine).get_table_names())
+    assert {"reviews", "encoders", "cases", "reviewers", "sessions", "answers", "answer_history"} <= tables
+    engine.dispose()

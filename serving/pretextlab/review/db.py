@@ -67,7 +67,8 @@ def make_engine(db: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    # no pre-ping: it costs a round trip per checkout (several per page); stale connections are recycled
+    return create_engine(url, pool_size=20, max_overflow=20, pool_recycle=1800)
 
 
 def migrate(engine: Engine) -> None:
