@@ -212,7 +212,7 @@ def test_http_refusals_and_nothing_lost(client_factory, review_inputs):
     r = org.post("/api/reviews", json=spec(review_inputs, questions={"comment": True, "region": True}), headers=AUTH)
     assert r.status_code == 201, r.text
     review = r.json()["review"]
-    assert org.get("/api/reviews/AAAAAAAAAAAAAAAAAAAAAA/progress", headers=AUTH).status_code == 404
+    assert org.get("/api/reviews/" + "a" * 32 + "/progress", headers=AUTH).status_code == 404
     links = [org.post(f"/api/reviews/{review}/invites", json={"label": n}, headers=AUTH).json() for n in ("ann", "bob")]
 
     from fastapi.testclient import TestClient

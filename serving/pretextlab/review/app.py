@@ -15,9 +15,8 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from fastapi import FastAPI, Form, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -27,12 +26,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pretextlab.core.errors import UserError
 from pretextlab.review import service as svc
-from pretextlab.review.analysis import analyse
 from pretextlab.review.db import open_database
 from pretextlab.review.files import read_asset
 from pretextlab.review.security import PID_RE, TOKEN_RE, RateLimiter, hash_token, new_pid, new_token, same
 from pretextlab.review.settings import ReviewSettings
 from pretextlab.review.spec import MAP_TYPES, parse_spec
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("pretextlab.review")
 HERE = Path(__file__).parent
@@ -352,6 +353,8 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
     @app.get("/admin/reviews/{review_pid}/report")
     def admin_report(request: Request, review_pid: str) -> Response:
         csrf = admin_session(request)
+        from pretextlab.review.analysis import analyse
+
         with sm() as s:
             title = svc.get_review(s, review_pid).title
         return page(request, "report.html", csrf=csrf, pid=review_pid, title=title,
@@ -421,6 +424,8 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
     @app.get("/api/reviews/{review_pid}/report")
     def api_report(request: Request, review_pid: str) -> dict[str, Any]:
         api_organiser(request)
+        from pretextlab.review.analysis import analyse
+
         return analyse(svc.export_answers(sm, review_pid))
 
     @app.get("/api/reviews/{review_pid}/export.{fmt}")
@@ -433,4 +438,6 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
 
 def read_export(data: bytes, fmt: str) -> pd.DataFrame:
     """Parse an export download (tests, scripts)."""
+    import pandas as pd
+
     return pd.read_csv(io.BytesIO(data)) if fmt == "csv" else pd.read_parquet(io.BytesIO(data))

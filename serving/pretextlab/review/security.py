@@ -24,8 +24,9 @@ def new_token() -> str:
 
 
 def new_pid() -> str:
-    """A random opaque public id (cases, reviewers, reviews, asset files)."""
-    return secrets.token_urlsafe(16)
+    """A random opaque public id (reviews, reviewers, cases, submissions): 128 bits as hex, so it never
+    starts with '-' (a review id is a command-line argument)."""
+    return secrets.token_hex(16)
 
 
 def hash_token(token: str) -> str:

@@ -13,9 +13,8 @@ import random
 import shutil
 import string
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
@@ -25,6 +24,9 @@ from pretextlab.core.errors import UserError
 from pretextlab.review import models as m
 from pretextlab.review.security import PID_RE, hash_token, new_pid, new_token
 from pretextlab.review.spec import ReviewSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _sysrand = random.SystemRandom()
 
@@ -47,7 +49,7 @@ def create_review(sm: sessionmaker, spec: ReviewSpec, asset_root: str) -> m.Revi
     from pretextlab.review.assets import render_review  # torch + timm: only when a review is created
 
     pid = new_pid()
-    folder = new_pid().replace("-", "x").replace("_", "y")
+    folder = new_pid()
     from pretextlab.storage import fs as sfs
 
     root = sfs.join(asset_root, folder)
@@ -164,6 +166,8 @@ EXPORT_COLUMNS = ["review", "reviewer", "reviewer_label", "case", "position", "k
 
 def export_answers(sm: sessionmaker, review_pid: str) -> pd.DataFrame:
     """One row per answer (latest version), with the unblinded encoder names, for the organiser only."""
+    import pandas as pd
+
     with sm() as s:
         review = get_review(s, review_pid)
         encs = {e.id: e for e in s.scalars(select(m.Encoder).where(m.Encoder.review_id == review.id))}
@@ -195,6 +199,8 @@ def export_answers(sm: sessionmaker, review_pid: str) -> pd.DataFrame:
 
 def answer_history(sm: sessionmaker, review_pid: str) -> pd.DataFrame:
     """Every version of every answer (the audit trail)."""
+    import pandas as pd
+
     with sm() as s:
         review = get_review(s, review_pid)
         q = (select(m.AnswerHistory, m.Case.pid, m.Reviewer.pid).join(m.Answer, m.AnswerHistory.answer_id == m.Answer.id)
