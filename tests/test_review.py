@@ -651,3 +651,40 @@ def test_migrations_build_exactly_the_models_schema_and_rerun_cleanly(database):
     tables = set(inspect(engine).get_table_names())
     assert {"reviews", "encoders", "cases", "reviewers", "sessions", "answers", "answer_history"} <= tables
     engine.dispose()
+
+
+def test_pairwise_comment_and_region_answers_reach_export_and_report(client_factory, review_inputs):
+    from fastapi.testclient import TestClient
+
+    app, org = client_factory()
+    body = spec(review_inputs, sample=1, questions={"pairwise": True, "comment": True, "region": True})
+    pid = org.post("/api/reviews", json=body, headers=AUTH).json()["review"]
+    assert org.post(f"/api/reviews/{pid}/invites", json={"label": ""}, headers=AUTH).status_code == 422
+    link = org.post(f"/api/reviews/{pid}/invites", json={"label": "pw"}, headers=AUTH).json()["link"]
+    c = TestClient(app)
+    _open_invite(c, link)
+    kinds = []
+    while True:
+        page = c.get("/r/", follow_redirects=True)
+        if "/r/case/" not in str(page.url):
+            break
+        case = page.url.path
+        fields = _form(page.text)
+        if 'name="preference"' in page.text:
+            kinds.append("pairwise")
+            assert 'src="' + case.replace("/case/", "/img/") + '/map-b"' in page.text  # two maps side by side
+            assert c.post(case, data={**fields, "preference": "left"}).status_code == 422
+            r = c.post(case, data={**fields, "preference": "a"}, follow_redirects=False)
+        else:
+            kinds.append("likert")
+            r = c.post(case, data={**fields, "rating": "4", "comment": "apex", "region_x": "0.5", "region_y": "0.25"},
+                       follow_redirects=False)
+        assert r.status_code == 303, r.text
+    assert sorted(kinds) == ["likert"] * 3 + ["pairwise"] * 3  # 3 encoders x 1 image, and the 3 pairs
+    df = pd.read_csv(io.BytesIO(org.get(f"/api/reviews/{pid}/export.csv", headers=AUTH).content))
+    pw = df[df["kind"] == "pairwise"]
+    assert (pw["preferred_encoder"] == pw["encoder"]).all() and pw["letter_b"].notna().all()
+    lik = df[df["kind"] == "likert"]
+    assert (lik["comment"] == "apex").all() and (lik["region_x"] == 0.5).all() and (lik["region_y"] == 0.25).all()
+    report = org.get(f"/api/reviews/{pid}/report", headers=AUTH).json()
+    assert sum(r["comparisons"] for r in report["pairwise"]) == 6 and len(report["pairwise"]) == 3

@@ -159,7 +159,7 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
 
     @app.exception_handler(svc.ReviewError)
     async def _review_error(request: Request, exc: svc.ReviewError) -> Response:
-        return error(request, 404 if "no such" in str(exc) or "not a reviewer" in str(exc) else 409, str(exc))
+        return error(request, exc.status, str(exc))
 
     @app.exception_handler(UserError)
     async def _user_error(request: Request, exc: UserError) -> Response:

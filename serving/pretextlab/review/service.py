@@ -32,7 +32,12 @@ _sysrand = random.SystemRandom()
 
 
 class ReviewError(UserError):
-    """An organiser request about a review that does not exist or is in the wrong state."""
+    """An organiser request about a review that does not exist (404), is in the wrong state (409) or has a
+    bad field (422); ``status`` is the HTTP status the app answers with."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
 
 
 class AccessError(Exception):
@@ -76,7 +81,7 @@ def create_review(sm: sessionmaker, spec: ReviewSpec, asset_root: str) -> m.Revi
 def get_review(s: DbSession, review_pid: str) -> m.Review:
     review = s.scalar(select(m.Review).where(m.Review.pid == review_pid)) if PID_RE.match(review_pid or "") else None
     if review is None:
-        raise ReviewError(f"review {review_pid!r}: no such review")
+        raise ReviewError(f"review {review_pid!r}: no such review", 404)
     return review
 
 
@@ -100,7 +105,7 @@ def invite(sm: sessionmaker, review_pid: str, label: str) -> tuple[m.Reviewer, s
     with sm.begin() as s:
         review = get_review(s, review_pid)
         if review.status != "open":
-            raise ReviewError(f"review {review_pid}: closed, no new invites")
+            raise ReviewError(f"review {review_pid}: closed, no new invites", 409)
         encs = list(s.scalars(select(m.Encoder).where(m.Encoder.review_id == review.id).order_by(m.Encoder.position)))
         imgs = list(s.scalars(select(m.Image).where(m.Image.review_id == review.id).order_by(m.Image.position)))
         letters = dict(zip((str(e.id) for e in encs), _letters(len(encs)), strict=True))
@@ -129,7 +134,7 @@ def revoke(sm: sessionmaker, review_pid: str, reviewer_pid: str) -> None:
         review = get_review(s, review_pid)
         r = s.scalar(select(m.Reviewer).where(m.Reviewer.pid == reviewer_pid, m.Reviewer.review_id == review.id))
         if r is None:
-            raise ReviewError(f"reviewer {reviewer_pid!r}: not a reviewer of review {review_pid}")
+            raise ReviewError(f"reviewer {reviewer_pid!r}: not a reviewer of review {review_pid}", 404)
         r.revoked_at = m.utcnow()
         s.query(m.Session).filter(m.Session.reviewer_id == r.id).delete()
 
