@@ -688,3 +688,37 @@ def test_pairwise_comment_and_region_answers_reach_export_and_report(client_fact
     assert (lik["comment"] == "apex").all() and (lik["region_x"] == 0.5).all() and (lik["region_y"] == 0.25).all()
     report = org.get(f"/api/reviews/{pid}/report", headers=AUTH).json()
     assert sum(r["comparisons"] for r in report["pairwise"]) == 6 and len(report["pairwise"]) == 3
+
+
+def test_sessions_expire_and_registry_addresses_work(client_factory, review_inputs, tmp_path):
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from pretextlab.models.encoder_io import load_encoder
+    from pretextlab.registry import EncoderRegistry
+
+    reg = EncoderRegistry(str(tmp_path / "registry"), cache_dir=tmp_path / "cache")
+    for folder, name in zip(review_inputs["encoders"][:2], ("reg-one", "reg-two"), strict=True):
+        model, card = load_encoder(folder)
+        reg.register(model, card, name=name)
+    app, org = client_factory(session_hours=6 / 3600)  # sessions of six seconds
+    body = {**spec(review_inputs, sample=1), "registry": str(tmp_path / "registry"), "encoders": ["reg-one", "reg-two:latest"]}
+    created = org.post("/api/reviews", json=body, headers=AUTH)
+    assert created.status_code == 201, created.text
+    pid = created.json()["review"]
+    bad = org.post("/api/reviews", json={**body, "encoders": ["reg-none"]}, headers=AUTH)
+    assert bad.status_code == 422 and "reg-none" in bad.json()["detail"]
+    link = org.post(f"/api/reviews/{pid}/invites", json={"label": "x"}, headers=AUTH).json()["link"]
+    c = TestClient(app)
+    opened_at = time.monotonic()
+    _open_invite(c, link)
+    assert c.get("/r/", follow_redirects=False).status_code == 303 or time.monotonic() - opened_at > 5
+    time.sleep(max(0.0, 6.5 - (time.monotonic() - opened_at)))
+    token = c.cookies.get("plr_session")
+    assert c.get("/r/", follow_redirects=False).status_code == 401  # the session expired
+    replayed = TestClient(app).get("/r/", headers={"cookie": f"plr_session={token}"}, follow_redirects=False)
+    assert token and replayed.status_code == 401  # also when the browser keeps sending the old cookie
+    assert _open_invite(c, link).status_code == 303  # the invite still opens a new one
+    names = set(pd.read_csv(io.BytesIO(org.get(f"/api/reviews/{pid}/export.csv", headers=AUTH).content)).columns)
+    assert "encoder" in names
