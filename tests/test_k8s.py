@@ -36,7 +36,7 @@ PY = str(VENV_PY) if VENV_PY.exists() else sys.executable
 KUSTOMIZATIONS = sorted(p.parent.relative_to(REPO).as_posix() for p in K8S.rglob("kustomization.yaml"))
 JOBS = ["ingest", "pretrain", "sweep", "evaluate", "embed"]
 RAY_KINDS = {"RayCluster": "rayclusters", "RayJob": "rayjobs", "RayService": "rayservices"}
-SECRETS = {"pretextlab-s3", "pretextlab-api"}  # created by the user (docs/kubernetes.md), never rendered
+SECRETS = {"pretextlab-s3", "pretextlab-api", "pretextlab-review-db"}  # created by the user (docs/kubernetes.md), never rendered
 PROJECT_IMAGES = {"pretextlab", "pretextlab-cuda"}
 JOBS_MOUNT = "/etc/pretextlab/jobs"
 SERVE_CONFIG = REPO / "serving" / "serve_config.yaml"
@@ -862,7 +862,7 @@ def test_ci_installs_kubectl_from_debian_only_when_missing(tmp_path: Path, with_
     assert run.returncode == 0, run.stderr
     calls = Path(env["LOG"]).read_text().splitlines()
     assert calls[-1] == "make test", calls
-    installs = [c for c in calls if "apt-get" in c and "install" in c]
+    installs = [c for c in calls if "apt-get" in c and "install" in c and "chromium" not in c and "postgresql" not in c]
     if with_kubectl:
         assert not installs, calls
     else:
