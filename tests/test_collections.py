@@ -286,3 +286,13 @@ def test_cli_flags_reach_the_config(tmp_path):
 
 if os.environ.get("PRETEXTLAB_NO_RAY_TESTS"):  # pragma: no cover
     pytestmark = pytest.mark.skip
+
+
+def test_frozen_evaluation_reads_collection_rows(ray_session, dataset, tmp_path):
+    from pretextlab.evaluate.dataset import load_eval_set
+
+    dest = tmp_path / "store"
+    ingest([dataset], dest, shard_size=5, labels_from_folders=True)
+    ev = load_eval_set(str(dest), size=16)
+    assert len(ev) == 14 and ev.class_names == ["benign", "malignant"] and set(ev.kinds) == {"image"}
+    assert ev.images.shape == (14, 16, 16, 3) and np.bincount(ev.labels).tolist() == [7, 7]
