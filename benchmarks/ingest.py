@@ -39,6 +39,7 @@ def measure(args: list[str]) -> dict:
                             env={**os.environ, "RAY_ADDRESS": ""})
     parent = psutil.Process(proc.pid)
     peak = 0
+    cpu: dict[int, float] = {}  # pid -> last seen user+system CPU seconds (the tree's CPU time)
     while proc.poll() is None:
         try:
             procs = [parent, *parent.children(recursive=True)]
@@ -46,6 +47,8 @@ def measure(args: list[str]) -> dict:
             for p in procs:
                 try:
                     total += p.memory_info().rss
+                    t = p.cpu_times()
+                    cpu[p.pid] = t.user + t.system
                 except psutil.NoSuchProcess:
                     pass
             peak = max(peak, total)
@@ -57,6 +60,7 @@ def measure(args: list[str]) -> dict:
         raise RuntimeError(f"child {args} failed:\n{out}")
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_mb"] = peak / 1e6
+    result["cpu_seconds"] = sum(cpu.values())  # sampled every 50 ms: a lower bound
     return result
 
 
@@ -126,7 +130,7 @@ def main() -> None:
     ap.add_argument("--part", choices=["all", "slide", "collection"], default="all")
     ap.add_argument("--collection-images", type=int, default=3000)
     ap.add_argument("--collection-cpus", type=int, default=2)
-    ap.add_argument("--collection-shard-size", type=int, default=4096)
+    ap.add_argument("--collection-shard-size", type=int, default=1024)
     args = ap.parse_args()
     if args.part in ("all", "collection"):
         sys.path.insert(0, str(HERE.parent))

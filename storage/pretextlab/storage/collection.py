@@ -49,8 +49,9 @@ from pretextlab.storage.writer import ItemResult, one_line
 
 Image.MAX_IMAGE_PIXELS = 1 << 30
 
-#: images per stack item (shard) unless configured
-SHARD_SIZE = 4096
+#: the most images per stack item (shard) unless configured. A shard is one Ray task; 1,024 keeps a
+#: few-thousand-image folder spread over several cores and a 100k-image set at ~100 items.
+SHARD_SIZE = 1024
 #: the largest single-page TIFF taken into a collection (bigger ones are slides)
 MAX_TIFF_PIXELS = 4096 * 4096
 #: a grey image stored as RGB: channels equal within this many grey levels

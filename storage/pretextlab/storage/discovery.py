@@ -276,13 +276,14 @@ def plan_shards(
         for (h, w, c, dtype), same in sorted(by_shape.items()):
             same.sort(key=lambda f: f.url)
             tag = f"{h}x{w}x{c}" + ("" if dtype == "uint8" else f"-{dtype}")
-            for k in range(0, len(same), shard_size):
-                chunk = same[k : k + shard_size]
+            count = -(-len(same) // shard_size)  # shards of equal size (+-1), each at most shard_size
+            for k in range(count):
+                chunk = same[k * len(same) // count : (k + 1) * len(same) // count]
                 rel = [f.url[len(root) + 1 :] for f in chunk]
                 fp = shard_fingerprint([f"{r}|{sfs.fingerprint(f.info)}" for r, f in zip(rel, chunk, strict=True)],
                                        {"modality": modality, "folders": labels_from_folders})
                 shards.append(ShardPlan(
-                    item_id=f"{names['' if collection else root]}-{tag}-{k // shard_size:04d}",
+                    item_id=f"{names['' if collection else root]}-{tag}-{k:04d}",
                     collection=names["" if collection else root], root=root,
                     sources=[f.url for f in chunk], relpaths=rel, shape=(h, w, c), dtype=dtype,
                     fingerprint=fp, modality=modality, labels_from_folders=labels_from_folders,
