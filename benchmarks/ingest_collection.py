@@ -67,11 +67,10 @@ def plain_loop(folder: str) -> dict:
 
 
 def collection_ingest(folder: str, dest: str, cpus: int, shard_size: int) -> dict:
+    import psutil
     import ray
 
     from pretextlab.jobs.ingest import IngestConfig, run_ingest
-
-    import psutil
 
     def tree_cpu() -> float:
         me = psutil.Process()

@@ -83,7 +83,7 @@ def test_folder_becomes_shards_grouped_by_shape_with_rows_per_image(ray_session,
     assert by_rel.loc["benign/benign-big.png", "source"] == str(dataset / "benign" / "benign-big.png")
     for rel, row in by_rel.iterrows():  # every row's pixels equal an independent decode of its file
         path = dataset / rel
-        got = pixels_of(dest, {**row, "item_id": row["item_id"]})
+        got = pixels_of(dest, row)
         if path.suffix == ".tif":
             np.testing.assert_array_equal(got, tifffile.imread(path))
         elif path.suffix == ".png":
@@ -139,7 +139,7 @@ def test_grey_rgb_becomes_one_channel_and_colour_is_kept_with_a_warning(ray_sess
     for name, rgb in greys.items():
         got = pixels_of(dest, {**df.loc[name], "item_id": df.loc[name, "item_id"]})
         assert got.shape == (20, 30, 1) and np.abs(got[..., 0].astype(int) - rgb[..., 0]).max() <= 1
-    np.testing.assert_array_equal(pixels_of(dest, {**df.loc["doppler.png"], "item_id": df.loc["doppler.png", "item_id"]}),
+    np.testing.assert_array_equal(pixels_of(dest, df.loc["doppler.png"]),
                                   doppler)
     (shard,) = {r.item_id for r in rep.results}
     card = open_item(str(dest), shard).card
@@ -186,7 +186,7 @@ def test_mixed_depths_and_modes_group_apart(ray_session, tmp_path):
     assert ingest([raw], dest).ok
     df = read_catalog(str(dest)).set_index("relpath")
     assert df.loc["deep.png", "dtype"] == "uint16" and df.loc["deep.png", "group"] == "mixed-16x16x1-uint16-0000"
-    np.testing.assert_array_equal(pixels_of(dest, {**df.loc["deep.png"], "item_id": df.loc["deep.png", "item_id"]})[..., 0],
+    np.testing.assert_array_equal(pixels_of(dest, df.loc["deep.png"])[..., 0],
                                   imagecodecs.png_decode((raw / "deep.png").read_bytes()))
     assert df.loc["cmyk.jpg", "channels"] == 3 and df.loc["rgba.png", "channels"] == 3
 
@@ -198,15 +198,17 @@ def test_s3_to_s3_collection(ray_session, s3_server, dataset, tmp_path):
     rep = ingest([f"s3://{bucket}/in/tiles"], dest, labels_from_folders=True)
     assert [r.item_id for r in rep.results if r.status == "ingested"] == ["tiles-24x32x3-0000", "tiles-40x40x3-0000"]
     df = read_catalog(dest).set_index("relpath")
-    assert len(df) == 14 and df.loc["benign/benign (3).png", "source"] == f"s3://{bucket}/in/tiles/benign/benign (3).png"
+    assert len(df) == 14
+    assert df.loc["benign/benign (3).png", "source"] == f"s3://{bucket}/in/tiles/benign/benign (3).png"
     row = df.loc["benign/benign (3).png"]
-    np.testing.assert_array_equal(pixels_of(dest, {**row, "item_id": row["item_id"]}),
+    np.testing.assert_array_equal(pixels_of(dest, row),
                                   imagecodecs.png_decode((dataset / "benign" / "benign (3).png").read_bytes()))
 
 
 def _status(dest: Path, item: str) -> str | None:
     try:
-        return json.loads((dest / "items" / f"{item}.zarr" / "zarr.json").read_text())["attributes"]["pretextlab"]["status"]
+        card = json.loads((dest / "items" / f"{item}.zarr" / "zarr.json").read_text())
+        return card["attributes"]["pretextlab"]["status"]
     except (FileNotFoundError, ValueError, KeyError):
         return None
 
@@ -259,7 +261,7 @@ def test_killed_mid_shard_leaves_it_invisible_and_rerun_writes_only_missing(ray_
     assert len(df) == n and df["source"].is_unique
     assert sorted(df["relpath"]) == [f"img{i:05d}.png" for i in range(n)]
     row = df.set_index("relpath").loc["img00900.png"]
-    np.testing.assert_array_equal(pixels_of(dest, {**row, "item_id": row["item_id"]}),
+    np.testing.assert_array_equal(pixels_of(dest, row),
                                   imagecodecs.png_decode((raw / "img00900.png").read_bytes()))
 
 
@@ -271,10 +273,9 @@ def test_repeated_warnings_are_aggregated():
 
 
 def test_cli_flags_reach_the_config(tmp_path):
-    from pretextlab.jobs.ingest import config_from_args
     import argparse
 
-    from pretextlab.jobs.ingest import add_arguments
+    from pretextlab.jobs.ingest import add_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

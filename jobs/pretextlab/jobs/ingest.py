@@ -168,7 +168,8 @@ def run_ingest(cfg: IngestConfig, storage_options: dict[str, Any] | None = None,
                 try:
                     out = ray.get(ref)
                 except Exception as exc:  # worker died (OOM, kill) more often than max_retries
-                    out = ItemResult(plan.item_id, "failed", plan.sources[0], reason=f"worker died: {type(exc).__name__}")
+                    out = ItemResult(plan.item_id, "failed", plan.sources[0],
+                                     reason=f"worker died: {type(exc).__name__}")
                 results = out if isinstance(out, list) else [out]
                 report.results.extend(results)
                 bar.set_postfix_str(f"{results[0].item_id}: {results[0].status}", refresh=False)
@@ -205,7 +206,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="gather every 2-D raster image, named or found in folders, into collection NAME")
     parser.add_argument("--labels-from-folders", action="store_true", default=None,
                         help="collections: the label of an image is its parent folder's name (ImageFolder)")
-    parser.add_argument("--shard-size", type=int, metavar="N", help=f"images per collection shard (default {SHARD_SIZE})")
+    parser.add_argument("--shard-size", type=int, metavar="N",
+                        help=f"most images per collection shard (default {SHARD_SIZE})")
 
 
 def config_from_args(args: argparse.Namespace) -> IngestConfig:
