@@ -100,7 +100,7 @@ def raster_header(fh: Any, name: str) -> RasterHeader | None:
             if fmt == "TIFF":
                 if name.lower().endswith(".svs") or getattr(im, "n_frames", 1) != 1:
                     return None
-                if 322 in im.tag_v2 or im.width * im.height > MAX_TIFF_PIXELS:  # 322: TileWidth
+                if 322 in getattr(im, "tag_v2", {}) or im.width * im.height > MAX_TIFF_PIXELS:  # 322: TileWidth
                     return None
             elif getattr(im, "n_frames", 1) != 1 and fmt not in ("PNG", "JPEG", "MPO"):
                 return None
@@ -112,12 +112,11 @@ def raster_header(fh: Any, name: str) -> RasterHeader | None:
 
 def decode_image(data: bytes) -> np.ndarray:
     """Pixels of one encoded image as (Y, X, C), converted as :func:`target_of` says."""
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        convert, _, dtype = target_of(im.mode)
-        if convert is not None:
-            im = im.convert(convert)
-        arr = np.asarray(im)
+    with Image.open(io.BytesIO(data)) as src:
+        src.load()
+        mode = src.mode
+        convert, _, dtype = target_of(mode)
+        arr = np.asarray(src.convert(convert) if convert is not None else src)
     if arr.dtype != np.dtype(dtype):
         if arr.dtype.kind in "iu" and np.dtype(dtype) == np.uint16:
             if arr.size and (arr.min() < 0 or arr.max() > 65535):
@@ -126,7 +125,7 @@ def decode_image(data: bytes) -> np.ndarray:
         elif arr.dtype.byteorder not in "=|" and arr.dtype.newbyteorder("=") == np.dtype(dtype):
             arr = arr.astype(np.dtype(dtype))
         else:
-            raise ValueError(f"unexpected pixel type {arr.dtype} for mode {im.mode}")
+            raise ValueError(f"unexpected pixel type {arr.dtype} for mode {mode}")
     if arr.ndim == 2:
         arr = arr[..., None]
     return np.ascontiguousarray(arr)
@@ -268,7 +267,7 @@ def write_shard(
     bad: list[ItemResult] = []
     try:
         card = read_card(url, storage_options)
-        if (is_complete(card) and card.get("source", {}).get("fingerprint") == plan.fingerprint
+        if (card is not None and is_complete(card) and card.get("source", {}).get("fingerprint") == plan.fingerprint
                 and card.get("layout_version") == LAYOUT_VERSION):
             result.status = "skipped"
             failed = card.get("collection", {}).get("failed", {})
