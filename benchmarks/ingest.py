@@ -10,6 +10,9 @@ Measures, each in a fresh subprocess whose whole process tree's RSS is sampled e
      one dask thread per item, so the figure is Ray's task parallelism alone.
 MB/s counts level-0 RGB pixel bytes (height * width * 3). Medians of --repeats runs; figures go to
 stdout and to .bench/ingest.json.
+
+    .venv/bin/python benchmarks/ingest.py --part collection   # 224 px JPEG folder vs a plain decode loop
+(the collection part: benchmarks/ingest_collection.py, figures in .bench/ingest-collection.json)
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def measure(args: list[str]) -> dict:
                             env={**os.environ, "RAY_ADDRESS": ""})
     parent = psutil.Process(proc.pid)
     peak = 0
+    cpu: dict[int, float] = {}  # pid -> last seen user+system CPU seconds (the tree's CPU time)
     while proc.poll() is None:
         try:
             procs = [parent, *parent.children(recursive=True)]
@@ -43,6 +47,8 @@ def measure(args: list[str]) -> dict:
             for p in procs:
                 try:
                     total += p.memory_info().rss
+                    t = p.cpu_times()
+                    cpu[p.pid] = t.user + t.system
                 except psutil.NoSuchProcess:
                     pass
             peak = max(peak, total)
@@ -54,11 +60,18 @@ def measure(args: list[str]) -> dict:
         raise RuntimeError(f"child {args} failed:\n{out}")
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_mb"] = peak / 1e6
+    result["cpu_seconds"] = sum(cpu.values())  # sampled every 50 ms: a lower bound
     return result
 
 
 def child(argv: list[str]) -> None:
     mode, path = argv[0], argv[1]
+    if mode in ("plain_loop", "collection"):
+        sys.path.insert(0, str(HERE.parent))
+        from ingest_collection import child as collection_child
+
+        print(json.dumps(collection_child(argv)))
+        return
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -114,7 +127,18 @@ def main() -> None:
     ap.add_argument("--scaling-slides", type=int, default=4, help="slides for the 1 vs 2 worker run")
     ap.add_argument("--scaling-size", type=int, default=8192)
     ap.add_argument("--scaling-repeats", type=int, default=3)
+    ap.add_argument("--part", choices=["all", "slide", "collection"], default="all")
+    ap.add_argument("--collection-images", type=int, default=3000)
+    ap.add_argument("--collection-cpus", type=int, default=2)
+    ap.add_argument("--collection-shard-size", type=int, default=1024)
     args = ap.parse_args()
+    if args.part in ("all", "collection"):
+        sys.path.insert(0, str(HERE.parent))
+        from ingest_collection import run_part
+
+        run_part(args.collection_images, args.collection_cpus, args.collection_shard_size, args.repeats, measure)
+        if args.part == "collection":
+            return
 
     from pretextlab.storage.synthetic import write_slide_tiff
 

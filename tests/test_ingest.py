@@ -102,7 +102,7 @@ def test_bad_inputs_fail_alone_and_leave_nothing_partial(ray_session, sample, tm
     reasons = {Path(r.source).name: r.reason for r in rep.results if r.status == "failed"}
     assert rep.count("ingested") == 1 and not rep.ok
     assert "less than expected" in reasons["truncated.dcm"] or "frame" in reasons["truncated.dcm"], reasons
-    assert "not a recognised image format" in reasons["notes.txt"]
+    assert "notes.txt" not in reasons and [Path(f).name for f in rep.skipped_files] == ["notes.txt"]  # found in a folder: skipped
     assert reasons["empty.dcm"] == "empty file (0 bytes)"
     assert "DICOM" in reasons["garbage.dcm"]
     assert "unsupported transfer syntax" in reasons["mpeg2.dcm"] and "MPEG2" in reasons["mpeg2.dcm"]
@@ -150,7 +150,8 @@ def test_cli_end_to_end_exit_codes(sample, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(sample / "us", src)
     (src / "junk.bin").write_bytes(b"\x01\x02junk")
-    out = run_cli("ingest", str(src), "--to", str(dest), "--quiet", "--set", "zarr.chunk=256",
+    # junk.bin named explicitly fails loudly (found only by walking the folder it would be skipped)
+    out = run_cli("ingest", str(src / "junk.bin"), str(src), "--to", str(dest), "--quiet", "--set", "zarr.chunk=256",
                   env={"RAY_ADDRESS": ""})
     assert out.returncode == 1, out.stdout + out.stderr  # one item failed
     assert "3 ingested, 0 skipped, 1 failed" in out.stdout

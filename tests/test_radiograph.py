@@ -100,7 +100,7 @@ def cxr_store(ray_session, tmp_path_factory):
     first = run_ingest(IngestConfig(sources=[str(raw / "dicom")], dest=str(dest), labels=str(labels)), progress=False)
     assert first.ok, first.render()
     second = run_ingest(IngestConfig(sources=[str(raw / "png")], dest=str(dest), modality="radiograph",
-                                     labels=str(labels)), progress=False)
+                                     labels=str(labels), one_item_per_file=True), progress=False)
     assert second.ok, second.render()
     return dest, images
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, compare and serve self-supervised encoders for medical imaging on Ray.",
     )
     parser.add_argument("--version", action="version", version=f"pretextlab {_version()}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Ray Data's progress bars when not on a terminal")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():
@@ -57,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        from pretextlab.cluster.console import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
     return dispatch(args)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import ray
 
+from pretextlab.cluster.console import configure_ray_data_progress
 from pretextlab.core.cli import sigterm_as_interrupt
 
 
@@ -29,5 +30,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         if num_cpus is not None:
             params["num_cpus"] = num_cpus
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    configure_ray_data_progress()  # Ray Data's bars only on a TTY or with --verbose
     ray.init(**params)
     sigterm_as_interrupt()  # Ray's driver handler replaced: SIGTERM stops a command as Ctrl-C does

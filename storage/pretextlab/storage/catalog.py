@@ -30,11 +30,11 @@ from pretextlab.storage.layout import (
 COLUMNS = [
     "item_id", "group", "index", "kind", "modality", "split", "label", "patient_id", "study_id",
     "uri", "axes", "shape", "dtype", "channels", "levels", "mpp", "objective_power", "frames",
-    "frame_time_ms", "pixel_spacing_mm", "tissue_fraction", "source", "reader", "checksum", "warnings",
+    "frame_time_ms", "pixel_spacing_mm", "tissue_fraction", "source", "relpath", "reader", "checksum", "warnings",
 ]
 INT_COLUMNS = ("index", "channels", "levels", "frames")
 LABEL_KEYS = ("item_id", "source")
-RESERVED = {"group", "index", "kind", "modality", "uri", "axes", "shape", "dtype", "channels", "levels",
+RESERVED = {"group", "relpath", "index", "kind", "modality", "uri", "axes", "shape", "dtype", "channels", "levels",
             "checksum", "reader"}
 
 
@@ -90,12 +90,17 @@ def rows_for_card(card: dict[str, Any], dest: str, storage_options: dict[str, An
         "pixel_spacing_mm": card.get("pixel_spacing_mm"),
         "tissue_fraction": (card.get("tissue_mask") or {}).get("tissue_fraction"),
         "source": (src.get("uris") or [None])[0],
+        "relpath": None,
         "reader": src.get("reader"),
         "checksum": src.get("checksum"),
         "warnings": "; ".join(card.get("warnings") or []) or None,
     }
     if card["kind"] != "image":
         return [base]
+    if "collection" in card:  # a collection shard: rows from the card alone, no array opened
+        from pretextlab.storage.collection import collection_rows
+
+        return collection_rows(card, base)
     import zarr
 
     group = zarr.open_group(
@@ -132,6 +137,10 @@ def load_labels_csv(path: str) -> pd.DataFrame:
     if not keys:
         raise UserError(f"{path}: needs an 'item_id' or 'source' column (found: {', '.join(df.columns)})")
     key = keys[0]
+    if "group" in df.columns:  # a grouping column (patients, cases, slides): what grouped splits use
+        if "patient_id" in df.columns:
+            raise UserError(f"{path}: has both 'group' and 'patient_id'; keep one (both mean the split group)")
+        df = df.rename(columns={"group": "patient_id"})
     bad = sorted(RESERVED & set(df.columns))
     if bad:
         raise UserError(f"{path}: column(s) {', '.join(bad)} are set by ingest and cannot be labels")
@@ -150,8 +159,15 @@ def attach_labels(catalog: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataF
     key = "item_id" if "item_id" in labels.columns else "source"
     cat = catalog.copy()
     if key == "source":
+        # full path/URL first, then the path relative to the collection's folder (the usual form in
+        # dataset CSVs: "benign/benign (1).png"), then the bare file name
+        lab_src = labels["source"].map(lambda s: s[2:] if s.startswith("./") else s)
+        labels = labels.assign(source=lab_src)
+        wanted = set(lab_src)
         full = cat["source"].fillna("")
-        match_key = full.where(full.isin(set(labels["source"])), full.map(lambda s: s.rsplit("/", 1)[-1]))
+        rel = cat["relpath"].fillna("") if "relpath" in cat.columns else full.map(lambda s: "")
+        name = full.map(lambda s: s.rsplit("/", 1)[-1])
+        match_key = full.where(full.isin(wanted), rel.where(rel.isin(wanted), name))
     else:
         match_key = cat["item_id"]
     lab = labels.set_index(key)

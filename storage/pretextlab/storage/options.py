@@ -19,6 +19,9 @@ class ZarrOptions(BaseModel):
         512, ge=16, description="build 2x levels until the longest side is at most this many pixels"
     )
     threads: int = Field(2, ge=1, le=64, description="dask threads inside one item's write")
+    collection_file_bytes: int = Field(
+        16 << 20, ge=1 << 16, description="collections: raw bytes of images per stored file (Zarr shard)"
+    )
 
     def codecs(self) -> list:
         from zarr.codecs import BloscCodec

@@ -1,0 +1,299 @@
+"""Collections: folders of 2-D images ingested as stack shards (issue 13, parts 1-5).
+
+Real Ray (the session cluster), real files, real S3 (moto); pixels checked against independent
+decoders (imagecodecs for PNG/JPEG, tifffile for TIFF), not against the Pillow path under test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+import tifffile
+from PIL import Image
+
+from pretextlab.jobs.ingest import IngestConfig, aggregate_warnings, run_ingest
+from pretextlab.storage import open_item, read_catalog
+from pretextlab.storage.writer import ItemResult
+
+
+def ingest(sources, dest, **kw):
+    return run_ingest(IngestConfig(sources=[str(s) for s in sources], dest=str(dest), **kw), progress=False)
+
+
+def pixels_of(dest, row) -> np.ndarray:
+    """One image of a catalog row, read the way evaluation reads stack rows (group / subgroup / index)."""
+    sub = row["item_id"][len(row["group"]) + 1 :].rsplit("-", 1)[0]
+    arr = open_item(str(dest), row["group"]).group[sub]["images"]
+    return np.asarray(arr[int(row["index"])]).transpose(1, 2, 0)
+
+
+def _rgb(rng, h, w):
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """An ImageFolder tree: PNG, JPEG and TIFF of two sizes, a labels CSV and a README beside them,
+    a hidden file, and a JPEG truncated to garbage mid-file (its header still reads)."""
+    root = tmp_path_factory.mktemp("ds") / "tiles"
+    rng = np.random.default_rng(0)
+    for cls in ("benign", "malignant"):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(_rgb(rng, 24, 32)).save(root / cls / f"{cls} ({i}).png")
+        Image.fromarray(_rgb(rng, 24, 32)).save(root / cls / f"{cls}-j.jpg", quality=90)
+        tifffile.imwrite(root / cls / f"{cls}-t.tif", _rgb(rng, 24, 32))
+        Image.fromarray(_rgb(rng, 40, 40)).save(root / cls / f"{cls}-big.png")
+    good = root / "benign" / "benign-j.jpg"
+    data = good.read_bytes()
+    (root / "malignant" / "corrupt.jpg").write_bytes(data[:300] + b"\0" * 20)
+    (root / "labels.csv").write_text("source,label\n")
+    (root / "README.md").write_text("# tiles\n")
+    (root / ".DS_Store").write_bytes(b"\0\1")
+    return root
+
+
+def test_folder_becomes_shards_grouped_by_shape_with_rows_per_image(ray_session, dataset, tmp_path):
+    dest = tmp_path / "store"
+    rep = ingest([dataset], dest, shard_size=4, labels_from_folders=True)
+    # the 12 24x32 images in 3 shards of <= 4, the two 40x40 in one; the corrupt JPEG reported, not fatal
+    shards = sorted(r.item_id for r in rep.results if r.status == "ingested")
+    assert shards == ["tiles-24x32x3-0000", "tiles-24x32x3-0001", "tiles-24x32x3-0002", "tiles-40x40x3-0000"]
+    failed = {Path(r.source).name: r.reason for r in rep.results if r.status == "failed"}
+    assert list(failed) == ["corrupt.jpg"] and "cannot decode image" in failed["corrupt.jpg"]
+    assert not rep.ok  # the exit code says something failed
+    assert len(rep.skipped_files) == 3  # labels.csv, README.md, .DS_Store: skipped, not failed
+    assert "skipped 3 non-image files: README.md, labels.csv" in rep.render()
+
+    df = read_catalog(str(dest))
+    assert len(df) == 14 and df["item_id"].is_unique and set(df["kind"]) == {"image"}
+    assert set(df["label"]) == {"benign", "malignant"}
+    by_rel = df.set_index("relpath")
+    assert by_rel.loc["malignant/malignant (2).png", "label"] == "malignant"
+    assert by_rel.loc["benign/benign-big.png", "source"] == str(dataset / "benign" / "benign-big.png")
+    for rel, row in by_rel.iterrows():  # every row's pixels equal an independent decode of its file
+        path = dataset / rel
+        got = pixels_of(dest, row)
+        if path.suffix == ".tif":
+            np.testing.assert_array_equal(got, tifffile.imread(path))
+        elif path.suffix == ".png":
+            np.testing.assert_array_equal(got, imagecodecs.png_decode(path.read_bytes()))
+        else:
+            ref = imagecodecs.jpeg8_decode(path.read_bytes()).astype(int)
+            assert np.abs(got.astype(int) - ref).max() <= 2
+    # one file per (Zarr) shard of images, not a file per image
+    files = [p for p in (dest / "items").rglob("*") if p.is_file()]
+    assert len(files) < 14 * 2
+
+    rep2 = ingest([dataset], dest, shard_size=4, labels_from_folders=True)
+    assert {r.status for r in rep2.results if r.item_id.startswith("tiles-")} >= {"skipped"}
+    assert rep2.count("ingested") == 0 and len(read_catalog(str(dest))) == 14
+
+
+def test_labels_csv_by_relative_path_and_group_column(ray_session, dataset, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("source,label,group\nbenign/benign (1).png,B1,case-1\n"
+                      f"{dataset}/malignant/malignant (0).png,M0,case-2\nbenign-t.tif,T,case-3\n"
+                      "ghost/none.png,X,case-9\n")
+    dest = tmp_path / "store"
+    rep = ingest([dataset], dest, labels=str(labels))
+    by_rel = read_catalog(str(dest)).set_index("relpath")
+    assert by_rel.loc["benign/benign (1).png", "label"] == "B1"  # relative path under the source folder
+    assert by_rel.loc["malignant/malignant (0).png", "label"] == "M0"  # full path
+    assert by_rel.loc["benign/benign-t.tif", "label"] == "T"  # bare file name
+    assert by_rel.loc["benign/benign (1).png", "patient_id"] == "case-1"  # 'group' is the split group
+    assert pd.isna(by_rel.loc["benign/benign (2).png", "label"])
+    assert rep.unmatched_labels == ["ghost/none.png"]
+    assert rep.render().count("match no item") == 1
+
+
+def test_grey_rgb_becomes_one_channel_and_colour_is_kept_with_a_warning(ray_session, tmp_path):
+    raw = tmp_path / "us"
+    raw.mkdir()
+    rng = np.random.default_rng(1)
+    greys = {}
+    for i in range(3):
+        g = rng.integers(0, 255, (20, 30), dtype=np.uint8)
+        rgb = np.repeat(g[..., None], 3, axis=2)
+        rgb[..., 2] = np.clip(rgb[..., 2].astype(int) + (i == 1), 0, 255)  # within 1 grey level
+        Image.fromarray(rgb).save(raw / f"still{i}.png")
+        greys[f"still{i}.png"] = rgb
+    doppler = np.repeat(rng.integers(0, 255, (20, 30, 1), dtype=np.uint8), 3, axis=2)
+    doppler[5:10, 5:10] = [200, 30, 30]
+    Image.fromarray(doppler).save(raw / "doppler.png")
+    dest = tmp_path / "store"
+    rep = ingest([raw], dest, modality="ultrasound")
+    assert rep.ok, rep.render()
+    df = read_catalog(str(dest)).set_index("relpath")
+    assert df.loc["still0.png", "channels"] == 1 and df.loc["doppler.png", "channels"] == 3
+    for name, rgb in greys.items():
+        got = pixels_of(dest, {**df.loc[name], "item_id": df.loc[name, "item_id"]})
+        assert got.shape == (20, 30, 1) and np.abs(got[..., 0].astype(int) - rgb[..., 0]).max() <= 1
+    np.testing.assert_array_equal(pixels_of(dest, df.loc["doppler.png"]),
+                                  doppler)
+    (shard,) = {r.item_id for r in rep.results}
+    card = open_item(str(dest), shard).card
+    assert any("3 RGB image(s) with equal channels" in w for w in card["warnings"])
+    text = rep.render()
+    assert text.count("carry colour") == 1 and "doppler.png" in text
+
+
+def test_histology_rgb_keeps_three_channels(ray_session, tmp_path):
+    raw = tmp_path / "he"
+    raw.mkdir()
+    grey = np.repeat(np.arange(64, dtype=np.uint8).reshape(8, 8, 1), 3, axis=2)
+    Image.fromarray(grey).save(raw / "a.png")
+    Image.fromarray(grey).save(raw / "b.png")
+    dest = tmp_path / "store"
+    assert ingest([raw], dest).ok
+    assert set(read_catalog(str(dest))["channels"]) == {3}  # histopathology is not a grayscale modality
+
+
+def test_named_files_fail_loudly_and_one_item_per_file_keeps_old_items(ray_session, dataset, tmp_path):
+    rep = ingest([dataset / "README.md", dataset / "benign" / "benign (0).png"], tmp_path / "s1")
+    failed = {Path(r.source).name: r.reason for r in rep.results if r.status == "failed"}
+    assert "not a recognised image format" in failed["README.md"] and not rep.skipped_files
+    assert [r.item_id for r in rep.results if r.status == "ingested"] == ["benign-0"]  # a named file: its own item
+
+    rep = ingest([dataset / "benign"], tmp_path / "s2", one_item_per_file=True)
+    kinds = set(read_catalog(str(tmp_path / "s2"))["kind"])
+    assert rep.count("ingested") == 7 and kinds == {"slide"}
+
+    rep = ingest([dataset / "benign" / "benign (0).png", dataset / "malignant" / "malignant (0).png"],
+                 tmp_path / "s3", collection="picked", labels_from_folders=True)
+    df = read_catalog(str(tmp_path / "s3"))
+    assert list(df["group"].unique()) == ["picked-24x32x3-0000"] and list(df["label"]) == ["benign", "malignant"]
+
+
+def test_mixed_depths_and_modes_group_apart(ray_session, tmp_path):
+    raw = tmp_path / "mixed"
+    raw.mkdir()
+    g16 = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 200)
+    Image.fromarray(g16).save(raw / "deep.png")
+    Image.new("CMYK", (16, 16), (10, 20, 30, 0)).save(raw / "cmyk.jpg")
+    Image.fromarray(np.full((16, 16, 4), 90, np.uint8)).save(raw / "rgba.png")
+    dest = tmp_path / "store"
+    assert ingest([raw], dest).ok
+    df = read_catalog(str(dest)).set_index("relpath")
+    assert df.loc["deep.png", "dtype"] == "uint16" and df.loc["deep.png", "group"] == "mixed-16x16x1-uint16-0000"
+    np.testing.assert_array_equal(pixels_of(dest, df.loc["deep.png"])[..., 0],
+                                  imagecodecs.png_decode((raw / "deep.png").read_bytes()))
+    assert df.loc["cmyk.jpg", "channels"] == 3 and df.loc["rgba.png", "channels"] == 3
+
+
+def test_s3_to_s3_collection(ray_session, s3_server, dataset, tmp_path):
+    bucket = s3_server.new_bucket()
+    s3_server.upload(dataset, bucket, "in/tiles")
+    dest = f"s3://{bucket}/store"
+    rep = ingest([f"s3://{bucket}/in/tiles"], dest, labels_from_folders=True)
+    assert [r.item_id for r in rep.results if r.status == "ingested"] == ["tiles-24x32x3-0000", "tiles-40x40x3-0000"]
+    df = read_catalog(dest).set_index("relpath")
+    assert len(df) == 14
+    assert df.loc["benign/benign (3).png", "source"] == f"s3://{bucket}/in/tiles/benign/benign (3).png"
+    row = df.loc["benign/benign (3).png"]
+    np.testing.assert_array_equal(pixels_of(dest, row),
+                                  imagecodecs.png_decode((dataset / "benign" / "benign (3).png").read_bytes()))
+
+
+def _status(dest: Path, item: str) -> str | None:
+    try:
+        card = json.loads((dest / "items" / f"{item}.zarr" / "zarr.json").read_text())
+        return card["attributes"]["pretextlab"]["status"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+_WRITER = """
+import sys
+from pretextlab.storage.collection import write_shard
+from pretextlab.storage.discovery import discover
+from pretextlab.storage.options import ZarrOptions
+found = discover([sys.argv[1]], shard_size=int(sys.argv[3]))
+for plan in found.shards:
+    write_shard(plan, sys.argv[2], ZarrOptions(collection_file_bytes=1 << 16), threads=1)
+"""
+
+
+def test_killed_mid_shard_leaves_it_invisible_and_rerun_writes_only_missing(ray_session, tmp_path):
+    raw = tmp_path / "many"
+    raw.mkdir()
+    rng = np.random.default_rng(2)
+    n = 1200
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(raw / f"img{i:05d}.png",
+                                                                                 compress_level=0)
+    dest = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(raw), str(dest), "600"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    second = dest / "items" / "many-32x32x3-0001.zarr" / "all" / "images"
+    killed_mid_write = False
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if second.exists() and len(list(second.rglob("c/*/*/*/*"))) >= 2:
+                psutil.Process(proc.pid).kill()
+                proc.wait(30)
+                killed_mid_write = _status(dest, "many-32x32x3-0001") == "writing"
+                break
+            time.sleep(0.005)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed_mid_write, "finished or never started before the kill: " + proc.stdout.read().decode()[-2000:]
+    assert _status(dest, "many-32x32x3-0000") == "complete"
+    mtime = (dest / "items" / "many-32x32x3-0000.zarr" / "zarr.json").stat().st_mtime_ns
+
+    rep = ingest([raw], dest, shard_size=600)
+    assert {r.item_id: r.status for r in rep.results} == {"many-32x32x3-0000": "skipped",
+                                                         "many-32x32x3-0001": "ingested"}
+    assert (dest / "items" / "many-32x32x3-0000.zarr" / "zarr.json").stat().st_mtime_ns == mtime
+    df = read_catalog(str(dest))
+    assert len(df) == n and df["source"].is_unique
+    assert sorted(df["relpath"]) == [f"img{i:05d}.png" for i in range(n)]
+    row = df.set_index("relpath").loc["img00900.png"]
+    np.testing.assert_array_equal(pixels_of(dest, row),
+                                  imagecodecs.png_decode((raw / "img00900.png").read_bytes()))
+
+
+def test_repeated_warnings_are_aggregated():
+    results = [ItemResult(f"tile{i}", "ingested", f"t{i}.png", warnings=["no pixel size"]) for i in range(3000)]
+    results.append(ItemResult("odd", "ingested", "odd.png", warnings=["something else"]))
+    lines = aggregate_warnings(results)
+    assert lines == ["  warning 3,000 items: no pixel size (tile0, tile1, tile2 ...)", "  warning odd: something else"]
+
+
+def test_cli_flags_reach_the_config(tmp_path):
+    import argparse
+
+    from pretextlab.jobs.ingest import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["x", "--to", str(tmp_path), "--labels-from-folders",
+                                              "--one-item-per-file", "--collection", "c", "--shard-size", "7"]))
+    assert cfg.labels_from_folders and cfg.one_item_per_file and cfg.collection == "c" and cfg.shard_size == 7
+    assert not config_from_args(parser.parse_args(["x", "--to", str(tmp_path)])).labels_from_folders
+
+
+if os.environ.get("PRETEXTLAB_NO_RAY_TESTS"):  # pragma: no cover
+    pytestmark = pytest.mark.skip
+
+
+def test_frozen_evaluation_reads_collection_rows(ray_session, dataset, tmp_path):
+    from pretextlab.evaluate.dataset import load_eval_set
+
+    dest = tmp_path / "store"
+    ingest([dataset], dest, shard_size=5, labels_from_folders=True)
+    ev = load_eval_set(str(dest), size=16)
+    assert len(ev) == 14 and ev.class_names == ["benign", "malignant"] and set(ev.kinds) == {"image"}
+    assert ev.images.shape == (14, 16, 16, 3) and np.bincount(ev.labels).tolist() == [7, 7]
