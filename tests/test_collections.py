@@ -27,6 +27,7 @@ from pretextlab.storage.writer import ItemResult
 
 
 def ingest(sources, dest, **kw):
+    kw.setdefault("one_item_per_file", False)  # collections are opt-in (--collections)
     return run_ingest(IngestConfig(sources=[str(s) for s in sources], dest=str(dest), **kw), progress=False)
 
 

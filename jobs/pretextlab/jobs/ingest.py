@@ -2,11 +2,13 @@
 DICOM series), one per collection shard (up to ``shard_size`` images, decoded in threads).
 
     pretextlab ingest SRC... --to DEST [--modality ultrasound|histopathology] [--labels labels.csv]
-                      [--labels-from-folders] [--one-item-per-file] [--collection NAME]
+                      [--labels-from-folders] [--collections | --one-item-per-file] [--collection NAME]
     python -m pretextlab.jobs.ingest SRC... --to DEST          # the same, as a Ray job entrypoint
 
-2-D raster images found in a folder become a collection (docs/storage.md); ``--one-item-per-file``
-keeps one item per file. Non-image files found in folders are skipped and counted.
+With ``--collections`` 2-D raster images found in a folder become a collection of stack shards
+(docs/storage.md); by default each image is its own item (what pretraining streams read today:
+collection rows are evaluated, embedded and served, not yet streamed for training). Non-image files
+found in folders are skipped and counted.
 
 Idempotent (complete, unchanged items are skipped) and resumable (a crashed item is rewritten).
 Ends with a report; exits 1 when any item failed, 2 for bad usage.
@@ -49,7 +51,9 @@ class IngestConfig(BaseModel):
     cpus_per_item: float = Field(1.0, gt=0, description="Ray CPUs reserved by each item's task")
     max_retries: int = Field(1, ge=0, description="re-runs of an item whose worker process died")
     ray_address: str | None = Field(None, description="Ray cluster address (default: RAY_ADDRESS or local)")
-    one_item_per_file: bool = Field(False, description="no collections: every image file its own item")
+    one_item_per_file: bool = Field(True, description=(
+        "each 2-D image file its own item (the default while training streams read only slides and cine "
+        "loops); false (--collections): images found in folders become collection shards"))
     collection: str | None = Field(
         None, min_length=1, description="put every 2-D raster image, named or found, into this collection"
     )
@@ -201,7 +205,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-address", help="Ray cluster (default: $RAY_ADDRESS, else a local cluster)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--one-item-per-file", action="store_true", default=None,
-                        help="no collections: each image file becomes its own item (the pre-collection behaviour)")
+                        help="each image file becomes its own item (the default)")
+    parser.add_argument("--collections", dest="one_item_per_file", action="store_false",
+                        help="images found in folders become collection shards (evaluation, embedding, serving)")
     parser.add_argument("--collection", metavar="NAME",
                         help="gather every 2-D raster image, named or found in folders, into collection NAME")
     parser.add_argument("--labels-from-folders", action="store_true", default=None,

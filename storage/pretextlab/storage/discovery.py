@@ -182,7 +182,7 @@ def discover(
             if f.url not in seen:
                 seen.add(f.url)
                 files.append(f)
-    collect = not one_item_per_file
+    collect = collection is not None or not one_item_per_file  # a named collection always collects
     with ThreadPoolExecutor(max_workers=threads) as pool:
         files = list(pool.map(lambda f: _inspect(f, storage_options, collect and bool(f.root or collection)),
                               files))
