@@ -54,6 +54,10 @@ class EncoderCard(BaseModel):
     git_commit: str | None = None
     created: str | None = None
     weights_sha256: str | None = None
+    init: str | None = Field(None, description="weights training started from (objective.init, resolved)")
+    init_sha256: str | None = None
+    teacher: str | None = Field(None, description="frozen teacher of a SALT run: registry id or encoder folder")
+    teacher_sha256: str | None = None
 
 
 def _sha256(path: Path) -> str:

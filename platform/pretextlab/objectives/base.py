@@ -49,6 +49,8 @@ class Objective(torch.nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = create_backbone(cfg.backbone)
+        #: weights the run started from (init, teacher: address and sha256), set by training setup
+        self.provenance: dict[str, str | None] = {}
 
     def forward(self, batch: dict) -> ObjectiveOutput:  # pragma: no cover - abstract
         raise NotImplementedError
