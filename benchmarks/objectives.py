@@ -3,10 +3,17 @@ the same objective (same timm backbone, same views, same head sizes, same batch)
 
     .venv/bin/python benchmarks/objectives.py                    # batch 32, 64 px, patch 8
     .venv/bin/python benchmarks/objectives.py --steps 5 --repeats 1   # quick look
+    .venv/bin/python benchmarks/objectives.py --objectives dino,dinov3_nogram,dinov3,ijepa,salt,lejepa,cine_jepa,cine_salt
 
 Each (implementation, objective) runs in its own subprocess (peak RSS per run). Medians over
 --repeats; ratio = ours / lightly steps/s (>= 1 means ours is not slower). Figures also go to
 .bench/objectives.json. lightly has no cine variants; those rows report ours alone.
+
+Issue 17's rows (ours alone; lightly has none of them): ``dinov3`` with Gram anchoring on from the
+first step (DINOv3 defaults: iBOT, KoLeo, Sinkhorn-Knopp, Gram teacher at 2x), ``dinov3_nogram`` the
+same without the Gram loss, so their ratio is Gram anchoring's overhead; ``salt`` / ``cine_salt`` with
+a frozen teacher of the student's architecture, against ``ijepa`` / ``cine_jepa`` at the same backbone,
+predictor and batch (SALT drops the EMA update and the teacher's backward is never needed); ``lejepa``.
 """
 
 from __future__ import annotations
@@ -22,7 +29,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 BENCH = HERE.parents[1] / ".bench"
-OBJECTIVES = ["dino", "simclr", "vicreg", "mae", "ijepa", "cine_jepa", "cine_mae"]
+OBJECTIVES = ["dino", "simclr", "vicreg", "mae", "ijepa", "cine_jepa", "cine_mae",
+              "dinov3_nogram", "dinov3", "salt", "cine_salt", "lejepa"]
+#: ratios reported after the table: (label, numerator row, denominator row), steps/s
+RATIOS = [("SALT / I-JEPA", "salt", "ijepa"), ("cine SALT / cine JEPA", "cine_salt", "cine_jepa"),
+          ("DINOv3 with Gram / without (Gram overhead)", "dinov3", "dinov3_nogram"),
+          ("DINOv3 with Gram / plain DINO", "dinov3", "dino"), ("LeJEPA / I-JEPA", "lejepa", "ijepa")]
 LIGHTLY = {"dino", "simclr", "vicreg", "mae"}
 
 
@@ -30,7 +42,7 @@ def make_batch(name: str, b: int, size: int, g):
     import torch
 
     x = lambda s: torch.randn(b, 3, s, s, generator=g)  # noqa: E731
-    if name == "dino":
+    if name.startswith("dino"):
         return {"global": [x(size), x(size)], "local": [x(size // 2) for _ in range(4)]}
     if name in ("simclr", "vicreg"):
         return {"global": [x(size), x(size)]}
@@ -44,13 +56,21 @@ def ours(name: str, size: int, patch: int):
     from pretextlab.training import Trainer
 
     kw = {"backbone": {"arch": "vit_tiny", "img_size": size, "patch_size": patch, "in_chans": 3}}
-    if name == "dino":
+    if name.startswith("dino"):
         kw.update(out_dim=4096, hidden_dim=2048, bottleneck_dim=256)
+    if name.startswith("dinov3"):
+        kw.update(gram=name == "dinov3", gram_start_step=0)
+        name = "dinov3"
     if name == "vicreg":
         kw.update(expander_dim=2048)
     if name.startswith("cine"):
         kw["frames"] = 4
-    trainer = Trainer(create_objective(name, **kw), ScheduleConfig(lr=5e-4), total_steps=1000, grad_clip=None)
+    objective = create_objective(name, **kw)
+    if name in ("salt", "cine_salt"):  # a frozen teacher of the student's architecture (as I-JEPA's target)
+        from pretextlab.models.vit import BackboneConfig, create_backbone
+
+        objective.set_teacher(create_backbone(BackboneConfig(**kw["backbone"], global_pool="avg")))
+    trainer = Trainer(objective, ScheduleConfig(lr=5e-4), total_steps=1000, grad_clip=None)
     return lambda batch: trainer.step(batch)
 
 
@@ -184,6 +204,10 @@ def main() -> None:
         ratio = f"{o['steps_per_s'] / lt['steps_per_s']:.2f}" if lt else "-"
         print(f"{name:12}{o['steps_per_s']:14.2f}{(lt or {}).get('steps_per_s', float('nan')):10.2f}{ratio:>8}"
               f"{o['peak_rss_mb']:13.0f}{(lt or {}).get('peak_rss_mb', float('nan')):13.0f}")
+    for label, a, b in RATIOS:
+        if a in results and b in results:
+            r = results[a]["pretextlab"]["steps_per_s"] / results[b]["pretextlab"]["steps_per_s"]
+            print(f"{label}: {r:.2f} (steps/s ratio; step time ratio {1 / r:.2f})")
 
 
 if __name__ == "__main__":
