@@ -115,7 +115,7 @@ class DINOv3(DINO):
         npt = self.gram_teacher.num_prefix_tokens
         with torch.no_grad():
             if c.gram_teacher_upscale > 1.0:
-                size = [int(round(s * c.gram_teacher_upscale / self.cfg.backbone.patch_size))
+                size = [round(s * c.gram_teacher_upscale / self.cfg.backbone.patch_size)
                         * self.cfg.backbone.patch_size for s in g.shape[-2:]]
                 g = F.interpolate(g, size=size, mode="bicubic", align_corners=False)
             t = encode_tokens(self.gram_teacher, g)[:, npt:]
