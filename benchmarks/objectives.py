@@ -181,20 +181,22 @@ def main() -> None:
     ap.add_argument("--objectives", default=",".join(OBJECTIVES))
     args = ap.parse_args()
     results = {}
-    for name in args.objectives.split(","):
-        for impl in ("pretextlab", "lightly"):
-            if impl == "lightly" and name not in LIGHTLY:
-                continue
-            runs = []
-            for _ in range(args.repeats):
+    names = args.objectives.split(",")
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(args.repeats):  # repeats outermost: a change in machine load hits every row alike
+        for name in names:
+            for impl in ("pretextlab", "lightly"):
+                if impl == "lightly" and name not in LIGHTLY:
+                    continue
                 out = subprocess.run([sys.executable, str(HERE), "_child", impl, name, str(args.batch), str(args.size),
                                       str(args.patch), str(args.steps)], capture_output=True, text=True, check=True)
-                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            results.setdefault(name, {})[impl] = {
-                "steps_per_s": statistics.median(r["steps_per_s"] for r in runs),
-                "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
-            }
-            print(f"  {name:10} {impl:10} {results[name][impl]['steps_per_s']:.2f} steps/s", flush=True)
+                runs.setdefault((name, impl), []).append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for (name, impl), rs in runs.items():
+        results.setdefault(name, {})[impl] = {
+            "steps_per_s": statistics.median(r["steps_per_s"] for r in rs),
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rs),
+        }
+        print(f"  {name:10} {impl:10} {results[name][impl]['steps_per_s']:.2f} steps/s", flush=True)
     BENCH.mkdir(exist_ok=True)
     (BENCH / "objectives.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     print(f"\nViT-Tiny, {args.size} px, patch {args.patch}, batch {args.batch}, CPU; median of {args.repeats} x {args.steps} steps")
@@ -204,10 +206,18 @@ def main() -> None:
         ratio = f"{o['steps_per_s'] / lt['steps_per_s']:.2f}" if lt else "-"
         print(f"{name:12}{o['steps_per_s']:14.2f}{(lt or {}).get('steps_per_s', float('nan')):10.2f}{ratio:>8}"
               f"{o['peak_rss_mb']:13.0f}{(lt or {}).get('peak_rss_mb', float('nan')):13.0f}")
-    for label, a, b in RATIOS:
-        if a in results and b in results:
-            r = results[a]["pretextlab"]["steps_per_s"] / results[b]["pretextlab"]["steps_per_s"]
-            print(f"{label}: {r:.2f} (steps/s ratio; step time ratio {1 / r:.2f})")
+    ratios = {}
+    for label, a, b in RATIOS:  # paired by repeat (the two ran back to back), then the median
+        if (a, "pretextlab") in runs and (b, "pretextlab") in runs:
+            paired = [x["steps_per_s"] / y["steps_per_s"]
+                      for x, y in zip(runs[(a, "pretextlab")], runs[(b, "pretextlab")], strict=True)]
+            r = statistics.median(paired)
+            ratios[label] = {"median": r, "min": min(paired), "max": max(paired)}
+            print(f"{label}: steps/s ratio {r:.2f} (repeats {min(paired):.2f}-{max(paired):.2f}); "
+                  f"step time ratio {1 / r:.2f}")
+    if ratios:
+        (BENCH / "objectives.json").write_text(json.dumps({"args": vars(args), "results": results,
+                                                           "ratios": ratios}, indent=1))
 
 
 if __name__ == "__main__":
