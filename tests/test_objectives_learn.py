@@ -69,7 +69,7 @@ CASES = {
     # issue 17, each with its sibling's settings; SALT's teacher is an MAE trained first (stage 1)
     "dinov3": ("ultrasound", 120, dict(lr=5e-4, momentum=0.95, momentum_end=0.99),
                dict(out_dim=256, hidden_dim=256, bottleneck_dim=64, warmup_teacher_temp_fraction=0.0, teacher_temp=0.04,
-                    gram_start_step=60, gram_refresh_every=20)),
+                    gram_start_step=60, gram_refresh_every=20, gram_teacher_upscale=1.0)),  # 1.0: test time
     "lejepa": ("histopathology", 250, dict(lr=3e-4), dict(predictor_depth=2)),
     "salt": ("histopathology", 250, dict(lr=3e-4), dict(predictor_depth=2)),
 }
