@@ -4,6 +4,7 @@ the same objective (same timm backbone, same views, same head sizes, same batch)
     .venv/bin/python benchmarks/objectives.py                    # batch 32, 64 px, patch 8
     .venv/bin/python benchmarks/objectives.py --steps 5 --repeats 1   # quick look
     .venv/bin/python benchmarks/objectives.py --objectives dino,dinov3_nogram,dinov3,ijepa,salt,lejepa,cine_jepa,cine_salt
+    .venv/bin/python benchmarks/objectives.py --paired 7 --objectives ijepa,salt      # loaded machine: see run_paired()
 
 Each (implementation, objective) runs in its own subprocess (peak RSS per run). Medians over
 --repeats; ratio = ours / lightly steps/s (>= 1 means ours is not slower). Figures also go to
@@ -171,6 +172,33 @@ def child(impl: str, name: str, batch: int, size: int, patch: int, steps: int) -
     print(json.dumps({"steps_per_s": steps / dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3}))
 
 
+def run_paired(names: list[str], batch: int, size: int, patch: int, rounds: int) -> None:
+    """Ours only, in one process, 1 thread: the rows alternate step by step for ``rounds`` rounds and
+    each ratio is the median of its per-round ratios, so a change in machine load hits both sides."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    steps = {n: ours(n, size, patch) for n in names}
+    data = {n: make_batch(n, batch, size, g) for n in names}
+    for n in names:
+        for _ in range(2):
+            steps[n](data[n])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(rounds):
+        for n in names:
+            t0 = time.perf_counter()
+            steps[n](data[n])
+            times[n].append(time.perf_counter() - t0)
+    for n in names:
+        print(f"  {n:14} {statistics.median(times[n]):.3f} s/step (median of {rounds})")
+    for label, a, b in RATIOS:
+        if a in times and b in times:
+            r = [x / y for x, y in zip(times[a], times[b], strict=True)]
+            print(f"{label}: step time ratio {statistics.median(r):.2f} (rounds {min(r):.2f}-{max(r):.2f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=32)
@@ -179,7 +207,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--objectives", default=",".join(OBJECTIVES))
+    ap.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
+                    help="ours only, rows interleaved in one process (for a shared, loaded machine)")
     args = ap.parse_args()
+    if args.paired:
+        run_paired(args.objectives.split(","), args.batch, args.size, args.patch, args.paired)
+        return
     results = {}
     names = args.objectives.split(",")
     runs: dict[tuple[str, str], list[dict]] = {}
