@@ -3,10 +3,18 @@ the same objective (same timm backbone, same views, same head sizes, same batch)
 
     .venv/bin/python benchmarks/objectives.py                    # batch 32, 64 px, patch 8
     .venv/bin/python benchmarks/objectives.py --steps 5 --repeats 1   # quick look
+    .venv/bin/python benchmarks/objectives.py --objectives dino,dinov3_nogram,dinov3,ijepa,salt,lejepa,cine_jepa,cine_salt
+    .venv/bin/python benchmarks/objectives.py --paired 7 --objectives ijepa,salt      # loaded machine: see run_paired()
 
 Each (implementation, objective) runs in its own subprocess (peak RSS per run). Medians over
 --repeats; ratio = ours / lightly steps/s (>= 1 means ours is not slower). Figures also go to
 .bench/objectives.json. lightly has no cine variants; those rows report ours alone.
+
+Issue 17's rows (ours alone; lightly has none of them): ``dinov3`` with Gram anchoring on from the
+first step (DINOv3 defaults: iBOT, KoLeo, Sinkhorn-Knopp, Gram teacher at 2x), ``dinov3_nogram`` the
+same without the Gram loss, so their ratio is Gram anchoring's overhead; ``salt`` / ``cine_salt`` with
+a frozen teacher of the student's architecture, against ``ijepa`` / ``cine_jepa`` at the same backbone,
+predictor and batch (SALT drops the EMA update and the teacher's backward is never needed); ``lejepa``.
 """
 
 from __future__ import annotations
@@ -22,15 +30,20 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 BENCH = HERE.parents[1] / ".bench"
-OBJECTIVES = ["dino", "simclr", "vicreg", "mae", "ijepa", "cine_jepa", "cine_mae"]
+OBJECTIVES = ["dino", "simclr", "vicreg", "mae", "ijepa", "cine_jepa", "cine_mae",
+              "dinov3_nogram", "dinov3", "salt", "cine_salt", "lejepa"]
+#: ratios reported after the table: (label, numerator row, denominator row), steps/s
+RATIOS = [("SALT / I-JEPA", "salt", "ijepa"), ("cine SALT / cine JEPA", "cine_salt", "cine_jepa"),
+          ("DINOv3 with Gram / without (Gram overhead)", "dinov3", "dinov3_nogram"),
+          ("DINOv3 with Gram / plain DINO", "dinov3", "dino"), ("LeJEPA / I-JEPA", "lejepa", "ijepa")]
 LIGHTLY = {"dino", "simclr", "vicreg", "mae"}
 
 
 def make_batch(name: str, b: int, size: int, g):
     import torch
 
-    x = lambda s: torch.randn(b, 3, s, s, generator=g)
-    if name == "dino":
+    x = lambda s: torch.randn(b, 3, s, s, generator=g)  # noqa: E731
+    if name.startswith("dino"):
         return {"global": [x(size), x(size)], "local": [x(size // 2) for _ in range(4)]}
     if name in ("simclr", "vicreg"):
         return {"global": [x(size), x(size)]}
@@ -44,13 +57,21 @@ def ours(name: str, size: int, patch: int):
     from pretextlab.training import Trainer
 
     kw = {"backbone": {"arch": "vit_tiny", "img_size": size, "patch_size": patch, "in_chans": 3}}
-    if name == "dino":
+    if name.startswith("dino"):
         kw.update(out_dim=4096, hidden_dim=2048, bottleneck_dim=256)
+    if name.startswith("dinov3"):
+        kw.update(gram=name == "dinov3", gram_start_step=0)
+        name = "dinov3"
     if name == "vicreg":
         kw.update(expander_dim=2048)
     if name.startswith("cine"):
         kw["frames"] = 4
-    trainer = Trainer(create_objective(name, **kw), ScheduleConfig(lr=5e-4), total_steps=1000, grad_clip=None)
+    objective = create_objective(name, **kw)
+    if name in ("salt", "cine_salt"):  # a frozen teacher of the student's architecture (as I-JEPA's target)
+        from pretextlab.models.vit import BackboneConfig, create_backbone
+
+        objective.set_teacher(create_backbone(BackboneConfig(**kw["backbone"], global_pool="avg")))
+    trainer = Trainer(objective, ScheduleConfig(lr=5e-4), total_steps=1000, grad_clip=None)
     return lambda batch: trainer.step(batch)
 
 
@@ -151,6 +172,33 @@ def child(impl: str, name: str, batch: int, size: int, patch: int, steps: int) -
     print(json.dumps({"steps_per_s": steps / dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3}))
 
 
+def run_paired(names: list[str], batch: int, size: int, patch: int, rounds: int) -> None:
+    """Ours only, in one process, 1 thread: the rows alternate step by step for ``rounds`` rounds and
+    each ratio is the median of its per-round ratios, so a change in machine load hits both sides."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    steps = {n: ours(n, size, patch) for n in names}
+    data = {n: make_batch(n, batch, size, g) for n in names}
+    for n in names:
+        for _ in range(2):
+            steps[n](data[n])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(rounds):
+        for n in names:
+            t0 = time.perf_counter()
+            steps[n](data[n])
+            times[n].append(time.perf_counter() - t0)
+    for n in names:
+        print(f"  {n:14} {statistics.median(times[n]):.3f} s/step (median of {rounds})")
+    for label, a, b in RATIOS:
+        if a in times and b in times:
+            r = [x / y for x, y in zip(times[a], times[b], strict=True)]
+            print(f"{label}: step time ratio {statistics.median(r):.2f} (rounds {min(r):.2f}-{max(r):.2f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=32)
@@ -159,22 +207,29 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--objectives", default=",".join(OBJECTIVES))
+    ap.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
+                    help="ours only, rows interleaved in one process (for a shared, loaded machine)")
     args = ap.parse_args()
+    if args.paired:
+        run_paired(args.objectives.split(","), args.batch, args.size, args.patch, args.paired)
+        return
     results = {}
-    for name in args.objectives.split(","):
-        for impl in ("pretextlab", "lightly"):
-            if impl == "lightly" and name not in LIGHTLY:
-                continue
-            runs = []
-            for _ in range(args.repeats):
+    names = args.objectives.split(",")
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(args.repeats):  # repeats outermost: a change in machine load hits every row alike
+        for name in names:
+            for impl in ("pretextlab", "lightly"):
+                if impl == "lightly" and name not in LIGHTLY:
+                    continue
                 out = subprocess.run([sys.executable, str(HERE), "_child", impl, name, str(args.batch), str(args.size),
                                       str(args.patch), str(args.steps)], capture_output=True, text=True, check=True)
-                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            results.setdefault(name, {})[impl] = {
-                "steps_per_s": statistics.median(r["steps_per_s"] for r in runs),
-                "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
-            }
-            print(f"  {name:10} {impl:10} {results[name][impl]['steps_per_s']:.2f} steps/s", flush=True)
+                runs.setdefault((name, impl), []).append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for (name, impl), rs in runs.items():
+        results.setdefault(name, {})[impl] = {
+            "steps_per_s": statistics.median(r["steps_per_s"] for r in rs),
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rs),
+        }
+        print(f"  {name:10} {impl:10} {results[name][impl]['steps_per_s']:.2f} steps/s", flush=True)
     BENCH.mkdir(exist_ok=True)
     (BENCH / "objectives.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     print(f"\nViT-Tiny, {args.size} px, patch {args.patch}, batch {args.batch}, CPU; median of {args.repeats} x {args.steps} steps")
@@ -184,6 +239,18 @@ def main() -> None:
         ratio = f"{o['steps_per_s'] / lt['steps_per_s']:.2f}" if lt else "-"
         print(f"{name:12}{o['steps_per_s']:14.2f}{(lt or {}).get('steps_per_s', float('nan')):10.2f}{ratio:>8}"
               f"{o['peak_rss_mb']:13.0f}{(lt or {}).get('peak_rss_mb', float('nan')):13.0f}")
+    ratios = {}
+    for label, a, b in RATIOS:  # paired by repeat (the two ran back to back), then the median
+        if (a, "pretextlab") in runs and (b, "pretextlab") in runs:
+            paired = [x["steps_per_s"] / y["steps_per_s"]
+                      for x, y in zip(runs[(a, "pretextlab")], runs[(b, "pretextlab")], strict=True)]
+            r = statistics.median(paired)
+            ratios[label] = {"median": r, "min": min(paired), "max": max(paired)}
+            print(f"{label}: steps/s ratio {r:.2f} (repeats {min(paired):.2f}-{max(paired):.2f}); "
+                  f"step time ratio {1 / r:.2f}")
+    if ratios:
+        (BENCH / "objectives.json").write_text(json.dumps({"args": vars(args), "results": results,
+                                                           "ratios": ratios}, indent=1))
 
 
 if __name__ == "__main__":

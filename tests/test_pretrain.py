@@ -32,7 +32,26 @@ OBJECTIVES = {  # objective -> (modality, data kind, extra objective fields)
     "ijepa": ("ultrasound", "frames", {}),
     "cine_jepa": ("ultrasound", "clips", {"frames": 4}),
     "cine_mae": ("ultrasound", "clips", {"frames": 4, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}),
+    # issue 17: Gram anchoring from step 1 with a refresh at step 3; SALT's teacher is made by config()
+    "dinov3": ("histopathology", "patches", {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16,
+                                            "gram_start_step": 1, "gram_refresh_every": 2}),
+    "lejepa": ("ultrasound", "frames", {"predictor_depth": 2}),
+    "salt": ("ultrasound", "frames", {"predictor_depth": 2}),
+    "cine_salt": ("ultrasound", "clips", {"frames": 4, "predictor_depth": 2}),
 }
+
+
+def teacher_folder(tmp: Path) -> Path:
+    """A frozen teacher for SALT: an encoder folder (a ViT at the student's patch grid, 1 channel)."""
+    from pretextlab.models import BackboneConfig, EncoderCard, create_backbone, save_encoder
+
+    folder = tmp / "teacher"
+    if not (folder / "card.json").is_file():
+        bb = BackboneConfig(**BACKBONE, in_chans=1, global_pool="avg")
+        card = EncoderCard(timm_name=bb.timm_name, timm_kwargs=bb.timm_kwargs(), embed_dim=192, img_size=32,
+                           patch_size=8, in_chans=1, global_pool="avg", objective="mae")
+        save_encoder(create_backbone(bb), card, folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +87,9 @@ def config(tmp: Path, store: Path | str, objective: str = "dino", steps: int = 4
         "storage": str(tmp / "runs"),
         "registry": str(tmp / "registry"),
     }
-    if objective == "dino":
+    if objective in ("salt", "cine_salt"):
+        cfg["objective"]["teacher"] = str(teacher_folder(tmp))
+    if objective in ("dino", "dinov3"):
         cfg["views"] = {"n_local": 2}
     elif kind == "clips":
         cfg["views"] = {"strides": [1]}
@@ -90,6 +111,9 @@ def _check_encoder(res, objective: str) -> None:
     assert card["data"]["sources"][0]["catalog_sha256"].startswith("sha256:")
     assert card["pretrain_config"]["objective"]["name"] == objective
     assert card["git_commit"] and np.isfinite(card["metrics"]["loss"])
+    if objective in ("salt", "cine_salt"):  # the card names its frozen teacher and the teacher's sha256
+        teacher = json.loads(Path(card["teacher"], "card.json").read_text())
+        assert card["teacher_sha256"] == teacher["weights_sha256"]
     # loads in timm alone, from the card, and embeds
     model = timm.create_model(card["timm_name"], pretrained=False, **card["timm_kwargs"])
     model.load_state_dict(load_file(str(Path(res.encoder.uri, "model.safetensors"))))
@@ -279,7 +303,29 @@ def test_no_items_of_the_needed_kind(tmp_path, ray_session):
     assert res.returncode == 2 and str(dest) in res.stderr and "Traceback" not in res.stderr
 
 
-def test_example_configs_validate():
+def _stand_in_registry(cfg, tmp: Path):
+    """``cfg`` pointed at a registry holding a random encoder for every address it starts from (a SALT
+    teacher, an init), built from the example config of that name: the chain of examples must fit."""
+    from pretextlab.core.config import load_config
+    from pretextlab.models import BackboneConfig, EncoderCard, create_backbone
+    from pretextlab.registry import EncoderRegistry
+    from pretextlab.training.config import PretrainConfig
+    from pretextlab.training.setup import objective_kwargs
+
+    extra = cfg.objective.kwargs()
+    addresses = [extra.get("teacher"), (extra.get("init") or "").removeprefix("registry:") or None]
+    for address in filter(None, addresses):
+        name = address.split(":")[0]
+        source = load_config(PretrainConfig, str(REPO / "configs" / "pretrain" / f"{name}.yaml"), [])
+        bb = BackboneConfig.model_validate(objective_kwargs(source)["backbone"])
+        card = EncoderCard(timm_name=bb.timm_name, timm_kwargs=bb.timm_kwargs(), embed_dim=192,
+                           img_size=bb.img_size, patch_size=bb.patch_size, in_chans=bb.in_chans,
+                           global_pool=bb.global_pool, objective=source.objective.name)
+        EncoderRegistry(str(tmp / "registry")).register(create_backbone(bb), card, name)
+    return cfg.model_copy(update={"registry": str(tmp / "registry")})
+
+
+def test_example_configs_validate(tmp_path):
     from pretextlab.core.config import load_config
     from pretextlab.training.config import PretrainConfig
     from pretextlab.training.setup import check
@@ -288,7 +334,7 @@ def test_example_configs_validate():
     assert len(files) >= 8
     seen = set()
     for f in files:
-        cfg = load_config(PretrainConfig, str(f), [])
+        cfg = _stand_in_registry(load_config(PretrainConfig, str(f), []), tmp_path / f.stem)
         objective, views = check(cfg)
         seen.add((cfg.modality, cfg.objective.name))
         assert views.config.size == objective.cfg.backbone.img_size, f

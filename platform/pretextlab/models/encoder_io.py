@@ -59,6 +59,10 @@ class EncoderCard(BaseModel):
     weights_sha256: str | None = None
     resolution: dict[str, Any] | None = Field(None, description=(
         "the working resolution of training frames (resize or spacing_mm, fit, size, eval_fit); None: native"))
+    init: str | None = Field(None, description="weights training started from (objective.init, resolved)")
+    init_sha256: str | None = None
+    teacher: str | None = Field(None, description="frozen teacher of a SALT run: registry id or encoder folder")
+    teacher_sha256: str | None = None
 
 
 def _sha256(path: Path) -> str:

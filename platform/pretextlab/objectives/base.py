@@ -29,6 +29,10 @@ class ObjectiveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    init: str | None = Field(None, description=(
+        "start the backbone from weights: registry:<address> (a pretextlab encoder), timm:<model name> "
+        "(timm's pretrained weights from the local Hugging Face cache or $PRETEXTLAB_WEIGHTS_DIR, never "
+        "the network) or a local .safetensors file; applied by training setup (pretextlab.training.weights)"))
 
 
 class Objective(torch.nn.Module):
@@ -45,6 +49,8 @@ class Objective(torch.nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = create_backbone(cfg.backbone)
+        #: weights the run started from (init, teacher: address and sha256), set by training setup
+        self.provenance: dict[str, str | None] = {}
 
     def forward(self, batch: dict) -> ObjectiveOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -52,6 +58,11 @@ class Objective(torch.nn.Module):
     def encoder(self) -> torch.nn.Module:
         """The backbone to keep (a timm ViT)."""
         return self.backbone
+
+    def backbone_twins(self) -> list[torch.nn.Module]:
+        """Copies of the backbone that start equal to it (EMA teacher/target): ``init`` weights go to
+        the backbone and to each of these."""
+        return []
 
     def trainable(self) -> torch.nn.Module:
         """The modules the optimiser updates (everything but EMA copies)."""

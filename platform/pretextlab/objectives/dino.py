@@ -75,6 +75,9 @@ class DINO(Objective):
     def encoder(self) -> torch.nn.Module:
         return self.teacher_backbone
 
+    def backbone_twins(self) -> list[torch.nn.Module]:
+        return [self.teacher_backbone]
+
     def set_progress(self, fraction: float) -> None:
         self.progress.fill_(float(fraction))
 
@@ -93,6 +96,11 @@ class DINO(Objective):
         return scores < ratios[:, None]
 
     def forward(self, batch: dict) -> ObjectiveOutput:
+        return self._forward_parts(batch)[0]
+
+    def _forward_parts(self, batch: dict) -> tuple[ObjectiveOutput, torch.Tensor, torch.Tensor]:
+        """(output, global crops (ng*B, C, G, G), student tokens of the global crops): subclasses
+        (DINOv3's Gram anchoring) add losses on the same forward pass."""
         c = self.cfg
         globals_, locals_ = batch["global"], batch.get("local", [])
         ng = len(globals_)
@@ -141,7 +149,7 @@ class DINO(Objective):
             ibot = (per_token * weights).sum() / masks.any(dim=1).sum().clamp(min=1)
             loss = loss + c.ibot_weight * ibot
             metrics["loss_ibot"] = ibot.detach()
-        return ObjectiveOutput(loss=loss, metrics=metrics)
+        return ObjectiveOutput(loss=loss, metrics=metrics), g, s_tokens
 
     @torch.no_grad()
     def update_ema(self, momentum: float) -> None:

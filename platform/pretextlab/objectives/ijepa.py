@@ -66,6 +66,9 @@ class IJEPA(Objective):
     def encoder(self) -> torch.nn.Module:
         return self.target_backbone
 
+    def backbone_twins(self) -> list[torch.nn.Module]:
+        return [self.target_backbone]
+
     def _sample_masks(self, batch: dict, b: int, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if "context_idx" in batch:  # masks made by the data pipeline (as the reference collator)
             return batch["context_idx"].to(device), [t.to(device) for t in batch["target_idx"]]

@@ -120,3 +120,57 @@ def unpatchify(patches: torch.Tensor, patch: int, channels: int, gh: int, gw: in
     b = patches.shape[0]
     x = patches.reshape(b, gh, gw, patch, patch, channels)
     return x.permute(0, 5, 1, 3, 2, 4).reshape(b, channels, gh * patch, gw * patch)
+
+
+def gram_loss(student: torch.Tensor, teacher: torch.Tensor, normalize: bool = True,
+              remove_neg: bool = False) -> torch.Tensor:
+    """DINOv3 Gram anchoring (Siméoni et al. 2025, arXiv 2508.10104, Sec. 4.2; reference code
+    facebookresearch/dinov3 ``dinov3/loss/gram_loss.py``, image-level variant).
+
+    ``student`` and ``teacher`` are patch features (B, N, D) of the same images. Each is
+    L2-normalised per patch, its Gram matrix X Xᵀ (B, N, N) of patch-to-patch cosine similarities is
+    formed per image, and the loss is the mean squared difference of the two Gram matrices, i.e.
+    ||X_S X_Sᵀ − X_G X_Gᵀ||²_F / (B N²). ``remove_neg`` clips negative similarities to zero in both
+    (off in DINOv3's configs). The teacher side carries no gradient.
+    """
+    s = student.float()
+    t = teacher.detach().float()
+    if normalize:
+        s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
+    s_sim = s @ s.transpose(-1, -2)
+    t_sim = t @ t.transpose(-1, -2)
+    if remove_neg:
+        s_sim, t_sim = s_sim.clamp_min(0.0), t_sim.clamp_min(0.0)
+    return F.mse_loss(s_sim, t_sim)
+
+
+def sigreg(x: torch.Tensor, num_slices: int = 256, knots: int = 17, t_max: float = 3.0,
+           directions: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """SIGReg, LeJEPA's sketched isotropic Gaussian regulariser (Balestriero & LeCun 2025,
+    arXiv 2511.08544; reference code rbalestr-lab/lejepa, ``MINIMAL.md``).
+
+    ``x`` (N, D) is projected on ``num_slices`` random unit directions (D, M) (or the given
+    ``directions``). On each 1-D projection the Epps-Pulley statistic compares the empirical
+    characteristic function φ_N(t) = mean_n exp(i t x_n) with the standard normal's φ(t) = exp(−t²/2):
+
+        EP = N ∫ |φ_N(t) − φ(t)|² w(t) dt,  w(t) = exp(−t²/2),
+
+    integrated over [−t_max, t_max] by the trapezoidal rule on ``knots`` points of [0, t_max],
+    doubled (|φ_N − φ|² is even in t), as the reference. Returns the mean over slices: 0 only when
+    every projection looks standard normal, so minimising it pushes the embeddings towards an
+    isotropic Gaussian, which LeJEPA shows is the optimal embedding law and which rules out collapse.
+    Differentiable; per process (the reference all-reduces φ_N across GPUs).
+    """
+    x = x.float()
+    n, d = x.shape
+    if directions is None:
+        directions = torch.randn(d, num_slices, generator=generator, device="cpu").to(x.device)
+        directions = directions / directions.norm(dim=0, keepdim=True)
+    t = torch.linspace(0.0, t_max, knots, device=x.device, dtype=torch.float32)
+    dt = t_max / (knots - 1)
+    weights = torch.full((knots,), 2 * dt, device=x.device)
+    weights[[0, -1]] = dt  # trapezoid on [0, t_max], times 2 for the symmetric half
+    phi = torch.exp(-t.square() / 2.0)
+    xt = (x @ directions.to(x.dtype)).unsqueeze(-1) * t  # (N, M, K)
+    err = (xt.cos().mean(0) - phi).square() + xt.sin().mean(0).square()  # |φ_N − φ|², (M, K)
+    return ((err @ (weights * phi)) * n).mean()

@@ -13,6 +13,7 @@ from pretextlab.models.encoder_io import EncoderCard
 from pretextlab.objectives.base import Objective
 from pretextlab.objectives.registry import create_objective, get_objective_class
 from pretextlab.training.config import PretrainConfig
+from pretextlab.training.weights import apply_weights
 from pretextlab.views import RECIPES, Views
 
 
@@ -30,7 +31,7 @@ def objective_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
 
 
 def make_objective(cfg: PretrainConfig) -> Objective:
-    return create_objective(cfg.objective.name, **objective_kwargs(cfg))
+    return apply_weights(create_objective(cfg.objective.name, **objective_kwargs(cfg)), cfg.registry)
 
 
 def view_overrides(cfg: PretrainConfig, objective: Objective) -> dict[str, Any]:
@@ -75,6 +76,7 @@ def encoder_card(cfg: PretrainConfig, objective: Objective, views: Views, **extr
     if resolution is not None:  # evaluation and serving bring images to the scale the views saw
         resolution["eval_fit"] = "crop" if getattr(views.config, "native", False) else "resize"
         extra.setdefault("resolution", resolution)
+    extra = {**objective.provenance, **extra}  # init / teacher address and sha256 (training.weights)
     return EncoderCard( timm_name=bb.timm_name, timm_kwargs=bb.timm_kwargs(), embed_dim=int(enc.embed_dim),
         img_size=bb.img_size, patch_size=bb.patch_size, in_chans=bb.in_chans, global_pool=bb.global_pool,
         mean=list(views.config.mean), std=list(views.config.std), modality=cfg.modality,

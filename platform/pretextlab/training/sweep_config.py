@@ -45,7 +45,8 @@ def _defaults_dir() -> Path:
 #: the shipped default search spaces, one file per objective family
 DEFAULTS_DIR = _defaults_dir()
 DEFAULT_SPACE = {"dino": "dino", "ijepa": "ijepa", "cine_jepa": "ijepa", "mae": "mae", "cine_mae": "mae",
-                 "simclr": "simclr", "vicreg": "vicreg"}
+                 "simclr": "simclr", "vicreg": "vicreg",
+                 "dinov3": "dinov3", "lejepa": "lejepa", "salt": "salt", "cine_salt": "salt"}
 #: what every pretraining worker reports at each log interval (jobs/pretextlab/jobs/train_loop.py), plus the
 #: objective's own loss terms, which ``jobs/sweep`` finds with one forward pass before the sweep starts
 TRAIN_METRICS = ("step", "epoch", "loss", "lr", "momentum", "images_per_s", "data_wait_fraction", "train_rankme",
