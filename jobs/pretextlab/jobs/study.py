@@ -140,8 +140,9 @@ def _baseline_encoder(cfg: Any, seed: int, storage_options: dict[str, Any] | Non
         return existing[-1]
     torch.manual_seed(seed)
     objective = make_objective(cfg)
-    card = encoder_card(cfg, objective, make_views(cfg, objective), objective="random-init",
-                        metrics={}, run={"baseline": "random initialisation, no pretraining", "seed": seed})
+    card = encoder_card(cfg, objective, make_views(cfg, objective), metrics={},
+                        run={"baseline": "random initialisation, no pretraining", "seed": seed})
+    card = card.model_copy(update={"objective": "random-init", "objective_config": {}})
     return reg.register(objective.encoder(), card, cfg.name)
 
 
@@ -173,8 +174,9 @@ def run_cell(cell: dict[str, Any], study_uri: str, evaluate: dict[str, Any], tes
     record: dict[str, Any] = {**{k: cell[k] for k in ("id", "dataset", "arm", "objective", "seed")}, "status": "running"}
     try:
         cfg = PretrainConfig.model_validate(cell["pretrain"])
+        train: dict[str, Any] = {}
         if cell["arm"] == "random-init":
-            ref, train = _baseline_encoder(cfg, cell["seed"], storage_options), {}
+            ref = _baseline_encoder(cfg, cell["seed"], storage_options)
         else:
             ref, train = _trained_encoder(cfg, storage_options)
         folder = EncoderRegistry(cfg.registry, storage_options).local_folder(ref)

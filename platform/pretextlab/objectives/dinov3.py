@@ -80,6 +80,9 @@ class DINOv3Config(DINOConfig):
 class DINOv3(DINO):
     name = "dinov3"
     config_class = DINOv3Config
+    cfg: DINOv3Config
+    steps_done: torch.Tensor
+    gram_snapshots: torch.Tensor
 
     def __init__(self, cfg: DINOv3Config):
         super().__init__(cfg)

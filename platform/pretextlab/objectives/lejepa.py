@@ -57,6 +57,8 @@ class LeJEPA(Objective):
     family = "jepa"
     views = "single"
     config_class = LeJEPAConfig
+    cfg: LeJEPAConfig
+    steps_done: torch.Tensor
     default_pool = "avg"
 
     # I-JEPA's mask sampling and per-block prediction loss, shared rather than copied

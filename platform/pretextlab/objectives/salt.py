@@ -57,6 +57,7 @@ class SALT(Objective):
     family = "jepa"
     views = "single"
     config_class = SALTConfig
+    cfg: SALTConfig
     default_pool = "avg"
     #: training setup resolves ``cfg.teacher`` and calls :meth:`set_teacher`
     needs_teacher = True
@@ -132,6 +133,8 @@ class CineSALT(SALT):
     name = "cine_salt"
     views = "clip"
     config_class = CineSALTConfig
+    cfg: CineSALTConfig
+    temporal: torch.Tensor
 
     def __init__(self, cfg: CineSALTConfig):
         super().__init__(cfg)

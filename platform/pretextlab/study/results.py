@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,8 @@ from pretextlab.evaluate.stats import best_arms, seed_summary
 from pretextlab.study.config import RANDOM_INIT
 
 #: the metric the verdict rests on: balanced accuracy of the linear probe (robust to class imbalance)
-PROTOCOL, METRIC = "linear", "balanced_accuracy"
+PROTOCOL: Literal["linear"] = "linear"
+METRIC = "balanced_accuracy"
 
 FAMILY = {"dino": "view invariance (JEA)", "dinov3": "view invariance (JEA)", "simclr": "view invariance (JEA)",
           "vicreg": "view invariance (JEA)", "ijepa": "latent prediction (JEPA)",
@@ -82,8 +83,8 @@ def dataset_verdict(dataset: str, cells: Sequence[Mapping[str, Any]], n_boot: in
     out = DatasetVerdict(dataset, seeds)
     arms = sorted({c["arm"] for c in done})
     for arm in arms:
-        vals = [_estimate(c["evaluation"], PROTOCOL, METRIC)["value"] for c in done if c["arm"] == arm]
-        vals = [v for v in vals if v is not None]
+        raw = [_estimate(c["evaluation"], PROTOCOL, METRIC)["value"] for c in done if c["arm"] == arm]
+        vals = [float(v) for v in raw if v is not None]
         if vals:
             s = seed_summary(vals)
             out.summary[arm] = {"mean": s.mean, "sd": s.sd, "n": s.n}
