@@ -127,7 +127,7 @@ def _tissue(rng: np.random.Generator, spec: ItemSpec, grid: tuple[np.ndarray, np
         cy, cx = rng.uniform(0.25 * s, 0.8 * s), rng.uniform(0.3 * s, 0.7 * s)
         kind = "hypoechoic" if rng.random() < 0.5 else "hyperechoic"
         lesion = ((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r
-        db = np.where(lesion, -18.0 if kind == "hypoechoic" else 9.0, db)
+        db = np.where(lesion, -18.0 if kind == "hypoechoic" else 12.0, db)
         roi = ndimage.binary_dilation(lesion, iterations=OVERSAMPLE)
         lesion_meta = {"lesion": kind, "lesion_radius_px": float(r), "lesion_centre": [float(cy), float(cx)]}
     elif spec.channel == LOCAL:

@@ -16,8 +16,10 @@ dB, 5.57 dB for Rayleigh speckle, needs the same assumption and is reported alon
 
 **Stain.** Colour deconvolution (Ruifrok & Johnston, Anal. Quant. Cytol. Histol. 2001) turns RGB into
 optical density OD = -log10(I / I0) and solves OD = c M for the haematoxylin, eosin and DAB
-concentrations c, with M the stain vectors. Across items, the spread of the per-item median
-concentrations (coefficient of variation) and of the per-item mean OD colour direction (degrees)
+concentrations c, with M the stain vectors. Across items, the spread of the per-item
+haematoxylin of the nuclei (95th percentile: the median tissue pixel has almost none, so its spread
+would follow cellularity, not staining) and median eosin (coefficients of variation), and of the
+per-item mean OD colour direction (degrees)
 measure stain variation between slides, batches or scanners.
 """
 
@@ -198,7 +200,7 @@ def hed_concentrations(rgb: np.ndarray, vectors: np.ndarray = HED_VECTORS) -> np
 
 @dataclass
 class StainProfile:
-    """Stain variation across items: spread of per-item median H and E and of the mean OD colour direction."""
+    """Stain variation across items: spread of per-item H (95th percentile: nuclei), E (median) and OD direction."""
 
     h_median: float
     e_median: float
@@ -225,7 +227,7 @@ def stain_profile(images: np.ndarray | list[np.ndarray], tissue_od: float = 0.15
         if tissue.sum() < 16:
             continue
         c = od[tissue] @ np.linalg.inv(HED_VECTORS)
-        hs.append(float(np.median(c[:, 0])))
+        hs.append(float(np.percentile(c[:, 0], 95)))  # nuclear staining: the H-rich tail, not the median pixel
         es.append(float(np.median(c[:, 1])))
         mean_od = od[tissue].mean(axis=0)
         dirs.append(mean_od / np.linalg.norm(mean_od))
