@@ -10,6 +10,7 @@ visible across the whole image and not in a small crop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,25 +47,30 @@ class Region:
 
 
 def random_region(rng: np.random.Generator, size: int, lobulated: bool, radius: tuple[float, float] = (0.2, 0.3),
-                  margin: float = 0.08) -> Region:
+                  margin: float = 0.08, fits: Callable[[float, float, float], bool] | None = None) -> Region:
     """A region of random position, size, aspect and rotation; ``lobulated`` adds order 3-5 harmonics.
 
     Smooth regions get faint ripples (amplitude <= 0.04) so "smooth" is not "a perfect ellipse";
-    lobulated ones get one strong harmonic (0.14-0.22). Either way the semi-axes are rescaled so the
+    lobulated ones get one strong harmonic (0.2-0.3). Either way the semi-axes are rescaled so the
     area equals that of the unperturbed ellipse: the area of r(theta)^2/2 grows by (1 + sum a^2 / 2).
+    ``fits(cy, cx, reach)`` restricts the centre (e.g. to keep the whole outline inside a sector's fan);
+    centres are redrawn up to 100 times until it holds.
     """
     r = rng.uniform(*radius) * size
     aspect = rng.uniform(0.7, 1.0)
     ry, rx = r * aspect, r / aspect
     k = int(rng.integers(3, 6))
-    amp = rng.uniform(0.14, 0.22) if lobulated else rng.uniform(0.0, 0.04)
+    amp = rng.uniform(0.2, 0.3) if lobulated else rng.uniform(0.0, 0.04)
     harmonics = ((k, float(amp), float(rng.uniform(0, 2 * np.pi))),)
     scale = 1.0 / np.sqrt(1.0 + sum(a * a for _, a, _ in harmonics) / 2.0)
     ry, rx = ry * scale, rx * scale
     reach = max(ry, rx) * (1.0 + amp)
     lo, hi = margin * size + reach, (1 - margin) * size - reach
-    cy = rng.uniform(lo, hi) if hi > lo else size / 2
-    cx = rng.uniform(lo, hi) if hi > lo else size / 2
+    for _ in range(100):
+        cy = rng.uniform(lo, hi) if hi > lo else size / 2
+        cx = rng.uniform(lo, hi) if hi > lo else size / 2
+        if fits is None or fits(cy, cx, reach):
+            break
     return Region(float(cy), float(cx), float(ry), float(rx), float(rng.uniform(0, np.pi)), harmonics)
 
 

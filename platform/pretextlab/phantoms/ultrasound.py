@@ -15,8 +15,8 @@ Field II's, without its spatial impulse responses):
    modulus of the complex field: with many scatterers per resolution cell it is Rayleigh distributed,
    fully developed speckle (Goodman, *Speckle Phenomena in Optics*, 2007; Wagner et al., IEEE SU 1983:
    envelope SNR = mean/std = 1.91).
-3. **Noise knob**: ``noise`` sets the number of incoherently compounded looks, L = 1 + round(7 (1 -
-   noise)) (spatial / frequency compounding averages independent speckle patterns: SNR grows as
+3. **Noise knob**: ``noise`` sets the number of incoherently compounded looks, L = 1 + round(3 (1 -
+   noise)), 1 to 4 (spatial / frequency compounding averages independent speckle patterns: SNR grows as
    sqrt(L); Trahey et al., Ultrason. Imaging 1986). noise = 1 is single-look, fully developed speckle.
 4. **Depth**: two-way attenuation 2 alpha f0 z (alpha = 0.5 dB/cm/MHz, f0 = 3.5 MHz) and receiver
    noise, then time-gain compensation with a per-item mismatch (the sonographer's TGC sliders), so
@@ -64,6 +64,7 @@ class _Geometry:
 
     def __init__(self, size: int, kind: str):
         s = size
+        self.kind = kind
         self.n_r = self.n_l = 2 * s
         yy, xx = np.mgrid[0:s, 0:s].astype(np.float64)
         if kind == "sector":
@@ -89,6 +90,14 @@ class _Geometry:
             raise ValueError(f"unknown geometry {kind!r}")
         self.depth_frac = np.linspace(0.0, 1.0, self.n_r)[:, None]
 
+    def holds(self, cy: float, cx: float, reach: float) -> bool:
+        """Whether a disc of radius ``reach`` at (cy, cx) lies inside the field of view."""
+        if self.kind == "linear":
+            return True
+        d = float(np.hypot(cy - self.apex[0], cx - self.apex[1]))
+        th = float(np.arctan2(cx - self.apex[1], cy - self.apex[0]))
+        return d - reach >= self.r0 and d + reach <= self.r1 and d * np.sin(HALF_ANGLE - abs(th)) >= reach
+
     def scan_convert(self, beam: np.ndarray) -> np.ndarray:
         out = ndimage.map_coordinates(beam, [self.k, self.l], order=1, mode="nearest")
         return np.where(self.fan, out, 0.0)
@@ -104,14 +113,16 @@ def _geometry(size: int, kind: str) -> _Geometry:
     return _GEOMETRIES[key]
 
 
-def _tissue(rng: np.random.Generator, spec: ItemSpec, grid: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict]:
+def _tissue(rng: np.random.Generator, spec: ItemSpec, grid: tuple[np.ndarray, np.ndarray],
+            geo: _Geometry) -> tuple[np.ndarray, np.ndarray, dict]:
     """Echogenicity in dB on the tissue grid, the ROI mask on the same grid, and the nuisance values."""
     s = spec.size
     yy, xx = grid
     db = 1.5 * smooth_field(rng, yy.shape, OVERSAMPLE * s / 10)
-    organ = random_region(rng, s, lobulated=spec.label == 1 and spec.channel != LOCAL, radius=(0.2, 0.3))
-    # organ centres sit in the upper 85 % of the image so the fan holds them (the margin already keeps them in)
-    contrast = float(rng.choice([-1.0, 1.0]) * rng.uniform(4.0, 8.0))
+    slack = 0.06 * s if spec.frames else 0.0  # room for breathing and drift
+    organ = random_region(rng, s, lobulated=spec.label == 1 and spec.channel != LOCAL, radius=(0.18, 0.26),
+                          fits=lambda cy, cx, reach: geo.holds(cy, cx, reach + slack))
+    contrast = float(rng.choice([-1.0, 1.0]) * rng.uniform(5.0, 9.0))
     inside = organ.inside(yy, xx)
     db = np.where(inside, db + contrast, db)
     n_vessels = int(rng.integers(0, 4))
@@ -153,8 +164,8 @@ def ultrasound_item(rng: np.random.Generator, spec: ItemSpec, options: dict[str,
     margin = 0.15 * s
     axis = np.arange(-margin, s + margin, 1.0 / OVERSAMPLE)
     grid = np.meshgrid(axis, axis, indexing="ij")
-    db, roi, tissue_meta = _tissue(rng, spec, grid)
-    looks = 1 + int(round(7 * (1.0 - spec.noise)))
+    db, roi, tissue_meta = _tissue(rng, spec, grid, geo)
+    looks = 1 + int(np.floor(3 * (1.0 - spec.noise) + 0.5))
     amp = np.sqrt(10.0 ** (db / 10.0)).astype(np.float32)
     depth_cm = float(rng.uniform(8.0, 16.0))
     gain_db = float(rng.uniform(-6.0, 6.0))
