@@ -178,3 +178,29 @@ def test_a_new_modality_plugs_into_the_registry():
         assert all("drawn" in m and m["channel"] == "global" for m in ps.meta["items"])
     finally:
         GENERATORS.pop("flat-test")
+
+
+# The two controls. Settings: every locality value and both noise extremes are covered (the full
+# locality x noise grid, with ViT-Tiny depth 12 too, is measured by benchmarks/phantom_controls.py
+# and tabulated in docs/benchmark.md).
+CEILING_SETTINGS = [(0.0, 1.0), (0.5, 0.5), (1.0, 0.0)]
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.parametrize(("locality", "noise"), CEILING_SETTINGS)
+def test_random_init_encoder_is_near_chance(modality: str, locality: float, noise: float):
+    """kNN on a random-init ViT-Tiny (the laptop configs' 4 blocks, 64 px, patch 8) stays within chance + 0.10."""
+    ps = generate(modality, n=400, size=64, locality=locality, noise=noise, seed=0)
+    for pool in ("token", "avg"):
+        est = random_init_knn(ps.images, ps.labels, img_size=64, patch_size=8, depth=4, global_pool=pool)
+        assert est.value <= 0.60, f"{modality} locality={locality} noise={noise} {pool}: {est}"
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.parametrize("locality", [0.0, 1.0])
+def test_the_label_is_learnable_by_a_supervised_cnn(modality: str, locality: float):
+    """A small CNN trained on the labels reaches balanced accuracy >= 0.9 on held-out items (default noise)."""
+    train = generate(modality, n=TRAIN_ITEMS, size=64, locality=locality, noise=0.5, seed=1)
+    test = generate(modality, n=200, size=64, locality=locality, noise=0.5, seed=2)
+    est = supervised_cnn(train.images, train.labels, test.images, test.labels, epochs=CNN_EPOCHS)
+    assert est.value >= 0.9, f"{modality} locality={locality}: {est}"
