@@ -11,9 +11,10 @@ concentrations and illumination are perturbed.
 
 The tissue: eosin-stained stroma with a fibre texture and sparse spindle nuclei and lymphocytes,
 around one epithelial nest (paler cytoplasm, packed round haematoxylin nuclei with chromatin
-texture). The label: a lobulated vs smooth nest outline (global) or two to four atypical nuclei
-(enlarged, irregular, hyperchromatic: the features a pathologist grades) among the normal ones
-(local). Nuisance factors drawn per item, independent of the label: nest position, size and aspect,
+texture). The label: a lobulated vs smooth nest outline (global) or two or three atypical nuclei
+(enlarged 1.6-1.8x, irregular, mildly hyperchromatic: features a pathologist grades) among the normal ones
+(local), each replacing as many neighbours as its area ratio so the tile's total haematoxylin does
+not change. Nuisance factors drawn per item, independent of the label: nest position, size and aspect,
 nuclear size and density, fibre orientation, lymphocyte count, focus blur, stain and illumination.
 """
 
@@ -96,13 +97,27 @@ def histology_item(rng: np.random.Generator, spec: ItemSpec, options: dict[str, 
             if 0 <= cy < s and 0 <= cx < s and inside[int(cy), int(cx)]:
                 centres.append((cy, cx))
     order = rng.permutation(len(centres))
-    n_atypical = int(rng.integers(2, 5)) if (spec.channel == LOCAL and spec.label == 1) else 0
+    n_atypical = int(rng.integers(2, 4)) if (spec.channel == LOCAL and spec.label == 1) else 0
     roi = np.zeros((s, s), bool)
-    atypical = set(order[:n_atypical].tolist())
+    atypical = [int(i) for i in order[:n_atypical]]
+    # an atypical nucleus takes the place of its nearest neighbours, as many as its area ratio, so the
+    # tile's total haematoxylin (and cell count per area) matches a normal tile: only the local
+    # arrangement (one large irregular nucleus instead of a few small ones) carries the label
+    pts = np.array(centres) if centres else np.zeros((0, 2))
+    dropped: set[int] = set()
+    sizes: dict[int, float] = {}
+    for i in atypical:
+        factor = rng.uniform(1.6, 1.8)
+        sizes[i] = factor
+        d = np.hypot(*(pts - pts[i]).T)
+        near = [int(j) for j in np.argsort(d)[1:] if int(j) not in atypical and int(j) not in dropped]
+        dropped.update(near[: int(round(factor**2 / 1.15)) - 1])
     for i, (cy, cx) in enumerate(centres):
-        if i in atypical:
-            r = r_n * rng.uniform(2.0, 2.4)
-            _nucleus(hema, cy, cx, r * rng.uniform(0.8, 1.0), r, rng.uniform(0, np.pi), rng.uniform(1.0, 1.2),
+        if i in dropped:
+            continue
+        if i in sizes:
+            r = r_n * sizes[i]
+            _nucleus(hema, cy, cx, r * rng.uniform(0.8, 1.0), r, rng.uniform(0, np.pi), rng.uniform(0.55, 0.8) * 1.15,
                      ripple=0.12, rng=rng, mask=roi)
         else:
             r = r_n * rng.uniform(0.9, 1.1)
