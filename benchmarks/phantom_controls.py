@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from pretextlab.evaluate.controls import random_init_knn, supervised_cnn
 from pretextlab.phantoms import generate
 
@@ -60,7 +59,7 @@ def main() -> None:
                 secs = time.perf_counter() - t0
                 rows.append({"modality": modality, "locality": locality, "noise": noise, "knn": knn, "cnn": cnn,
                              "items": args.items, "train": args.train, "epochs": args.epochs, "seconds": secs})
-                cell = lambda e: f"{e['value']:.2f} [{e['low']:.2f}, {e['high']:.2f}]"  # noqa: E731
+                cell = lambda e: f"{e['value']:.2f} [{e['low']:.2f}, {e['high']:.2f}]"
                 print(f"| {modality} | {locality:g} | {noise:g} | " + " | ".join(cell(v) for v in knn.values())
                       + f" | {cell(cnn)} | {secs:.0f} |", flush=True)
                 out.write_text(json.dumps(rows, indent=1))

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy import ndimage
-
 from pretextlab.phantoms import generate
+from scipy import ndimage
 
 SETTINGS = [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
 PER_CLASS = 2

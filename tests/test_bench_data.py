@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-
 from pretextlab.core.errors import UserError
 from pretextlab.jobs import bench_data
 from pretextlab.phantoms import generate

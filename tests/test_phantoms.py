@@ -6,14 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
-
 from pretextlab.core.errors import UserError
 from pretextlab.evaluate.controls import random_init_knn, supervised_cnn
 from pretextlab.phantoms import GENERATORS, PhantomItem, generate, register_generator
 from pretextlab.profile.noise import hed_concentrations
+from scipy import ndimage
 
 MODALITIES = ("ultrasound", "histology")
+#: The supervised floor's budget: training items (seed 1; 200 held-out items, seed 2) and epochs.
+TRAIN_ITEMS, CNN_EPOCHS = 800, 20
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -58,7 +59,7 @@ def test_labels_balanced_and_locality_sets_the_share_of_local_items(modality: st
 def _enclosed(mask: np.ndarray, centre: list[float]) -> np.ndarray:
     """The region a closed band encloses around ``centre``: empty when the band does not close around it."""
     parts, _ = ndimage.label(~mask)
-    inner = parts == parts[int(round(centre[0])), int(round(centre[1]))]
+    inner = parts == parts[round(centre[0]), round(centre[1])]
     touches_border = inner[0].any() or inner[-1].any() or inner[:, 0].any() or inner[:, -1].any()
     return np.zeros_like(mask) if touches_border else inner
 
@@ -66,7 +67,7 @@ def _enclosed(mask: np.ndarray, centre: list[float]) -> np.ndarray:
 def _outline_band_ok(mask: np.ndarray, centre: list[float]) -> np.ndarray:
     """A global item's mask is a thin band closed around the region's centre; returns what it encloses."""
     assert 0.03 < mask.mean() < 0.4, mask.mean()
-    assert not mask[int(round(centre[0])), int(round(centre[1]))]
+    assert not mask[round(centre[0]), round(centre[1])]
     inner = _enclosed(mask, centre)
     assert inner.sum() > 0.02 * mask.size, "the band does not close around the region"
     return inner
@@ -83,7 +84,7 @@ def test_ultrasound_masks_cover_the_label_structure():
             assert (meta["lobulation"] > 0.1) == (lab == 1)
         elif lab == 1:  # the lesion: a small disc, brighter or darker than the ring around it
             cy, cx = meta["lesion_centre"]
-            assert mask[int(round(cy)), int(round(cx))]
+            assert mask[round(cy), round(cx)]
             assert 0.003 < mask.mean() < 0.05
             ring = ndimage.binary_dilation(mask, iterations=3) & ~mask
             inside, around = img[mask].mean(), img[ring].mean()
@@ -196,6 +197,7 @@ def test_random_init_encoder_is_near_chance(modality: str, locality: float, nois
         assert est.value <= 0.60, f"{modality} locality={locality} noise={noise} {pool}: {est}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modality", MODALITIES)
 @pytest.mark.parametrize("locality", [0.0, 1.0])
 def test_the_label_is_learnable_by_a_supervised_cnn(modality: str, locality: float):

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from pretextlab.core.errors import UserError
 
 MODALITY = {"ultrasound": "ultrasound", "histology": "histopathology"}
@@ -59,7 +58,7 @@ def split_of(n: int, seed: int) -> np.ndarray:
     out = np.empty(n, dtype=object)
     start = 0
     for i, (name, share) in enumerate(SPLITS):
-        stop = n if i == len(SPLITS) - 1 else start + int(round(share * n))
+        stop = n if i == len(SPLITS) - 1 else start + round(share * n)
         out[order[start:stop]] = name
         start = stop
     return out

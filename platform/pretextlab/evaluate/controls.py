@@ -12,15 +12,15 @@ recommender can call them on generated or sampled data.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
-
 from pretextlab.evaluate.features import embed_images
 from pretextlab.evaluate.knn import knn_predict
 from pretextlab.evaluate.metrics import Estimate, classification_metrics
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class SmallCNN(nn.Module):
         widths = (width, 2 * width, 4 * width, 4 * width, 4 * width)
         layers: list[nn.Module] = [nn.Conv2d(in_chans, widths[0], 3, stride=2, padding=1, bias=False),
                                    nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
-        for c, w in zip(widths[:-1], widths[1:], strict=True):
+        for c, w in itertools.pairwise(widths):
             layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
                        nn.MaxPool2d(2)]
         self.features = nn.Sequential(*layers)

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from pretextlab.core.errors import UserError
 
 #: Item-level label channels: where the label of an item lives.
@@ -114,7 +113,7 @@ def assign(n: int, locality: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """
     rng = np.random.default_rng([seed, 0x5EED])
     half = n // 2
-    n_local = int(round(locality * half))
+    n_local = round(locality * half)
     labels = np.repeat([0, 1], half)
     local = np.concatenate([np.arange(half) < n_local] * 2)
     order = rng.permutation(n)

@@ -23,10 +23,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
-
 from pretextlab.phantoms.base import LOCAL, ItemSpec, PhantomItem, register_generator
-from pretextlab.phantoms.shapes import boundary_band, oriented_field, random_region, smooth_field
+from pretextlab.phantoms.shapes import (
+    boundary_band,
+    oriented_field,
+    random_region,
+    smooth_field,
+)
+from scipy import ndimage
 
 #: Ruifrok & Johnston (2001) optical-density vectors (R, G, B), unit length.
 HEMATOXYLIN = np.array([0.650, 0.704, 0.286])
@@ -111,7 +115,7 @@ def histology_item(rng: np.random.Generator, spec: ItemSpec, options: dict[str, 
         sizes[i] = factor
         d = np.hypot(*(pts - pts[i]).T)
         near = [int(j) for j in np.argsort(d)[1:] if int(j) not in atypical and int(j) not in dropped]
-        dropped.update(near[: int(round(factor**2 / 1.15)) - 1])
+        dropped.update(near[: round(factor**2 / 1.15) - 1])
     for i, (cy, cx) in enumerate(centres):
         if i in dropped:
             continue

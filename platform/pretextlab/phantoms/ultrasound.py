@@ -36,10 +36,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
-
 from pretextlab.phantoms.base import LOCAL, ItemSpec, PhantomItem, register_generator
 from pretextlab.phantoms.shapes import boundary_band, random_region, smooth_field
+from scipy import ndimage
 
 ALPHA_DB_CM_MHZ = 0.5
 F0_MHZ = 3.5
@@ -191,7 +190,7 @@ def ultrasound_item(rng: np.random.Generator, spec: ItemSpec, options: dict[str,
         dy = dx = np.zeros(1)
         motion = {}
         scat = None  # a still: independent scatterers at the beam samples are the same statistics, 4x cheaper
-    to_grid = lambda y, x: [(y + margin) * OVERSAMPLE, (x + margin) * OVERSAMPLE]  # noqa: E731
+    to_grid = lambda y, x: [(y + margin) * OVERSAMPLE, (x + margin) * OVERSAMPLE]
     out_y, out_x = np.mgrid[0:s, 0:s].astype(np.float64)
     psf_gain = 1.0 / np.sqrt(4 * np.pi * sig_ax * sig_lat)  # mean envelope of unit echogenicity: sqrt(pi)/2 * this
     images, masks = [], []

@@ -29,9 +29,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
-
 from pretextlab.core.errors import UserError
+from scipy import ndimage
 
 #: Ruifrok & Johnston (2001) H, E, DAB optical-density vectors (R, G, B), rows normalised.
 HED_VECTORS = np.array([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]])
