@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("pretextlab.serving.cli", "serve registered encoders over HTTP (Ray Serve): embeddings, regions, models"),
     "sweep": ("pretextlab.jobs.sweep", "sweep objective hyperparameters with Ray Tune (ASHA, resume, summary, chosen encoder)"),
     "embed": ("pretextlab.jobs.embed", "embed every slide patch / cine frame of a catalog into feature bags (Ray Data)"),
+    "bench-data": ("pretextlab.jobs.bench_data", "generate the controlled benchmark (phantoms with known signal layout) as a store"),
     "study": ("pretextlab.jobs.study", "compare objectives per dataset: a grid of pretrain + evaluate cells, a report"),
     "review": ("pretextlab.review.cli", "blinded clinician review of feature maps (web app): serve, create, invite, report"),
 }

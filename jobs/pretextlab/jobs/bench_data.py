@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 from pretextlab.core.errors import UserError
 
-MODALITY = {"ultrasound": "ultrasound", "histology": "histopathology"}
+#: --modality (generator names, and the registered modality names) -> the store's modality
+MODALITY = {"ultrasound": "ultrasound", "histology": "histopathology", "histopathology": "histopathology"}
+GENERATOR = {"histopathology": "histology"}
 SPLITS = (("train", 0.6), ("val", 0.2), ("test", 0.2))
 
 
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--geometry applies to --modality ultrasound only")
     print(f"generating {args.items} {args.modality} phantoms ({args.size} px, locality {args.locality:g}, "
           f"noise {args.noise:g}, seed {args.seed})")
-    ps = generate(args.modality, n=args.items, size=args.size, locality=args.locality, noise=args.noise,
+    ps = generate(GENERATOR.get(args.modality, args.modality), n=args.items, size=args.size, locality=args.locality, noise=args.noise,
                   seed=args.seed, **options)
     name = f"phantom-{args.modality}"
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
