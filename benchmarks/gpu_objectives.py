@@ -19,10 +19,12 @@ from pretextlab.training import Trainer
 
 def batch_for(views: str, b: int, size: int, device: str) -> dict:
     x = lambda s: torch.randn(b, 3, s, s, device=device)
-    return {"multicrop": {"global": [x(size), x(size)], "local": [x(96) for _ in range(6)]},
-            "pair": {"global": [x(size), x(size)]},
-            "single": {"images": x(size)},
-            "clip": {"clips": torch.randn(b // 8, 3, 8, size, size, device=device)}}[views]
+    return {
+        "multicrop": {"global": [x(size), x(size)], "local": [x(96) for _ in range(6)]},
+        "pair": {"global": [x(size), x(size)]},
+        "single": {"images": x(size)},
+        "clip": {"clips": torch.randn(b // 8, 3, 8, size, size, device=device)},
+    }[views]
 
 
 def main() -> None:
@@ -55,11 +57,19 @@ def main() -> None:
             trainer.step(batch)
         torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / args.steps
-        r = {"images_per_s": images / dt, "step_ms": dt * 1e3, "tflops": flops / dt / 1e12,
-             "mfu": flops / dt / (args.peak_tflops * 1e12), "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9}
+        r = {
+            "images_per_s": images / dt,
+            "step_ms": dt * 1e3,
+            "tflops": flops / dt / 1e12,
+            "mfu": flops / dt / (args.peak_tflops * 1e12),
+            "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9,
+        }
         out["results"][name] = r
-        print(f"{name:10} {r['images_per_s']:9.0f} img/s  {r['step_ms']:7.1f} ms/step  "
-              f"{r['tflops']:6.1f} TFLOP/s  MFU {r['mfu']:.1%}  peak {r['peak_mem_gb']:.1f} GB", flush=True)
+        print(
+            f"{name:10} {r['images_per_s']:9.0f} img/s  {r['step_ms']:7.1f} ms/step  "
+            f"{r['tflops']:6.1f} TFLOP/s  MFU {r['mfu']:.1%}  peak {r['peak_mem_gb']:.1f} GB",
+            flush=True,
+        )
         del trainer, obj
         torch.cuda.empty_cache()
     print(json.dumps(out))

@@ -35,12 +35,16 @@ def tree_pss(parent: psutil.Process) -> int:
     return total
 
 
-def measure_child(script: Path, args: list[str], env: dict[str, str] | None = None,
-                  interval_s: float = 0.5) -> dict[str, Any]:
+def measure_child(
+    script: Path, args: list[str], env: dict[str, str] | None = None, interval_s: float = 0.5
+) -> dict[str, Any]:
     """Run ``python script _child ARGS``; its last stdout line (JSON) plus ``peak_pss_mb``."""
-    proc = subprocess.Popen([sys.executable, str(script), "_child", *args], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "RAY_ADDRESS": "", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-                                 **(env or {})})
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "_child", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_ADDRESS": "", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", **(env or {})},
+    )
     parent = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:

@@ -35,8 +35,12 @@ BENCH = HERE.parents[1] / ".bench"
 
 def measure(args: list[str]) -> dict:
     """Run ``this_script _child ARGS`` and sample the peak RSS of its process tree."""
-    proc = subprocess.Popen([sys.executable, str(HERE), "_child", *args], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "RAY_ADDRESS": ""})
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE), "_child", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
     parent = psutil.Process(proc.pid)
     peak = 0
     cpu: dict[int, float] = {}  # pid -> last seen user+system CPU seconds (the tree's CPU time)
@@ -81,6 +85,7 @@ def child(argv: list[str]) -> None:
         import zarr  # noqa: F401
 
         import pretextlab.storage  # noqa: F401
+
         print(json.dumps({"seconds": 0.0}))
         return
     if mode == "tifffile":
@@ -187,18 +192,27 @@ def main() -> None:
     results["ray_2_vs_1"] = results["ray_2_workers"]["mb_per_s"] / results["ray_1_workers"]["mb_per_s"]
 
     (BENCH / "ingest.json").write_text(json.dumps(results, indent=1))
-    print(f"\nslide {args.size}x{args.size} RGB: {raw_mb:.0f} MB of pixels, {results['file_mb']:.0f} MB JPEG-tiled TIFF")
+    print(
+        f"\nslide {args.size}x{args.size} RGB: {raw_mb:.0f} MB of pixels, {results['file_mb']:.0f} MB JPEG-tiled TIFF"
+    )
     print(f"{'':28}{'seconds':>10}{'MB/s':>10}{'peak RSS MB':>14}")
     for key, label in (("tifffile", "tifffile raw read (anchor)"), ("pretextlab", "pretextlab write_item")):
         r = results[key]
         print(f"{label:28}{r['seconds']:10.1f}{r['mb_per_s']:10.1f}{r['peak_rss_mb']:14.0f}")
-    print(f"ratio pretextlab / tifffile: {results['ratio_vs_tifffile']:.2f}x   "
-          f"(interpreter + imports alone: {results['baseline_rss_mb']:.0f} MB)")
-    print(f"\nRay ingest of {args.scaling_slides} slides {args.scaling_size}^2 ({scale_mb:.0f} MB), "
-          f"median of {args.scaling_repeats}:")
+    print(
+        f"ratio pretextlab / tifffile: {results['ratio_vs_tifffile']:.2f}x   "
+        f"(interpreter + imports alone: {results['baseline_rss_mb']:.0f} MB)"
+    )
+    print(
+        f"\nRay ingest of {args.scaling_slides} slides {args.scaling_size}^2 ({scale_mb:.0f} MB), "
+        f"median of {args.scaling_repeats}:"
+    )
     for cpus in (1, 2):
         r = results[f"ray_{cpus}_workers"]
-        print(f"  {cpus} worker(s): {r['seconds']:6.1f} s  {r['mb_per_s']:6.1f} MB/s  peak RSS (tree) {r['peak_rss_mb']:.0f} MB")
+        print(
+            f"  {cpus} worker(s): {r['seconds']:6.1f} s  {r['mb_per_s']:6.1f} MB/s  "
+            f"peak RSS (tree) {r['peak_rss_mb']:.0f} MB"
+        )
     print(f"  2 vs 1 workers: {results['ray_2_vs_1']:.2f}x")
 
 

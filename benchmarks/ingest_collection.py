@@ -90,14 +90,21 @@ def collection_ingest(folder: str, dest: str, cpus: int, shard_size: int) -> dic
     # warm workers, what every shard after the first few sees in a 100k-image ingest
     for key, target in (("cold", dest), ("warm", dest + "-warm")):
         c0, t0 = tree_cpu(), time.perf_counter()
-        rep = run_ingest(IngestConfig(sources=[folder], dest=target, shard_size=shard_size, labels_from_folders=True),
-                         progress=False)
+        rep = run_ingest(
+            IngestConfig(sources=[folder], dest=target, shard_size=shard_size, labels_from_folders=True), progress=False
+        )
         out[f"{key}_seconds"], out[f"{key}_cpu_seconds"] = time.perf_counter() - t0, tree_cpu() - c0
         assert rep.ok, rep.render()
     store = sum(p.stat().st_size for p in Path(dest, "items").rglob("*") if p.is_file())
     files = sum(1 for p in Path(dest).rglob("*") if p.is_file())
-    return {"seconds": out["cold_seconds"], **out, "images": rep.images, "shards": rep.shards, "store_bytes": store,
-            "store_files": files}
+    return {
+        "seconds": out["cold_seconds"],
+        **out,
+        "images": rep.images,
+        "shards": rep.shards,
+        "store_bytes": store,
+        "store_files": files,
+    }
 
 
 def lossy_sizes(folder: str, sample: int = 300) -> dict:
@@ -125,9 +132,12 @@ def lossy_sizes(folder: str, sample: int = 300) -> dict:
             out[key] += len(blob)
             err[key] += float(np.abs(back.astype(np.int16) - arr).mean())
     n = len(files)
-    return {"images": n, "bytes_per_image": {k: v / n for k, v in out.items()},
-            "encode_decode_ms_per_image": {k: 1000 * v / n for k, v in secs.items()},
-            "mean_abs_error_grey_levels": {k: v / n for k, v in err.items()}}
+    return {
+        "images": n,
+        "bytes_per_image": {k: v / n for k, v in out.items()},
+        "encode_decode_ms_per_image": {k: 1000 * v / n for k, v in secs.items()},
+        "mean_abs_error_grey_levels": {k: v / n for k, v in err.items()},
+    }
 
 
 def run_part(images: int, cpus: int, shard_size: int, repeats: int, measure) -> dict:
@@ -143,10 +153,18 @@ def run_part(images: int, cpus: int, shard_size: int, repeats: int, measure) -> 
     p_s = statistics.median(r["seconds"] for r in plain)
     o_s = statistics.median(r["seconds"] for r in ours)
     res = {
-        "images": images, "cpus": cpus, "shard_size": shard_size, "source_bytes": source_bytes,
+        "images": images,
+        "cpus": cpus,
+        "shard_size": shard_size,
+        "source_bytes": source_bytes,
         "plain_loop": {"seconds": p_s, "images_per_s": images / p_s, "runs": plain},
-        "collection": {"seconds": o_s, "images_per_s": images / o_s, "runs": ours,
-                       "store_bytes": ours[0]["store_bytes"], "store_files": ours[0]["store_files"]},
+        "collection": {
+            "seconds": o_s,
+            "images_per_s": images / o_s,
+            "runs": ours,
+            "store_bytes": ours[0]["store_bytes"],
+            "store_files": ours[0]["store_files"],
+        },
         "load_average_1min": os.getloadavg()[0],
     }
     res["ratio_vs_plain_loop"] = res["collection"]["images_per_s"] / res["plain_loop"]["images_per_s"]
@@ -164,25 +182,37 @@ def run_part(images: int, cpus: int, shard_size: int, repeats: int, measure) -> 
     res["lossy"] = lossy_sizes(str(folder))
     (BENCH / "ingest-collection.json").write_text(json.dumps(res, indent=1))
     lossy = res["lossy"]["bytes_per_image"]
-    print(f"\ncollection: {images:,} JPEG tiles 224x224 q90 ({source_bytes / 1e6:.1f} MB), {cpus} CPUs, "
-          f"median of {repeats}; load average {res['load_average_1min']:.1f}")
+    print(
+        f"\ncollection: {images:,} JPEG tiles 224x224 q90 ({source_bytes / 1e6:.1f} MB), {cpus} CPUs, "
+        f"median of {repeats}; load average {res['load_average_1min']:.1f}"
+    )
     print(f"  plain decode loop (1 process): {p_s:6.2f} s  {images / p_s:8.0f} images/s")
-    print(f"  pretextlab collection ingest:  {o_s:6.2f} s  {images / o_s:8.0f} images/s  "
-          f"({res['ratio_vs_plain_loop']:.2f}x the plain loop; {res['collection']['runs'][0]['shards']} shard(s))")
+    print(
+        f"  pretextlab collection ingest:  {o_s:6.2f} s  {images / o_s:8.0f} images/s  "
+        f"({res['ratio_vs_plain_loop']:.2f}x the plain loop; {res['collection']['runs'][0]['shards']} shard(s))"
+    )
     c = res["collection"]
-    print(f"  again, warm Ray workers:        {c['warm_seconds']:6.2f} s  {c['warm_images_per_s']:8.0f} images/s  "
-          f"({res['warm_ratio_vs_plain_loop']:.2f}x); CPU of the Ray tree during the ingest: cold "
-          f"{c['cold_cpu_seconds']:.1f} s, warm {c['warm_cpu_seconds']:.1f} s = {images / c['warm_cpu_seconds']:.0f} "
-          f"images per CPU-second")
-    print(f"  CPU time of the process tree: plain loop {res['plain_loop']['cpu_seconds']:.1f} s "
-          f"({res['plain_loop']['images_per_cpu_s'] or 0:.0f} images per CPU-second), collection ingest "
-          f"{res['collection']['cpu_seconds']:.1f} s ({res['collection']['images_per_cpu_s'] or 0:.0f} images per "
-          f"CPU-second, Ray start-up included)")
-    print(f"  store: {res['collection']['store_bytes'] / 1e6:.1f} MB in {res['collection']['store_files']} files = "
-          f"{res['store_vs_source']:.1f}x the JPEG source (zstd level 1, lossless)")
-    print(f"  per image: source {lossy['source'] / 1e3:.1f} kB, raw {lossy['raw'] / 1e3:.1f} kB, "
-          f"JPEG q90 {lossy['jpeg_q90'] / 1e3:.1f} kB, JPEG-XL d1 {lossy['jpegxl_d1'] / 1e3:.1f} kB; "
-          f"mean abs error {res['lossy']['mean_abs_error_grey_levels']}")
+    print(
+        f"  again, warm Ray workers:        {c['warm_seconds']:6.2f} s  {c['warm_images_per_s']:8.0f} images/s  "
+        f"({res['warm_ratio_vs_plain_loop']:.2f}x); CPU of the Ray tree during the ingest: cold "
+        f"{c['cold_cpu_seconds']:.1f} s, warm {c['warm_cpu_seconds']:.1f} s = {images / c['warm_cpu_seconds']:.0f} "
+        f"images per CPU-second"
+    )
+    print(
+        f"  CPU time of the process tree: plain loop {res['plain_loop']['cpu_seconds']:.1f} s "
+        f"({res['plain_loop']['images_per_cpu_s'] or 0:.0f} images per CPU-second), collection ingest "
+        f"{res['collection']['cpu_seconds']:.1f} s ({res['collection']['images_per_cpu_s'] or 0:.0f} images per "
+        f"CPU-second, Ray start-up included)"
+    )
+    print(
+        f"  store: {res['collection']['store_bytes'] / 1e6:.1f} MB in {res['collection']['store_files']} files = "
+        f"{res['store_vs_source']:.1f}x the JPEG source (zstd level 1, lossless)"
+    )
+    print(
+        f"  per image: source {lossy['source'] / 1e3:.1f} kB, raw {lossy['raw'] / 1e3:.1f} kB, "
+        f"JPEG q90 {lossy['jpeg_q90'] / 1e3:.1f} kB, JPEG-XL d1 {lossy['jpegxl_d1'] / 1e3:.1f} kB; "
+        f"mean abs error {res['lossy']['mean_abs_error_grey_levels']}"
+    )
     return res
 
 

@@ -3,7 +3,8 @@ the same objective (same timm backbone, same views, same head sizes, same batch)
 
     .venv/bin/python benchmarks/objectives.py                    # batch 32, 64 px, patch 8
     .venv/bin/python benchmarks/objectives.py --steps 5 --repeats 1   # quick look
-    .venv/bin/python benchmarks/objectives.py --objectives dino,dinov3_nogram,dinov3,ijepa,salt,lejepa,cine_jepa,cine_salt
+    .venv/bin/python benchmarks/objectives.py \
+        --objectives dino,dinov3_nogram,dinov3,ijepa,salt,lejepa,cine_jepa,cine_salt
     .venv/bin/python benchmarks/objectives.py --paired 7 --objectives ijepa,salt      # loaded machine: see run_paired()
 
 Each (implementation, objective) runs in its own subprocess (peak RSS per run). Medians over
@@ -30,19 +31,35 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 BENCH = HERE.parents[1] / ".bench"
-OBJECTIVES = ["dino", "simclr", "vicreg", "mae", "ijepa", "cine_jepa", "cine_mae",
-              "dinov3_nogram", "dinov3", "salt", "cine_salt", "lejepa"]
+OBJECTIVES = [
+    "dino",
+    "simclr",
+    "vicreg",
+    "mae",
+    "ijepa",
+    "cine_jepa",
+    "cine_mae",
+    "dinov3_nogram",
+    "dinov3",
+    "salt",
+    "cine_salt",
+    "lejepa",
+]
 #: ratios reported after the table: (label, numerator row, denominator row), steps/s
-RATIOS = [("SALT / I-JEPA", "salt", "ijepa"), ("cine SALT / cine JEPA", "cine_salt", "cine_jepa"),
-          ("DINOv3 with Gram / without (Gram overhead)", "dinov3", "dinov3_nogram"),
-          ("DINOv3 with Gram / plain DINO", "dinov3", "dino"), ("LeJEPA / I-JEPA", "lejepa", "ijepa")]
+RATIOS = [
+    ("SALT / I-JEPA", "salt", "ijepa"),
+    ("cine SALT / cine JEPA", "cine_salt", "cine_jepa"),
+    ("DINOv3 with Gram / without (Gram overhead)", "dinov3", "dinov3_nogram"),
+    ("DINOv3 with Gram / plain DINO", "dinov3", "dino"),
+    ("LeJEPA / I-JEPA", "lejepa", "ijepa"),
+]
 LIGHTLY = {"dino", "simclr", "vicreg", "mae"}
 
 
 def make_batch(name: str, b: int, size: int, g):
     import torch
 
-    x = lambda s: torch.randn(b, 3, s, s, generator=g)  # noqa: E731
+    x = lambda s: torch.randn(b, 3, s, s, generator=g)
     if name.startswith("dino"):
         return {"global": [x(size), x(size)], "local": [x(size // 2) for _ in range(4)]}
     if name in ("simclr", "vicreg"):
@@ -86,8 +103,9 @@ def lightly_step(name: str, size: int, patch: int):
     from lightly.models.modules.heads import DINOProjectionHead, SimCLRProjectionHead, VICRegProjectionHead
     from lightly.models.utils import deactivate_requires_grad, update_momentum
 
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=size, patch_size=patch, num_classes=0,
-                            dynamic_img_size=True)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=size, patch_size=patch, num_classes=0, dynamic_img_size=True
+    )
     d = vit.embed_dim
     if name == "dino":
         student_head = DINOProjectionHead(d, 2048, 256, 4096)
@@ -132,8 +150,14 @@ def lightly_step(name: str, size: int, patch: int):
         warnings.filterwarnings("ignore")
         backbone = MaskedVisionTransformerTIMM(vit=vit)
         seq = backbone.sequence_length
-        decoder = MAEDecoderTIMM(num_patches=vit.patch_embed.num_patches, patch_size=patch, embed_dim=d,
-                                 decoder_embed_dim=192, decoder_depth=2, decoder_num_heads=3)
+        decoder = MAEDecoderTIMM(
+            num_patches=vit.patch_embed.num_patches,
+            patch_size=patch,
+            embed_dim=d,
+            decoder_embed_dim=192,
+            decoder_depth=2,
+            decoder_num_heads=3,
+        )
         opt = torch.optim.AdamW(list(backbone.parameters()) + list(decoder.parameters()), lr=5e-4)
         mse = torch.nn.MSELoss()
 
@@ -169,7 +193,9 @@ def child(impl: str, name: str, batch: int, size: int, patch: int, steps: int) -
     for _ in range(steps):
         step(data)
     dt = time.perf_counter() - t0
-    print(json.dumps({"steps_per_s": steps / dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3}))
+    print(
+        json.dumps({"steps_per_s": steps / dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3})
+    )
 
 
 def run_paired(names: list[str], batch: int, size: int, patch: int, rounds: int) -> None:
@@ -207,8 +233,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--objectives", default=",".join(OBJECTIVES))
-    ap.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
-                    help="ours only, rows interleaved in one process (for a shared, loaded machine)")
+    ap.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="ours only, rows interleaved in one process (for a shared, loaded machine)",
+    )
     args = ap.parse_args()
     if args.paired:
         run_paired(args.objectives.split(","), args.batch, args.size, args.patch, args.paired)
@@ -221,8 +252,22 @@ def main() -> None:
             for impl in ("pretextlab", "lightly"):
                 if impl == "lightly" and name not in LIGHTLY:
                     continue
-                out = subprocess.run([sys.executable, str(HERE), "_child", impl, name, str(args.batch), str(args.size),
-                                      str(args.patch), str(args.steps)], capture_output=True, text=True, check=True)
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        str(HERE),
+                        "_child",
+                        impl,
+                        name,
+                        str(args.batch),
+                        str(args.size),
+                        str(args.patch),
+                        str(args.steps),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 runs.setdefault((name, impl), []).append(json.loads(out.stdout.strip().splitlines()[-1]))
     for (name, impl), rs in runs.items():
         results.setdefault(name, {})[impl] = {
@@ -232,25 +277,35 @@ def main() -> None:
         print(f"  {name:10} {impl:10} {results[name][impl]['steps_per_s']:.2f} steps/s", flush=True)
     BENCH.mkdir(exist_ok=True)
     (BENCH / "objectives.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
-    print(f"\nViT-Tiny, {args.size} px, patch {args.patch}, batch {args.batch}, CPU; median of {args.repeats} x {args.steps} steps")
+    print(
+        f"\nViT-Tiny, {args.size} px, patch {args.patch}, batch {args.batch}, CPU; "
+        f"median of {args.repeats} x {args.steps} steps"
+    )
     print(f"{'objective':12}{'ours steps/s':>14}{'lightly':>10}{'ratio':>8}{'ours RSS MB':>13}{'lightly RSS':>13}")
     for name, r in results.items():
         o, lt = r["pretextlab"], r.get("lightly")
         ratio = f"{o['steps_per_s'] / lt['steps_per_s']:.2f}" if lt else "-"
-        print(f"{name:12}{o['steps_per_s']:14.2f}{(lt or {}).get('steps_per_s', float('nan')):10.2f}{ratio:>8}"
-              f"{o['peak_rss_mb']:13.0f}{(lt or {}).get('peak_rss_mb', float('nan')):13.0f}")
+        print(
+            f"{name:12}{o['steps_per_s']:14.2f}{(lt or {}).get('steps_per_s', float('nan')):10.2f}{ratio:>8}"
+            f"{o['peak_rss_mb']:13.0f}{(lt or {}).get('peak_rss_mb', float('nan')):13.0f}"
+        )
     ratios = {}
     for label, a, b in RATIOS:  # paired by repeat (the two ran back to back), then the median
         if (a, "pretextlab") in runs and (b, "pretextlab") in runs:
-            paired = [x["steps_per_s"] / y["steps_per_s"]
-                      for x, y in zip(runs[(a, "pretextlab")], runs[(b, "pretextlab")], strict=True)]
+            paired = [
+                x["steps_per_s"] / y["steps_per_s"]
+                for x, y in zip(runs[(a, "pretextlab")], runs[(b, "pretextlab")], strict=True)
+            ]
             r = statistics.median(paired)
             ratios[label] = {"median": r, "min": min(paired), "max": max(paired)}
-            print(f"{label}: steps/s ratio {r:.2f} (repeats {min(paired):.2f}-{max(paired):.2f}); "
-                  f"step time ratio {1 / r:.2f}")
+            print(
+                f"{label}: steps/s ratio {r:.2f} (repeats {min(paired):.2f}-{max(paired):.2f}); "
+                f"step time ratio {1 / r:.2f}"
+            )
     if ratios:
-        (BENCH / "objectives.json").write_text(json.dumps({"args": vars(args), "results": results,
-                                                           "ratios": ratios}, indent=1))
+        (BENCH / "objectives.json").write_text(
+            json.dumps({"args": vars(args), "results": results, "ratios": ratios}, indent=1)
+        )
 
 
 if __name__ == "__main__":

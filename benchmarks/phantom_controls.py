@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from pretextlab.evaluate.controls import random_init_knn, supervised_cnn
 from pretextlab.phantoms import generate
 
@@ -42,26 +43,48 @@ def main() -> None:
     rows = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    print("| modality | locality | noise | " + " | ".join(f"kNN ViT-Ti d{d} {pool}" for d in depths for pool in ("cls", "avg"))
-          + " | supervised CNN | s |")
+    print(
+        "| modality | locality | noise | "
+        + " | ".join(f"kNN ViT-Ti d{d} {pool}" for d in depths for pool in ("cls", "avg"))
+        + " | supervised CNN | s |"
+    )
     print("|---|---|---|" + "---|" * (2 * len(depths)) + "---|---|")
     for modality in args.modalities.split(","):
         for locality in args.localities:
             for noise in args.noises:
                 t0 = time.perf_counter()
                 ps = generate(modality, n=args.items, size=args.size, locality=locality, noise=noise, seed=0)
-                knn = {f"d{d}-{pool}": random_init_knn(ps.images, ps.labels, img_size=args.size, depth=d,
-                                                        global_pool=pool).to_dict()
-                       for d in depths for pool in ("token", "avg")}
+                knn = {
+                    f"d{d}-{pool}": random_init_knn(
+                        ps.images, ps.labels, img_size=args.size, depth=d, global_pool=pool
+                    ).to_dict()
+                    for d in depths
+                    for pool in ("token", "avg")
+                }
                 tr = generate(modality, n=args.train, size=args.size, locality=locality, noise=noise, seed=1)
                 te = generate(modality, n=200, size=args.size, locality=locality, noise=noise, seed=2)
                 cnn = supervised_cnn(tr.images, tr.labels, te.images, te.labels, epochs=args.epochs).to_dict()
                 secs = time.perf_counter() - t0
-                rows.append({"modality": modality, "locality": locality, "noise": noise, "knn": knn, "cnn": cnn,
-                             "items": args.items, "train": args.train, "epochs": args.epochs, "seconds": secs})
+                rows.append(
+                    {
+                        "modality": modality,
+                        "locality": locality,
+                        "noise": noise,
+                        "knn": knn,
+                        "cnn": cnn,
+                        "items": args.items,
+                        "train": args.train,
+                        "epochs": args.epochs,
+                        "seconds": secs,
+                    }
+                )
                 cell = lambda e: f"{e['value']:.2f} [{e['low']:.2f}, {e['high']:.2f}]"
-                print(f"| {modality} | {locality:g} | {noise:g} | " + " | ".join(cell(v) for v in knn.values())
-                      + f" | {cell(cnn)} | {secs:.0f} |", flush=True)
+                print(
+                    f"| {modality} | {locality:g} | {noise:g} | "
+                    + " | ".join(cell(v) for v in knn.values())
+                    + f" | {cell(cnn)} | {secs:.0f} |",
+                    flush=True,
+                )
                 out.write_text(json.dumps(rows, indent=1))
 
 

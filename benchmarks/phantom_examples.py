@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pretextlab.phantoms import generate
 from scipy import ndimage
+
+from pretextlab.phantoms import generate
 
 SETTINGS = [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
 PER_CLASS = 2
@@ -44,8 +45,10 @@ def grid(modality: str, size: int, seed: int, scale: int) -> Image.Image:
         ps = generate(modality, n=16, size=size, locality=locality, noise=noise, seed=seed)
         tiles = []
         for i in _pick(ps.labels):
-            pair = np.concatenate([_rgb(ps.images[i]), np.full((pad, size, 3), 255, np.uint8),
-                                   _outlined(ps.images[i], ps.masks[i])], axis=0)
+            pair = np.concatenate(
+                [_rgb(ps.images[i]), np.full((pad, size, 3), 255, np.uint8), _outlined(ps.images[i], ps.masks[i])],
+                axis=0,
+            )
             tiles += [pair, np.full((2 * size + pad, pad, 3), 255, np.uint8)]
         rows.append(np.concatenate(tiles, axis=1))
     body = np.concatenate([np.concatenate([r, np.full((pad, r.shape[1], 3), 255, np.uint8)]) for r in rows])
@@ -58,8 +61,11 @@ def grid(modality: str, size: int, seed: int, scale: int) -> Image.Image:
         draw.text((label_w + j * col_w + 4, 5), "normal" if j < PER_CLASS else "abnormal", fill="black")
     row_h = (2 * size + 2 * pad) * scale
     for r, (locality, noise) in enumerate(SETTINGS):
-        draw.text((6, 22 + r * row_h + row_h // 2 - 14), f"locality {locality:g}\nnoise {noise:g}\n(top: image,\n below: ROI)",
-                  fill="black")
+        draw.text(
+            (6, 22 + r * row_h + row_h // 2 - 14),
+            f"locality {locality:g}\nnoise {noise:g}\n(top: image,\n below: ROI)",
+            fill="black",
+        )
     return canvas
 
 

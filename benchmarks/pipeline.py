@@ -105,8 +105,7 @@ def _base_store(size: int) -> Path:
 def spec_for(store: str, patch: int, **extra):
     from pretextlab.storage.stream import StreamSpec
 
-    return StreamSpec(sources=[store], kind="patches", patch={"patch_size": patch, "min_tissue": 0.5}, seed=0,
-                      **extra)
+    return StreamSpec(sources=[store], kind="patches", patch={"patch_size": patch, "min_tissue": 0.5}, seed=0, **extra)
 
 
 def png_folder(plan, store: str) -> Path:
@@ -158,10 +157,14 @@ def plain_loop(plan) -> int:
                 for cx in range(s.x // ch, (s.x + s.size - 1) // ch + 1):
                     block = chunks.get((key, cy, cx))
                     if block is None:
-                        block = chunks[(key, cy, cx)] = arr[:, cy * ch:(cy + 1) * ch, cx * ch:(cx + 1) * ch].transpose(1, 2, 0)
+                        block = chunks[(key, cy, cx)] = arr[
+                            :, cy * ch : (cy + 1) * ch, cx * ch : (cx + 1) * ch
+                        ].transpose(1, 2, 0)
                     ya, yb = max(s.y, cy * ch), min(s.y + s.size, cy * ch + block.shape[0])
                     xa, xb = max(s.x, cx * ch), min(s.x + s.size, cx * ch + block.shape[1])
-                    patch[ya - s.y:yb - s.y, xa - s.x:xb - s.x] = block[ya - cy * ch:yb - cy * ch, xa - cx * ch:xb - cx * ch]
+                    patch[ya - s.y : yb - s.y, xa - s.x : xb - s.x] = block[
+                        ya - cy * ch : yb - cy * ch, xa - cx * ch : xb - cx * ch
+                    ]
             n += 1
     return n
 
@@ -202,8 +205,7 @@ class PngTiles:
 def dataloader(folder: Path, batch_size: int = 64, workers: int = 2) -> int:
     import torch
 
-    loader = torch.utils.data.DataLoader(PngTiles(folder), batch_size=batch_size, shuffle=True,
-                                         num_workers=workers)
+    loader = torch.utils.data.DataLoader(PngTiles(folder), batch_size=batch_size, shuffle=True, num_workers=workers)
     return sum(len(b) for b in loader)
 
 
@@ -224,10 +226,18 @@ def part_a(args) -> dict:
     store = slide_store(args.slides, args.size)
     plan = plan_stream(spec_for(store, args.patch))
     folder = png_folder(plan, store)
-    print(f"(a) {plan.samples_per_epoch} patches of {args.patch}^2 from {args.slides} slides; "
-          f"{len(plan.epoch_groups(0))} read tasks", flush=True)
-    out = {"slides": args.slides, "slide_size": args.size, "patch": args.patch,
-           "patches": plan.samples_per_epoch, "read_tasks": len(plan.epoch_groups(0))}
+    print(
+        f"(a) {plan.samples_per_epoch} patches of {args.patch}^2 from {args.slides} slides; "
+        f"{len(plan.epoch_groups(0))} read tasks",
+        flush=True,
+    )
+    out = {
+        "slides": args.slides,
+        "slide_size": args.size,
+        "patch": args.patch,
+        "patches": plan.samples_per_epoch,
+        "read_tasks": len(plan.epoch_groups(0)),
+    }
     out["zarr_numpy_loop"] = timed(lambda: plain_loop(plan), args.repeats)
     out["read_group_in_process"] = timed(lambda: in_process(plan), args.repeats)
     out["torch_dataloader_png_2_workers"] = timed(lambda: dataloader(folder), args.repeats)
@@ -244,11 +254,19 @@ def part_a(args) -> dict:
     rs = out["ray_read_stream"]["patches_per_s"]
     out["ratio_ray_vs_zarr_loop"] = rs / limit
     out["ratio_ray_vs_png_dataloader"] = rs / png
-    for k in ("zarr_numpy_loop", "read_group_in_process", "torch_dataloader_png_2_workers", "ray_read_stream",
-              "ray_read_stream_1cpu_tasks"):
+    for k in (
+        "zarr_numpy_loop",
+        "read_group_in_process",
+        "torch_dataloader_png_2_workers",
+        "ray_read_stream",
+        "ray_read_stream_1cpu_tasks",
+    ):
         print(f"  {k:32s} {out[k]['patches_per_s']:9.0f} patches/s   runs {out[k]['runs']}")
-    print(f"  read_stream / zarr loop = {out['ratio_ray_vs_zarr_loop']:.2f}x; "
-          f"read_stream / PNG DataLoader = {out['ratio_ray_vs_png_dataloader']:.2f}x", flush=True)
+    print(
+        f"  read_stream / zarr loop = {out['ratio_ray_vs_zarr_loop']:.2f}x; "
+        f"read_stream / PNG DataLoader = {out['ratio_ray_vs_png_dataloader']:.2f}x",
+        flush=True,
+    )
     return out
 
 
@@ -323,19 +341,36 @@ def memory_child(store: str, patch: int) -> None:
     stop.set()
     thread.join()
     ray.shutdown()
-    print(json.dumps({"patches": n, "seconds": seconds, "pixel_mb": n * plan.sample_bytes / 1e6,
-                      "idle_rss_mb": idle[0] / 1e6, "idle_pss_mb": idle[1] / 1e6,
-                      "warm_rss_mb": warm[0] / 1e6, "warm_pss_mb": warm[1] / 1e6,
-                      "stream_growth_pss_mb": (peak["pss"] - warm[1]) / 1e6,
-                      "peak_rss_mb": peak["rss"] / 1e6, "peak_pss_mb": peak["pss"] / 1e6,
-                      "processes_at_peak": peak["procs"], "peak_object_store_mb": peak["store"] / 1e6}))
+    print(
+        json.dumps(
+            {
+                "patches": n,
+                "seconds": seconds,
+                "pixel_mb": n * plan.sample_bytes / 1e6,
+                "idle_rss_mb": idle[0] / 1e6,
+                "idle_pss_mb": idle[1] / 1e6,
+                "warm_rss_mb": warm[0] / 1e6,
+                "warm_pss_mb": warm[1] / 1e6,
+                "stream_growth_pss_mb": (peak["pss"] - warm[1]) / 1e6,
+                "peak_rss_mb": peak["rss"] / 1e6,
+                "peak_pss_mb": peak["pss"] / 1e6,
+                "processes_at_peak": peak["procs"],
+                "peak_object_store_mb": peak["store"] / 1e6,
+            }
+        )
+    )
 
 
 def measure_memory(store: str, patch: int, tries: int = 2) -> dict:
     """One fresh-process measurement; retried once (a loaded machine can time out Ray's start)."""
     for attempt in range(tries):
-        proc = subprocess.run([sys.executable, str(HERE), "_memory", store, str(patch)], capture_output=True,
-                              text=True, env={**os.environ, "RAY_ADDRESS": ""}, timeout=900)
+        proc = subprocess.run(
+            [sys.executable, str(HERE), "_memory", store, str(patch)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "RAY_ADDRESS": ""},
+            timeout=900,
+        )
         if proc.returncode == 0:
             return json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"  memory child failed (try {attempt + 1}): {proc.stderr.strip().splitlines()[-1:]}", flush=True)
@@ -348,23 +383,32 @@ def part_b(args) -> dict:
         store = slide_store(n, args.size)
         runs = [measure_memory(store, args.patch) for _ in range(args.repeats)]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        out[label] = {"slides": n, **{k: round(v, 1) for k, v in med.items()},
-                      "runs_peak_rss_mb": [round(r["peak_rss_mb"]) for r in runs],
-                      "runs_peak_pss_mb": [round(r["peak_pss_mb"]) for r in runs]}
-        print(f"(b) {n:3d} slides: {med['patches']:.0f} patches ({med['pixel_mb']:.0f} MB of pixels) in "
-              f"{med['seconds']:.1f} s; peak RSS {med['peak_rss_mb']:.0f} MB (idle {med['idle_rss_mb']:.0f}), "
-              f"peak PSS {med['peak_pss_mb']:.0f} MB (idle {med['idle_pss_mb']:.0f}, {med['processes_at_peak']:.0f} "
-              f"processes), object store {med['peak_object_store_mb']:.0f} MB; PSS growth over the warm pool "
-              f"{med['stream_growth_pss_mb']:.0f} MB", flush=True)
+        out[label] = {
+            "slides": n,
+            **{k: round(v, 1) for k, v in med.items()},
+            "runs_peak_rss_mb": [round(r["peak_rss_mb"]) for r in runs],
+            "runs_peak_pss_mb": [round(r["peak_pss_mb"]) for r in runs],
+        }
+        print(
+            f"(b) {n:3d} slides: {med['patches']:.0f} patches ({med['pixel_mb']:.0f} MB of pixels) in "
+            f"{med['seconds']:.1f} s; peak RSS {med['peak_rss_mb']:.0f} MB (idle {med['idle_rss_mb']:.0f}), "
+            f"peak PSS {med['peak_pss_mb']:.0f} MB (idle {med['idle_pss_mb']:.0f}, {med['processes_at_peak']:.0f} "
+            f"processes), object store {med['peak_object_store_mb']:.0f} MB; PSS growth over the warm pool "
+            f"{med['stream_growth_pss_mb']:.0f} MB",
+            flush=True,
+        )
     s, b = out["small"], out["large"]
     out["data_ratio"] = b["pixel_mb"] / s["pixel_mb"]
     out["peak_rss_ratio"] = b["peak_rss_mb"] / s["peak_rss_mb"]
     out["peak_pss_ratio"] = b["peak_pss_mb"] / s["peak_pss_mb"]
     out["peak_object_store_ratio"] = b["peak_object_store_mb"] / max(s["peak_object_store_mb"], 1e-9)
     out["stream_growth_pss_ratio"] = b["stream_growth_pss_mb"] / max(s["stream_growth_pss_mb"], 1e-9)
-    print(f"  data x{out['data_ratio']:.1f} -> peak RSS x{out['peak_rss_ratio']:.2f}, "
-          f"peak PSS x{out['peak_pss_ratio']:.2f}, peak object store x{out['peak_object_store_ratio']:.2f}, "
-          f"PSS growth over the warm pool x{out['stream_growth_pss_ratio']:.2f}", flush=True)
+    print(
+        f"  data x{out['data_ratio']:.1f} -> peak RSS x{out['peak_rss_ratio']:.2f}, "
+        f"peak PSS x{out['peak_pss_ratio']:.2f}, peak object store x{out['peak_object_store_ratio']:.2f}, "
+        f"PSS growth over the warm pool x{out['stream_growth_pss_ratio']:.2f}",
+        flush=True,
+    )
     return out
 
 
@@ -397,9 +441,14 @@ def _train(prep, name: str, dataset=None) -> dict:
     acc = EventAccumulator(str(Path(prep.cfg.storage) / name / "tensorboard"))
     acc.Reload()
     windows = [e.value for e in acc.Scalars("images_per_s")][1:]  # the first window holds the warm-up
-    return {"images_per_s": statistics.median(windows), "windows": [round(w, 1) for w in windows],
-            "fit_seconds": round(seconds, 1), "loss": float(result.metrics["loss"]),
-            "peak_rss_mb": peak["rss"] / 1e6, "peak_pss_mb": peak["pss"] / 1e6}
+    return {
+        "images_per_s": statistics.median(windows),
+        "windows": [round(w, 1) for w in windows],
+        "fit_seconds": round(seconds, 1),
+        "loss": float(result.metrics["loss"]),
+        "peak_rss_mb": peak["rss"] / 1e6,
+        "peak_pss_mb": peak["pss"] / 1e6,
+    }
 
 
 def part_c(args) -> dict:
@@ -413,20 +462,37 @@ def part_c(args) -> dict:
     store = slide_store(2, 2048)
     runs = BENCH / "pipeline-runs"
     shutil.rmtree(runs, ignore_errors=True)
-    cfg = PretrainConfig.model_validate({
-        "name": "c", "modality": "histopathology",
-        "data": {"kind": "patches", "sources": [store], "patch": {"patch_size": 64, "min_tissue": 0.5}},
-        "objective": {"name": args.c_objective, "backbone": {"arch": "vit_tiny", "img_size": 64, "patch_size": 8,
-                                                              "depth": 4}},
-        "views": {"n_local": 2},
-        "train": {"steps": args.c_steps, "batch_size": 32, "num_workers": 2, "cpus_per_worker": 0.5,
-                  "data_cpus": 0.5, "log_every": 10, "checkpoint_every": args.c_steps},
-        "storage": str(runs), "registry": str(runs / "registry"),
-    })
+    cfg = PretrainConfig.model_validate(
+        {
+            "name": "c",
+            "modality": "histopathology",
+            "data": {"kind": "patches", "sources": [store], "patch": {"patch_size": 64, "min_tissue": 0.5}},
+            "objective": {
+                "name": args.c_objective,
+                "backbone": {"arch": "vit_tiny", "img_size": 64, "patch_size": 8, "depth": 4},
+            },
+            "views": {"n_local": 2},
+            "train": {
+                "steps": args.c_steps,
+                "batch_size": 32,
+                "num_workers": 2,
+                "cpus_per_worker": 0.5,
+                "data_cpus": 0.5,
+                "log_every": 10,
+                "checkpoint_every": args.c_steps,
+            },
+            "storage": str(runs),
+            "registry": str(runs / "registry"),
+        }
+    )
     ray.init(logging_level="ERROR", log_to_driver=False, include_dashboard=False)
     prep = prepare(cfg)
-    out: dict = {"objective": args.c_objective, "steps": args.c_steps, "batch": "32 x 2 workers",
-                 "runs": {"stream": [], "memory": []}}
+    out: dict = {
+        "objective": args.c_objective,
+        "steps": args.c_steps,
+        "batch": "32 x 2 workers",
+        "runs": {"stream": [], "memory": []},
+    }
     t0 = time.perf_counter()
     materialised = build_dataset(prep).materialize()
     out["materialise_seconds"] = round(time.perf_counter() - t0, 1)
@@ -434,15 +500,23 @@ def part_c(args) -> dict:
         for kind in ("stream", "memory"):
             res = _train(prep, f"{kind}-{r}", materialised if kind == "memory" else None)
             out["runs"][kind].append(res)
-            print(f"  (c) {kind:6s} run {r}: {res['images_per_s']:.1f} images/s, fit {res['fit_seconds']:.0f} s, "
-                  f"peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"  (c) {kind:6s} run {r}: {res['images_per_s']:.1f} images/s, fit {res['fit_seconds']:.0f} s, "
+                f"peak RSS {res['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
     for kind in ("stream", "memory"):
-        out[kind] = {k: statistics.median(x[k] for x in out["runs"][kind])
-                     for k in ("images_per_s", "fit_seconds", "peak_rss_mb", "peak_pss_mb")}
+        out[kind] = {
+            k: statistics.median(x[k] for x in out["runs"][kind])
+            for k in ("images_per_s", "fit_seconds", "peak_rss_mb", "peak_pss_mb")
+        }
     out["ratio"] = out["stream"]["images_per_s"] / out["memory"]["images_per_s"]
     out["data_path_cost"] = 1 - out["ratio"]
-    print(f"  (c) streaming {out['stream']['images_per_s']:.1f} vs in-memory {out['memory']['images_per_s']:.1f} "
-          f"images/s: ratio {out['ratio']:.2f} (data path costs {100 * out['data_path_cost']:.0f} %)", flush=True)
+    print(
+        f"  (c) streaming {out['stream']['images_per_s']:.1f} vs in-memory {out['memory']['images_per_s']:.1f} "
+        f"images/s: ratio {out['ratio']:.2f} (data path costs {100 * out['data_path_cost']:.0f} %)",
+        flush=True,
+    )
     ray.shutdown()
     return out
 
@@ -474,8 +548,11 @@ def main() -> int:
         results[name] = PARTS[name](args)
         results[name]["bench_seconds"] = round(time.perf_counter() - t0, 1)
         results[name]["command"] = " ".join([".venv/bin/python", "benchmarks/pipeline.py", *sys.argv[1:]])
-    results["machine"] = {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
-                          "python": platform.python_version()}
+    results["machine"] = {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+        "python": platform.python_version(),
+    }
     path.write_text(json.dumps(results, indent=1))
     print(f"-> {path}")
     return 0

@@ -69,8 +69,11 @@ def _reviewer(base: str, link: str, cases: int, out: dict, lock: threading.Lock)
             t = time.perf_counter()
             if k % 5 == 4:  # a double submit: two copies of one form at once
                 results: list[int] = []
-                th = threading.Thread(target=lambda: results.append(httpx.post(base + url, data=data,
-                                                                                cookies=c.cookies).status_code))
+                th = threading.Thread(
+                    target=lambda results=results, url=url, data=data, c=c: results.append(
+                        httpx.post(base + url, data=data, cookies=c.cookies).status_code
+                    )
+                )
                 th.start()
                 a = c.post(url, data=data, follow_redirects=False)
                 th.join()
@@ -85,23 +88,38 @@ def _reviewer(base: str, link: str, cases: int, out: dict, lock: threading.Lock)
             answer_srv.append(float(a.headers.get("server-timing", "app;dur=nan").split("=")[1]))
             sent += 1
     with lock:
-        for key, vals in (("page_ms", page_ms), ("answer_ms", answer_ms), ("page_server_ms", page_srv),
-                          ("answer_server_ms", answer_srv)):
+        for key, vals in (
+            ("page_ms", page_ms),
+            ("answer_ms", answer_ms),
+            ("page_server_ms", page_srv),
+            ("answer_server_ms", answer_srv),
+        ):
             out.setdefault(key, []).extend(vals)
         out["sent"] = out.get("sent", 0) + sent
         out.setdefault("errors", []).extend(errors)
 
 
 def run_one(kind: str, db: str, inputs: dict, reviewers: int, cases: int, work: Path) -> dict:
-    server = Server(db, str(work / f"assets-{kind}"), _free_port(),
-                    extra=("--login-per-minute", "100000", "--answers-per-minute", "100000")).start()
+    server = Server(
+        db,
+        str(work / f"assets-{kind}"),
+        _free_port(),
+        extra=("--login-per-minute", "100000", "--answers-per-minute", "100000"),
+    ).start()
     try:
         with httpx.Client(base_url=server.url, timeout=600, headers=AUTH) as org:
-            spec = {"title": "bench", "encoders": inputs["encoders"], "store": inputs["store"], "sample": 7,
-                    "map_types": ["attention"]}
+            spec = {
+                "title": "bench",
+                "encoders": inputs["encoders"],
+                "store": inputs["store"],
+                "sample": 7,
+                "map_types": ["attention"],
+            }
             review = org.post("/api/reviews", json=spec).raise_for_status().json()["review"]
-            links = [org.post(f"/api/reviews/{review}/invites", json={"label": f"r{i}"}).raise_for_status().json()["link"]
-                     for i in range(reviewers)]
+            links = [
+                org.post(f"/api/reviews/{review}/invites", json={"label": f"r{i}"}).raise_for_status().json()["link"]
+                for i in range(reviewers)
+            ]
             out: dict = {}
             lock = threading.Lock()
             threads = [threading.Thread(target=_reviewer, args=(server.url, link, cases, out, lock)) for link in links]
@@ -116,16 +134,26 @@ def run_one(kind: str, db: str, inputs: dict, reviewers: int, cases: int, work: 
             df = pd.read_parquet(io.BytesIO(org.get(f"/api/reviews/{review}/export.parquet").content))
         per = df.groupby("reviewer").size()
         result = {
-            "db": kind, "reviewers": reviewers, "cases_each": cases, "wall_s": round(wall, 2),
+            "db": kind,
+            "reviewers": reviewers,
+            "cases_each": cases,
+            "wall_s": round(wall, 2),
             "answers_per_s": round(out["sent"] / wall, 1),
-            "answers_sent": out["sent"], "answers_stored": len(df),
-            "lost": int(reviewers * cases - len(df)), "duplicated": int(df.duplicated(["reviewer", "case"]).sum()),
-            "reviewers_complete": int((per == cases).sum()), "errors": out["errors"][:10],
+            "answers_sent": out["sent"],
+            "answers_stored": len(df),
+            "lost": int(reviewers * cases - len(df)),
+            "duplicated": int(df.duplicated(["reviewer", "case"]).sum()),
+            "reviewers_complete": int((per == cases).sum()),
+            "errors": out["errors"][:10],
         }
         for key in ("page_ms", "answer_ms", "page_server_ms", "answer_server_ms"):
             vals = [v for v in out[key] if v == v]
-            result[key] = {"p50": round(statistics.median(vals), 1), "p95": round(_pct(vals, 0.95), 1),
-                           "max": round(max(vals), 1), "n": len(vals)}
+            result[key] = {
+                "p50": round(statistics.median(vals), 1),
+                "p95": round(_pct(vals, 0.95), 1),
+                "max": round(max(vals), 1),
+                "n": len(vals),
+            }
         return result
     finally:
         server.stop()
@@ -153,9 +181,11 @@ def main() -> int:
             finally:
                 pg.stop()
     for r in results:
-        print(f"{r['db']:<10} {r['reviewers']} reviewers x {r['cases_each']} cases in {r['wall_s']} s "
-              f"({r['answers_per_s']} answers/s); stored {r['answers_stored']}/{r['answers_sent']}, "
-              f"lost {r['lost']}, duplicated {r['duplicated']}, errors {len(r['errors'])}")
+        print(
+            f"{r['db']:<10} {r['reviewers']} reviewers x {r['cases_each']} cases in {r['wall_s']} s "
+            f"({r['answers_per_s']} answers/s); stored {r['answers_stored']}/{r['answers_sent']}, "
+            f"lost {r['lost']}, duplicated {r['duplicated']}, errors {len(r['errors'])}"
+        )
         for key in ("page_ms", "answer_ms", "page_server_ms", "answer_server_ms"):
             print(f"    {key:<17} p50 {r[key]['p50']:>7} ms   p95 {r[key]['p95']:>7} ms   max {r[key]['max']:>7} ms")
     bench = REPO / ".bench"

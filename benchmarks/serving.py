@@ -60,8 +60,17 @@ def make_encoder(registry: str, size: int, patch: int):
     torch.manual_seed(0)
     cfg = BackboneConfig(arch="vit_tiny", img_size=size, patch_size=patch, in_chans=3)
     model = create_backbone(cfg).eval()
-    card = EncoderCard(name="bench", timm_name=cfg.timm_name, timm_kwargs=cfg.timm_kwargs(), embed_dim=model.embed_dim,
-                       img_size=size, patch_size=patch, in_chans=3, mean=[0.5] * 3, std=[0.25] * 3)
+    card = EncoderCard(
+        name="bench",
+        timm_name=cfg.timm_name,
+        timm_kwargs=cfg.timm_kwargs(),
+        embed_dim=model.embed_dim,
+        img_size=size,
+        patch_size=patch,
+        in_chans=3,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+    )
     ref = EncoderRegistry(registry).register(model, card)
     return model, ref.card, ref
 
@@ -126,8 +135,16 @@ class RssSampler(threading.Thread):
             self.stop.wait(self.interval)
 
 
-async def load(url: str, path: str, payload: bytes, n_images: int, clients: int, seconds: float, warmup: float,
-               headers: dict[str, str]) -> dict[str, float]:
+async def load(
+    url: str,
+    path: str,
+    payload: bytes,
+    n_images: int,
+    clients: int,
+    seconds: float,
+    warmup: float,
+    headers: dict[str, str],
+) -> dict[str, float]:
     """``clients`` connections posting ``payload`` back to back; stats over the window after ``warmup``."""
     import httpx
 
@@ -160,8 +177,14 @@ async def load(url: str, path: str, payload: bytes, n_images: int, clients: int,
         await asyncio.gather(*(client(c) for _ in range(clients)))
     lat.sort()
     pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000) if lat else (lambda q: float("nan"))
-    return {"requests_per_s": len(lat) / seconds, "embeddings_per_s": len(lat) * n_images / seconds,
-            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "requests": len(lat), "errors": errors}
+    return {
+        "requests_per_s": len(lat) / seconds,
+        "embeddings_per_s": len(lat) * n_images / seconds,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "requests": len(lat),
+        "errors": errors,
+    }
 
 
 def naive_app(registry: str, ref_id: str, threads: int):
@@ -204,10 +227,18 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=6.0, help="measured window per cell")
     ap.add_argument("--warmup", type=float, default=1.5)
     ap.add_argument("--anchor-seconds", type=float, default=2.0, help="in-process window between cells")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2,
-                    help="torch threads in process (the anchor) and in total across model replicas")
-    ap.add_argument("--replicas", type=int, default=os.cpu_count() or 2,
-                    help="model replicas, each with threads / replicas torch threads (default: one per core)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="torch threads in process (the anchor) and in total across model replicas",
+    )
+    ap.add_argument(
+        "--replicas",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="model replicas, each with threads / replicas torch threads (default: one per core)",
+    )
     ap.add_argument("--quick", action="store_true", help="8 clients only")
     ap.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE"], help="OMP_WAIT_POLICY (default PASSIVE)")
     ap.add_argument("--out", default=str(BENCH / "serving.json"))
@@ -231,25 +262,44 @@ def main() -> int:
 
     os.environ["PRETEXTLAB_BENCH_KEY"] = KEY
     per_replica = max(1, args.threads // args.replicas)
-    ray.init(num_cpus=max(4, 2 * (os.cpu_count() or 2)), include_dashboard=False, logging_level="ERROR",
-             log_to_driver=False)
+    ray.init(
+        num_cpus=max(4, 2 * (os.cpu_count() or 2)), include_dashboard=False, logging_level="ERROR", log_to_driver=False
+    )
     port = 8000 + os.getpid() % 1000
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
     sampler = RssSampler()
     sampler.start()
-    serve.run(build_app({
-        "registry": registry, "api_key_env": "PRETEXTLAB_BENCH_KEY",
-        "models": [{"name": "bench", "spec": ref.id, "num_cpus": per_replica, "torch_threads": per_replica,
-                    "max_batch_images": 64, "batch_wait_timeout_s": 0.002, "max_ongoing_requests": 64,
-                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY") or None,
-                    "autoscaling": {"min_replicas": args.replicas, "max_replicas": args.replicas}}],
-        "ingress": {"num_cpus": 0.5, "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
-    }), name="pretextlab", route_prefix="/")
+    serve.run(
+        build_app(
+            {
+                "registry": registry,
+                "api_key_env": "PRETEXTLAB_BENCH_KEY",
+                "models": [
+                    {
+                        "name": "bench",
+                        "spec": ref.id,
+                        "num_cpus": per_replica,
+                        "torch_threads": per_replica,
+                        "max_batch_images": 64,
+                        "batch_wait_timeout_s": 0.002,
+                        "max_ongoing_requests": 64,
+                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY") or None,
+                        "autoscaling": {"min_replicas": args.replicas, "max_replicas": args.replicas},
+                    }
+                ],
+                "ingress": {"num_cpus": 0.5, "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
+            }
+        ),
+        name="pretextlab",
+        route_prefix="/",
+    )
     serve.run(naive_app(registry, ref.id, args.threads), name="naive", route_prefix="/naive")
     url = f"http://127.0.0.1:{port}"
     servers = {
-        "pretextlab": ("/v1/embeddings?model=bench", {"X-API-Key": KEY, "content-type": "application/x-npy",
-                                                     "accept": "application/x-npy"}),
+        "pretextlab": (
+            "/v1/embeddings?model=bench",
+            {"X-API-Key": KEY, "content-type": "application/x-npy", "accept": "application/x-npy"},
+        ),
         "naive": ("/naive/", {"content-type": "application/x-npy"}),
     }
     rng = np.random.default_rng(1)
@@ -263,13 +313,24 @@ def main() -> int:
                 stats = asyncio.run(load(url, path, payload, n_images, clients, args.seconds, args.warmup, headers))
                 anchors.append(in_process_rate(model, card, args.size, 32, args.anchor_seconds))
                 local = statistics.median(anchors[-2:])
-                cells.append({"server": name, "images_per_request": n_images, "clients": clients, **stats,
-                              "in_process_around": round(local, 1),
-                              "ratio_to_in_process": round(stats["embeddings_per_s"] / local, 3)})
-                print(f"{name:>10}  {n_images:>2} img/req  {clients:>2} clients: {stats['embeddings_per_s']:7.0f} emb/s "
-                      f"{stats['requests_per_s']:6.1f} req/s  p50 {stats['p50_ms']:7.1f} ms  p99 {stats['p99_ms']:7.1f} ms"
-                      f"  errors {stats['errors']}  | in process {local:5.0f}/s -> {cells[-1]['ratio_to_in_process']:.2f}x",
-                      flush=True)
+                cells.append(
+                    {
+                        "server": name,
+                        "images_per_request": n_images,
+                        "clients": clients,
+                        **stats,
+                        "in_process_around": round(local, 1),
+                        "ratio_to_in_process": round(stats["embeddings_per_s"] / local, 3),
+                    }
+                )
+                print(
+                    f"{name:>10}  {n_images:>2} img/req  {clients:>2} clients: {stats['embeddings_per_s']:7.0f} emb/s "
+                    f"{stats['requests_per_s']:6.1f} req/s  p50 {stats['p50_ms']:7.1f} ms  "
+                    f"p99 {stats['p99_ms']:7.1f} ms"
+                    f"  errors {stats['errors']}  | in process {local:5.0f}/s -> "
+                    f"{cells[-1]['ratio_to_in_process']:.2f}x",
+                    flush=True,
+                )
     sampler.stop.set()
     serve.shutdown()
     ray.shutdown()
@@ -277,42 +338,73 @@ def main() -> int:
     anchor = statistics.median(anchors)
     # every cell is reported; the headline per (server, images/request) is the median over client counts,
     # not the best one (picking the maximum over cells biases the ratio upwards)
-    groups = {(s, n): [c for c in cells if c["server"] == s and c["images_per_request"] == n]
-              for s in servers for n in (1, 32)}
-    summary = {key: {"median_ratio_to_in_process": round(statistics.median(c["ratio_to_in_process"] for c in cs), 3),
-                     "median_embeddings_per_s": round(statistics.median(c["embeddings_per_s"] for c in cs), 1),
-                     "by_clients": {str(c["clients"]): c["ratio_to_in_process"] for c in cs}}
-               for key, cs in groups.items() if cs}
+    groups = {
+        (s, n): [c for c in cells if c["server"] == s and c["images_per_request"] == n]
+        for s in servers
+        for n in (1, 32)
+    }
+    summary = {
+        key: {
+            "median_ratio_to_in_process": round(statistics.median(c["ratio_to_in_process"] for c in cs), 3),
+            "median_embeddings_per_s": round(statistics.median(c["embeddings_per_s"] for c in cs), 1),
+            "by_clients": {str(c["clients"]): c["ratio_to_in_process"] for c in cs},
+        }
+        for key, cs in groups.items()
+        if cs
+    }
     best = {key: max(cs, key=lambda c: c["ratio_to_in_process"]) for key, cs in groups.items() if cs}
     result = {
-        "benchmark": "serving", "model": f"vit_tiny img {args.size} patch {args.patch}", "threads": args.threads,
-        "replicas": args.replicas, "threads_per_replica": per_replica, "cpus": os.cpu_count(),
-        "load_average_1m_at_end": round(os.getloadavg()[0], 1), "seconds_per_cell": args.seconds,
+        "benchmark": "serving",
+        "model": f"vit_tiny img {args.size} patch {args.patch}",
+        "threads": args.threads,
+        "replicas": args.replicas,
+        "threads_per_replica": per_replica,
+        "cpus": os.cpu_count(),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 1),
+        "seconds_per_cell": args.seconds,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "in_process_images_per_s": {
-            "threads": args.threads, "median": round(anchor, 1), "windows": [round(a, 1) for a in anchors],
-            "one_thread": {"before": round(one_thread_before, 1), "after": round(one_thread_after, 1)}},
+            "threads": args.threads,
+            "median": round(anchor, 1),
+            "windows": [round(a, 1) for a in anchors],
+            "one_thread": {"before": round(one_thread_before, 1), "after": round(one_thread_after, 1)},
+        },
         "cells": cells,
         "summary": {f"{s}/{n}": v for (s, n), v in summary.items()},
-        "best": {f"{s}/{n}": {"clients": c["clients"], "embeddings_per_s": round(c["embeddings_per_s"], 1),
-                              "p50_ms": round(c["p50_ms"], 1), "p99_ms": round(c["p99_ms"], 1),
-                              "ratio_to_in_process": c["ratio_to_in_process"]} for (s, n), c in best.items()},
-        "peak_rss_mb": {"driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                        "serve_processes_total": round(sampler.peak, 1),
-                        "by_process": {k: round(v, 1) for k, v in sorted(sampler.peak_by.items())}},
+        "best": {
+            f"{s}/{n}": {
+                "clients": c["clients"],
+                "embeddings_per_s": round(c["embeddings_per_s"], 1),
+                "p50_ms": round(c["p50_ms"], 1),
+                "p99_ms": round(c["p99_ms"], 1),
+                "ratio_to_in_process": c["ratio_to_in_process"],
+            }
+            for (s, n), c in best.items()
+        },
+        "peak_rss_mb": {
+            "driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "serve_processes_total": round(sampler.peak, 1),
+            "by_process": {k: round(v, 1) for k, v in sorted(sampler.peak_by.items())},
+        },
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"in process at {args.threads} threads: median {anchor:.0f} images/s over {len(anchors)} windows "
-          f"({min(anchors):.0f}-{max(anchors):.0f}); at 1 thread {one_thread_before:.0f} / {one_thread_after:.0f}")
+    print(
+        f"in process at {args.threads} threads: median {anchor:.0f} images/s over {len(anchors)} windows "
+        f"({min(anchors):.0f}-{max(anchors):.0f}); at 1 thread {one_thread_before:.0f} / {one_thread_after:.0f}"
+    )
     for key, v in result["summary"].items():
         cells_text = ", ".join(f"{k} clients {r:.2f}x" for k, r in v["by_clients"].items())
-        print(f"{key:>14} img/req: median {v['median_ratio_to_in_process']:.2f}x the in-process rate measured "
-              f"around each cell ({cells_text})")
-    print(f"peak RSS: driver {result['peak_rss_mb']['driver']:.0f} MB, Serve processes "
-          f"{result['peak_rss_mb']['serve_processes_total']:.0f} MB; wall {result['wall_s']:.0f} s -> {args.out}")
+        print(
+            f"{key:>14} img/req: median {v['median_ratio_to_in_process']:.2f}x the in-process rate measured "
+            f"around each cell ({cells_text})"
+        )
+    print(
+        f"peak RSS: driver {result['peak_rss_mb']['driver']:.0f} MB, Serve processes "
+        f"{result['peak_rss_mb']['serve_processes_total']:.0f} MB; wall {result['wall_s']:.0f} s -> {args.out}"
+    )
     return 0
 
 

@@ -25,22 +25,40 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import measure_child  # noqa: E402
+from harness import measure_child
 
 HERE = Path(__file__).resolve()
 BENCH = HERE.parents[1] / ".bench"
-ARMS = [{"name": "ijepa", "objective": "ijepa"},
-        {"name": "simclr", "objective": "simclr", "overrides": {"objective": {"proj_hidden_dim": 64, "proj_dim": 32}}}]
+ARMS = [
+    {"name": "ijepa", "objective": "ijepa"},
+    {"name": "simclr", "objective": "simclr", "overrides": {"objective": {"proj_hidden_dim": 64, "proj_dim": 32}}},
+]
 
 
 def study_dict(store: str, work: str, steps: int, max_concurrent: int | None) -> dict:
-    return {"name": "bench", "datasets": [{"name": "us", "store": store, "modality": "ultrasound"}], "arms": ARMS,
-            "seeds": [0], "steps": steps, "backbone": {"arch": "vit_tiny", "img_size": 32, "patch_size": 8, "depth": 1},
-            "pretrain": {"data": {"clip": {"size": 32}},
-                         "train": {"batch_size": 8, "num_workers": 2, "cpus_per_worker": 0.5, "data_cpus": 0.25,
-                                   "log_every": 2, "checkpoint_every": steps}},
-            "evaluate": {"n_bootstrap": 200, "shots": [1], "fewshot_repeats": 1, "alignment_images": 0},
-            "storage": f"{work}/studies", "registry": f"{work}/registry", "max_concurrent": max_concurrent}
+    return {
+        "name": "bench",
+        "datasets": [{"name": "us", "store": store, "modality": "ultrasound"}],
+        "arms": ARMS,
+        "seeds": [0],
+        "steps": steps,
+        "backbone": {"arch": "vit_tiny", "img_size": 32, "patch_size": 8, "depth": 1},
+        "pretrain": {
+            "data": {"clip": {"size": 32}},
+            "train": {
+                "batch_size": 8,
+                "num_workers": 2,
+                "cpus_per_worker": 0.5,
+                "data_cpus": 0.25,
+                "log_every": 2,
+                "checkpoint_every": steps,
+            },
+        },
+        "evaluate": {"n_bootstrap": 200, "shots": [1], "fewshot_repeats": 1, "alignment_images": 0},
+        "storage": f"{work}/studies",
+        "registry": f"{work}/registry",
+        "max_concurrent": max_concurrent,
+    }
 
 
 def child(argv: list[str]) -> None:
@@ -61,8 +79,9 @@ def child(argv: list[str]) -> None:
             syn.write_us_dicom(raw / f"us{i}.dcm", frames=8, rows=48, cols=64, seed=i, label=i % 2)
             rows.append(f"us{i},{'lesion' if i % 2 == 0 else 'band'},P{i}")
         (Path(work) / "labels.csv").write_text("\n".join(rows) + "\n")
-        assert run_ingest(IngestConfig(sources=[str(raw)], dest=store, labels=str(Path(work) / "labels.csv")),
-                          progress=False).ok
+        assert run_ingest(
+            IngestConfig(sources=[str(raw)], dest=store, labels=str(Path(work) / "labels.csv")), progress=False
+        ).ok
         print(json.dumps({"seconds": 0.0}))
         return
     from pretextlab.jobs.study import plan_study, run_cell, run_study
@@ -73,8 +92,14 @@ def child(argv: list[str]) -> None:
     plan = plan_study(cfg)
     if mode == "hand":  # the cells' jobs by hand: no Tune, no report
         for c in plan.cells:
-            cell = {"id": c.id, "dataset": c.dataset, "arm": c.arm, "objective": c.objective, "seed": c.seed,
-                    "pretrain": c.pretrain}
+            cell = {
+                "id": c.id,
+                "dataset": c.dataset,
+                "arm": c.arm,
+                "objective": c.objective,
+                "seed": c.seed,
+                "pretrain": c.pretrain,
+            }
             assert run_cell(cell, plan.uri, cfg.evaluate, None)["status"] == "complete"
     else:
         assert not run_study(plan).failed
@@ -96,20 +121,34 @@ def main() -> None:
             for mode in modes:
                 r = measure_child(HERE, [mode, store, f"{tmp}/{mode}-{rep}", str(args.steps)])
                 runs[mode].append(r)
-                print(f"repeat {rep + 1}/{args.repeats} {mode:8s} {r['seconds']:7.1f} s  peak PSS "
-                      f"{r['peak_pss_mb']:.0f} MB", flush=True)
+                print(
+                    f"repeat {rep + 1}/{args.repeats} {mode:8s} {r['seconds']:7.1f} s  peak PSS "
+                    f"{r['peak_pss_mb']:.0f} MB",
+                    flush=True,
+                )
     anchor = statistics.median(r["seconds"] for r in runs["hand"])
-    summary = {m: {"seconds_median": statistics.median(r["seconds"] for r in runs[m]),
-                   "ratio_to_hand": statistics.median(r["seconds"] for r in runs[m]) / anchor,
-                   "peak_pss_mb_median": statistics.median(r["peak_pss_mb"] for r in runs[m]), "runs": runs[m]}
-               for m in modes}
+    summary = {
+        m: {
+            "seconds_median": statistics.median(r["seconds"] for r in runs[m]),
+            "ratio_to_hand": statistics.median(r["seconds"] for r in runs[m]) / anchor,
+            "peak_pss_mb_median": statistics.median(r["peak_pss_mb"] for r in runs[m]),
+            "runs": runs[m],
+        }
+        for m in modes
+    }
     print(f"\n{len(ARMS)} arms + random init, {args.steps} steps, medians of {args.repeats}:")
     for m, s in summary.items():
-        print(f"  {m:8s} {s['seconds_median']:7.1f} s  x{s['ratio_to_hand']:.2f} of the hand-run  "
-              f"peak PSS {s['peak_pss_mb_median']:.0f} MB")
+        print(
+            f"  {m:8s} {s['seconds_median']:7.1f} s  x{s['ratio_to_hand']:.2f} of the hand-run  "
+            f"peak PSS {s['peak_pss_mb_median']:.0f} MB"
+        )
     BENCH.mkdir(exist_ok=True)
-    (BENCH / "study.json").write_text(json.dumps({"steps": args.steps, "repeats": args.repeats,
-                                                  "cpus": os.cpu_count(), "anchor": "hand", **summary}, indent=1))
+    (BENCH / "study.json").write_text(
+        json.dumps(
+            {"steps": args.steps, "repeats": args.repeats, "cpus": os.cpu_count(), "anchor": "hand", **summary},
+            indent=1,
+        )
+    )
     print(f"wrote {BENCH / 'study.json'}")
 
 

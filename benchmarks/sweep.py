@@ -36,13 +36,23 @@ LRS = [2e-3, 1e-3, 5e-4, 2.5e-4, 1.25e-4, 6e-5, 3e-5, 1.5e-5]
 
 def pretrain_dict(store: str, work: str, steps: int) -> dict:
     return {
-        "name": "bench-ijepa", "modality": "ultrasound",
+        "name": "bench-ijepa",
+        "modality": "ultrasound",
         "data": {"kind": "frames", "sources": [{"uri": store, "modality": "ultrasound"}], "clip": {"size": 32}},
         "objective": {"name": "ijepa", "backbone": {"arch": "vit_tiny", "img_size": 32, "patch_size": 8, "depth": 1}},
-        "train": {"steps": steps, "batch_size": 8, "num_workers": 2, "cpus_per_worker": 0.5, "data_cpus": 0.25,
-                  "log_every": 2, "checkpoint_every": steps, "schedule": {"lr": 1e-3, "warmup_steps": 0}},
+        "train": {
+            "steps": steps,
+            "batch_size": 8,
+            "num_workers": 2,
+            "cpus_per_worker": 0.5,
+            "data_cpus": 0.25,
+            "log_every": 2,
+            "checkpoint_every": steps,
+            "schedule": {"lr": 1e-3, "warmup_steps": 0},
+        },
         "validation": {"catalog": store, "every": 4, "k": 3},
-        "storage": f"{work}/runs", "registry": f"{work}/registry",
+        "storage": f"{work}/runs",
+        "registry": f"{work}/registry",
     }
 
 
@@ -64,8 +74,12 @@ def _tree_pss(parent: psutil.Process) -> int:
 
 def measure(args: list[str]) -> dict:
     """Run ``this_script _child ARGS``; sample the peak PSS of its process tree (Ray's processes too)."""
-    proc = subprocess.Popen([sys.executable, str(HERE), "_child", *args], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "RAY_ADDRESS": "", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"})
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE), "_child", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_ADDRESS": "", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"},
+    )
     parent = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
@@ -97,8 +111,9 @@ def child(argv: list[str]) -> None:
             syn.write_us_dicom(raw / f"us{i}.dcm", frames=8, rows=48, cols=64, seed=i, label=i % 2)
             rows.append(f"us{i},{'lesion' if i % 2 == 0 else 'band'},P{i}")
         (Path(work) / "labels.csv").write_text("\n".join(rows) + "\n")
-        rep = run_ingest(IngestConfig(sources=[str(raw)], dest=store, labels=str(Path(work) / "labels.csv")),
-                         progress=False)
+        rep = run_ingest(
+            IngestConfig(sources=[str(raw)], dest=store, labels=str(Path(work) / "labels.csv")), progress=False
+        )
         assert rep.ok, rep.render()
         print(json.dumps({"seconds": 0.0}))
         return
@@ -125,11 +140,14 @@ def child(argv: list[str]) -> None:
         from pretextlab.jobs.sweep import plan_sweep, run_sweep
         from pretextlab.training.sweep_config import SweepConfig
 
-        cfg = SweepConfig.model_validate({
-            "name": f"bench-{mode}", "pretrain": pretrain_dict(store, work, steps),
-            "search": {"train.schedule.lr": {"grid": lrs}},
-            "tune": {"num_samples": 1, "max_concurrent": 1 if mode == "tune" else 2, "scheduler": {"name": "fifo"}},
-        })
+        cfg = SweepConfig.model_validate(
+            {
+                "name": f"bench-{mode}",
+                "pretrain": pretrain_dict(store, work, steps),
+                "search": {"train.schedule.lr": {"grid": lrs}},
+                "tune": {"num_samples": 1, "max_concurrent": 1 if mode == "tune" else 2, "scheduler": {"name": "fifo"}},
+            }
+        )
         res = run_sweep(plan_sweep(cfg), print_every=1e9)
         assert res.complete and res.encoder is not None
         n = len(res.trials)
@@ -153,23 +171,37 @@ def main() -> None:
                 work = f"{tmp}/{mode}-{rep}"
                 r = measure([mode, store, work, str(args.trials), str(args.steps)])
                 runs[mode].append(r)
-                print(f"repeat {rep + 1}/{args.repeats} {mode:7s} {r['seconds']:7.1f} s  {r['trials_per_hour']:6.0f} "
-                      f"trials/h  peak PSS {r['peak_pss_mb']:.0f} MB", flush=True)
+                print(
+                    f"repeat {rep + 1}/{args.repeats} {mode:7s} {r['seconds']:7.1f} s  {r['trials_per_hour']:6.0f} "
+                    f"trials/h  peak PSS {r['peak_pss_mb']:.0f} MB",
+                    flush=True,
+                )
     anchor = statistics.median(r["seconds"] for r in runs["loop"])
     summary = {}
     for mode in modes:
         sec = statistics.median(r["seconds"] for r in runs[mode])
-        summary[mode] = {"seconds_median": sec, "trials_per_hour_median": args.trials * 3600 / sec,
-                         "ratio_to_loop": sec / anchor,
-                         "peak_pss_mb_median": statistics.median(r["peak_pss_mb"] for r in runs[mode]),
-                         "runs": runs[mode]}
+        summary[mode] = {
+            "seconds_median": sec,
+            "trials_per_hour_median": args.trials * 3600 / sec,
+            "ratio_to_loop": sec / anchor,
+            "peak_pss_mb_median": statistics.median(r["peak_pss_mb"] for r in runs[mode]),
+            "runs": runs[mode],
+        }
     print(f"\n{args.trials} trials x {args.steps} steps, medians of {args.repeats}:")
     for mode, s in summary.items():
-        print(f"  {mode:7s} {s['seconds_median']:7.1f} s  {s['trials_per_hour_median']:6.0f} trials/h  "
-              f"x{s['ratio_to_loop']:.2f} of the loop  peak PSS {s['peak_pss_mb_median']:.0f} MB")
+        print(
+            f"  {mode:7s} {s['seconds_median']:7.1f} s  {s['trials_per_hour_median']:6.0f} trials/h  "
+            f"x{s['ratio_to_loop']:.2f} of the loop  peak PSS {s['peak_pss_mb_median']:.0f} MB"
+        )
     BENCH.mkdir(exist_ok=True)
-    out = {"trials": args.trials, "steps": args.steps, "repeats": args.repeats, "cpus": os.cpu_count(),
-           "anchor": "loop", **summary}
+    out = {
+        "trials": args.trials,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "cpus": os.cpu_count(),
+        "anchor": "loop",
+        **summary,
+    }
     (BENCH / "sweep.json").write_text(json.dumps(out, indent=1))
     print(f"wrote {BENCH / 'sweep.json'}")
 

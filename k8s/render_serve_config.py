@@ -68,8 +68,10 @@ def applications(source: Path = SOURCE) -> list[dict[str, Any]]:
         runtime_env = app.get("runtime_env") or {}
         shipped = [k for k in CODE_SHIPPING_KEYS if k in runtime_env]
         if shipped:
-            _fail(f"{rel}: applications[{i}].runtime_env.{shipped[0]}: the cluster imports pretextlab from "
-                  "the image's wheel; keep code out of runtime_env")
+            _fail(
+                f"{rel}: applications[{i}].runtime_env.{shipped[0]}: the cluster imports pretextlab from "
+                "the image's wheel; keep code out of runtime_env"
+            )
     return apps
 
 
@@ -99,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     current = args.target.read_text() if args.target.is_file() else None
     if args.check:
         if current != text:
-            print(f"{args.target.relative_to(REPO)} is out of date: run .venv/bin/python k8s/render_serve_config.py",
-                  file=sys.stderr)
+            print(
+                f"{args.target.relative_to(REPO)} is out of date: run .venv/bin/python k8s/render_serve_config.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     if current != text:

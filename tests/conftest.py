@@ -71,7 +71,9 @@ def s3_server(tmp_path_factory) -> S3Server:
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
@@ -84,19 +86,28 @@ def s3_server(tmp_path_factory) -> S3Server:
     else:
         proc.kill()
         raise RuntimeError("moto server did not start")
-    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
-                       aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="bootstrap",
+        aws_secret_access_key="bootstrap",
+    )
     iam.create_user(UserName="pretextlab-test")
     iam.put_user_policy(
-        UserName="pretextlab-test", PolicyName="all",
-        PolicyDocument=json.dumps({"Version": "2012-10-17",
-                                   "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
+        UserName="pretextlab-test",
+        PolicyName="all",
+        PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        ),
     )
     key = iam.create_access_key(UserName="pretextlab-test")["AccessKey"]
     server = S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
     # The standard AWS environment, as a user would set it; Ray workers inherit it.
     os.environ.update(
-        AWS_ACCESS_KEY_ID=server.key, AWS_SECRET_ACCESS_KEY=server.secret, AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID=server.key,
+        AWS_SECRET_ACCESS_KEY=server.secret,
+        AWS_ENDPOINT_URL=endpoint,
         AWS_DEFAULT_REGION="us-east-1",
     )
     yield server
@@ -120,7 +131,11 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     """Run the installed ``pretextlab`` entry point; returns the CompletedProcess."""
     exe = Path(sys.executable).with_name("pretextlab")
     return subprocess.run(
-        [str(exe), *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
+        [str(exe), *args],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 

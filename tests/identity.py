@@ -39,7 +39,7 @@ def dicom_wsi_level(path) -> np.ndarray:
     out = np.zeros((ny * th, nx * tw, frames.shape[-1]), frames.dtype)
     for i in range(ny * nx):
         r, c = divmod(i, nx)
-        out[r * th:(r + 1) * th, c * tw:(c + 1) * tw] = frames[i]
+        out[r * th : (r + 1) * th, c * tw : (c + 1) * tw] = frames[i]
     return out[:H, :W]
 
 

@@ -36,9 +36,16 @@ def make_encoders(root: Path) -> list[str]:
     for seed, (name, objective, folder) in enumerate(zip(ENCODER_NAMES, OBJECTIVES, FOLDERS, strict=True)):
         torch.manual_seed(seed)
         model = create_backbone(TINY)
-        card = EncoderCard(name=name, timm_name=TINY.timm_name, timm_kwargs=TINY.timm_kwargs(),
-                           embed_dim=model.embed_dim, img_size=TINY.img_size, patch_size=TINY.patch_size,
-                           in_chans=TINY.in_chans, objective=objective)
+        card = EncoderCard(
+            name=name,
+            timm_name=TINY.timm_name,
+            timm_kwargs=TINY.timm_kwargs(),
+            embed_dim=model.embed_dim,
+            img_size=TINY.img_size,
+            patch_size=TINY.patch_size,
+            in_chans=TINY.in_chans,
+            objective=objective,
+        )
         out.append(str(save_encoder(model, card, root / folder)))
     return out
 
@@ -73,8 +80,10 @@ class Postgres:
         shutil.chown(self.dir, "postgres")
         os.chmod(self.dir, 0o700)
         self._su(f"{self.bin}/initdb -D {self.dir}/data -A trust -U test --no-sync >/dev/null")
-        self._su(f"{self.bin}/pg_ctl -D {self.dir}/data -w -o '-k {self.dir} -p {port} -c listen_addresses=127.0.0.1 "
-                 f"-c fsync=off -c max_connections=200' -l {self.dir}/log start >/dev/null")
+        self._su(
+            f"{self.bin}/pg_ctl -D {self.dir}/data -w -o '-k {self.dir} -p {port} -c listen_addresses=127.0.0.1 "
+            f"-c fsync=off -c max_connections=200' -l {self.dir}/log start >/dev/null"
+        )
         self._n = 0
 
     def _su(self, cmd: str) -> None:
@@ -88,8 +97,11 @@ class Postgres:
         return f"postgresql://test@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
-        subprocess.run(["su", "postgres", "-s", "/bin/sh", "-c", f"{self.bin}/pg_ctl -D {self.dir}/data stop -m fast"],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            ["su", "postgres", "-s", "/bin/sh", "-c", f"{self.bin}/pg_ctl -D {self.dir}/data stop -m fast"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -124,9 +136,26 @@ class Server:
     def start(self) -> Server:
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pretextlab.review.cli", "serve", "--db", self.db, "--assets", self.assets,
-                 "--host", "127.0.0.1", "--port", str(self.port), *self.extra],
-                env=self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "pretextlab.review.cli",
+                    "serve",
+                    "--db",
+                    self.db,
+                    "--assets",
+                    self.assets,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    *self.extra,
+                ],
+                env=self.env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+
 from pretextlab.core.errors import UserError
 from pretextlab.jobs import bench_data
 from pretextlab.phantoms import generate
@@ -24,8 +25,7 @@ def _args(dest, **kw) -> argparse.Namespace:
 
 def test_bench_data_writes_a_labelled_store_with_roi_masks(ray_session, tmp_path):
     dest = tmp_path / "store"
-    args = _args(dest, modality="histology", locality=1.0, noise=0.5, items=20, size=32, seed=3,
-                 raw=tmp_path / "raw")
+    args = _args(dest, modality="histology", locality=1.0, noise=0.5, items=20, size=32, seed=3, raw=tmp_path / "raw")
     assert bench_data.run(args) == 0
     cat = read_catalog(str(dest))
     images = cat[cat["label"].notna()]

@@ -103,9 +103,11 @@ def test_folder_becomes_shards_grouped_by_shape_with_rows_per_image(ray_session,
 
 def test_labels_csv_by_relative_path_and_group_column(ray_session, dataset, tmp_path):
     labels = tmp_path / "labels.csv"
-    labels.write_text("source,label,group\nbenign/benign (1).png,B1,case-1\n"
-                      f"{dataset}/malignant/malignant (0).png,M0,case-2\nbenign-t.tif,T,case-3\n"
-                      "ghost/none.png,X,case-9\n")
+    labels.write_text(
+        "source,label,group\nbenign/benign (1).png,B1,case-1\n"
+        f"{dataset}/malignant/malignant (0).png,M0,case-2\nbenign-t.tif,T,case-3\n"
+        "ghost/none.png,X,case-9\n"
+    )
     dest = tmp_path / "store"
     rep = ingest([dataset], dest, labels=str(labels))
     by_rel = read_catalog(str(dest)).set_index("relpath")
@@ -140,8 +142,7 @@ def test_grey_rgb_becomes_one_channel_and_colour_is_kept_with_a_warning(ray_sess
     for name, rgb in greys.items():
         got = pixels_of(dest, {**df.loc[name], "item_id": df.loc[name, "item_id"]})
         assert got.shape == (20, 30, 1) and np.abs(got[..., 0].astype(int) - rgb[..., 0]).max() <= 1
-    np.testing.assert_array_equal(pixels_of(dest, df.loc["doppler.png"]),
-                                  doppler)
+    np.testing.assert_array_equal(pixels_of(dest, df.loc["doppler.png"]), doppler)
     (shard,) = {r.item_id for r in rep.results}
     card = open_item(str(dest), shard).card
     assert any("3 RGB image(s) with equal channels" in w for w in card["warnings"])
@@ -170,8 +171,12 @@ def test_named_files_fail_loudly_and_one_item_per_file_keeps_old_items(ray_sessi
     kinds = set(read_catalog(str(tmp_path / "s2"))["kind"])
     assert rep.count("ingested") == 7 and kinds == {"slide"}
 
-    rep = ingest([dataset / "benign" / "benign (0).png", dataset / "malignant" / "malignant (0).png"],
-                 tmp_path / "s3", collection="picked", labels_from_folders=True)
+    rep = ingest(
+        [dataset / "benign" / "benign (0).png", dataset / "malignant" / "malignant (0).png"],
+        tmp_path / "s3",
+        collection="picked",
+        labels_from_folders=True,
+    )
     df = read_catalog(str(tmp_path / "s3"))
     assert list(df["group"].unique()) == ["picked-24x32x3-0000"] and list(df["label"]) == ["benign", "malignant"]
 
@@ -179,7 +184,7 @@ def test_named_files_fail_loudly_and_one_item_per_file_keeps_old_items(ray_sessi
 def test_mixed_depths_and_modes_group_apart(ray_session, tmp_path):
     raw = tmp_path / "mixed"
     raw.mkdir()
-    g16 = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 200)
+    g16 = np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 200
     Image.fromarray(g16).save(raw / "deep.png")
     Image.new("CMYK", (16, 16), (10, 20, 30, 0)).save(raw / "cmyk.jpg")
     Image.fromarray(np.full((16, 16, 4), 90, np.uint8)).save(raw / "rgba.png")
@@ -187,8 +192,9 @@ def test_mixed_depths_and_modes_group_apart(ray_session, tmp_path):
     assert ingest([raw], dest).ok
     df = read_catalog(str(dest)).set_index("relpath")
     assert df.loc["deep.png", "dtype"] == "uint16" and df.loc["deep.png", "group"] == "mixed-16x16x1-uint16-0000"
-    np.testing.assert_array_equal(pixels_of(dest, df.loc["deep.png"])[..., 0],
-                                  imagecodecs.png_decode((raw / "deep.png").read_bytes()))
+    np.testing.assert_array_equal(
+        pixels_of(dest, df.loc["deep.png"])[..., 0], imagecodecs.png_decode((raw / "deep.png").read_bytes())
+    )
     assert df.loc["cmyk.jpg", "channels"] == 3 and df.loc["rgba.png", "channels"] == 3
 
 
@@ -202,8 +208,9 @@ def test_s3_to_s3_collection(ray_session, s3_server, dataset, tmp_path):
     assert len(df) == 14
     assert df.loc["benign/benign (3).png", "source"] == f"s3://{bucket}/in/tiles/benign/benign (3).png"
     row = df.loc["benign/benign (3).png"]
-    np.testing.assert_array_equal(pixels_of(dest, row),
-                                  imagecodecs.png_decode((dataset / "benign" / "benign (3).png").read_bytes()))
+    np.testing.assert_array_equal(
+        pixels_of(dest, row), imagecodecs.png_decode((dataset / "benign" / "benign (3).png").read_bytes())
+    )
 
 
 def _status(dest: Path, item: str) -> str | None:
@@ -231,11 +238,13 @@ def test_killed_mid_shard_leaves_it_invisible_and_rerun_writes_only_missing(ray_
     rng = np.random.default_rng(2)
     n = 1200
     for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(raw / f"img{i:05d}.png",
-                                                                                 compress_level=0)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+            raw / f"img{i:05d}.png", compress_level=0
+        )
     dest = tmp_path / "store"
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(raw), str(dest), "600"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(raw), str(dest), "600"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     second = dest / "items" / "many-32x32x3-0001.zarr" / "all" / "images"
     killed_mid_write = False
     deadline = time.time() + 120
@@ -255,15 +264,16 @@ def test_killed_mid_shard_leaves_it_invisible_and_rerun_writes_only_missing(ray_
     mtime = (dest / "items" / "many-32x32x3-0000.zarr" / "zarr.json").stat().st_mtime_ns
 
     rep = ingest([raw], dest, shard_size=600)
-    assert {r.item_id: r.status for r in rep.results} == {"many-32x32x3-0000": "skipped",
-                                                         "many-32x32x3-0001": "ingested"}
+    assert {r.item_id: r.status for r in rep.results} == {
+        "many-32x32x3-0000": "skipped",
+        "many-32x32x3-0001": "ingested",
+    }
     assert (dest / "items" / "many-32x32x3-0000.zarr" / "zarr.json").stat().st_mtime_ns == mtime
     df = read_catalog(str(dest))
     assert len(df) == n and df["source"].is_unique
     assert sorted(df["relpath"]) == [f"img{i:05d}.png" for i in range(n)]
     row = df.set_index("relpath").loc["img00900.png"]
-    np.testing.assert_array_equal(pixels_of(dest, row),
-                                  imagecodecs.png_decode((raw / "img00900.png").read_bytes()))
+    np.testing.assert_array_equal(pixels_of(dest, row), imagecodecs.png_decode((raw / "img00900.png").read_bytes()))
 
 
 def test_repeated_warnings_are_aggregated():
@@ -280,8 +290,21 @@ def test_cli_flags_reach_the_config(tmp_path):
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    cfg = config_from_args(parser.parse_args(["x", "--to", str(tmp_path), "--labels-from-folders",
-                                              "--one-item-per-file", "--collection", "c", "--shard-size", "7"]))
+    cfg = config_from_args(
+        parser.parse_args(
+            [
+                "x",
+                "--to",
+                str(tmp_path),
+                "--labels-from-folders",
+                "--one-item-per-file",
+                "--collection",
+                "c",
+                "--shard-size",
+                "7",
+            ]
+        )
+    )
     assert cfg.labels_from_folders and cfg.one_item_per_file and cfg.collection == "c" and cfg.shard_size == 7
     assert not config_from_args(parser.parse_args(["x", "--to", str(tmp_path)])).labels_from_folders
 

@@ -10,7 +10,10 @@ from pretextlab.jobs.ingest import IngestConfig
 
 def test_overrides_nest_and_parse_yaml_scalars():
     assert parse_overrides(["a.b=1", "a.c=[x, y]", "d=true", "e=", "f=0.5"]) == {
-        "a": {"b": 1, "c": ["x", "y"]}, "d": True, "e": "", "f": 0.5,
+        "a": {"b": 1, "c": ["x", "y"]},
+        "d": True,
+        "e": "",
+        "f": 0.5,
     }
 
 
@@ -32,7 +35,11 @@ def test_precedence_file_then_flags_then_overrides(tmp_path):
     [
         ("sources: [a]\ndest: d\nzarr: {chunk: big}\n", [], "ingest.yaml: zarr.chunk: Input should be a valid integer"),
         ("sources: [a]\ndest: d\nzarr: {chunk: 32}\n", [], "zarr.chunk: Input should be greater than or equal to 64"),
-        ("sources: [a]\ndest: d\nmodality: mri\n", [], "modality: unknown modality 'mri'; known: histopathology, radiograph, ultrasound"),
+        (
+            "sources: [a]\ndest: d\nmodality: mri\n",
+            [],
+            "modality: unknown modality 'mri'; known: histopathology, radiograph, ultrasound",
+        ),
         ("sources: [a]\ndest: d\nbogus: 1\n", [], "bogus: unknown field"),
         ("sources: [a]\n", [], "dest: Field required"),
         ("sources: [a]\ndest: d\n", ["zarr.compressor=gzip"], "ingest.yaml + overrides: zarr.compressor"),

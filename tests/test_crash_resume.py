@@ -21,7 +21,9 @@ from pretextlab.storage import synthetic as syn
 
 def _status(dest: Path, item: str) -> str | None:
     try:
-        return json.loads((dest / "items" / f"{item}.zarr" / "zarr.json").read_text())["attributes"]["pretextlab"]["status"]
+        return json.loads((dest / "items" / f"{item}.zarr" / "zarr.json").read_text())["attributes"]["pretextlab"][
+            "status"
+        ]
     except (FileNotFoundError, ValueError, KeyError):
         return None
 
@@ -43,9 +45,20 @@ def test_killed_ingest_leaves_no_complete_looking_item_and_resumes(ray_session, 
     syn.write_us_dicom(raw / "small.dcm", frames=4, rows=64, cols=64)
     dest = tmp_path / "store"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pretextlab.jobs.ingest", str(raw), "--to", str(dest), "--quiet",
-         "--set", "zarr.threads=1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": ""},
+        [
+            sys.executable,
+            "-m",
+            "pretextlab.jobs.ingest",
+            str(raw),
+            "--to",
+            str(dest),
+            "--quiet",
+            "--set",
+            "zarr.threads=1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "RAY_ADDRESS": ""},
     )
     level0 = dest / "items" / "big.zarr" / "0"
     deadline = time.time() + 180
@@ -61,7 +74,9 @@ def test_killed_ingest_leaves_no_complete_looking_item_and_resumes(ray_session, 
     finally:
         if proc.poll() is None:
             _kill_tree(proc)
-    assert killed_mid_write, "the ingest finished or never started before the kill: " + proc.stdout.read().decode()[-2000:]
+    assert killed_mid_write, (
+        "the ingest finished or never started before the kill: " + proc.stdout.read().decode()[-2000:]
+    )
 
     # After the crash: chunks on disk, yet no reader takes the item as complete.
     assert any(level0.rglob("c/*/*/*"))

@@ -33,8 +33,9 @@ def store(ray_session, tmp_path_factory):
     labels = raw.parent / "ds-labels.csv"
     labels.write_text("item_id,label\na,tumour\nb,normal\n")
     dest = tmp_path_factory.mktemp("dsstore")
-    rep = run_ingest(IngestConfig(sources=[str(raw)], dest=str(dest), labels=str(labels),
-                                  zarr={"chunk": 256}), progress=False)
+    rep = run_ingest(
+        IngestConfig(sources=[str(raw)], dest=str(dest), labels=str(labels), zarr={"chunk": 256}), progress=False
+    )
     assert rep.ok
     return dest, raw
 
@@ -73,8 +74,15 @@ def test_patches_stream_identical_to_region_reads(store, s3_server, where):
         bucket = s3_server.new_bucket()
         s3_server.upload(raw, bucket, "raw")
         target = f"s3://{bucket}/store"
-        rep = run_ingest(IngestConfig(sources=[f"s3://{bucket}/raw"], dest=target,
-                                      labels=str(raw.parent / "ds-labels.csv"), zarr={"chunk": 256}), progress=False)
+        rep = run_ingest(
+            IngestConfig(
+                sources=[f"s3://{bucket}/raw"],
+                dest=target,
+                labels=str(raw.parent / "ds-labels.csv"),
+                zarr={"chunk": 256},
+            ),
+            progress=False,
+        )
         assert rep.ok
     else:
         target = str(dest)
@@ -154,8 +162,13 @@ def test_stream_rows_follow_the_plan(store, s3_store, where):
 
 def test_weighted_mix_through_ray(store):
     dest = str(store[0])
-    spec = StreamSpec(sources=[{"uri": dest, "weight": 3}, {"uri": dest, "weight": 1, "modality": "ultrasound"}],
-                      kind="frames", clip={"size": 32}, samples_per_epoch=400, seed=1)
+    spec = StreamSpec(
+        sources=[{"uri": dest, "weight": 3}, {"uri": dest, "weight": 1, "modality": "ultrasound"}],
+        kind="frames",
+        clip={"size": 32},
+        samples_per_epoch=400,
+        seed=1,
+    )
     rows = read_stream(plan_stream(spec), [0, 1]).take_all()
     for e in (0, 1):
         sources = [r["source"] for r in rows if r["epoch"] == e]
@@ -165,8 +178,15 @@ def test_weighted_mix_through_ray(store):
 @pytest.mark.parametrize("kind", ["patches", "clips"])
 def test_each_chunk_fetched_once_per_read_task(store, kind):
     dest = str(store[0])
-    spec = StreamSpec(sources=[dest], kind=kind, patch=STREAM_PATCH, clip={"frames": 3, "stride": 1, "hop": 1},
-                      chunks_per_group=4, min_rows_per_group=1, seed=5)
+    spec = StreamSpec(
+        sources=[dest],
+        kind=kind,
+        patch=STREAM_PATCH,
+        clip={"frames": 3, "stride": 1, "hop": 1},
+        chunks_per_group=4,
+        min_rows_per_group=1,
+        seed=5,
+    )
     plan = plan_stream(spec)
     plan = plan_stream(spec.model_copy(update={"samples_per_epoch": 2 * plan.samples_per_epoch}))  # repeats
     counts: Counter = Counter()
@@ -186,12 +206,17 @@ def test_each_chunk_fetched_once_per_read_task(store, kind):
         if kind == "clips":
             assert len(counts) == len({(r.item_id, t) for r in group for t in r.sample.indices})
             continue
-        touched = {(r.item_id, r.sample.level, cy, cx) for r in group
-                   for cy in range(r.sample.y // 256, (r.sample.y + 95) // 256 + 1)
-                   for cx in range(r.sample.x // 256, (r.sample.x + 95) // 256 + 1)}
+        touched = {
+            (r.item_id, r.sample.level, cy, cx)
+            for r in group
+            for cy in range(r.sample.y // 256, (r.sample.y + 95) // 256 + 1)
+            for cx in range(r.sample.x // 256, (r.sample.x + 95) // 256 + 1)
+        }
         assert len(counts) == len(touched)
         r = group[-1].sample
-        np.testing.assert_array_equal(batch["image"][-1], open_item(dest, r.item_id).read_region(r.level, r.x, r.y, 96, 96))
+        np.testing.assert_array_equal(
+            batch["image"][-1], open_item(dest, r.item_id).read_region(r.level, r.x, r.y, 96, 96)
+        )
     assert first == plan.samples_per_epoch and len(groups) > 1
 
 
@@ -201,14 +226,20 @@ def test_views_in_map_batches_are_deterministic(store):
     views = create_views("histopathology", "multicrop", global_size=32, local_size=16, n_local=2)
 
     def run(seed: int) -> list[dict]:
-        return list(map_views(read_stream(plan, [0]), views, seed=seed, batch_size=8)
-                    .iter_batches(batch_size=8, batch_format="numpy"))
+        return list(
+            map_views(read_stream(plan, [0]), views, seed=seed, batch_size=8).iter_batches(
+                batch_size=8, batch_format="numpy"
+            )
+        )
 
     first, again, other = run(0), run(0), run(1)
     assert sum(len(b["index"]) for b in first) == 40
     for a, b in zip(first, again, strict=True):
-        assert a.keys() == b.keys() == {"global_0", "global_1", "local_0", "local_1", "item_id", "label", "source",
-                                        "epoch", "index"}
+        assert (
+            a.keys()
+            == b.keys()
+            == {"global_0", "global_1", "local_0", "local_1", "item_id", "label", "source", "epoch", "index"}
+        )
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
     assert not np.array_equal(first[0]["global_0"], other[0]["global_0"])

@@ -46,15 +46,32 @@ def world(ray_session, tmp_path_factory):
     torch.manual_seed(5)
     cfg = BackboneConfig(arch="vit_tiny", img_size=32, patch_size=8, in_chans=3, depth=1)
     model = create_backbone(cfg).eval()
-    card = EncoderCard(name="bags", timm_name=cfg.timm_name, timm_kwargs=cfg.timm_kwargs(), embed_dim=model.embed_dim,
-                       img_size=32, patch_size=8, in_chans=3, mean=[0.6, 0.5, 0.6], std=[0.2, 0.2, 0.2],
-                       modality="histopathology")
+    card = EncoderCard(
+        name="bags",
+        timm_name=cfg.timm_name,
+        timm_kwargs=cfg.timm_kwargs(),
+        embed_dim=model.embed_dim,
+        img_size=32,
+        patch_size=8,
+        in_chans=3,
+        mean=[0.6, 0.5, 0.6],
+        std=[0.2, 0.2, 0.2],
+        modality="histopathology",
+    )
     folder = save_encoder(model, card, base / "encoder")
     reg = EncoderRegistry(str(base / "registry"))
     ref = reg.register(model, card)
     reg.choose(ref, "histopathology")
-    return {"base": base, "store": str(base / "store"), "encoder": folder, "model": model, "card": card,
-            "registry": str(base / "registry"), "ref": ref, "address": ray_session.get_runtime_context().gcs_address}
+    return {
+        "base": base,
+        "store": str(base / "store"),
+        "encoder": folder,
+        "model": model,
+        "card": card,
+        "registry": str(base / "registry"),
+        "ref": ref,
+        "address": ray_session.get_runtime_context().gcs_address,
+    }
 
 
 def _expected_counts(store: str) -> dict[str, int]:
@@ -68,9 +85,24 @@ def _expected_counts(store: str) -> dict[str, int]:
 
 
 def _cmd(world, dest: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pretextlab.jobs.embed", "chosen:histopathology", world["store"], "--to", str(dest),
-            "--registry", world["registry"], "--patch-size", str(PATCH), "--min-tissue", str(MIN_TISSUE),
-            "--address", world["address"], *extra]
+    return [
+        sys.executable,
+        "-m",
+        "pretextlab.jobs.embed",
+        "chosen:histopathology",
+        world["store"],
+        "--to",
+        str(dest),
+        "--registry",
+        world["registry"],
+        "--patch-size",
+        str(PATCH),
+        "--min-tissue",
+        str(MIN_TISSUE),
+        "--address",
+        world["address"],
+        *extra,
+    ]
 
 
 def _markers(dest: Path) -> dict[str, dict]:
@@ -85,8 +117,13 @@ def test_killed_run_resumes_without_repeats_or_gaps_and_bags_match(world, tmp_pa
     assert len(expected) == 5 and all(n > 0 for n in expected.values())
     # one actor, small batches: items finish one after another, so the kill lands mid-run
     log = open(tmp_path / "run1.log", "wb")
-    proc = subprocess.Popen(_cmd(world, dest, "--batch-size", "4", "--concurrency", "1", "--no-progress"),
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        _cmd(world, dest, "--batch-size", "4", "--concurrency", "1", "--no-progress"),
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not _markers(dest) and proc.poll() is None:
         time.sleep(0.02)
@@ -94,12 +131,12 @@ def test_killed_run_resumes_without_repeats_or_gaps_and_bags_match(world, tmp_pa
     proc.wait(30)
     log.close()
     first = _markers(dest)
-    assert 1 <= len(first) < len(expected), f"kill landed outside the run: {len(first)} items done\n" + \
-        (tmp_path / "run1.log").read_text()[-3000:]
+    assert 1 <= len(first) < len(expected), (
+        f"kill landed outside the run: {len(first)} items done\n" + (tmp_path / "run1.log").read_text()[-3000:]
+    )
     mtimes = {i: (dest / "h5_files" / f"{i}.h5").stat().st_mtime_ns for i in first}
 
-    out = subprocess.run(_cmd(world, dest, "--batch-size", "16"), cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(_cmd(world, dest, "--batch-size", "16"), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"{len(expected) - len(first)} items embedded" in out.stdout, out.stdout
     summary = json.loads((dest / "embed.json").read_text())
@@ -134,25 +171,38 @@ def test_killed_run_resumes_without_repeats_or_gaps_and_bags_match(world, tmp_pa
     np.testing.assert_array_equal(group["frames"][:], coords[:, 0])
 
     # a third run has nothing left to do (and needs no Ray pipeline for that)
-    cfg = EmbedConfig(encoder="chosen:histopathology", registry=world["registry"], catalog=world["store"],
-                      dest=str(dest), patch_size=PATCH, min_tissue=MIN_TISSUE)
+    cfg = EmbedConfig(
+        encoder="chosen:histopathology",
+        registry=world["registry"],
+        catalog=world["store"],
+        dest=str(dest),
+        patch_size=PATCH,
+        min_tissue=MIN_TISSUE,
+    )
     report = run_embed(cfg, progress=False)
     assert report.embedded == [] and sorted(report.skipped_complete) == sorted(expected)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["/no/such/encoder", "{store}", "--to", "{dest}"], "no such encoder folder"),
-    (["{encoder}", "{store}"], "--to DEST is required"),
-    (["{encoder}", "/no/such/store", "--to", "{dest}"], "no catalog here"),
-    (["{encoder}", "{store}", "--to", "{dest}", "--items", "ghost"], "items: not slide/cine items"),
-    (["{encoder}", "{store}", "--to", "{dest}", "--batch-size", "0"], "batch_size"),
-    (["nope", "{store}", "--to", "{dest}", "--registry", "{registry}"], "no encoder named 'nope'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["/no/such/encoder", "{store}", "--to", "{dest}"], "no such encoder folder"),
+        (["{encoder}", "{store}"], "--to DEST is required"),
+        (["{encoder}", "/no/such/store", "--to", "{dest}"], "no catalog here"),
+        (["{encoder}", "{store}", "--to", "{dest}", "--items", "ghost"], "items: not slide/cine items"),
+        (["{encoder}", "{store}", "--to", "{dest}", "--batch-size", "0"], "batch_size"),
+        (["nope", "{store}", "--to", "{dest}", "--registry", "{registry}"], "no encoder named 'nope'"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(world, tmp_path, capsys, args, message):
     from pretextlab.cli import main
 
-    subst = {"store": world["store"], "dest": str(tmp_path / "o"), "encoder": str(world["encoder"]),
-             "registry": world["registry"]}
+    subst = {
+        "store": world["store"],
+        "dest": str(tmp_path / "o"),
+        "encoder": str(world["encoder"]),
+        "registry": world["registry"],
+    }
     assert main(["embed", *[a.format(**subst) for a in args]]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1

@@ -59,8 +59,16 @@ def _ingest(src: Path, dest: Path, labels: Path | None = None) -> str:
 def _save_tiny(folder: Path, cfg: BackboneConfig = TINY, seed: int = 0, name: str = "tiny") -> Path:
     torch.manual_seed(seed)
     model = create_backbone(cfg)
-    card = EncoderCard(name=name, timm_name=cfg.timm_name, timm_kwargs=cfg.timm_kwargs(), embed_dim=model.embed_dim,
-                       img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, objective="random-init")
+    card = EncoderCard(
+        name=name,
+        timm_name=cfg.timm_name,
+        timm_kwargs=cfg.timm_kwargs(),
+        embed_dim=model.embed_dim,
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        in_chans=cfg.in_chans,
+        objective="random-init",
+    )
     return save_encoder(model, card, folder)
 
 
@@ -199,6 +207,7 @@ def test_metrics_equal_sklearn_and_cis_behave():
     sb[[2, 3]] = sb[[4, 5]]  # ties count one half, as in sklearn
     binary = classification_metrics(yb, (sb > 0.5).astype(int), np.c_[1 - sb, sb], 2, n_boot=50)
     assert binary["auroc"].value == pytest.approx(roc_auc_score(yb, sb))
+
     # the same error rate on 40x more rows gives a much narrower interval
     def width(n: int) -> float:
         yy = np.arange(n) % 2
@@ -206,6 +215,7 @@ def test_metrics_equal_sklearn_and_cis_behave():
         est = classification_metrics(yy, pp, n_boot=400, seed=0)["accuracy"]
         assert est.value == pytest.approx(0.8) and est.low <= 0.8 <= est.high
         return est.high - est.low
+
     assert width(2000) < width(50) / 4
 
 
@@ -274,8 +284,9 @@ def test_rankme_and_collapse_diagnostics(tiny_vit):
 
 
 def test_preprocess_follows_the_card():
-    card = EncoderCard(timm_name="x", timm_kwargs={}, embed_dim=8, img_size=32, patch_size=8, in_chans=1,
-                       mean=[0.5], std=[0.25])
+    card = EncoderCard(
+        timm_name="x", timm_kwargs={}, embed_dim=8, img_size=32, patch_size=8, in_chans=1, mean=[0.5], std=[0.25]
+    )
     rgb = np.zeros((2, 32, 32, 3), np.uint8)
     rgb[..., 0] = 255  # pure red: luminance 0.299
     x = preprocess(rgb, card)
@@ -295,8 +306,10 @@ def test_feature_maps_pngs_and_anchor_similarity(tiny_vit, tmp_path):
     paths = save_feature_maps(tiny_vit, image, tmp_path / "maps", anchor=(1, 2), mean=[0.5], std=[0.5])
     names = sorted(p.name for p in paths)
     heads = tiny_vit.blocks[-1].attn.num_heads
-    assert names == sorted(["input.png", "attention-mean.png", "pca.png", "similarity-r1-c2.png"]
-                           + [f"attention-head{h}.png" for h in range(heads)])
+    assert names == sorted(
+        ["input.png", "attention-mean.png", "pca.png", "similarity-r1-c2.png"]
+        + [f"attention-head{h}.png" for h in range(heads)]
+    )
     for p in paths:
         assert p.is_file()
         with Image.open(p) as im:
@@ -309,8 +322,16 @@ def test_feature_maps_pngs_and_anchor_similarity(tiny_vit, tmp_path):
     assert maps.shape == (heads, 4, 4) and (maps >= 0).all() and (maps.sum(dim=(1, 2)) <= 1 + 1e-5).all()
     import timm
 
-    no_cls = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, in_chans=1, num_classes=0, depth=1,
-                               class_token=False, global_pool="avg")
+    no_cls = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=32,
+        patch_size=8,
+        in_chans=1,
+        num_classes=0,
+        depth=1,
+        class_token=False,
+        global_pool="avg",
+    )
     names = sorted(p.name for p in save_feature_maps(no_cls, image, tmp_path / "no-cls"))
     assert names == ["input.png", "pca.png", "similarity-r2-c2.png"]  # no CLS token: no attention maps
 
@@ -351,8 +372,9 @@ def test_eval_set_from_npz_catalog(npz_store):
 
 def test_eval_set_from_dicom_cine_catalog(cine_sources, unlabelled_cine_store, tmp_path):
     labels = tmp_path / "labels.csv"
-    labels.write_text("item_id,label,patient_id\n"
-                      "liver-0,lesion,P1\nliver-1,band,P1\nliver-2,lesion,P2\nliver-3,band,P3\n")
+    labels.write_text(
+        "item_id,label,patient_id\nliver-0,lesion,P1\nliver-1,band,P1\nliver-2,lesion,P2\nliver-3,band,P3\n"
+    )
     store = _ingest(cine_sources, tmp_path / "store", labels)
     es = load_eval_set(store)
     assert es.images.shape == (4, 48, 64, 1) and es.class_names == ["band", "lesion"]
@@ -422,13 +444,27 @@ def cli_runs(encoder_dir, npz_store, broken_encoders, tmp_path_factory):
     """The real `pretextlab` entry point, a good and a bad run started together (each pays ~6 s of imports)."""
     maps = tmp_path_factory.mktemp("cli") / "maps"
     runs = {
-        "ok": ("evaluate", str(encoder_dir), npz_store, "--shots", "1,2", "--repeats", "2", "--k", "5",
-               "--set", "n_bootstrap=200", "--feature-maps", str(maps)),
+        "ok": (
+            "evaluate",
+            str(encoder_dir),
+            npz_store,
+            "--shots",
+            "1,2",
+            "--repeats",
+            "2",
+            "--k",
+            "5",
+            "--set",
+            "n_bootstrap=200",
+            "--feature-maps",
+            str(maps),
+        ),
         "text_file": ("evaluate", str(broken_encoders["text_file"]), npz_store),
     }
     with ThreadPoolExecutor(len(runs)) as pool:
-        futures = {name: pool.submit(run_cli, *args, env={"OMP_NUM_THREADS": "1"}, timeout=240)
-                   for name, args in runs.items()}
+        futures = {
+            name: pool.submit(run_cli, *args, env={"OMP_NUM_THREADS": "1"}, timeout=240) for name, args in runs.items()
+        }
         results = {name: f.result() for name, f in futures.items()}
     return results, maps
 
@@ -444,8 +480,13 @@ def test_cli_prints_table_and_writes_json(cli_runs, encoder_dir, npz_store):
     acc = res["knn"]["metrics"]["accuracy"]
     assert 0.0 <= acc["low"] <= acc["value"] <= acc["high"] <= 1.0
     assert f"{acc['value']:.3f}" in out.stdout.split("kNN (k=5)")[1].splitlines()[0]
-    assert res["split"] == {"strategy": "catalog split column", "n_train": 16, "n_val": 16, "n_test": 16,
-                            "n_groups": 48}
+    assert res["split"] == {
+        "strategy": "catalog split column",
+        "n_train": 16,
+        "n_val": 16,
+        "n_test": 16,
+        "n_groups": 48,
+    }
     assert res["encoder"]["name"] == "tiny" and res["encoder"]["objective"] == "random-init"
     assert res["config"]["shots"] == [1, 2] and res["config"]["n_bootstrap"] == 200
     assert res["diagnostics"]["collapsed"] is False and res["diagnostics"]["dim"] == 192
@@ -460,14 +501,18 @@ def test_cli_error_is_one_line_exit_2_without_traceback(cli_runs):
     assert out.stdout == ""
 
 
-@pytest.mark.parametrize("case, message", [
-    ("garbage", "sha256 does not match its card"),
-    ("swapped", "sha256 does not match its card"),
-    ("resealed", "weights do not match their card"),
-    ("no_labels", "has no labels: attach them with `pretextlab catalog"),
-])
-def test_cli_errors_exit_2_with_one_line(case, message, broken_encoders, encoder_dir, npz_store,
-                                         unlabelled_cine_store, capsys):
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("garbage", "sha256 does not match its card"),
+        ("swapped", "sha256 does not match its card"),
+        ("resealed", "weights do not match their card"),
+        ("no_labels", "has no labels: attach them with `pretextlab catalog"),
+    ],
+)
+def test_cli_errors_exit_2_with_one_line(
+    case, message, broken_encoders, encoder_dir, npz_store, unlabelled_cine_store, capsys
+):
     """Same dispatcher as the entry point, in this process (the subprocess case above covers the wrapper)."""
     from pretextlab.cli import main
 
@@ -479,8 +524,9 @@ def test_cli_errors_exit_2_with_one_line(case, message, broken_encoders, encoder
     assert not (encoder_dir.parent / "never.json").exists()
 
 
-def test_cli_evaluates_a_registry_address_without_touching_the_version(encoder_dir, npz_store, tmp_path,
-                                                                       monkeypatch, capsys):
+def test_cli_evaluates_a_registry_address_without_touching_the_version(
+    encoder_dir, npz_store, tmp_path, monkeypatch, capsys
+):
     """`--registry ROOT chosen:<modality>` evaluates the chosen encoder; the result goes under ./evals/,
     never into the registered version; a wrong address is one line naming what the registry holds."""
     from pretextlab.cli import main

@@ -15,16 +15,31 @@ from pretextlab.storage import discover, read_catalog, synthetic, write_item
 from pretextlab.storage.catalog import rebuild_catalog
 
 TINY = BackboneConfig(img_size=32, patch_size=8, in_chans=1)
-FAST = {"shots": [2], "fewshot_repeats": 2, "n_bootstrap": 300, "alignment_images": 0, "k": 5, "device": "cpu",
-        "linear_Cs": [1.0]}
+FAST = {
+    "shots": [2],
+    "fewshot_repeats": 2,
+    "n_bootstrap": 300,
+    "alignment_images": 0,
+    "k": 5,
+    "device": "cpu",
+    "linear_Cs": [1.0],
+}
 
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = create_backbone(TINY)
-    card = EncoderCard(name="tiny", timm_name=TINY.timm_name, timm_kwargs=TINY.timm_kwargs(),
-                       embed_dim=model.embed_dim, img_size=32, patch_size=8, in_chans=1, objective="random-init")
+    card = EncoderCard(
+        name="tiny",
+        timm_name=TINY.timm_name,
+        timm_kwargs=TINY.timm_kwargs(),
+        embed_dim=model.embed_dim,
+        img_size=32,
+        patch_size=8,
+        in_chans=1,
+        objective="random-init",
+    )
     return save_encoder(model, card, tmp_path_factory.mktemp("enc") / "tiny")
 
 
@@ -41,8 +56,9 @@ def stores(tmp_path_factory) -> tuple[str, str]:
         rebuild_catalog(str(dest))
         if name == "patients":
             cat = read_catalog(str(dest))
-            rows = [f"{r.item_id},{r.label},{r.split}-P{int(r.item_id.rsplit('-', 1)[1]) // 4}"
-                    for r in cat.itertuples()]
+            rows = [
+                f"{r.item_id},{r.label},{r.split}-P{int(r.item_id.rsplit('-', 1)[1]) // 4}" for r in cat.itertuples()
+            ]
             (root / "labels.csv").write_text("item_id,label,patient_id\n" + "\n".join(rows) + "\n")
             rebuild_catalog(str(dest), str(root / "labels.csv"))
         out.append(str(dest))
@@ -60,8 +76,13 @@ def test_evaluate_resamples_patients_and_reports_the_unit(encoder, stores, group
     plain = evaluate_encoder(encoder, plain_store, FAST)
     assert "predictions" not in plain
     assert plain["bootstrap"]["unit"] == "sample" and plain["bootstrap"]["n_groups"] == 16
-    assert grouped["bootstrap"] == {"unit": "group", "group_by": "patient_id", "n_groups": 4, "n_test": 16,
-                                    "method": "cluster bootstrap: whole groups resampled with replacement"}
+    assert grouped["bootstrap"] == {
+        "unit": "group",
+        "group_by": "patient_id",
+        "n_groups": 4,
+        "n_test": 16,
+        "method": "cluster bootstrap: whole groups resampled with replacement",
+    }
     for block in ("knn", "linear"):
         p, g = plain[block]["metrics"]["accuracy"], grouped[block]["metrics"]["accuracy"]
         assert p["value"] == g["value"]  # same images, same features, same predictions
@@ -91,9 +112,18 @@ def test_evaluate_marks_a_dino_run_whose_loss_ended_at_ln_k(stores, tmp_path):
     """The card's final loss at ln(out_dim) is a collapse signal; a dead encoder is complete collapse."""
     torch.manual_seed(0)
     model = create_backbone(TINY)
-    card = EncoderCard(name="dino-uniform", timm_name=TINY.timm_name, timm_kwargs=TINY.timm_kwargs(),
-                       embed_dim=model.embed_dim, img_size=32, patch_size=8, in_chans=1, objective="dino",
-                       objective_config={"out_dim": 1024}, metrics={"loss_dino": 6.931, "loss": 6.931})
+    card = EncoderCard(
+        name="dino-uniform",
+        timm_name=TINY.timm_name,
+        timm_kwargs=TINY.timm_kwargs(),
+        embed_dim=model.embed_dim,
+        img_size=32,
+        patch_size=8,
+        in_chans=1,
+        objective="dino",
+        objective_config={"out_dim": 1024},
+        metrics={"loss_dino": 6.931, "loss": 6.931},
+    )
     res = evaluate_encoder(save_encoder(model, card, tmp_path / "uniform"), stores[0], FAST)
     d = res["diagnostics"]
     assert d["collapse"] == "partial" and d["collapsed"] is False  # healthy random-init features, uniform loss
@@ -116,8 +146,16 @@ def test_compare_arms_pairs_the_same_test_rows_by_patient(grouped, stores, tmp_p
 
     torch.manual_seed(1)
     other = create_backbone(TINY)
-    card = EncoderCard(name="other", timm_name=TINY.timm_name, timm_kwargs=TINY.timm_kwargs(),
-                       embed_dim=other.embed_dim, img_size=32, patch_size=8, in_chans=1, objective="random-init")
+    card = EncoderCard(
+        name="other",
+        timm_name=TINY.timm_name,
+        timm_kwargs=TINY.timm_kwargs(),
+        embed_dim=other.embed_dim,
+        img_size=32,
+        patch_size=8,
+        in_chans=1,
+        objective="random-init",
+    )
     cfg = {**FAST, "keep_predictions": True}
     results = {"a": grouped, "b": evaluate_encoder(save_encoder(other, card, tmp_path / "other"), stores[1], cfg)}
     results = json.loads(json.dumps(results))  # as read back from the result files
@@ -126,7 +164,10 @@ def test_compare_arms_pairs_the_same_test_rows_by_patient(grouped, stores, tmp_p
     cmp = compare_arms(results, "knn", "accuracy", n_boot=300)
     (c,) = cmp.comparisons
     d = c.difference
-    a_acc, b_acc = results["a"]["knn"]["metrics"]["accuracy"]["value"], results["b"]["knn"]["metrics"]["accuracy"]["value"]
+    a_acc, b_acc = (
+        results["a"]["knn"]["metrics"]["accuracy"]["value"],
+        results["b"]["knn"]["metrics"]["accuracy"]["value"],
+    )
     assert d.difference == pytest.approx(a_acc - b_acc) and d.unit == "group" and d.n_units == 4
     assert d.p_holm == d.p_value and c.verdict in ("A > B", "B > A", "tie") and cmp.flagged == {}
     assert compare_arms(results, "linear", "auroc", n_boot=100).comparisons[0].difference.metric == "auroc"

@@ -35,7 +35,9 @@ def ingest(sources, dest, **kw):
 
 def test_ingest_report_catalog_and_idempotent_rerun(ray_session, sample, tmp_path):
     labels = tmp_path / "labels.csv"
-    labels.write_text("source,label,patient_id,split\na.tif,tumour,P1,train\nloop.dcm,lesion,P2,val\nghost.tif,x,P9,test\n")
+    labels.write_text(
+        "source,label,patient_id,split\na.tif,tumour,P1,train\nloop.dcm,lesion,P2,val\nghost.tif,x,P9,test\n"
+    )
     dest = tmp_path / "store"
     rep = ingest([sample / "slides", sample / "us"], dest, labels=str(labels))
     assert rep.ok and rep.count("ingested") == 5 and rep.count("skipped") == 0
@@ -102,7 +104,9 @@ def test_bad_inputs_fail_alone_and_leave_nothing_partial(ray_session, sample, tm
     reasons = {Path(r.source).name: r.reason for r in rep.results if r.status == "failed"}
     assert rep.count("ingested") == 1 and not rep.ok
     assert "less than expected" in reasons["truncated.dcm"] or "frame" in reasons["truncated.dcm"], reasons
-    assert "notes.txt" not in reasons and [Path(f).name for f in rep.skipped_files] == ["notes.txt"]  # found in a folder: skipped
+    assert "notes.txt" not in reasons and [Path(f).name for f in rep.skipped_files] == [
+        "notes.txt"
+    ]  # found in a folder: skipped
     assert reasons["empty.dcm"] == "empty file (0 bytes)"
     assert "DICOM" in reasons["garbage.dcm"]
     assert "unsupported transfer syntax" in reasons["mpeg2.dcm"] and "MPEG2" in reasons["mpeg2.dcm"]
@@ -129,8 +133,10 @@ def test_incomplete_item_is_invisible(ray_session, sample, tmp_path):
     assert df.empty
     rep = ingest([sample / "us" / "loop.dcm"], dest)  # the rerun rewrites it
     assert rep.count("ingested") == 1
-    np.testing.assert_array_equal(open_item(str(dest), "loop").frames()[..., 0],
-                                  __import__("pydicom").dcmread(sample / "us" / "loop.dcm").pixel_array)
+    np.testing.assert_array_equal(
+        open_item(str(dest), "loop").frames()[..., 0],
+        __import__("pydicom").dcmread(sample / "us" / "loop.dcm").pixel_array,
+    )
 
 
 def test_labels_errors_are_one_line_before_work(tmp_path, sample):
@@ -151,8 +157,17 @@ def test_cli_end_to_end_exit_codes(sample, tmp_path):
     shutil.copytree(sample / "us", src)
     (src / "junk.bin").write_bytes(b"\x01\x02junk")
     # junk.bin named explicitly fails loudly (found only by walking the folder it would be skipped)
-    out = run_cli("ingest", str(src / "junk.bin"), str(src), "--to", str(dest), "--quiet", "--set", "zarr.chunk=256",
-                  env={"RAY_ADDRESS": ""})
+    out = run_cli(
+        "ingest",
+        str(src / "junk.bin"),
+        str(src),
+        "--to",
+        str(dest),
+        "--quiet",
+        "--set",
+        "zarr.chunk=256",
+        env={"RAY_ADDRESS": ""},
+    )
     assert out.returncode == 1, out.stdout + out.stderr  # one item failed
     assert "3 ingested, 0 skipped, 1 failed" in out.stdout
     assert "FAILED" in out.stdout and "junk.bin: not a recognised image format" in out.stdout
@@ -170,7 +185,10 @@ def test_cli_end_to_end_exit_codes(sample, tmp_path):
         (["ingest", "--to", "/tmp/x"], "sources"),
         (["ingest", "a.tif", "--to", "/tmp/x", "--set", "zarr.chunk=abc"], "zarr.chunk"),
         (["ingest", "a.tif", "--to", "/tmp/x", "--set", "zarr.chunky=1"], "zarr.chunky: unknown field"),
-        (["ingest", "a.tif", "--to", "/tmp/x", "--config", "/nonexistent.yaml"], "/nonexistent.yaml: config file not found"),
+        (
+            ["ingest", "a.tif", "--to", "/tmp/x", "--config", "/nonexistent.yaml"],
+            "/nonexistent.yaml: config file not found",
+        ),
         (["ingest", "a.tif", "--to", "/tmp/x", "--modality", "mri"], "invalid choice"),
         (["catalog", "/nonexistent/store"], "no catalog here"),
         (["frobnicate"], "invalid choice"),

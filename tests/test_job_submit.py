@@ -59,8 +59,17 @@ def bare_cluster(tmp_path_factory):
     site.mkdir(parents=True, exist_ok=True)
     (site / "pretextlab-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     py = venv / "bin" / "python"
-    probe = subprocess.run([str(py), "-c", "import ray, torch, zarr\ntry:\n import pretextlab.jobs\nexcept ImportError:"
-                            "\n print('NO-PRETEXTLAB')"], capture_output=True, text=True, timeout=180, cwd="/")
+    probe = subprocess.run(
+        [
+            str(py),
+            "-c",
+            "import ray, torch, zarr\ntry:\n import pretextlab.jobs\nexcept ImportError:\n print('NO-PRETEXTLAB')",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd="/",
+    )
     assert probe.returncode == 0 and "NO-PRETEXTLAB" in probe.stdout, probe.stderr[-2000:]
     temp = base / "ray"  # short: Ray's unix sockets live under it
     env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
@@ -68,20 +77,61 @@ def bare_cluster(tmp_path_factory):
     env.pop("PYTHONPATH", None)
 
     def ports() -> list[str]:
-        return ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats",
-                *[x for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                                 "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port",
-                                 "--object-manager-port") for x in (flag, str(free_port()))]]
+        return [
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            "1",
+            "--disable-usage-stats",
+            *[
+                x
+                for flag in (
+                    "--dashboard-agent-listen-port",
+                    "--dashboard-agent-grpc-port",
+                    "--runtime-env-agent-port",
+                    "--metrics-export-port",
+                    "--node-manager-port",
+                    "--object-manager-port",
+                )
+                for x in (flag, str(free_port()))
+            ],
+        ]
 
     gcs, dashboard = free_port(), free_port()
     start = [str(py), "-m", "ray.scripts.scripts", "start"]
     try:
-        subprocess.run([*start, "--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
-                        "--dashboard-port", str(dashboard), "--temp-dir", str(temp), "--include-dashboard", "true",
-                        "--ray-client-server-port", str(free_port()), *ports()],
-                       check=True, env=env, capture_output=True, timeout=180, cwd=str(base))
-        subprocess.run([*start, "--address", f"127.0.0.1:{gcs}", *ports()],
-                       check=True, env=env, capture_output=True, timeout=180, cwd=str(base))
+        subprocess.run(
+            [
+                *start,
+                "--head",
+                "--port",
+                str(gcs),
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(dashboard),
+                "--temp-dir",
+                str(temp),
+                "--include-dashboard",
+                "true",
+                "--ray-client-server-port",
+                str(free_port()),
+                *ports(),
+            ],
+            check=True,
+            env=env,
+            capture_output=True,
+            timeout=180,
+            cwd=str(base),
+        )
+        subprocess.run(
+            [*start, "--address", f"127.0.0.1:{gcs}", *ports()],
+            check=True,
+            env=env,
+            capture_output=True,
+            timeout=180,
+            cwd=str(base),
+        )
         yield {"address": f"http://127.0.0.1:{dashboard}", "base": base, "env": env}
     finally:
         _kill_cluster(str(base))
@@ -93,8 +143,14 @@ def _submit(cluster, *args: str) -> subprocess.CompletedProcess:
     env.pop("RAY_ADDRESS", None)
     deadline = time.time() + 120
     while True:  # the job agent registers a few seconds after `ray start` returns
-        out = subprocess.run([str(exe), "job", "submit", "--address", cluster["address"], *args], cwd=REPO,
-                             capture_output=True, text=True, timeout=600, env=env)
+        out = subprocess.run(
+            [str(exe), "job", "submit", "--address", cluster["address"], *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
         if "No available agent" not in out.stdout + out.stderr or time.time() > deadline:
             return out
         time.sleep(2)
@@ -113,8 +169,19 @@ def test_documented_runtime_env_runs_an_ingest_job_on_the_cluster(bare_cluster):
     base = bare_cluster["base"]
     tile = syn.write_png(base / "raw" / "tile.png", size=64)
     dest = base / "store"
-    out = _submit(bare_cluster, "--runtime-env", "jobs/runtime_env.yaml", "--", "python", "-m",
-                  "pretextlab.jobs.ingest", str(tile), "--to", str(dest), "--quiet")
+    out = _submit(
+        bare_cluster,
+        "--runtime-env",
+        "jobs/runtime_env.yaml",
+        "--",
+        "python",
+        "-m",
+        "pretextlab.jobs.ingest",
+        str(tile),
+        "--to",
+        str(dest),
+        "--quiet",
+    )
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
     assert "1 ingested, 0 skipped, 0 failed" in text

@@ -36,13 +36,26 @@ PY = str(VENV_PY) if VENV_PY.exists() else sys.executable
 KUSTOMIZATIONS = sorted(p.parent.relative_to(REPO).as_posix() for p in K8S.rglob("kustomization.yaml"))
 JOBS = ["ingest", "pretrain", "sweep", "evaluate", "embed"]
 RAY_KINDS = {"RayCluster": "rayclusters", "RayJob": "rayjobs", "RayService": "rayservices"}
-SECRETS = {"pretextlab-s3", "pretextlab-api", "pretextlab-review-db"}  # created by the user (docs/kubernetes.md), never rendered
+SECRETS = {
+    "pretextlab-s3",
+    "pretextlab-api",
+    "pretextlab-review-db",
+}  # created by the user (docs/kubernetes.md), never rendered
 PROJECT_IMAGES = {"pretextlab", "pretextlab-cuda"}
 JOBS_MOUNT = "/etc/pretextlab/jobs"
 SERVE_CONFIG = REPO / "serving" / "serve_config.yaml"
 # kustomize v2.0.3 (kubectl 1.20) knows none of these kustomization fields.
-V2_UNKNOWN_FIELDS = {"labels", "patches", "components", "replacements", "sortOptions", "buildMetadata",
-                     "openapi", "helmCharts", "helmGlobals"}
+V2_UNKNOWN_FIELDS = {
+    "labels",
+    "patches",
+    "components",
+    "replacements",
+    "sortOptions",
+    "buildMetadata",
+    "openapi",
+    "helmCharts",
+    "helmGlobals",
+}
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -97,7 +110,8 @@ def cluster_specs(doc: dict[str, Any]) -> dict[str, Any] | None:
     """The RayClusterSpec inside a RayCluster, RayJob or RayService."""
     spec = doc.get("spec") or {}
     return {"RayCluster": spec, "RayJob": spec.get("rayClusterSpec"), "RayService": spec.get("rayClusterConfig")}.get(
-        doc["kind"])
+        doc["kind"]
+    )
 
 
 def pod_specs(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -139,8 +153,18 @@ def split_image(image: str) -> tuple[str, str | None]:
 
 
 _QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
-_SUFFIX = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
-           "Ti": 2**40}
+_SUFFIX = {
+    "": 1,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
 
 
 def quantity(value: Any) -> float:
@@ -164,8 +188,11 @@ def _strict(node: Any) -> Any:
     """An OpenAPI (structural) schema where objects with declared properties refuse unknown fields."""
     if isinstance(node, dict):
         out = {k: _strict(v) for k, v in node.items()}
-        if ("properties" in out and "additionalProperties" not in out
-                and not out.get("x-kubernetes-preserve-unknown-fields")):
+        if (
+            "properties" in out
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
+        ):
             out["additionalProperties"] = False
         return out
     if isinstance(node, list):
@@ -193,8 +220,9 @@ def schema_errors(schema: dict[str, Any], doc: dict[str, Any]) -> list[str]:
     import jsonschema
 
     validator = jsonschema.Draft7Validator(schema)
-    return sorted(f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message[:200]}"
-                  for e in validator.iter_errors(doc))
+    return sorted(
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message[:200]}" for e in validator.iter_errors(doc)
+    )
 
 
 # -- rendering ------------------------------------------------------------------------------------------
@@ -271,8 +299,16 @@ def _pod_labels(docs: list[dict[str, Any]]) -> list[tuple[dict[str, str], list[d
         elif d["kind"] == "RayCluster":  # KubeRay labels: ray.io/cluster, ray.io/node-type
             rc = d["spec"]
             head = rc["headGroupSpec"]["template"]
-            out.append(({**head["metadata"].get("labels", {}), "ray.io/cluster": d["metadata"]["name"],
-                         "ray.io/node-type": "head"}, head["spec"]["containers"]))
+            out.append(
+                (
+                    {
+                        **head["metadata"].get("labels", {}),
+                        "ray.io/cluster": d["metadata"]["name"],
+                        "ray.io/node-type": "head",
+                    },
+                    head["spec"]["containers"],
+                )
+            )
     return out
 
 
@@ -350,8 +386,9 @@ def test_containers_run_as_non_root_with_requests_limits_and_probes(kdir: str):
         psc, csc = pod.get("securityContext") or {}, c.get("securityContext") or {}
         assert csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, f"{where}: runAsNonRoot"
         uid = csc.get("runAsUser", psc.get("runAsUser"))
-        assert isinstance(uid, int) and uid > 0, f"{where}: runAsUser {uid!r} (numeric, non-zero: runAsNonRoot " \
-                                                 "cannot verify a named image USER)"
+        assert isinstance(uid, int) and uid > 0, (
+            f"{where}: runAsUser {uid!r} (numeric, non-zero: runAsNonRoot cannot verify a named image USER)"
+        )
         assert csc.get("allowPrivilegeEscalation") is False, f"{where}: allowPrivilegeEscalation"
         assert "ALL" in (csc.get("capabilities") or {}).get("drop", []), f"{where}: capabilities.drop ALL"
         assert not csc.get("privileged"), f"{where}: privileged"
@@ -369,8 +406,9 @@ def test_containers_run_as_non_root_with_requests_limits_and_probes(kdir: str):
         if role in ("head", "worker") and c is pod["containers"][0]:
             assert c["name"].startswith("ray-"), f"{where}: the Ray container comes first"
             shm = [v for v in pod.get("volumes") or [] if (v.get("emptyDir") or {}).get("medium") == "Memory"]
-            assert shm and any(m["mountPath"] == "/dev/shm" for m in c.get("volumeMounts") or []), \
+            assert shm and any(m["mountPath"] == "/dev/shm" for m in c.get("volumeMounts") or []), (
                 f"{where}: /dev/shm from a memory emptyDir (object store, DataLoader workers)"
+            )
     assert checked >= 20
     # The embedding endpoint: a Serve worker is ready when the application answers /readyz on port 8000,
     # and every Serve pod has the API key from the pretextlab-api Secret.
@@ -384,12 +422,18 @@ def test_containers_run_as_non_root_with_requests_limits_and_probes(kdir: str):
         assert "pretextlab-api" in refs, "PRETEXTLAB_API_KEY must reach every Serve pod (head builds the app)"
     # dev is CPU-only and fixed-size; prod has GPU groups and the autoscaler on every Ray cluster.
     ray_docs = [d for d in docs if d["kind"] in RAY_KINDS]
-    gpu_groups = [g for d in ray_docs for g in cluster_specs(d).get("workerGroupSpecs") or []
-                  if "nvidia.com/gpu" in (g["template"]["spec"]["containers"][0].get("resources", {})
-                                          .get("limits") or {})]
+    gpu_groups = [
+        g
+        for d in ray_docs
+        for g in cluster_specs(d).get("workerGroupSpecs") or []
+        if "nvidia.com/gpu" in (g["template"]["spec"]["containers"][0].get("resources", {}).get("limits") or {})
+    ]
     if kdir.endswith("prod"):
-        assert all(cluster_specs(d).get("enableInTreeAutoscaling") is True for d in ray_docs
-                   if cluster_specs(d).get("workerGroupSpecs")), "prod autoscales every cluster with workers"
+        assert all(
+            cluster_specs(d).get("enableInTreeAutoscaling") is True
+            for d in ray_docs
+            if cluster_specs(d).get("workerGroupSpecs")
+        ), "prod autoscales every cluster with workers"
         assert {g["groupName"] for g in gpu_groups} == {"gpu"} and len(gpu_groups) >= 4
         assert all(g["minReplicas"] == 0 for g in gpu_groups), "GPU groups scale from zero"
         assert any(g in gpu_groups for g in by_kind(docs, "RayCluster")["pretextlab"]["spec"]["workerGroupSpecs"])
@@ -411,8 +455,9 @@ def test_rayjobs_are_templates_with_lifecycle_limits_and_plain_entrypoints(kdir:
         assert 0 < spec["ttlSecondsAfterFinished"] <= 3600, name
         assert 0 < spec["activeDeadlineSeconds"] <= 7 * 86400, name
         # The K8sJobMode submitter runs `ray job submit -- <entrypoint>` through a shell: plain words only.
-        assert re.fullmatch(r"[A-Za-z0-9_./:=,@+-]+( [A-Za-z0-9_./:=,@+-]+)*", spec["entrypoint"]), \
+        assert re.fullmatch(r"[A-Za-z0-9_./:=,@+-]+( [A-Za-z0-9_./:=,@+-]+)*", spec["entrypoint"]), (
             f"{name}: entrypoint needs no shell quoting, expansion or operators: {spec['entrypoint']!r}"
+        )
         assert job_module(job) == f"pretextlab.jobs.{label}", f"{name}: entrypoint {spec['entrypoint']!r}"
         assert not spec.get("runtimeEnvYAML"), f"{name}: workers import pretextlab from the image, no runtime_env"
         # Files the entrypoint names under the jobs mount are keys of the ConfigMap mounted there on the head.
@@ -446,8 +491,16 @@ def test_the_manifests_name_exactly_the_five_job_entrypoints():
 @pytest.fixture(scope="module")
 def help_runs() -> dict[str, subprocess.CompletedProcess[str]]:
     """`python -m <module> --help` in the venv for the five jobs, in parallel."""
-    procs = {j: subprocess.Popen([PY, "-m", f"pretextlab.jobs.{j}", "--help"], cwd=REPO, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for j in JOBS}
+    procs = {
+        j: subprocess.Popen(
+            [PY, "-m", f"pretextlab.jobs.{j}", "--help"],
+            cwd=REPO,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for j in JOBS
+    }
     out = {}
     for j, p in procs.items():
         stdout, stderr = p.communicate(timeout=240)
@@ -519,8 +572,12 @@ def test_job_configs_validate_and_fit_their_clusters(kdir: str, tmp_path: Path):
 
     (tmp_path / "embed.yaml").write_text(data["embed.yaml"])
     words = entrypoint_words(by_kind(docs, "RayJob")["pretextlab-embed"])
-    flags = {"encoder": words[3], "catalog": words[4], "dest": words[words.index("--to") + 1],
-             "registry": words[words.index("--registry") + 1]}
+    flags = {
+        "encoder": words[3],
+        "catalog": words[4],
+        "dest": words[words.index("--to") + 1],
+        "registry": words[words.index("--registry") + 1],
+    }
     load_config(EmbedConfig, tmp_path / "embed.yaml", flags=flags)
     pre, ing = cfgs["pretrain.yaml"], cfgs["ingest.yaml"]
     # The cluster cannot read a laptop path: every location is in object storage.
@@ -545,15 +602,17 @@ def test_job_configs_validate_and_fit_their_clusters(kdir: str, tmp_path: Path):
 
     (tmp_path / "sweep.yaml").write_text(data["sweep.yaml"])
     sweep = load_sweep_config(tmp_path / "sweep.yaml")
-    assert sweep.pretrain.model_dump(exclude={"validation"}) == pre.model_dump(exclude={"validation"}), \
+    assert sweep.pretrain.model_dump(exclude={"validation"}) == pre.model_dump(exclude={"validation"}), (
         f"{kdir}: the sweep must train jobs/pretrain.yaml"
+    )
     assert sweep.space(), f"{kdir}: an explicit search space (configs/sweep defaults are not in the image)"
     assert sweep.tune.metric in known_metrics(sweep.trial_base()), f"{kdir}: trials never report {sweep.tune.metric}"
     assert sweep.storage_root.startswith("s3://")
     tb = by_kind(docs, "Deployment")["pretextlab-tensorboard"]["spec"]["template"]["spec"]["containers"][0]
     logdir = next(a.split("=", 1)[1] for a in tb["args"] if a.startswith("--logdir="))
-    assert logdir.rstrip("/") == sweep.storage_root.rstrip("/"), f"{kdir}: TensorBoard reads {logdir}, " \
-        f"the sweep writes under {sweep.storage_root}"
+    assert logdir.rstrip("/") == sweep.storage_root.rstrip("/"), (
+        f"{kdir}: TensorBoard reads {logdir}, the sweep writes under {sweep.storage_root}"
+    )
     cpus, gpus = _ray_cpus_gpus(by_kind(docs, "RayJob")["pretextlab-sweep"]["spec"]["rayClusterSpec"])
     trial = sweep.trial_base().train
     assert cpus >= trial.num_workers * trial.cpus_per_worker + trial.data_cpus, f"{kdir}: one trial does not fit"
@@ -573,8 +632,9 @@ def _walk(node: Any) -> Iterator[tuple[str, Any]]:
 # -- Serve ----------------------------------------------------------------------------------------------
 def test_serve_config_v2_is_the_applications_section_of_serving_serve_config():
     assert SERVE_CONFIG.is_file(), "serving/serve_config.yaml (the `serve deploy` config) is missing"
-    run = subprocess.run([PY, str(K8S / "render_serve_config.py"), "--check"], cwd=REPO, capture_output=True,
-                         text=True, timeout=60)
+    run = subprocess.run(
+        [PY, str(K8S / "render_serve_config.py"), "--check"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 0, run.stderr
     source = yaml.safe_load(SERVE_CONFIG.read_text())
     for kdir in KUSTOMIZATIONS:
@@ -584,10 +644,25 @@ def test_serve_config_v2_is_the_applications_section_of_serving_serve_config():
 
 def test_render_serve_config_refuses_code_in_runtime_env(tmp_path: Path):
     bad = tmp_path / "serve_config.yaml"
-    bad.write_text(yaml.safe_dump({"applications": [{"name": "a", "import_path": "pretextlab.serving.app:build_app",
-                                                     "runtime_env": {"working_dir": "."}}]}))
-    run = subprocess.run([PY, str(K8S / "render_serve_config.py"), "--source", str(bad), "--target",
-                          str(tmp_path / "out.yaml")], capture_output=True, text=True, timeout=60)
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "applications": [
+                    {
+                        "name": "a",
+                        "import_path": "pretextlab.serving.app:build_app",
+                        "runtime_env": {"working_dir": "."},
+                    }
+                ]
+            }
+        )
+    )
+    run = subprocess.run(
+        [PY, str(K8S / "render_serve_config.py"), "--source", str(bad), "--target", str(tmp_path / "out.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2 and "runtime_env.working_dir" in run.stderr, run.stderr
     assert not (tmp_path / "out.yaml").exists()
 
@@ -598,8 +673,10 @@ def test_every_serve_import_path_imports():
         for rs in by_kind(render(kdir), "RayService").values():
             paths |= {a["import_path"] for a in yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]}
     assert "pretextlab.serving.app:build_app" in paths
-    code = ("import importlib, sys\nfor p in sys.argv[1:]:\n    m, _, a = p.partition(':')\n"
-            "    obj = getattr(importlib.import_module(m), a)\n    assert callable(obj), p\nprint('ok')")
+    code = (
+        "import importlib, sys\nfor p in sys.argv[1:]:\n    m, _, a = p.partition(':')\n"
+        "    obj = getattr(importlib.import_module(m), a)\n    assert callable(obj), p\nprint('ok')"
+    )
     run = subprocess.run([PY, "-c", code, *sorted(paths)], cwd=REPO, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
 
@@ -619,8 +696,9 @@ def test_the_serve_cluster_fits_the_replicas_the_serve_config_starts():
     for kdir in KUSTOMIZATIONS:
         rc = by_kind(render(kdir), "RayService")["pretextlab-serve"]["spec"]["rayClusterConfig"]
         have_cpus, have_gpus = _ray_cpus_gpus(rc)
-        assert have_cpus >= cpus and have_gpus >= gpus, \
+        assert have_cpus >= cpus and have_gpus >= gpus, (
             f"{kdir}: Serve replicas need {cpus} CPUs / {gpus} GPUs, its workers have {have_cpus} / {have_gpus}"
+        )
 
 
 def test_serve_pods_provide_every_environment_variable_the_serve_config_needs():
@@ -629,10 +707,15 @@ def test_serve_pods_provide_every_environment_variable_the_serve_config_needs():
     # ${VAR} and ${VAR:-placeholder} alike: the placeholders name buckets that are not this deployment's.
     required = {m.group(1) for m in re.finditer(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}", text)}
     apps = yaml.safe_load(text)
-    required |= {(a.get("args") or {}).get("api_key_env", "PRETEXTLAB_API_KEY") for a in apps
-                 if not (a.get("args") or {}).get("insecure_local")}
-    secret_keys = {"pretextlab-api": {"PRETEXTLAB_API_KEY"},
-                   "pretextlab-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}}
+    required |= {
+        (a.get("args") or {}).get("api_key_env", "PRETEXTLAB_API_KEY")
+        for a in apps
+        if not (a.get("args") or {}).get("insecure_local")
+    }
+    secret_keys = {
+        "pretextlab-api": {"PRETEXTLAB_API_KEY"},
+        "pretextlab-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+    }
     for kdir in KUSTOMIZATIONS:
         docs = render(kdir)
         env_cm = by_kind(docs, "ConfigMap")
@@ -704,8 +787,11 @@ def test_dockerfile_builds_the_wheel_and_installs_it_pinned_as_non_root(variant:
     # Stage 1 builds the wheel from the wheel's inputs only: the source roots pyproject.toml packages.
     wheel = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
     roots = {p.split("/")[0] for p in wheel["packages"]} | set(wheel.get("force-include", {}))
-    copied = {ins.split()[-2].rstrip("/") for ins in builder if ins.startswith("COPY ") and "./" in ins.split()[-1]
-              and not ins.split()[-1] == "./"}
+    copied = {
+        ins.split()[-2].rstrip("/")
+        for ins in builder
+        if ins.startswith("COPY ") and "./" in ins.split()[-1] and not ins.split()[-1] == "./"
+    }
     assert copied == roots, f"the wheel stage copies {copied}, pyproject.toml packages {roots}"
     assert any(re.search(r"pip wheel --no-deps .*\.$", ins) for ins in builder)
     # Stage 2: the wheel, pinned by constraints.txt; no source tree, no editable install; numeric non-root user.
@@ -725,8 +811,9 @@ def test_dockerfile_builds_the_wheel_and_installs_it_pinned_as_non_root(variant:
 
 
 def test_dockerignore_lets_in_only_the_wheel_inputs():
-    lines = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
-             if ln.strip() and not ln.startswith("#")]
+    lines = [
+        ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
     assert lines[0] == "*"
     allowed = {ln[1:] for ln in lines if ln.startswith("!")}
     roots = {"platform", "storage", "jobs", "serving", "configs/sweep"}
@@ -747,25 +834,42 @@ def _tool_dir(tmp_path: Path, tools: list[str]) -> Path:
 
 def test_make_image_fails_clearly_without_docker(tmp_path: Path):
     bindir = _tool_dir(tmp_path, ["make", "sh", "bash", "sed", "git", "test", "env"])
-    run = subprocess.run(["make", "-s", "image"], cwd=REPO, capture_output=True, text=True, timeout=60,
-                         env={"PATH": str(bindir), "HOME": str(tmp_path)})
+    run = subprocess.run(
+        ["make", "-s", "image"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": str(bindir), "HOME": str(tmp_path)},
+    )
     assert run.returncode != 0 and "make image needs Docker" in run.stderr, run.stderr
     # A docker client without an engine (as on this machine) gets its own message.
     (bindir / "docker").write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
     (bindir / "docker").chmod(0o755)
-    run = subprocess.run(["make", "-s", "image"], cwd=REPO, capture_output=True, text=True, timeout=60,
-                         env={"PATH": str(bindir), "HOME": str(tmp_path)})
+    run = subprocess.run(
+        ["make", "-s", "image"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": str(bindir), "HOME": str(tmp_path)},
+    )
     assert run.returncode != 0 and "running Docker engine" in run.stderr, run.stderr
 
 
 def test_make_image_builds_each_variant_tagged_with_the_ray_pin(tmp_path: Path):
     bindir = _tool_dir(tmp_path, ["make", "sh", "bash", "sed", "git", "test", "env"])
     log = tmp_path / "docker.log"
-    (bindir / "docker").write_text(f"#!/bin/sh\necho \"$*\" >> {log}\n")  # records the calls, builds nothing
+    (bindir / "docker").write_text(f'#!/bin/sh\necho "$*" >> {log}\n')  # records the calls, builds nothing
     (bindir / "docker").chmod(0o755)
-    run = subprocess.run(["make", "-s", "image", "VARIANT=cpu cuda", "IMAGE=reg.example.com/team/pretextlab"],
-                         cwd=REPO, capture_output=True, text=True, timeout=60,
-                         env={"PATH": str(bindir), "HOME": str(tmp_path)})
+    run = subprocess.run(
+        ["make", "-s", "image", "VARIANT=cpu cuda", "IMAGE=reg.example.com/team/pretextlab"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": str(bindir), "HOME": str(tmp_path)},
+    )
     assert run.returncode == 0, run.stderr
     builds = [ln.split() for ln in log.read_text().splitlines() if ln.startswith("build ")]
     ray = ray_pin()
@@ -781,8 +885,10 @@ def test_make_image_builds_each_variant_tagged_with_the_ray_pin(tmp_path: Path):
 # -- credentials ------------------------------------------------------------------------------------------
 _CREDENTIAL_PATTERNS = [
     (re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}\b"), "an AWS access key id"),
-    (re.compile(r"(?i)\b(?:aws_)?secret_?access_?key\b\s*[:=]\s*[\"']?(?![\"']?\s*$)(?!\$|<|\.\.\.)[^\s\"']{8,}"),
-     "a secret access key value"),
+    (
+        re.compile(r"(?i)\b(?:aws_)?secret_?access_?key\b\s*[:=]\s*[\"']?(?![\"']?\s*$)(?!\$|<|\.\.\.)[^\s\"']{8,}"),
+        "a secret access key value",
+    ),
     (re.compile(r"(?i)\bsecretAccessKey\b\s*:\s*\S"), "secretAccessKey"),
     (re.compile(r"(?i)\bpassword\s*:\s*\S"), "a password"),
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a private key"),
@@ -849,7 +955,7 @@ def _ci_sandbox(tmp_path: Path, with_kubectl: bool) -> tuple[Path, dict[str, str
     bindir = _tool_dir(tmp_path, ["bash", "id", "env", "dirname", "python3.11"])
     log = tmp_path / "calls.log"
     for tool in ["apt-get", "make", "sudo"] + (["kubectl"] if with_kubectl else []):
-        (bindir / tool).write_text(f"#!/bin/sh\necho \"{tool} $*\" >> {log}\n")
+        (bindir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\n')
         (bindir / tool).chmod(0o755)
     return repo, {"PATH": str(bindir), "HOME": str(tmp_path), "LOG": str(log)}
 
@@ -857,8 +963,9 @@ def _ci_sandbox(tmp_path: Path, with_kubectl: bool) -> tuple[Path, dict[str, str
 @pytest.mark.parametrize("with_kubectl", [False, True])
 def test_ci_installs_kubectl_from_debian_only_when_missing(tmp_path: Path, with_kubectl: bool):
     repo, env = _ci_sandbox(tmp_path, with_kubectl)
-    run = subprocess.run(["bash", str(repo / ".ci" / "run")], cwd=repo, capture_output=True, text=True,
-                         timeout=60, env=env)
+    run = subprocess.run(
+        ["bash", str(repo / ".ci" / "run")], cwd=repo, capture_output=True, text=True, timeout=60, env=env
+    )
     assert run.returncode == 0, run.stderr
     calls = Path(env["LOG"]).read_text().splitlines()
     assert calls[-1] == "make test", calls
@@ -873,8 +980,18 @@ def test_ci_installs_kubectl_from_debian_only_when_missing(tmp_path: Path, with_
 def test_docs_walk_the_laptop_to_cluster_path_with_names_that_exist():
     assert DOCS.is_file(), "docs/kubernetes.md is missing"
     text = DOCS.read_text()
-    for needle in ["make image", "kubectl apply -k k8s/overlays/dev", "ray job submit", "port-forward",
-                   "RAY_AUTH_TOKEN", "tensorboard", "curl", "/v1/embeddings", "X-API-Key", "suspend"]:
+    for needle in [
+        "make image",
+        "kubectl apply -k k8s/overlays/dev",
+        "ray job submit",
+        "port-forward",
+        "RAY_AUTH_TOKEN",
+        "tensorboard",
+        "curl",
+        "/v1/embeddings",
+        "X-API-Key",
+        "suspend",
+    ]:
         assert needle in text, f"docs/kubernetes.md does not mention {needle!r}"
     if SCHEMAS.is_dir():
         assert "controller-gen" in text and "feeaf72" in text, "say which KubeRay CRDs the manifests match"
@@ -884,10 +1001,17 @@ def test_docs_walk_the_laptop_to_cluster_path_with_names_that_exist():
     docs = render("k8s/overlays/dev")
     names = {d["metadata"]["name"] for d in docs}
     rayjobs, rayclusters = set(by_kind(docs, "RayJob")), set(by_kind(docs, "RayCluster"))
-    generated = {f"{n}-head-svc" for n in rayclusters | rayjobs} | {
-        f"{n}-{s}" for n in by_kind(docs, "RayService") for s in ("serve-svc", "head-svc")} | rayjobs | rayclusters
-    for kind, name in re.findall(r"\b(svc|rayjob|rayservice|raycluster|deployment|job|secret)[/ ]"
-                                 r"(pretextlab[\w-]*|s3-dev)\b", text):
+    generated = (
+        {f"{n}-head-svc" for n in rayclusters | rayjobs}
+        | {f"{n}-{s}" for n in by_kind(docs, "RayService") for s in ("serve-svc", "head-svc")}
+        | rayjobs
+        | rayclusters
+    )
+    for kind, name in re.findall(
+        r"\b(svc|rayjob|rayservice|raycluster|deployment|job|secret)[/ ]"
+        r"(pretextlab[\w-]*|s3-dev)\b",
+        text,
+    ):
         if kind == "secret":
             assert name in SECRETS | set(by_kind(docs, "RayCluster")), f"docs name secret {name}"
         else:

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-ROOTS = {"platform": ["core", "models", "objectives", "views", "modalities", "evaluate", "training", "registry",
-                     "study"],
-         "storage": ["storage"], "jobs": ["jobs", "cluster", "cli"], "serving": ["serving", "review"]}
+ROOTS = {
+    "platform": ["core", "models", "objectives", "views", "modalities", "evaluate", "training", "registry", "study"],
+    "storage": ["storage"],
+    "jobs": ["jobs", "cluster", "cli"],
+    "serving": ["serving", "review"],
+}
 STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
 
 
@@ -32,7 +35,9 @@ def test_no_init_files_that_would_break_the_namespace(repo_root: Path):
 def test_pytest_from_repo_root_imports_stdlib_platform(repo_root: Path, tmp_path: Path):
     """`python -m pytest` puts the repo root on sys.path; `platform` must still be the stdlib's."""
     probe = tmp_path / "test_probe.py"
-    probe.write_text(textwrap.dedent("""
+    probe.write_text(
+        textwrap.dedent(
+            """
         import platform, sys
         from pathlib import Path
         def test_probe():
@@ -40,10 +45,16 @@ def test_pytest_from_repo_root_imports_stdlib_platform(repo_root: Path, tmp_path
             assert Path(platform.__file__).resolve().parent == Path(%r)
             assert platform.python_version().startswith("3.")
             import pretextlab.storage, pretextlab.jobs, pretextlab.serving, pretextlab.core
-    """ % (str(repo_root), str(STDLIB))))
+    """
+            % (str(repo_root), str(STDLIB))
+        )
+    )
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(probe)],
-        cwd=repo_root, capture_output=True, text=True, timeout=120,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "1 passed" in out.stdout
@@ -71,7 +82,7 @@ def test_ray_task_with_repo_as_working_dir_imports_stdlib_platform(ray_session, 
     out = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=300, cwd="/")
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))
-    platform_file, system, listing = json.loads(line[len("RESULT "):])
+    platform_file, system, listing = json.loads(line[len("RESULT ") :])
     assert "platform" in listing and "storage" in listing, listing  # the task really ran in the repo copy
     assert Path(platform_file).resolve().parent == STDLIB
     assert system == "Linux"
@@ -79,25 +90,53 @@ def test_ray_task_with_repo_as_working_dir_imports_stdlib_platform(ray_session, 
 
 def test_wheel_holds_one_namespace_without_init(repo_root: Path, tmp_path: Path):
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(repo_root)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(repo_root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     (wheel,) = tmp_path.glob("pretextlab-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "pretextlab/__init__.py" not in names
     assert not any(n.startswith("platform/") for n in names)
-    for needed in ("pretextlab/core/config.py", "pretextlab/storage/writer.py", "pretextlab/cli/__init__.py",
-                   "pretextlab/serving/__init__.py"):
+    for needed in (
+        "pretextlab/core/config.py",
+        "pretextlab/storage/writer.py",
+        "pretextlab/cli/__init__.py",
+        "pretextlab/serving/__init__.py",
+    ):
         assert needed in names, needed
     # Installed from the wheel alone (no editable paths), every portion imports.
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-                   check=True, timeout=300)
-    code = "import pretextlab.storage, pretextlab.cli, pretextlab.core, platform; " \
-           "print(pretextlab.storage.__file__); print(platform.__file__)"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        timeout=300,
+    )
+    code = (
+        "import pretextlab.storage, pretextlab.cli, pretextlab.core, platform; "
+        "print(pretextlab.storage.__file__); print(platform.__file__)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+    )
     assert res.returncode == 0, res.stderr
     storage_file, platform_file = res.stdout.split()
     assert storage_file.startswith(str(target))
@@ -114,8 +153,13 @@ def test_cli_help(args):
 
 
 def test_job_modules_are_entrypoints(repo_root: Path):
-    out = subprocess.run([sys.executable, "-m", "pretextlab.jobs.ingest", "--help"], capture_output=True, text=True,
-                         timeout=120, cwd=repo_root)
+    out = subprocess.run(
+        [sys.executable, "-m", "pretextlab.jobs.ingest", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=repo_root,
+    )
     assert out.returncode == 0 and "--to" in out.stdout
 
 
@@ -135,19 +179,33 @@ def test_pure_computation_has_no_ray_imports(repo_root: Path):
 #: packages on one layer do not import each other unless listed in SAME_LAYER_OK.
 LAYERS = {
     "core": 0,
-    "models": 1, "objectives": 1, "views": 1, "phantoms": 1,
+    "models": 1,
+    "objectives": 1,
+    "views": 1,
+    "phantoms": 1,
     "modalities": 2,
     "storage": 3,
-    "training": 4, "evaluate": 4, "registry": 4, "profile": 4,
+    "training": 4,
+    "evaluate": 4,
+    "registry": 4,
+    "profile": 4,
     "study": 5,
     "cluster": 6,
-    "jobs": 7, "serving": 7, "review": 7,
+    "jobs": 7,
+    "serving": 7,
+    "review": 7,
     "cli": 8,
 }
 #: same-layer arrows that are part of the design (objectives build on models, training on registry
 #: for weights, the study on both evaluate and training)
-SAME_LAYER_OK = {("objectives", "models"), ("training", "evaluate"), ("training", "registry"),
-                 ("evaluate", "registry"), ("profile", "evaluate"), ("serving", "review")}
+SAME_LAYER_OK = {
+    ("objectives", "models"),
+    ("training", "evaluate"),
+    ("training", "registry"),
+    ("evaluate", "registry"),
+    ("profile", "evaluate"),
+    ("serving", "review"),
+}
 NEVER = {("jobs", "serving"), ("serving", "jobs")}
 SOURCE_ROOTS = ("platform", "storage", "jobs", "serving")
 
@@ -188,9 +246,14 @@ def layer_violations(edges: list[tuple[str, int, str, str]]) -> list[str]:
     bad = []
     for file, line, src, dst in edges:
         if src not in LAYERS or dst not in LAYERS:
-            bad.append(f"{file}:{line}: {src} -> {dst}: package not in the layer table (add it to ARCHITECTURE.md and LAYERS)")
-        elif (src, dst) in NEVER or LAYERS[dst] > LAYERS[src] or (
-                LAYERS[dst] == LAYERS[src] and (src, dst) not in SAME_LAYER_OK):
+            bad.append(
+                f"{file}:{line}: {src} -> {dst}: package not in the layer table (add it to ARCHITECTURE.md and LAYERS)"
+            )
+        elif (
+            (src, dst) in NEVER
+            or LAYERS[dst] > LAYERS[src]
+            or (LAYERS[dst] == LAYERS[src] and (src, dst) not in SAME_LAYER_OK)
+        ):
             bad.append(f"{file}:{line}: {src} (layer {LAYERS[src]}) imports {dst} (layer {LAYERS[dst]})")
     return bad
 
@@ -205,21 +268,25 @@ def test_import_graph_follows_the_layers(repo_root: Path):
 
 def test_import_graph_check_catches_upward_and_sideways_arrows():
     """The checker itself: an upward arrow, jobs <-> serving and an unknown package are each reported."""
-    edges = [("platform/pretextlab/core/x.py", 3, "core", "storage"),
-             ("jobs/pretextlab/jobs/y.py", 5, "jobs", "serving"),
-             ("serving/pretextlab/serving/z.py", 7, "serving", "jobs"),
-             ("platform/pretextlab/views/w.py", 9, "views", "objectives"),
-             ("platform/pretextlab/newpkg/v.py", 1, "newpkg", "core"),
-             ("storage/pretextlab/storage/ok.py", 2, "storage", "modalities")]
+    edges = [
+        ("platform/pretextlab/core/x.py", 3, "core", "storage"),
+        ("jobs/pretextlab/jobs/y.py", 5, "jobs", "serving"),
+        ("serving/pretextlab/serving/z.py", 7, "serving", "jobs"),
+        ("platform/pretextlab/views/w.py", 9, "views", "objectives"),
+        ("platform/pretextlab/newpkg/v.py", 1, "newpkg", "core"),
+        ("storage/pretextlab/storage/ok.py", 2, "storage", "modalities"),
+    ]
     bad = layer_violations(edges)
     assert len(bad) == 5 and not any("ok.py" in b for b in bad), bad
 
 
 def test_training_config_does_not_import_the_writer():
     """Loading a pretraining config stays light: no ingest writer, readers or dask behind it."""
-    code = ("import sys, pretextlab.training.config; "
-            "print(sorted(m for m in ('pretextlab.storage.writer', 'pretextlab.storage.readers', 'dask') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, pretextlab.training.config; "
+        "print(sorted(m for m in ('pretextlab.storage.writer', 'pretextlab.storage.readers', 'dask') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -155,8 +155,15 @@ def test_random_init_vit_runs_and_skips_images_without_a_usable_roi():
     masks[2] = np.ones((64, 64), dtype=bool)
     res = localisation_scores(model, images, masks, n_boot=50)
     # the same through the card's preprocessing from uint8 images: x / 255 normalised by mean 0.5, std 0.5
-    card = EncoderCard(name="t", timm_name=CFG.timm_name, timm_kwargs=CFG.timm_kwargs(), embed_dim=model.embed_dim,
-                       img_size=32, patch_size=8, in_chans=1)
+    card = EncoderCard(
+        name="t",
+        timm_name=CFG.timm_name,
+        timm_kwargs=CFG.timm_kwargs(),
+        embed_dim=model.embed_dim,
+        img_size=32,
+        patch_size=8,
+        in_chans=1,
+    )
     raw = ((images[:, 0].numpy() + 1) / 2 * 255).round().astype(np.uint8)[..., None]
     via_card = localise_encoder(model, card, raw, masks, n_boot=50)
     assert via_card.auroc[MEAN_MAP].value == pytest.approx(res.auroc[MEAN_MAP].value)

@@ -26,8 +26,9 @@ def test_peak_memory_of_slide_ingest_is_bounded(tmp_path):
     size = 10240
     src = syn.write_slide_tiff(tmp_path / "big.tif", size, size, tile=512, levels=1, seed=2)
     raw_mb = size * size * 3 / 1e6  # 315 MB of pixels
-    out = subprocess.run([sys.executable, "-c", CHILD, str(src), str(tmp_path / "store")],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(src), str(tmp_path / "store")], capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["status"] == "ingested", r["reason"]

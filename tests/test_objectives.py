@@ -68,8 +68,9 @@ def test_dino_loss_matches_lightly():
     k = 64
     teacher = [torch.randn(8, k, generator=g) for _ in range(2)]
     student = [torch.randn(8, k, generator=g) for _ in range(4)]
-    ref = DINOLoss(output_dim=k, warmup_teacher_temp=0.04, teacher_temp=0.04, warmup_teacher_temp_epochs=0,
-                   student_temp=0.1)
+    ref = DINOLoss(
+        output_dim=k, warmup_teacher_temp=0.04, teacher_temp=0.04, warmup_teacher_temp_epochs=0, student_temp=0.1
+    )
     expected = ref(teacher, student, epoch=0).item()
     assert dino_loss(student, teacher, torch.zeros(1, k), 0.1, 0.04).item() == pytest.approx(expected, rel=1e-5)
     # hand check of one term: teacher 0 vs student 1
@@ -93,7 +94,9 @@ def test_mae_loss_by_hand():
     assert mae_loss(pred, target, masked, norm_pix=False).item() == pytest.approx(0.5)  # ((0)^2+(1)^2)/2 on patch 0
     # normalised: patch 0 target -> (x - 2)/sqrt(var(unbiased)=2 + eps)
     t0 = (torch.tensor([1.0, 3.0]) - 2.0) / math.sqrt(2.0 + 1e-6)
-    assert mae_loss(pred, target, masked, norm_pix=True).item() == pytest.approx(((pred[0, 0] - t0) ** 2).mean().item(), rel=1e-5)
+    assert mae_loss(pred, target, masked, norm_pix=True).item() == pytest.approx(
+        ((pred[0, 0] - t0) ** 2).mean().item(), rel=1e-5
+    )
     assert latent_regression_loss(pred, target, "l2").item() == pytest.approx(F.mse_loss(pred, target).item())
 
 
@@ -132,7 +135,7 @@ def test_random_and_tube_masks():
     tubes = tube_indices(keep, frames=3, num_patches=16)
     assert tubes.shape == (4, 12)
     for f in range(3):  # the same spatial patches in every frame
-        assert torch.equal(tubes[:, f * 4:(f + 1) * 4] - f * 16, keep)
+        assert torch.equal(tubes[:, f * 4 : (f + 1) * 4] - f * 16, keep)
 
 
 def test_schedules_follow_recipes():
@@ -173,8 +176,16 @@ def test_ema_moves_target_towards_online():
 def test_saved_encoder_loads_in_timm_with_identical_features(tmp_path):
     cfg = BackboneConfig(img_size=32, patch_size=8, in_chans=3, global_pool="avg", depth=2)
     model = create_backbone(cfg).eval()
-    card = EncoderCard(timm_name=cfg.timm_name, timm_kwargs=cfg.timm_kwargs(), embed_dim=model.embed_dim,
-                       img_size=32, patch_size=8, in_chans=3, global_pool="avg", objective="mae")
+    card = EncoderCard(
+        timm_name=cfg.timm_name,
+        timm_kwargs=cfg.timm_kwargs(),
+        embed_dim=model.embed_dim,
+        img_size=32,
+        patch_size=8,
+        in_chans=3,
+        global_pool="avg",
+        objective="mae",
+    )
     save_encoder(model, card, tmp_path / "enc")
     assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == ["card.json", "model.safetensors"]
     # timm alone: create_model from the card + safetensors state dict
@@ -205,10 +216,15 @@ def test_one_step_reduces_nothing_to_nan_and_updates_weights(name):
     obj = create_objective(name, **kw)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(6, 1, 32, 32, generator=g)
-    batch = {"dino": {"global": [x, x.flip(-1)], "local": [x[..., :16, :16]]}, "simclr": {"global": [x, x.flip(-1)]},
-             "vicreg": {"global": [x, x.flip(-1)]}, "ijepa": {"images": x}, "mae": {"images": x},
-             "cine_jepa": {"clips": torch.randn(6, 1, 3, 32, 32, generator=g)},
-             "cine_mae": {"clips": torch.randn(6, 1, 3, 32, 32, generator=g)}}[name]
+    batch = {
+        "dino": {"global": [x, x.flip(-1)], "local": [x[..., :16, :16]]},
+        "simclr": {"global": [x, x.flip(-1)]},
+        "vicreg": {"global": [x, x.flip(-1)]},
+        "ijepa": {"images": x},
+        "mae": {"images": x},
+        "cine_jepa": {"clips": torch.randn(6, 1, 3, 32, 32, generator=g)},
+        "cine_mae": {"clips": torch.randn(6, 1, 3, 32, 32, generator=g)},
+    }[name]
     trainer = Trainer(obj, ScheduleConfig(lr=1e-3), total_steps=10)
     before = [p.detach().clone() for p in obj.backbone.parameters()]
     res = [trainer.step(batch) for _ in range(2)]

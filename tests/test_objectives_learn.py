@@ -58,8 +58,12 @@ def knn_accuracy(model: torch.nn.Module, views, train, test) -> float:
 
 # objective -> (modality of the data/views, steps, schedule, extra objective config)
 CASES = {
-    "dino": ("ultrasound", 120, dict(lr=5e-4, momentum=0.95, momentum_end=0.99),
-             dict(out_dim=256, hidden_dim=256, bottleneck_dim=64, warmup_teacher_temp_fraction=0.0, teacher_temp=0.04)),
+    "dino": (
+        "ultrasound",
+        120,
+        dict(lr=5e-4, momentum=0.95, momentum_end=0.99),
+        dict(out_dim=256, hidden_dim=256, bottleneck_dim=64, warmup_teacher_temp_fraction=0.0, teacher_temp=0.04),
+    ),
     "simclr": ("ultrasound", 100, dict(lr=5e-4), dict(proj_hidden_dim=256)),
     "vicreg": ("ultrasound", 100, dict(lr=5e-4), dict(expander_dim=256)),
     "mae": ("ultrasound", 100, dict(lr=5e-4), {}),
@@ -67,9 +71,21 @@ CASES = {
     "cine_mae": ("ultrasound", 150, dict(lr=5e-4, momentum=0.99), dict(frames=4)),
     "cine_jepa": ("histopathology", 150, dict(lr=3e-4, momentum=0.98, momentum_end=0.995), dict(frames=4)),
     # issue 17, with dino's settings (lejepa and salt cases: not yet verified on the shared machine)
-    "dinov3": ("ultrasound", 120, dict(lr=5e-4, momentum=0.95, momentum_end=0.99),
-               dict(out_dim=256, hidden_dim=256, bottleneck_dim=64, warmup_teacher_temp_fraction=0.0, teacher_temp=0.04,
-                    gram_start_step=60, gram_refresh_every=20, gram_teacher_upscale=1.0)),  # 1.0: test time
+    "dinov3": (
+        "ultrasound",
+        120,
+        dict(lr=5e-4, momentum=0.95, momentum_end=0.99),
+        dict(
+            out_dim=256,
+            hidden_dim=256,
+            bottleneck_dim=64,
+            warmup_teacher_temp_fraction=0.0,
+            teacher_temp=0.04,
+            gram_start_step=60,
+            gram_refresh_every=20,
+            gram_teacher_upscale=1.0,
+        ),
+    ),  # 1.0: test time
 }
 
 
@@ -93,11 +109,19 @@ def test_objective_beats_random_init_on_knn(name):
     rgb = modality == "histopathology"
     torch.manual_seed(0)
     train, test = make_set(512, 0, rgb), make_set(256, 1, rgb)
-    obj = create_objective(name, backbone={"img_size": SIZE, "patch_size": 4, "in_chans": 3 if rgb else 1,
-                                           "depth": 2}, **extra)
+    obj = create_objective(
+        name, backbone={"img_size": SIZE, "patch_size": 4, "in_chans": 3 if rgb else 1, "depth": 2}, **extra
+    )
     clip = obj.views == "clip"
-    views = create_views(modality, obj.views, size=SIZE, global_size=SIZE, local_size=SIZE // 2, n_local=2,
-                         **({"frames": extra["frames"], "strides": (1,)} if clip else {}))
+    views = create_views(
+        modality,
+        obj.views,
+        size=SIZE,
+        global_size=SIZE,
+        local_size=SIZE // 2,
+        n_local=2,
+        **({"frames": extra["frames"], "strides": (1,)} if clip else {}),
+    )
     before = knn_accuracy(obj.encoder(), views, train, test)
     train_steps(obj, views, train, steps, schedule, clip)
     after = knn_accuracy(obj.encoder(), views, train, test)

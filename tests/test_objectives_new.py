@@ -37,14 +37,22 @@ def _hash(module: torch.nn.Module) -> str:
 
 
 def _teacher(dim_arch: str = "vit_small", patch: int = 8, in_chans: int = 1) -> torch.nn.Module:
-    return create_backbone(BackboneConfig(arch=dim_arch, img_size=32, patch_size=patch, depth=1, in_chans=in_chans,
-                                          global_pool="avg"))
+    return create_backbone(
+        BackboneConfig(arch=dim_arch, img_size=32, patch_size=patch, depth=1, in_chans=in_chans, global_pool="avg")
+    )
 
 
 def _save_teacher(folder, model: torch.nn.Module, cfg: BackboneConfig) -> None:
-    card = EncoderCard(timm_name=cfg.timm_name, timm_kwargs=cfg.timm_kwargs(), embed_dim=model.embed_dim,
-                       img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
-                       global_pool=cfg.global_pool, objective="mae")
+    card = EncoderCard(
+        timm_name=cfg.timm_name,
+        timm_kwargs=cfg.timm_kwargs(),
+        embed_dim=model.embed_dim,
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        in_chans=cfg.in_chans,
+        global_pool=cfg.global_pool,
+        objective="mae",
+    )
     save_encoder(model, card, folder)
 
 
@@ -82,8 +90,8 @@ def test_sigreg_by_hand():
     t = np.linspace(-3.0, 3.0, 33)
     stats = []
     for m in range(proj.shape[1]):
-        ecf = np.exp(1j * t[None, :] * proj[:, m:m + 1]).mean(axis=0)
-        err = np.abs(ecf - np.exp(-t ** 2 / 2)) ** 2 * np.exp(-t ** 2 / 2)
+        ecf = np.exp(1j * t[None, :] * proj[:, m : m + 1]).mean(axis=0)
+        err = np.abs(ecf - np.exp(-(t**2) / 2)) ** 2 * np.exp(-(t**2) / 2)
         integral = float(np.sum((err[1:] + err[:-1]) / 2 * np.diff(t)))
         stats.append(5 * integral)
     assert got == pytest.approx(float(np.mean(stats)), rel=1e-4)
@@ -104,16 +112,25 @@ def test_gram_refresh_schedule():
     assert due == [4, 9, 14]
     assert [s for s in range(1, 10) if DINOv3.refresh_due(s, 0, 3, 0)] == []  # fixed Gram teacher
 
-    obj = create_objective("dinov3", backbone=BB, **DINO_SMALL, gram_start_step=2, gram_refresh_every=3,
-                           gram_max_refreshes=1, gram_teacher_upscale=1.0)
+    obj = create_objective(
+        "dinov3",
+        backbone=BB,
+        **DINO_SMALL,
+        gram_start_step=2,
+        gram_refresh_every=3,
+        gram_max_refreshes=1,
+        gram_teacher_upscale=1.0,
+    )
     snapshots = []
     for step in range(1, 10):
         with torch.no_grad():
             for p in obj.backbone.parameters():
                 p.add_(0.01 * step)
         obj.update_ema(0.5)
-        same = all(torch.equal(a, b) for a, b in zip(obj.gram_teacher.parameters(),
-                                                     obj.teacher_backbone.parameters(), strict=True))
+        same = all(
+            torch.equal(a, b)
+            for a, b in zip(obj.gram_teacher.parameters(), obj.teacher_backbone.parameters(), strict=True)
+        )
         snapshots.append((step, int(obj.gram_snapshots), same))
     assert [s for s, _, same in snapshots if same] == [2, 5]
     assert snapshots[-1][1] == 2 and int(obj.steps_done) == 9
@@ -133,11 +150,20 @@ def test_gram_loss_switches_on_at_start_step():
 
 def test_dinov3_defaults_and_high_res_phase():
     cfg = create_objective("dinov3", backbone=BB, **DINO_SMALL).cfg
-    assert (cfg.centering, cfg.koleo_weight, cfg.ibot, cfg.gram_weight, cfg.gram_teacher_upscale) == \
-        ("sinkhorn_knopp", 0.1, True, 2.0, 2.0)
+    assert (cfg.centering, cfg.koleo_weight, cfg.ibot, cfg.gram_weight, cfg.gram_teacher_upscale) == (
+        "sinkhorn_knopp",
+        0.1,
+        True,
+        2.0,
+        2.0,
+    )
     hr = create_objective("dinov3", backbone=BB, **DINO_SMALL, high_res_adaptation=True, gram_weight=1.0).cfg
-    assert (hr.gram_start_step, hr.gram_max_refreshes, hr.gram_teacher_upscale, hr.warmup_teacher_temp_fraction) \
-        == (0, 0, 1.5, 0.0)
+    assert (hr.gram_start_step, hr.gram_max_refreshes, hr.gram_teacher_upscale, hr.warmup_teacher_temp_fraction) == (
+        0,
+        0,
+        1.5,
+        0.0,
+    )
     assert hr.gram_weight == 1.0  # set explicitly: kept
     assert {"dinov3", "lejepa", "salt", "cine_salt"} <= set(list_objectives())
 
@@ -145,8 +171,9 @@ def test_dinov3_defaults_and_high_res_phase():
 # -- exact resume of every new objective ---------------------------------------------------------------
 def _objective(name: str, teacher: torch.nn.Module | None):
     if name == "dinov3":
-        obj = create_objective(name, backbone=BB, **DINO_SMALL, gram_start_step=2, gram_refresh_every=2,
-                               gram_teacher_upscale=2.0)
+        obj = create_objective(
+            name, backbone=BB, **DINO_SMALL, gram_start_step=2, gram_refresh_every=2, gram_teacher_upscale=2.0
+        )
     elif name == "cine_salt":
         obj = create_objective(name, backbone=BB, frames=2, predictor_depth=1, num_targets=2)
     else:
@@ -235,8 +262,9 @@ def test_salt_teacher_from_folder_and_registry_recorded_on_card(tmp_path):
     assert obj.provenance == {"teacher": str((tmp_path / "teacher").resolve()), "teacher_sha256": sha}
     assert _hash(obj.teacher) == _hash(model)
 
-    ref = EncoderRegistry(str(tmp_path / "reg")).register(model, EncoderCard.model_validate_json(
-        (tmp_path / "teacher" / "card.json").read_text()), "us-mae")
+    ref = EncoderRegistry(str(tmp_path / "reg")).register(
+        model, EncoderCard.model_validate_json((tmp_path / "teacher" / "card.json").read_text()), "us-mae"
+    )
     obj = apply_weights(create_objective("salt", backbone=BB, teacher="us-mae:latest"), str(tmp_path / "reg"))
     assert obj.provenance["teacher"] == ref.id and obj.provenance["teacher_sha256"] == sha
     with pytest.raises(ConfigError, match=r"^objective.teacher: nope: .*no encoder named 'nope'"):
@@ -251,12 +279,19 @@ def test_card_records_teacher(tmp_path):
 
     cfg = BackboneConfig(arch="vit_small", img_size=32, patch_size=8, depth=1, in_chans=1, global_pool="avg")
     _save_teacher(tmp_path / "teacher", create_backbone(cfg), cfg)
-    run = PretrainConfig.model_validate({
-        "name": "us-salt", "modality": "ultrasound",
-        "data": {"kind": "frames", "sources": [{"uri": str(tmp_path / "store"), "modality": "ultrasound"}]},
-        "objective": {"name": "salt", "backbone": {k: v for k, v in BB.items() if k != "in_chans"},
-                      "teacher": str(tmp_path / "teacher")},
-        "registry": str(tmp_path / "reg")})
+    run = PretrainConfig.model_validate(
+        {
+            "name": "us-salt",
+            "modality": "ultrasound",
+            "data": {"kind": "frames", "sources": [{"uri": str(tmp_path / "store"), "modality": "ultrasound"}]},
+            "objective": {
+                "name": "salt",
+                "backbone": {k: v for k, v in BB.items() if k != "in_chans"},
+                "teacher": str(tmp_path / "teacher"),
+            },
+            "registry": str(tmp_path / "reg"),
+        }
+    )
     objective, views = check(run)
     card = encoder_card(run, objective, views)
     assert card.teacher == str((tmp_path / "teacher").resolve())
@@ -266,8 +301,15 @@ def test_card_records_teacher(tmp_path):
 # -- starting from weights -----------------------------------------------------------------------------
 def _tiny_timm(img_size: int = 64, in_chans: int = 3) -> torch.nn.Module:
     """A tiny ViT as timm saves pretrained ones: classifier head, RGB, its own image size."""
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=img_size, patch_size=8, depth=1,
-                             in_chans=in_chans, num_classes=10)
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=img_size,
+        patch_size=8,
+        depth=1,
+        in_chans=in_chans,
+        num_classes=10,
+    )
 
 
 def _check_loaded(obj, source_state: dict[str, torch.Tensor]) -> None:
@@ -314,7 +356,10 @@ def test_init_from_timm_name_in_hf_cache_and_weights_dir(tmp_path, monkeypatch):
 
     other = _tiny_timm(img_size=48)
     (tmp_path / "wd" / "my_vit").mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "wd" / "my_vit" / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in other.state_dict().items()},
+        str(tmp_path / "wd" / "my_vit" / "model.safetensors"),
+    )
     monkeypatch.setenv("PRETEXTLAB_WEIGHTS_DIR", str(tmp_path / "wd"))
     obj = apply_weights(create_objective("ijepa", backbone=BB, init="timm:my_vit"), str(tmp_path))
     _check_loaded(obj, other.state_dict())
@@ -327,8 +372,16 @@ def test_init_from_registry_encoder(tmp_path):
 
     cfg = BackboneConfig(img_size=64, patch_size=8, depth=1, in_chans=1, global_pool="avg")
     src = create_backbone(cfg)
-    card = EncoderCard(timm_name=cfg.timm_name, timm_kwargs=cfg.timm_kwargs(), embed_dim=192, img_size=64,
-                       patch_size=8, in_chans=1, global_pool="avg", objective="ijepa")
+    card = EncoderCard(
+        timm_name=cfg.timm_name,
+        timm_kwargs=cfg.timm_kwargs(),
+        embed_dim=192,
+        img_size=64,
+        patch_size=8,
+        in_chans=1,
+        global_pool="avg",
+        objective="ijepa",
+    )
     ref = EncoderRegistry(str(tmp_path / "reg")).register(src, card, "us-ijepa")
     obj = apply_weights(create_objective("ijepa", backbone=BB, init="registry:us-ijepa"), str(tmp_path / "reg"))
     _check_loaded(obj, src.state_dict())
@@ -338,8 +391,9 @@ def test_init_from_registry_encoder(tmp_path):
 
 
 def test_mismatched_weights_give_one_line_error(tmp_path):
-    small = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
-                              num_classes=0)
+    small = timm.create_model(
+        "vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=0
+    )
     path = tmp_path / "small.safetensors"
     save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(path))
     with pytest.raises(ConfigError) as err:
@@ -358,14 +412,22 @@ def test_cli_bad_init_is_one_line_exit_2(tmp_path):
 
     from conftest import run_cli
 
-    cfg = {"name": "bad-init", "modality": "ultrasound",
-           "data": {"kind": "frames", "sources": [{"uri": str(tmp_path / "store"), "modality": "ultrasound"}]},
-           "objective": {"name": "lejepa", "backbone": {k: v for k, v in BB.items() if k != "in_chans"},
-                         "init": "timm:not_cached_vit"},
-           "storage": str(tmp_path / "runs"), "registry": str(tmp_path / "reg")}
+    cfg = {
+        "name": "bad-init",
+        "modality": "ultrasound",
+        "data": {"kind": "frames", "sources": [{"uri": str(tmp_path / "store"), "modality": "ultrasound"}]},
+        "objective": {
+            "name": "lejepa",
+            "backbone": {k: v for k, v in BB.items() if k != "in_chans"},
+            "init": "timm:not_cached_vit",
+        },
+        "storage": str(tmp_path / "runs"),
+        "registry": str(tmp_path / "reg"),
+    }
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    res = run_cli("pretrain", str(path), env={"PRETEXTLAB_WEIGHTS_DIR": str(tmp_path), "HF_HUB_CACHE": str(tmp_path)},
-                  timeout=120)
+    res = run_cli(
+        "pretrain", str(path), env={"PRETEXTLAB_WEIGHTS_DIR": str(tmp_path), "HF_HUB_CACHE": str(tmp_path)}, timeout=120
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "objective.init: timm:not_cached_vit: no local weights" in res.stderr

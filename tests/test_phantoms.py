@@ -8,11 +8,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
+
 from pretextlab.core.errors import UserError
 from pretextlab.evaluate.controls import random_init_knn, supervised_cnn
 from pretextlab.phantoms import GENERATORS, PhantomItem, generate, register_generator
 from pretextlab.profile.noise import hed_concentrations
-from scipy import ndimage
 
 MODALITIES = ("ultrasound", "histology")
 #: The supervised floor's budget: training items (seed 1; 200 held-out items, seed 2) and epochs.
@@ -139,8 +140,11 @@ def test_cine_loops_move_smoothly_and_masks_follow_the_tissue():
 def test_nuisance_is_independent_of_the_label(modality: str):
     ps = generate(modality, n=80, size=32, locality=0.5, noise=1.0, seed=5)
     items = ps.meta["items"]
-    keys = ["depth_cm", "gain_db", "dynamic_range_db", "organ_contrast_db"] if modality == "ultrasound" else \
-        ["blur_px", "nuclear_radius_px"]
+    keys = (
+        ["depth_cm", "gain_db", "dynamic_range_db", "organ_contrast_db"]
+        if modality == "ultrasound"
+        else ["blur_px", "nuclear_radius_px"]
+    )
     values = {k: np.array([m[k] for m in items]) for k in keys}
     if modality == "histology":
         values["h_scale"] = np.array([m["stain_scales"][0] for m in items])
@@ -202,9 +206,11 @@ def test_random_init_encoder_is_near_chance(modality: str, locality: float, nois
 @pytest.mark.slow
 @pytest.mark.xfail(
     reason="supervised floor not yet demonstrated: measured 0.725 (ultrasound, locality 0, noise 0.5, 800 items, "
-           "15 epochs) and 0.845 (ultrasound, locality 1, earlier generator); see docs/benchmark.md. Runs only "
-           "with PRETEXTLAB_SUPERVISED_FLOOR=1 (minutes per case on 2 cores)",
-    run=bool(os.environ.get("PRETEXTLAB_SUPERVISED_FLOOR")), strict=False)
+    "15 epochs) and 0.845 (ultrasound, locality 1, earlier generator); see docs/benchmark.md. Runs only "
+    "with PRETEXTLAB_SUPERVISED_FLOOR=1 (minutes per case on 2 cores)",
+    run=bool(os.environ.get("PRETEXTLAB_SUPERVISED_FLOOR")),
+    strict=False,
+)
 @pytest.mark.parametrize("modality", MODALITIES)
 @pytest.mark.parametrize("locality", [0.0, 1.0])
 def test_the_label_is_learnable_by_a_supervised_cnn(modality: str, locality: float):

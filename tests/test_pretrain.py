@@ -19,7 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import closed_ray, REPO, run_cli
+from conftest import REPO, closed_ray, run_cli
 from pretextlab.jobs.ingest import IngestConfig, run_ingest
 from pretextlab.storage import synthetic as syn
 
@@ -33,8 +33,11 @@ OBJECTIVES = {  # objective -> (modality, data kind, extra objective fields)
     "cine_jepa": ("ultrasound", "clips", {"frames": 4}),
     "cine_mae": ("ultrasound", "clips", {"frames": 4, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}),
     # issue 17: Gram anchoring from step 1 with a refresh at step 3; SALT's teacher is made by config()
-    "dinov3": ("histopathology", "patches", {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16,
-                                            "gram_start_step": 1, "gram_refresh_every": 2}),
+    "dinov3": (
+        "histopathology",
+        "patches",
+        {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "gram_start_step": 1, "gram_refresh_every": 2},
+    ),
     "lejepa": ("ultrasound", "frames", {"predictor_depth": 2}),
     "salt": ("ultrasound", "frames", {"predictor_depth": 2}),
     "cine_salt": ("ultrasound", "clips", {"frames": 4, "predictor_depth": 2}),
@@ -48,8 +51,16 @@ def teacher_folder(tmp: Path) -> Path:
     folder = tmp / "teacher"
     if not (folder / "card.json").is_file():
         bb = BackboneConfig(**BACKBONE, in_chans=1, global_pool="avg")
-        card = EncoderCard(timm_name=bb.timm_name, timm_kwargs=bb.timm_kwargs(), embed_dim=192, img_size=32,
-                           patch_size=8, in_chans=1, global_pool="avg", objective="mae")
+        card = EncoderCard(
+            timm_name=bb.timm_name,
+            timm_kwargs=bb.timm_kwargs(),
+            embed_dim=192,
+            img_size=32,
+            patch_size=8,
+            in_chans=1,
+            global_pool="avg",
+            objective="mae",
+        )
         save_encoder(create_backbone(bb), card, folder)
     return folder
 
@@ -67,8 +78,9 @@ def store(ray_session, tmp_path_factory):
     labels = raw.parent / "pt-labels.csv"
     labels.write_text("\n".join(rows) + "\n")
     dest = tmp_path_factory.mktemp("ptstore")
-    rep = run_ingest(IngestConfig(sources=[str(raw)], dest=str(dest), labels=str(labels), zarr={"chunk": 256}),
-                     progress=False)
+    rep = run_ingest(
+        IngestConfig(sources=[str(raw)], dest=str(dest), labels=str(labels), zarr={"chunk": 256}), progress=False
+    )
     assert rep.ok, rep.render()
     return dest
 
@@ -78,12 +90,23 @@ def config(tmp: Path, store: Path | str, objective: str = "dino", steps: int = 4
     cfg = {
         "name": f"t-{objective.replace('_', '-')}",
         "modality": modality,
-        "data": {"kind": kind, "sources": [{"uri": str(store), "modality": modality}],
-                 "patch": {"patch_size": 32, "min_tissue": 0.3},
-                 "clip": {"frames": 4, "stride": 1, "size": 32, **({"hop": 1} if kind == "clips" else {})}},
+        "data": {
+            "kind": kind,
+            "sources": [{"uri": str(store), "modality": modality}],
+            "patch": {"patch_size": 32, "min_tissue": 0.3},
+            "clip": {"frames": 4, "stride": 1, "size": 32, **({"hop": 1} if kind == "clips" else {})},
+        },
         "objective": {"name": objective, "backbone": BACKBONE, **extra},
-        "train": {"steps": steps, "batch_size": 4, "num_workers": 2, "cpus_per_worker": 0.5, "data_cpus": 0.25,
-                  "log_every": 1, "checkpoint_every": 2, **train},
+        "train": {
+            "steps": steps,
+            "batch_size": 4,
+            "num_workers": 2,
+            "cpus_per_worker": 0.5,
+            "data_cpus": 0.25,
+            "log_every": 1,
+            "checkpoint_every": 2,
+            **train,
+        },
         "storage": str(tmp / "runs"),
         "registry": str(tmp / "registry"),
     }
@@ -159,10 +182,14 @@ def test_online_knn_tensorboard_and_evaluate(store, tmp_path):
     assert acc.Scalars("knn_acc")[-1].value == pytest.approx(res.metrics["knn_acc"])
     assert acc.Scalars("linear_acc")[-1].value == pytest.approx(res.metrics["linear_acc"])
     assert res.metrics["rankme"] > 1.5 and res.metrics["collapsed"] == 0.0
-    result = evaluate_encoder(res.encoder.uri, str(store), EvaluateConfig(modality="ultrasound", n_bootstrap=50,
-                                                                          shots=[1], fewshot_repeats=1))
+    result = evaluate_encoder(
+        res.encoder.uri, str(store), EvaluateConfig(modality="ultrasound", n_bootstrap=50, shots=[1], fewshot_repeats=1)
+    )
     assert result["dataset"]["n_items"] == 6 and result["dataset"]["class_names"] == ["band", "lesion"]
-    assert result["encoder"]["weights_sha256"] == json.loads(Path(res.encoder.uri, "card.json").read_text())["weights_sha256"]
+    assert (
+        result["encoder"]["weights_sha256"]
+        == json.loads(Path(res.encoder.uri, "card.json").read_text())["weights_sha256"]
+    )
 
 
 def test_s3_data_runs_and_registry(store, tmp_path, s3_server):
@@ -207,8 +234,9 @@ def test_killed_worker_resumes_with_same_total_steps(store, tmp_path):
     while time.time() < deadline and not _registered_checkpoints(run_dir):
         time.sleep(0.2)
     assert _registered_checkpoints(run_dir), "no checkpoint was registered"
-    workers = [a for a in state.actor_table(None).values()
-               if a["State"] == "ALIVE" and "TrainWorker" in a["ActorClassName"]]
+    workers = [
+        a for a in state.actor_table(None).values() if a["State"] == "ALIVE" and "TrainWorker" in a["ActorClassName"]
+    ]
     assert workers, "no live Ray Train worker found"
     os.kill(workers[-1]["Pid"], signal.SIGKILL)
     thread.join(900)
@@ -233,8 +261,9 @@ def test_stop_and_restart_continues_schedules(store, tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     cmd = [str(Path(sys.executable).with_name("pretextlab")), "pretrain", str(path), "--num-cpus", "4"]
     env = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     run_dir = tmp_path / "runs" / cfg["name"]
     deadline = time.time() + 600
     while time.time() < deadline and not _registered_checkpoints(run_dir) and proc.poll() is None:
@@ -267,13 +296,16 @@ def test_stop_and_restart_continues_schedules(store, tmp_path):
     assert again2.returncode == 2 and "already finished" in again2.stderr
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"objective": {"name": "byol2"}}, "unknown objective 'byol2'"),
-    ({"data": {"patch": {"patch_size": 4096}}}, "patch"),
-    ({"data": {"kind": "clips"}}, "data.kind"),
-    ({"validation": {"catalog": "STORE", "label_column": "grade"}}, "validation.label_column"),
-    ({"train": {"steps": "many"}}, "train.steps"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"objective": {"name": "byol2"}}, "unknown objective 'byol2'"),
+        ({"data": {"patch": {"patch_size": 4096}}}, "patch"),
+        ({"data": {"kind": "clips"}}, "data.kind"),
+        ({"validation": {"catalog": "STORE", "label_column": "grade"}}, "validation.label_column"),
+        ({"train": {"steps": "many"}}, "train.steps"),
+    ],
+)
 def test_bad_config_fails_before_workers(store, tmp_path, change, message):
     from pretextlab.core.config import deep_merge
 
@@ -318,9 +350,16 @@ def _stand_in_registry(cfg, tmp: Path):
         name = address.split(":")[0]
         source = load_config(PretrainConfig, str(REPO / "configs" / "pretrain" / f"{name}.yaml"), [])
         bb = BackboneConfig.model_validate(objective_kwargs(source)["backbone"])
-        card = EncoderCard(timm_name=bb.timm_name, timm_kwargs=bb.timm_kwargs(), embed_dim=192,
-                           img_size=bb.img_size, patch_size=bb.patch_size, in_chans=bb.in_chans,
-                           global_pool=bb.global_pool, objective=source.objective.name)
+        card = EncoderCard(
+            timm_name=bb.timm_name,
+            timm_kwargs=bb.timm_kwargs(),
+            embed_dim=192,
+            img_size=bb.img_size,
+            patch_size=bb.patch_size,
+            in_chans=bb.in_chans,
+            global_pool=bb.global_pool,
+            objective=source.objective.name,
+        )
         EncoderRegistry(str(tmp / "registry")).register(create_backbone(bb), card, name)
     return cfg.model_copy(update={"registry": str(tmp / "registry")})
 

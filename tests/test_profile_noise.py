@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
+
 from pretextlab.core.errors import UserError
 from pretextlab.phantoms import generate
 from pretextlab.profile.noise import (
@@ -18,7 +20,6 @@ from pretextlab.profile.noise import (
     speckle_profile,
     stain_profile,
 )
-from scipy import ndimage
 
 
 def _speckle(shape: tuple[int, int], sigma: tuple[float, float], seed: int = 0) -> np.ndarray:

@@ -71,8 +71,9 @@ def test_radiograph_is_registered_with_its_record():
     assert m.channels == 1 and m.sampling == "frames" and m.noise == "quantum"
     assert {"CR", "DX"} <= set(m.reader.dicom_modalities) and m.reader.still == "cine"
     views = create_views("radiograph", "pair", size=16)
-    out = views({"images": torch.from_numpy(chest(48, 1, 0))[None, None].repeat(3, 1, 1, 1)},
-                torch.Generator().manual_seed(0))
+    out = views(
+        {"images": torch.from_numpy(chest(48, 1, 0))[None, None].repeat(3, 1, 1, 1)}, torch.Generator().manual_seed(0)
+    )
     assert [t.shape for t in out["global"]] == [(3, 1, 16, 16)] * 2
     assert not torch.equal(out["global"][0], out["global"][1])
 
@@ -99,8 +100,16 @@ def cxr_store(ray_session, tmp_path_factory):
     dest = tmp_path_factory.mktemp("cxr-store")
     first = run_ingest(IngestConfig(sources=[str(raw / "dicom")], dest=str(dest), labels=str(labels)), progress=False)
     assert first.ok, first.render()
-    second = run_ingest(IngestConfig(sources=[str(raw / "png")], dest=str(dest), modality="radiograph",
-                                     labels=str(labels), one_item_per_file=True), progress=False)
+    second = run_ingest(
+        IngestConfig(
+            sources=[str(raw / "png")],
+            dest=str(dest),
+            modality="radiograph",
+            labels=str(labels),
+            one_item_per_file=True,
+        ),
+        progress=False,
+    )
     assert second.ok, second.render()
     return dest, images
 
@@ -128,20 +137,35 @@ def test_radiograph_pretrains_on_ray_train_and_evaluates(cxr_store, tmp_path):
     from pretextlab.training.config import PretrainConfig
 
     dest, _ = cxr_store
-    cfg = PretrainConfig.model_validate({
-        "name": "cxr-ijepa", "modality": "radiograph",
-        "data": {"kind": "frames", "sources": [{"uri": str(dest), "modality": "radiograph"}], "clip": {"size": 32}},
-        "objective": {"name": "ijepa", "backbone": {"arch": "vit_tiny", "img_size": 32, "patch_size": 8, "depth": 1}},
-        "train": {"steps": 2, "batch_size": 4, "num_workers": 2, "cpus_per_worker": 0.5, "data_cpus": 0.25,
-                  "log_every": 1, "checkpoint_every": 2},
-        "storage": str(tmp_path / "runs"), "registry": str(tmp_path / "registry"),
-    })
+    cfg = PretrainConfig.model_validate(
+        {
+            "name": "cxr-ijepa",
+            "modality": "radiograph",
+            "data": {"kind": "frames", "sources": [{"uri": str(dest), "modality": "radiograph"}], "clip": {"size": 32}},
+            "objective": {
+                "name": "ijepa",
+                "backbone": {"arch": "vit_tiny", "img_size": 32, "patch_size": 8, "depth": 1},
+            },
+            "train": {
+                "steps": 2,
+                "batch_size": 4,
+                "num_workers": 2,
+                "cpus_per_worker": 0.5,
+                "data_cpus": 0.25,
+                "log_every": 1,
+                "checkpoint_every": 2,
+            },
+            "storage": str(tmp_path / "runs"),
+            "registry": str(tmp_path / "registry"),
+        }
+    )
     res = run_pretrain(cfg)
     card = json.loads(Path(res.encoder.uri, "card.json").read_text())
     assert card["modality"] == "radiograph" and card["in_chans"] == 1
     assert card["mean"] == [0.5] and card["std"] == [0.25]  # RadiographViews' normalisation
-    result = evaluate_encoder(res.encoder.uri, str(dest), {"modality": "radiograph", "shots": [1],
-                                                           "fewshot_repeats": 1, "n_bootstrap": 50})
+    result = evaluate_encoder(
+        res.encoder.uri, str(dest), {"modality": "radiograph", "shots": [1], "fewshot_repeats": 1, "n_bootstrap": 50}
+    )
     ds = result["dataset"]
     assert ds["n_items"] == 8 and ds["class_names"] == ["narrow", "wide"]  # the labelled DX items, not the PNGs
     assert ds["kinds"] == ["cine"] and result["encoder"]["in_chans"] == 1

@@ -99,7 +99,9 @@ def test_dicom_wsi_series_is_one_slide(tmp_path):
         np.testing.assert_array_equal(item.to_numpy(i), dicom_wsi_level(f))
 
 
-@pytest.mark.parametrize("codec,suffix,gray", [("libx264", "mp4", False), ("ffv1", "avi", True), ("mjpeg", "avi", False)])
+@pytest.mark.parametrize(
+    "codec,suffix,gray", [("libx264", "mp4", False), ("ffv1", "avi", True), ("mjpeg", "avi", False)]
+)
 def test_video_identical(tmp_path, codec, suffix, gray):
     src = syn.write_video(tmp_path / f"v.{suffix}", frames=10, rows=48, cols=64, codec=codec, gray=gray)
     item, _ = ingest_one(src, tmp_path / "store")

@@ -15,9 +15,17 @@ def _encoder(seed: int = 0):
     torch.manual_seed(seed)
     cfg = BackboneConfig(arch="vit_tiny", img_size=32, patch_size=8, in_chans=1, depth=1)
     model = create_backbone(cfg)
-    card = EncoderCard(name="us-ijepa", timm_name=cfg.timm_name, timm_kwargs=cfg.timm_kwargs(),
-                       embed_dim=model.embed_dim, img_size=32, patch_size=8, in_chans=1, modality="ultrasound",
-                       objective="ijepa")
+    card = EncoderCard(
+        name="us-ijepa",
+        timm_name=cfg.timm_name,
+        timm_kwargs=cfg.timm_kwargs(),
+        embed_dim=model.embed_dim,
+        img_size=32,
+        patch_size=8,
+        in_chans=1,
+        modality="ultrasound",
+        objective="ijepa",
+    )
     return model, card
 
 
@@ -69,8 +77,9 @@ def test_s3_registry_roundtrip_verifies_checksum(s3_server, tmp_path):
     x = torch.randn(1, 1, 32, 32)
     assert torch.equal(loaded(x), model.eval()(x))
     # a swapped weights object is refused when fetched into a fresh cache
-    s3_server.client().put_object(Bucket=bucket, Key=f"registry/encoders/us-ijepa/{ref.version}/model.safetensors",
-                                  Body=b"not weights")
+    s3_server.client().put_object(
+        Bucket=bucket, Key=f"registry/encoders/us-ijepa/{ref.version}/model.safetensors", Body=b"not weights"
+    )
     fresh = EncoderRegistry(f"s3://{bucket}/registry", cache_dir=tmp_path / "cache2")
     with pytest.raises(Exception, match="sha256 does not match"):
         fresh.load("us-ijepa")

@@ -17,7 +17,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from conftest import free_port
+from pretextlab.review.analysis import (
+    analyse,
+    bootstrap_ci,
+    bradley_terry,
+    icc_2_1,
+    krippendorff_alpha,
+    mean_ratings,
+    pairwise_strengths,
+)
 from review_fixtures import (
     API_KEY,
     ENCODER_NAMES,
@@ -29,16 +39,6 @@ from review_fixtures import (
     can_run_postgres,
     make_encoders,
     make_store,
-)
-
-from pretextlab.review.analysis import (
-    analyse,
-    bootstrap_ci,
-    bradley_terry,
-    icc_2_1,
-    krippendorff_alpha,
-    mean_ratings,
-    pairwise_strengths,
 )
 
 CHROMIUM = "/usr/bin/chromium"
@@ -80,22 +80,40 @@ def database(request, tmp_path) -> dict:
 def forbidden_strings(inputs: dict) -> list[str]:
     """Everything that would unblind a reviewer or leak a file name: encoder names, objectives, folders,
     the store's and source file's names, item ids, and local paths."""
-    return [*ENCODER_NAMES, *OBJECTIVES, *FOLDERS, STORE_NAME, str(inputs["root"]), *inputs["items"], "safetensors",
-            "card.json", ".npz"]
+    return [
+        *ENCODER_NAMES,
+        *OBJECTIVES,
+        *FOLDERS,
+        STORE_NAME,
+        str(inputs["root"]),
+        *inputs["items"],
+        "safetensors",
+        "card.json",
+        ".npz",
+    ]
 
 
 def spec(inputs: dict, **extra) -> dict:
-    return {"title": f"{ENCODER_NAMES[0]} vs others", "encoders": inputs["encoders"], "store": inputs["store"],
-            "sample": 6, "seed": 1, "map_types": ["attention"], **extra}
+    return {
+        "title": f"{ENCODER_NAMES[0]} vs others",
+        "encoders": inputs["encoders"],
+        "store": inputs["store"],
+        "sample": 6,
+        "seed": 1,
+        "map_types": ["attention"],
+        **extra,
+    }
 
 
 # ---------------------------------------------------------------- statistics (pure)
-KRIPPENDORFF_2011 = np.array([  # Krippendorff (2011) "Computing Krippendorff's alpha-reliability", 4 observers x 12 units
-    [1, 2, 3, 3, 2, 1, 4, 1, 2, np.nan, np.nan, np.nan],
-    [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, np.nan, 3],
-    [np.nan, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, np.nan],
-    [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, np.nan],
-])
+KRIPPENDORFF_2011 = np.array(
+    [  # Krippendorff (2011) "Computing Krippendorff's alpha-reliability", 4 observers x 12 units
+        [1, 2, 3, 3, 2, 1, 4, 1, 2, np.nan, np.nan, np.nan],
+        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, np.nan, 3],
+        [np.nan, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, np.nan],
+        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, np.nan],
+    ]
+)
 
 
 def test_krippendorff_alpha_published_example_perfect_and_random():
@@ -110,8 +128,9 @@ def test_krippendorff_alpha_published_example_perfect_and_random():
 
 def test_icc_2_1_matches_shrout_and_fleiss():
     # Shrout & Fleiss (1979), Table 2: 6 targets x 4 judges; ICC(2,1) = 0.29
-    targets_by_judges = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]],
-                                 dtype=float)
+    targets_by_judges = np.array(
+        [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]], dtype=float
+    )
     assert icc_2_1(targets_by_judges.T) == pytest.approx(0.2898, abs=1e-4)
     same = np.tile(np.arange(1, 9, dtype=float), (3, 1))
     assert icc_2_1(same) == pytest.approx(1.0)
@@ -132,7 +151,18 @@ def test_bradley_terry_hand_computed():
 
 
 def _answers(rows: list[tuple]) -> pd.DataFrame:
-    cols = ["reviewer", "kind", "image", "encoder", "encoder_b", "map_type", "modality", "rating", "preference", "scale"]
+    cols = [
+        "reviewer",
+        "kind",
+        "image",
+        "encoder",
+        "encoder_b",
+        "map_type",
+        "modality",
+        "rating",
+        "preference",
+        "scale",
+    ]
     return pd.DataFrame([dict(zip(cols, r, strict=True)) for r in rows], columns=cols)
 
 
@@ -148,7 +178,9 @@ def test_mean_ratings_pairwise_and_report_from_answers():
     df = _answers(rows)
     means = mean_ratings(df, ["encoder"]).set_index("encoder")
     assert means.loc["E1", "mean"] == pytest.approx(4.5) and means.loc["E1", "n"] == 8
-    assert means.loc["E2", "mean"] == pytest.approx(2.0) and means.loc["E2", "ci_low"] == means.loc["E2", "ci_high"] == 2.0
+    assert (
+        means.loc["E2", "mean"] == pytest.approx(2.0) and means.loc["E2", "ci_low"] == means.loc["E2", "ci_high"] == 2.0
+    )
     assert means.loc["E1", "ci_low"] < 4.5 < means.loc["E1", "ci_high"]
     pw = pairwise_strengths(df).set_index("encoder")
     assert pw.loc["E1", "wins"] == 5 and pw.loc["E2", "wins"] == 1 and pw.loc["E1", "comparisons"] == 6
@@ -201,13 +233,20 @@ def test_http_refusals_and_nothing_lost(client_factory, review_inputs):
 
     app, org = client_factory(login_per_minute=1000)
     assert org.post("/api/reviews", json=spec(review_inputs)).status_code == 401  # no organiser credential
-    assert org.post("/api/reviews", json=spec(review_inputs), headers={"Authorization": "Bearer wrong-key-000000000"}).status_code == 401
+    assert (
+        org.post(
+            "/api/reviews", json=spec(review_inputs), headers={"Authorization": "Bearer wrong-key-000000000"}
+        ).status_code
+        == 401
+    )
     bad = org.post("/api/reviews", json={**spec(review_inputs), "map_types": ["heatmap"]}, headers=AUTH)
     assert bad.status_code == 422 and "map_types" in bad.json()["detail"]
     bad = org.post("/api/reviews", json={**spec(review_inputs), "colour": "red"}, headers=AUTH)
     assert bad.status_code == 422 and "colour" in bad.json()["detail"]
     assert org.post("/api/reviews", content=b"{not json", headers=AUTH).status_code == 400
-    missing = org.post("/api/reviews", json={**spec(review_inputs), "sample": None, "items": ["no-such-item"]}, headers=AUTH)
+    missing = org.post(
+        "/api/reviews", json={**spec(review_inputs), "sample": None, "items": ["no-such-item"]}, headers=AUTH
+    )
     assert missing.status_code == 422 and "no-such-item" in missing.json()["detail"]
     r = org.post("/api/reviews", json=spec(review_inputs, questions={"comment": True, "region": True}), headers=AUTH)
     assert r.status_code == 201, r.text
@@ -242,16 +281,22 @@ def test_http_refusals_and_nothing_lost(client_factory, review_inputs):
     bad = ann.post(f"/r/case/{case_a}", data={**fields, "rating": "3", "region_x": "2", "region_y": "0.5"})
     assert bad.status_code == 422 and "region" in bad.text
     # a good answer, then the very same form again (double submit): stored once, the copy gets 409
-    ok = ann.post(f"/r/case/{case_a}", data={**fields, "rating": "4", "region_x": "0.25", "region_y": "0.5"},
-                  follow_redirects=False)
+    ok = ann.post(
+        f"/r/case/{case_a}",
+        data={**fields, "rating": "4", "region_x": "0.25", "region_y": "0.5"},
+        follow_redirects=False,
+    )
     assert ok.status_code == 303 and ok.headers["location"].startswith("/r/case/")
     again = ann.post(f"/r/case/{case_a}", data={**fields, "rating": "4"}, follow_redirects=False)
     assert again.status_code == 409
     # an edit from a freshly rendered form: a new version, the history keeps both
     edit_fields = _form(ann.get(f"/r/case/{case_a}").text)
     assert 'value="4" checked' in ann.get(f"/r/case/{case_a}").text
-    edited = ann.post(f"/r/case/{case_a}", data={**edit_fields, "rating": "2", "comment": "edge only"},
-                      headers={"Accept": "application/json"})
+    edited = ann.post(
+        f"/r/case/{case_a}",
+        data={**edit_fields, "rating": "2", "comment": "edge only"},
+        headers={"Accept": "application/json"},
+    )
     assert edited.status_code == 200 and edited.json()["status"] == "updated"
     replay = ann.post(f"/r/case/{case_a}", data={**edit_fields, "rating": "5"}, headers={"Accept": "application/json"})
     assert replay.status_code == 409 and "already" in replay.json()["detail"]  # a replayed submission
@@ -266,9 +311,15 @@ def test_http_refusals_and_nothing_lost(client_factory, review_inputs):
     assert ann.post(f"/r/case/{bob_case}", data={**_form(first.text), "rating": "3"}).status_code == 404
     assert bob.get(f"/r/img/{bob_case}/map").status_code == 200
     # traversal in an image id / slot: 404, never a file
-    for path in (f"/r/img/..%2F..%2F..%2Fetc%2Fpasswd/image", f"/r/img/{case_a}/..%2F..%2Fetc%2Fpasswd",
-                 f"/r/img/{case_a}/%2E%2E", "/r/img/../../etc/passwd", f"/r/img/{case_a}/map%00.png",
-                 "/static/..%2Fapp.py", "/static/%2E%2E%2Fsettings.py"):
+    for path in (
+        "/r/img/..%2F..%2F..%2Fetc%2Fpasswd/image",
+        f"/r/img/{case_a}/..%2F..%2Fetc%2Fpasswd",
+        f"/r/img/{case_a}/%2E%2E",
+        "/r/img/../../etc/passwd",
+        f"/r/img/{case_a}/map%00.png",
+        "/static/..%2Fapp.py",
+        "/static/%2E%2E%2Fsettings.py",
+    ):
         resp = ann.get(path)
         assert resp.status_code == 404, (path, resp.status_code)
         assert b"root:" not in resp.content and b"import" not in resp.content
@@ -286,8 +337,11 @@ def test_http_refusals_and_nothing_lost(client_factory, review_inputs):
 
     def submit():
         try:
-            results.append(svc.submit_answer(app.state.sessionmaker, ctx, race_case, {"nonce": race_fields["nonce"],
-                                                                                     "rating": "3"})[0])
+            results.append(
+                svc.submit_answer(
+                    app.state.sessionmaker, ctx, race_case, {"nonce": race_fields["nonce"], "rating": "3"}
+                )[0]
+            )
         except svc.AccessError as exc:
             results.append(exc.status)
 
@@ -352,23 +406,32 @@ def test_cli_create_invite_report_and_errors(review_inputs, tmp_path, capsys, mo
     assert main(["invite", "--db", db, review, "dr who", "--base-url", "https://rv.example"]) == 0
     assert "https://rv.example/invite/" in capsys.readouterr().out
     assert main(["progress", "--db", db, review]) == 0 and "0 / 6" in capsys.readouterr().out
-    assert main(["report", "--db", db, review, "--csv", str(tmp_path / "a.csv"), "--json", str(tmp_path / "r.json")]) == 0
+    assert (
+        main(["report", "--db", db, review, "--csv", str(tmp_path / "a.csv"), "--json", str(tmp_path / "r.json")]) == 0
+    )
     assert "answers: 0" in capsys.readouterr().out and json.loads((tmp_path / "r.json").read_text())["answers"] == 0
     assert pd.read_csv(tmp_path / "a.csv").empty
     # user mistakes: one line naming the field or file, exit 2, no traceback
     spec_file.write_text(yaml.safe_dump({**spec(review_inputs), "sample": 0}))
     monkeypatch.delenv("PRETEXTLAB_API_KEY", raising=False)
-    for args, word in ((["create", "--db", db, str(spec_file)], "sample"),
-                       (["report", "--db", db, "nope-nope-nope-nope"], "nope-nope-nope-nope"),
-                       (["create", "--db", str(tmp_path / "no" / "such" / "x.sqlite"), str(spec_file)], "does not exist"),
-                       (["create", "--db", db, str(tmp_path / "missing.yaml")], "missing.yaml"),
-                       (["serve", "--db", db], "PRETEXTLAB_API_KEY")):
+    for args, word in (
+        (["create", "--db", db, str(spec_file)], "sample"),
+        (["report", "--db", db, "nope-nope-nope-nope"], "nope-nope-nope-nope"),
+        (["create", "--db", str(tmp_path / "no" / "such" / "x.sqlite"), str(spec_file)], "does not exist"),
+        (["create", "--db", db, str(tmp_path / "missing.yaml")], "missing.yaml"),
+        (["serve", "--db", db], "PRETEXTLAB_API_KEY"),
+    ):
         assert main(args) == 2, args
         err = capsys.readouterr().err
         assert word in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     # the module runs as a program too (python -m pretextlab.review.cli)
-    out = subprocess.run([sys.executable, "-m", "pretextlab.review.cli", "serve", "--db", db], capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "PRETEXTLAB_API_KEY": "short"})
+    out = subprocess.run(
+        [sys.executable, "-m", "pretextlab.review.cli", "serve", "--db", db],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PRETEXTLAB_API_KEY": "short"},
+    )
     assert out.returncode == 2 and "too short" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -413,10 +476,12 @@ def test_browser_flow_blinded_resumable_keyboard_export(database, review_inputs,
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             browser_context = browser.new_context
+
             def new_context():  # generous timeouts: the machine may be shared and loaded
                 ctx = browser_context()
                 ctx.set_default_timeout(60_000)
                 return ctx
+
             browser.new_context = new_context
             # organiser: log in, create 3 encoders x 6 images, invite 2 reviewers, all through the pages
             org = browser.new_context().new_page()
@@ -551,9 +616,18 @@ def test_review_app_as_a_second_serve_application(ray_session, review_inputs, tm
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(build_review_app({"db": str(tmp_path / "serve.sqlite"), "assets": str(tmp_path / "assets"),
-                                    "admin_token_sha256": token_sha256(admin), "num_cpus": 0.1}),
-                  name="pretextlab-review", route_prefix="/review")
+        serve.run(
+            build_review_app(
+                {
+                    "db": str(tmp_path / "serve.sqlite"),
+                    "assets": str(tmp_path / "assets"),
+                    "admin_token_sha256": token_sha256(admin),
+                    "num_cpus": 0.1,
+                }
+            ),
+            name="pretextlab-review",
+            route_prefix="/review",
+        )
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as c:
             assert c.get("/review/healthz").json() == {"status": "ok"}
             assert c.post("/review/api/reviews", json=spec(review_inputs, sample=1)).status_code == 401
@@ -584,10 +658,16 @@ def test_ci_installs_chromium_and_postgresql_from_debian_only_when_missing(tmp_p
             (bindir / tool).symlink_to(shutil.which(tool))
     log = tmp_path / "calls.log"
     for tool in ["apt-get", "make", "sudo", "kubectl"] + (["chromium"] if with_chromium else []):
-        (bindir / tool).write_text(f"#!/bin/sh\necho \"{tool} $*\" >> {log}\n")
+        (bindir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\n')
         (bindir / tool).chmod(0o755)
-    run = subprocess.run(["bash", str(repo / ".ci" / "run")], cwd=repo, capture_output=True, text=True, timeout=60,
-                         env={"PATH": str(bindir), "HOME": str(tmp_path)})
+    run = subprocess.run(
+        ["bash", str(repo / ".ci" / "run")],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": str(bindir), "HOME": str(tmp_path)},
+    )
     assert run.returncode == 0, run.stderr
     calls = log.read_text().splitlines()
     assert calls[-1] == "make test", calls
@@ -625,12 +705,15 @@ def test_k8s_review_deployment_runs_the_review_cli_with_its_secret(overlay: str)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     values = {"PRETEXTLAB_REVIEW_DB": "postgresql://u@db/review", "PRETEXTLAB_REVIEW_ASSETS": "s3://b/assets"}
-    args = parser.parse_args([c["command"][-1], *(re.sub(r"\$\((\w+)\)", lambda m: values[m.group(1)], a)
-                                                 for a in c["args"])])
+    args = parser.parse_args(
+        [c["command"][-1], *(re.sub(r"\$\((\w+)\)", lambda m: values[m.group(1)], a) for a in c["args"])]
+    )
     assert (args.db, args.assets, args.port) == ("postgresql://u@db/review", "s3://b/assets", 8600)
     assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8600}
-    assert svc["spec"]["ports"][0]["port"] == 8600 and svc["spec"]["selector"].items() <= \
-        dep["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        svc["spec"]["ports"][0]["port"] == 8600
+        and svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    )
 
 
 def test_migrations_build_exactly_the_models_schema_and_rerun_cleanly(database):
@@ -677,8 +760,11 @@ def test_pairwise_comment_and_region_answers_reach_export_and_report(client_fact
             r = c.post(case, data={**fields, "preference": "a"}, follow_redirects=False)
         else:
             kinds.append("likert")
-            r = c.post(case, data={**fields, "rating": "4", "comment": "apex", "region_x": "0.5", "region_y": "0.25"},
-                       follow_redirects=False)
+            r = c.post(
+                case,
+                data={**fields, "rating": "4", "comment": "apex", "region_x": "0.5", "region_y": "0.25"},
+                follow_redirects=False,
+            )
         assert r.status_code == 303, r.text
     assert sorted(kinds) == ["likert"] * 3 + ["pairwise"] * 3  # 3 encoders x 1 image, and the 3 pairs
     df = pd.read_csv(io.BytesIO(org.get(f"/api/reviews/{pid}/export.csv", headers=AUTH).content))
@@ -703,7 +789,11 @@ def test_sessions_expire_and_registry_addresses_work(client_factory, review_inpu
         model, card = load_encoder(folder)
         reg.register(model, card, name=name)
     app, org = client_factory(session_hours=6 / 3600)  # sessions of six seconds
-    body = {**spec(review_inputs, sample=1), "registry": str(tmp_path / "registry"), "encoders": ["reg-one", "reg-two:latest"]}
+    body = {
+        **spec(review_inputs, sample=1),
+        "registry": str(tmp_path / "registry"),
+        "encoders": ["reg-one", "reg-two:latest"],
+    }
     created = org.post("/api/reviews", json=body, headers=AUTH)
     assert created.status_code == 201, created.text
     pid = created.json()["review"]

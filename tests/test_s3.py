@@ -56,20 +56,26 @@ def test_unreachable_and_unauthorised_buckets_fail_alone(ray_session, s3_server,
     dest = tmp_path / "store"
     good = raw / "slides" / "big.tif"
 
-    rep = run_ingest(IngestConfig(sources=[str(good), "s3://no-such-bucket-pretextlab/x"], dest=str(dest)), progress=False)
+    rep = run_ingest(
+        IngestConfig(sources=[str(good), "s3://no-such-bucket-pretextlab/x"], dest=str(dest)), progress=False
+    )
     failed = {r.source: r.reason for r in rep.results if r.status == "failed"}
     assert rep.count("ingested") == 1 and list(failed) == ["s3://no-such-bucket-pretextlab/x"]
     assert "no such file" in failed["s3://no-such-bucket-pretextlab/x"].lower()
 
     wrong = {"key": "AKIAWRONGWRONGWRONG", "secret": "not-the-secret"}
-    rep = run_ingest(IngestConfig(sources=[f"s3://{bucket}/us"], dest=str(tmp_path / "s2")),
-                     storage_options=wrong, progress=False)
+    rep = run_ingest(
+        IngestConfig(sources=[f"s3://{bucket}/us"], dest=str(tmp_path / "s2")), storage_options=wrong, progress=False
+    )
     (r,) = rep.results[:1]
     assert r.status == "failed" and "Access Key Id you provided does not exist" in r.reason
 
     closed = f"http://127.0.0.1:{free_port()}"
-    rep = run_ingest(IngestConfig(sources=[f"s3://{bucket}/us"], dest=str(tmp_path / "s3")),
-                     storage_options={"endpoint_url": closed}, progress=False)
+    rep = run_ingest(
+        IngestConfig(sources=[f"s3://{bucket}/us"], dest=str(tmp_path / "s3")),
+        storage_options={"endpoint_url": closed},
+        progress=False,
+    )
     assert rep.results[0].status == "failed" and "Could not connect" in rep.results[0].reason
 
 
@@ -79,7 +85,13 @@ def test_cli_reads_credentials_from_environment(s3_server, raw, tmp_path):
     ok = run_cli("ingest", f"s3://{bucket}/us", "--to", f"s3://{bucket}/store", "--quiet")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "1 ingested" in ok.stdout
-    denied = run_cli("ingest", f"s3://{bucket}/us", "--to", str(tmp_path / "x"), "--quiet",
-                     env={"AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG", "AWS_SECRET_ACCESS_KEY": "nope"})
+    denied = run_cli(
+        "ingest",
+        f"s3://{bucket}/us",
+        "--to",
+        str(tmp_path / "x"),
+        "--quiet",
+        env={"AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG", "AWS_SECRET_ACCESS_KEY": "nope"},
+    )
     assert denied.returncode == 1
     assert "does not exist in our records" in denied.stdout and "Traceback" not in denied.stderr

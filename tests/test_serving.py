@@ -40,8 +40,18 @@ def _encoder(name: str, in_chans: int, modality: str, seed: int):
     cfg = BackboneConfig(arch="vit_tiny", img_size=32, patch_size=8, in_chans=in_chans, depth=1)
     model = create_backbone(cfg).eval()
     mean, std = ([0.7, 0.5, 0.6], [0.2, 0.25, 0.15]) if in_chans == 3 else ([0.3], [0.2])
-    card = EncoderCard(name=name, timm_name=cfg.timm_name, timm_kwargs=cfg.timm_kwargs(), embed_dim=model.embed_dim,
-                       img_size=32, patch_size=8, in_chans=in_chans, mean=mean, std=std, modality=modality)
+    card = EncoderCard(
+        name=name,
+        timm_name=cfg.timm_name,
+        timm_kwargs=cfg.timm_kwargs(),
+        embed_dim=model.embed_dim,
+        img_size=32,
+        patch_size=8,
+        in_chans=in_chans,
+        mean=mean,
+        std=std,
+        modality=modality,
+    )
     return model, card
 
 
@@ -78,26 +88,50 @@ def world(ray_session, tmp_path_factory):
     dcm = syn.write_us_dicom(raw / "liver-a.dcm", frames=6, rows=48, cols=64, seed=4)
     rep = run_ingest(IngestConfig(sources=[str(raw)], dest=str(base / "store"), zarr={"chunk": 256}), progress=False)
     assert rep.ok, rep.render()
-    return {"base": base, "registry": str(base / "registry"), "store": str(base / "store"), "dcm": dcm,
-            "hist": (hist_model, hist_ref.card, hist_ref), "us": (us_model, us_ref.card, us_ref),
-            "cxr": (cxr_model, cxr_ref.card, cxr_ref)}
+    return {
+        "base": base,
+        "registry": str(base / "registry"),
+        "store": str(base / "store"),
+        "dcm": dcm,
+        "hist": (hist_model, hist_ref.card, hist_ref),
+        "us": (us_model, us_ref.card, us_ref),
+        "cxr": (cxr_model, cxr_ref.card, cxr_ref),
+    }
 
 
 def _args(world, **extra):
     args = {
         "registry": world["registry"],
         "models": [
-            {"name": "hist", "spec": "hist", "num_cpus": 0.5, "max_batch_images": 32,
-             "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
-            {"name": "us", "spec": "chosen:ultrasound", "num_cpus": 0.25,
-             "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
-            {"name": "cxr", "spec": "chosen:radiograph", "num_cpus": 0.25,
-             "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
+            {
+                "name": "hist",
+                "spec": "hist",
+                "num_cpus": 0.5,
+                "max_batch_images": 32,
+                "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+            },
+            {
+                "name": "us",
+                "spec": "chosen:ultrasound",
+                "num_cpus": 0.25,
+                "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+            },
+            {
+                "name": "cxr",
+                "spec": "chosen:radiograph",
+                "num_cpus": 0.25,
+                "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+            },
         ],
         "stores": {"lake": world["store"]},
         "api_key_env": KEY_ENV,
-        "limits": {"max_body_bytes": MAX_BODY, "max_images": MAX_IMAGES, "max_image_pixels": MAX_PIXELS,
-                   "max_total_pixels": 64 * MAX_PIXELS, "max_region_size": 256},
+        "limits": {
+            "max_body_bytes": MAX_BODY,
+            "max_images": MAX_IMAGES,
+            "max_image_pixels": MAX_PIXELS,
+            "max_total_pixels": 64 * MAX_PIXELS,
+            "max_region_size": 256,
+        },
         "ingress": {"num_cpus": 0.25, "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
     }
     args.update(extra)
@@ -115,9 +149,21 @@ def server(world, ray_session, tmp_path_factory):
     log = open(log_path, "wb")
     exe = Path(sys.executable).with_name("pretextlab")
     proc = subprocess.Popen(
-        [str(exe), "serve", "--config", str(args_file), "--port", str(port),
-         "--address", ray_session.get_runtime_context().gcs_address],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, KEY_ENV: KEY}, start_new_session=True)
+        [
+            str(exe),
+            "serve",
+            "--config",
+            str(args_file),
+            "--port",
+            str(port),
+            "--address",
+            ray_session.get_runtime_context().gcs_address,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, KEY_ENV: KEY},
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 240
@@ -171,8 +217,9 @@ def test_embeddings_match_in_process(world, server):
     assert np.abs(_emb(r) - _local(world, "hist", batch)).max() <= 1e-5
 
     # the binary fast path gives the same numbers
-    r = server.post("/v1/embeddings?model=hist&format=npy", content=_npy(batch),
-                    headers={"content-type": "application/x-npy"})
+    r = server.post(
+        "/v1/embeddings?model=hist&format=npy", content=_npy(batch), headers={"content-type": "application/x-npy"}
+    )
     assert r.headers["x-model-id"] == world["hist"][2].id and r.headers["x-embedding-dim"] == "192"
     assert np.abs(_emb(r) - _local(world, "hist", batch)).max() <= 1e-5
 
@@ -182,8 +229,11 @@ def test_embeddings_match_in_process(world, server):
     Image.fromarray(imgs[1]).save(jpeg, format="JPEG", quality=90)
     tiff = io.BytesIO()
     Image.fromarray(imgs[2]).save(tiff, format="TIFF")
-    files = [("images", ("a.png", _png(imgs[0]), "image/png")), ("images", ("b.jpg", jpeg.getvalue(), "image/jpeg")),
-             ("images", ("c.tif", tiff.getvalue(), "image/tiff"))]
+    files = [
+        ("images", ("a.png", _png(imgs[0]), "image/png")),
+        ("images", ("b.jpg", jpeg.getvalue(), "image/jpeg")),
+        ("images", ("c.tif", tiff.getvalue(), "image/tiff")),
+    ]
     r = server.post("/v1/embeddings", data={"model": "hist"}, files=files, headers={"accept": "application/x-npy"})
     got = _emb(r)
     decoded = [np.array(Image.open(io.BytesIO(f[1][1])).convert("RGB")) for f in files]
@@ -194,8 +244,11 @@ def test_embeddings_match_in_process(world, server):
     import pydicom
 
     frames = pydicom.dcmread(world["dcm"]).pixel_array[..., None]
-    r = server.post("/v1/embeddings", data={"model": "us"},
-                    files=[("images", ("loop.dcm", world["dcm"].read_bytes(), "application/dicom"))])
+    r = server.post(
+        "/v1/embeddings",
+        data={"model": "us"},
+        files=[("images", ("loop.dcm", world["dcm"].read_bytes(), "application/dicom"))],
+    )
     assert r.json()["model_id"] == world["us"][2].id
     assert np.abs(_emb(r) - _local(world, "us", frames)).max() <= 1e-5
 
@@ -204,11 +257,13 @@ def test_radiograph_dicom_embeds_on_the_encoder_chosen_for_radiographs(world, se
     """The third modality served with no serving change: a DX upload, windowed and preprocessed from the
     card of the encoder marked chosen:radiograph."""
     import pydicom
+
     from test_radiograph import chest, write_dx
 
     dx = write_dx(tmp_path / "chest.dcm", chest(48, 1, seed=5), photometric="MONOCHROME1")
-    r = server.post("/v1/embeddings", data={"model": "cxr"},
-                    files=[("images", ("chest.dcm", dx.read_bytes(), "application/dicom"))])
+    r = server.post(
+        "/v1/embeddings", data={"model": "cxr"}, files=[("images", ("chest.dcm", dx.read_bytes(), "application/dicom"))]
+    )
     assert r.json()["model_id"] == world["cxr"][2].id
     pixels = 255 - pydicom.dcmread(dx).pixel_array  # MONOCHROME1 shown inverted, as ingest stores it
     assert np.abs(_emb(r) - _local(world, "cxr", pixels[None, ..., None])).max() <= 1e-5
@@ -218,18 +273,28 @@ def test_regions_match_in_process(world, server):
     from pretextlab.storage import open_item
 
     slide = open_item(world["store"], "slide-a")
-    patches = [{"level": 0, "x": 0, "y": 0, "size": 64}, {"level": 1, "x": 32, "y": 16, "size": 48},
-               {"level": 0, "x": 256, "y": 128, "size": 64}]
-    r = server.post("/v1/embeddings/regions", json={"model": "hist", "store": "lake", "item_id": "slide-a",
-                                                    "patches": patches})
+    patches = [
+        {"level": 0, "x": 0, "y": 0, "size": 64},
+        {"level": 1, "x": 32, "y": 16, "size": 48},
+        {"level": 0, "x": 256, "y": 128, "size": 64},
+    ]
+    r = server.post(
+        "/v1/embeddings/regions", json={"model": "hist", "store": "lake", "item_id": "slide-a", "patches": patches}
+    )
     assert r.json()["regions"] == patches
-    want = np.concatenate([_local(world, "hist", slide.read_region(p["level"], p["x"], p["y"], p["size"], p["size"])[None])
-                           for p in patches])
+    want = np.concatenate(
+        [
+            _local(world, "hist", slide.read_region(p["level"], p["x"], p["y"], p["size"], p["size"])[None])
+            for p in patches
+        ]
+    )
     assert np.abs(_emb(r) - want).max() <= 1e-5
 
     cine = open_item(world["store"], "liver-a")
-    r = server.post("/v1/embeddings/regions?format=npy", json={"model": "us", "store": "lake", "item_id": "liver-a",
-                                                               "frames": [5, 0, 5]})
+    r = server.post(
+        "/v1/embeddings/regions?format=npy",
+        json={"model": "us", "store": "lake", "item_id": "liver-a", "frames": [5, 0, 5]},
+    )
     assert np.abs(_emb(r) - _local(world, "us", cine.frames()[[5, 0, 5]])).max() <= 1e-5
 
 
@@ -267,43 +332,297 @@ def _bad_cases():
     region = {"model": "hist", "store": "lake", "item_id": "slide-a"}
     cases = [
         # (name, method, path, kwargs, status, code)
-        ("missing key", "POST", "/v1/embeddings", {"content": good, "headers": {**npy_h, "X-API-Key": ""}}, 401, "unauthorized"),
-        ("wrong key", "POST", "/v1/embeddings", {"content": good, "headers": {**npy_h, "X-API-Key": "nope" * 8}}, 401, "unauthorized"),
-        ("wrong bearer", "GET", "/v1/models", {"headers": {"X-API-Key": None, "Authorization": "Bearer x"}}, 401, "unauthorized"),
+        (
+            "missing key",
+            "POST",
+            "/v1/embeddings",
+            {"content": good, "headers": {**npy_h, "X-API-Key": ""}},
+            401,
+            "unauthorized",
+        ),
+        (
+            "wrong key",
+            "POST",
+            "/v1/embeddings",
+            {"content": good, "headers": {**npy_h, "X-API-Key": "nope" * 8}},
+            401,
+            "unauthorized",
+        ),
+        (
+            "wrong bearer",
+            "GET",
+            "/v1/models",
+            {"headers": {"X-API-Key": None, "Authorization": "Bearer x"}},
+            401,
+            "unauthorized",
+        ),
         ("empty body", "POST", "/v1/embeddings?model=hist", {"content": b"", "headers": npy_h}, 400, "bad_request"),
-        ("garbage bytes", "POST", "/v1/embeddings?model=hist", {"content": os.urandom(300), "headers": npy_h}, 422, "invalid_input"),
-        ("garbage file", "POST", "/v1/embeddings", {"data": {"model": "hist"}, "files": [("images", ("x.png", b"\x89PNG\r\n\x1a\nxx", "image/png"))]}, 422, "invalid_input"),
-        ("truncated png", "POST", "/v1/embeddings?model=hist", {"content": _png(np.zeros((32, 32, 3), np.uint8))[:60], "headers": {"content-type": "image/png"}}, 422, "invalid_input"),
-        ("1-d array", "POST", "/v1/embeddings?model=hist", {"content": _npy(np.zeros(10, np.uint8)), "headers": npy_h}, 422, "invalid_input"),
-        ("float array", "POST", "/v1/embeddings?model=hist", {"content": _npy(np.zeros((32, 32, 3), np.float32)), "headers": npy_h}, 422, "invalid_input"),
-        ("2 channels", "POST", "/v1/embeddings?model=hist", {"content": _npy(np.zeros((1, 32, 32, 2), np.uint8)), "headers": npy_h}, 422, "invalid_input"),
-        ("pickled object array", "POST", "/v1/embeddings?model=hist", {"content": _npy_object(), "headers": npy_h}, 422, "invalid_input"),
-        ("zero-size image", "POST", "/v1/embeddings?model=hist", {"content": _npy(np.zeros((1, 0, 32, 3), np.uint8)), "headers": npy_h}, 422, "invalid_input"),
-        ("corrupt npy header", "POST", "/v1/embeddings?model=hist", {"content": b"\x93NUMPY\x01\x00\x10\x00{'descr': ??}    \n", "headers": npy_h}, 400, "bad_request"),
-        ("16-bit png", "POST", "/v1/embeddings?model=hist", {"content": png16.getvalue(), "headers": {"content-type": "image/png"}}, 422, "invalid_input"),
-        ("broken dicom", "POST", "/v1/embeddings?model=us", {"content": fake_dicom, "headers": {"content-type": "application/dicom"}}, 422, "invalid_input"),
-        ("declared oversize", "POST", "/v1/embeddings?model=hist", {"content": b"\0" * (MAX_BODY + 10), "headers": npy_h}, 413, "too_large"),
-        ("streamed oversize", "POST", "/v1/embeddings?model=hist", {"content": chunks(), "headers": npy_h}, 413, "too_large"),
-        ("too many images", "POST", "/v1/embeddings?model=hist", {"content": _npy(np.zeros((MAX_IMAGES + 1, 8, 8, 3), np.uint8)), "headers": npy_h}, 413, "too_large"),
-        ("too many files", "POST", "/v1/embeddings", {"data": {"model": "hist"}, "files": [("images", (f"{i}.npy", _npy(np.zeros((4, 4, 3), np.uint8)), "application/x-npy")) for i in range(MAX_IMAGES + 1)]}, 413, "too_large"),
-        ("too many pixels", "POST", "/v1/embeddings?model=hist", {"content": big_png, "headers": {"content-type": "image/png"}}, 413, "too_large"),
-        ("unknown model", "POST", "/v1/embeddings?model=nope", {"content": good, "headers": npy_h}, 404, "unknown_model"),
+        (
+            "garbage bytes",
+            "POST",
+            "/v1/embeddings?model=hist",
+            {"content": os.urandom(300), "headers": npy_h},
+            422,
+            "invalid_input",
+        ),
+        (
+            "garbage file",
+            "POST",
+            "/v1/embeddings",
+            {"data": {"model": "hist"}, "files": [("images", ("x.png", b"\x89PNG\r\n\x1a\nxx", "image/png"))]},
+            422,
+            "invalid_input",
+        ),
+        (
+            "truncated png",
+            "POST",
+            "/v1/embeddings?model=hist",
+            {"content": _png(np.zeros((32, 32, 3), np.uint8))[:60], "headers": {"content-type": "image/png"}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "1-d array",
+            "POST",
+            "/v1/embeddings?model=hist",
+            {"content": _npy(np.zeros(10, np.uint8)), "headers": npy_h},
+            422,
+            "invalid_input",
+        ),
+        (
+            "float array",
+            "POST",
+            "/v1/embeddings?model=hist",
+            {"content": _npy(np.zeros((32, 32, 3), np.float32)), "headers": npy_h},
+            422,
+            "invalid_input",
+        ),
+        (
+            "2 channels",
+            "POST",
+            "/v1/embeddings?model=hist",
+            {"content": _npy(np.zeros((1, 32, 32, 2), np.uint8)), "headers": npy_h},
+            422,
+            "invalid_input",
+        ),
+        (
+            "pickled object array",
+            "POST",
+            "/v1/embeddings?model=hist",
+            {"content": _npy_object(), "headers": npy_h},
+            422,
+            "invalid_input",
+        ),
+        (
+            "zero-size image",
+            "POST",
+            "/v1/embeddings?model=hist",
+            {"content": _npy(np.zeros((1, 0, 32, 3), np.uint8)), "headers": npy_h},
+            422,
+            "invalid_input",
+        ),
+        (
+            "corrupt npy header",
+            "POST",
+            "/v1/embeddings?model=hist",
+            {"content": b"\x93NUMPY\x01\x00\x10\x00{'descr': ??}    \n", "headers": npy_h},
+            400,
+            "bad_request",
+        ),
+        (
+            "16-bit png",
+            "POST",
+            "/v1/embeddings?model=hist",
+            {"content": png16.getvalue(), "headers": {"content-type": "image/png"}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "broken dicom",
+            "POST",
+            "/v1/embeddings?model=us",
+            {"content": fake_dicom, "headers": {"content-type": "application/dicom"}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "declared oversize",
+            "POST",
+            "/v1/embeddings?model=hist",
+            {"content": b"\0" * (MAX_BODY + 10), "headers": npy_h},
+            413,
+            "too_large",
+        ),
+        (
+            "streamed oversize",
+            "POST",
+            "/v1/embeddings?model=hist",
+            {"content": chunks(), "headers": npy_h},
+            413,
+            "too_large",
+        ),
+        (
+            "too many images",
+            "POST",
+            "/v1/embeddings?model=hist",
+            {"content": _npy(np.zeros((MAX_IMAGES + 1, 8, 8, 3), np.uint8)), "headers": npy_h},
+            413,
+            "too_large",
+        ),
+        (
+            "too many files",
+            "POST",
+            "/v1/embeddings",
+            {
+                "data": {"model": "hist"},
+                "files": [
+                    ("images", (f"{i}.npy", _npy(np.zeros((4, 4, 3), np.uint8)), "application/x-npy"))
+                    for i in range(MAX_IMAGES + 1)
+                ],
+            },
+            413,
+            "too_large",
+        ),
+        (
+            "too many pixels",
+            "POST",
+            "/v1/embeddings?model=hist",
+            {"content": big_png, "headers": {"content-type": "image/png"}},
+            413,
+            "too_large",
+        ),
+        (
+            "unknown model",
+            "POST",
+            "/v1/embeddings?model=nope",
+            {"content": good, "headers": npy_h},
+            404,
+            "unknown_model",
+        ),
         ("model missing", "POST", "/v1/embeddings", {"content": good, "headers": npy_h}, 422, "invalid_input"),
-        ("text body", "POST", "/v1/embeddings?model=hist", {"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
-        ("multipart without files", "POST", "/v1/embeddings", {"data": {"model": "hist"}, "files": [("images", ("", b"", ""))]}, 400, "bad_request"),
-        ("broken multipart", "POST", "/v1/embeddings", {"content": b"--xx\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nunterminated", "headers": {"content-type": "multipart/form-data; boundary=yy"}}, 400, "bad_request"),
-        ("bad format", "POST", "/v1/embeddings?model=hist&format=xml", {"content": good, "headers": npy_h}, 422, "invalid_input"),
-        ("path traversal", "POST", "/v1/embeddings/regions", {"json": {**region, "item_id": "../../etc/passwd", "frames": [0]}}, 422, "invalid_input"),
-        ("url item", "POST", "/v1/embeddings/regions", {"json": {**region, "item_id": "s3://bucket/x", "frames": [0]}}, 422, "invalid_input"),
-        ("unregistered store", "POST", "/v1/embeddings/regions", {"json": {**region, "store": "/etc", "frames": [0]}}, 404, "unknown_store"),
-        ("unknown item", "POST", "/v1/embeddings/regions", {"json": {**region, "item_id": "slide-zz", "frames": [0]}}, 404, "unknown_item"),
-        ("region outside", "POST", "/v1/embeddings/regions", {"json": {**region, "patches": [{"x": 700, "y": 0, "size": 128}]}}, 422, "invalid_input"),
-        ("missing level", "POST", "/v1/embeddings/regions", {"json": {**region, "patches": [{"level": 9, "x": 0, "y": 0, "size": 32}]}}, 422, "invalid_input"),
-        ("frames of a slide", "POST", "/v1/embeddings/regions", {"json": {**region, "frames": [0]}}, 422, "invalid_input"),
-        ("frame out of range", "POST", "/v1/embeddings/regions", {"json": {**region, "model": "us", "item_id": "liver-a", "frames": [6]}}, 422, "invalid_input"),
-        ("patches and frames", "POST", "/v1/embeddings/regions", {"json": {**region, "frames": [0], "patches": [{"x": 0, "y": 0, "size": 8}]}}, 422, "invalid_input"),
-        ("oversized region", "POST", "/v1/embeddings/regions", {"json": {**region, "patches": [{"x": 0, "y": 0, "size": 512}]}}, 413, "too_large"),
-        ("invalid json", "POST", "/v1/embeddings/regions", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "bad_request"),
+        (
+            "text body",
+            "POST",
+            "/v1/embeddings?model=hist",
+            {"content": b"hello", "headers": {"content-type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "multipart without files",
+            "POST",
+            "/v1/embeddings",
+            {"data": {"model": "hist"}, "files": [("images", ("", b"", ""))]},
+            400,
+            "bad_request",
+        ),
+        (
+            "broken multipart",
+            "POST",
+            "/v1/embeddings",
+            {
+                "content": b'--xx\r\nContent-Disposition: form-data; name="a"\r\n\r\nunterminated',
+                "headers": {"content-type": "multipart/form-data; boundary=yy"},
+            },
+            400,
+            "bad_request",
+        ),
+        (
+            "bad format",
+            "POST",
+            "/v1/embeddings?model=hist&format=xml",
+            {"content": good, "headers": npy_h},
+            422,
+            "invalid_input",
+        ),
+        (
+            "path traversal",
+            "POST",
+            "/v1/embeddings/regions",
+            {"json": {**region, "item_id": "../../etc/passwd", "frames": [0]}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "url item",
+            "POST",
+            "/v1/embeddings/regions",
+            {"json": {**region, "item_id": "s3://bucket/x", "frames": [0]}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "unregistered store",
+            "POST",
+            "/v1/embeddings/regions",
+            {"json": {**region, "store": "/etc", "frames": [0]}},
+            404,
+            "unknown_store",
+        ),
+        (
+            "unknown item",
+            "POST",
+            "/v1/embeddings/regions",
+            {"json": {**region, "item_id": "slide-zz", "frames": [0]}},
+            404,
+            "unknown_item",
+        ),
+        (
+            "region outside",
+            "POST",
+            "/v1/embeddings/regions",
+            {"json": {**region, "patches": [{"x": 700, "y": 0, "size": 128}]}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "missing level",
+            "POST",
+            "/v1/embeddings/regions",
+            {"json": {**region, "patches": [{"level": 9, "x": 0, "y": 0, "size": 32}]}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "frames of a slide",
+            "POST",
+            "/v1/embeddings/regions",
+            {"json": {**region, "frames": [0]}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "frame out of range",
+            "POST",
+            "/v1/embeddings/regions",
+            {"json": {**region, "model": "us", "item_id": "liver-a", "frames": [6]}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "patches and frames",
+            "POST",
+            "/v1/embeddings/regions",
+            {"json": {**region, "frames": [0], "patches": [{"x": 0, "y": 0, "size": 8}]}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "oversized region",
+            "POST",
+            "/v1/embeddings/regions",
+            {"json": {**region, "patches": [{"x": 0, "y": 0, "size": 512}]}},
+            413,
+            "too_large",
+        ),
+        (
+            "invalid json",
+            "POST",
+            "/v1/embeddings/regions",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            400,
+            "bad_request",
+        ),
         ("unknown route", "GET", "/v2/everything", {}, 404, "not_found"),
         ("wrong method", "GET", "/v1/embeddings", {}, 405, "method_not_allowed"),
     ]
@@ -342,8 +661,14 @@ def test_bad_inputs_get_4xx_json_and_service_stays_healthy(world, server):
 
 
 # -- load and failure -------------------------------------------------------------------------------------
-async def _hammer(url: str, n: int, clients: int, payload: bytes, stop: threading.Event | None = None,
-                  times: list[float] | None = None):
+async def _hammer(
+    url: str,
+    n: int,
+    clients: int,
+    payload: bytes,
+    stop: threading.Event | None = None,
+    times: list[float] | None = None,
+):
     """``n`` requests from ``clients`` concurrent connections; their status codes (-1: a 200 without an
     .npy body, -2: a connection error), and in ``times`` when each answer came (time.monotonic)."""
     codes: list[int] = []
@@ -397,8 +722,11 @@ def test_killed_replica_is_replaced_under_load(server):
     result: dict[str, list[int]] = {}
     times: list[float] = []
     clients = 8
-    loader = threading.Thread(target=lambda: result.setdefault(
-        "codes", asyncio.run(_hammer(str(server.base_url), 100000, clients, payload, stop, times))))
+    loader = threading.Thread(
+        target=lambda: result.setdefault(
+            "codes", asyncio.run(_hammer(str(server.base_url), 100000, clients, payload, stop, times))
+        )
+    )
     loader.start()
     try:
         deadline = time.time() + 60
@@ -435,8 +763,12 @@ def test_killed_replica_is_replaced_under_load(server):
     # in-flight requests are retried by the ingress (within the request timeout) while the replica is
     # replaced: fewer failures than requests in flight at the kill
     assert sum(c != 200 for c in codes) < clients, {c: codes.count(c) for c in set(codes)}
-    after = [server.post("/v1/embeddings?model=hist", content=payload,
-                         headers={"content-type": "application/x-npy"}).status_code for _ in range(20)]
+    after = [
+        server.post(
+            "/v1/embeddings?model=hist", content=payload, headers={"content-type": "application/x-npy"}
+        ).status_code
+        for _ in range(20)
+    ]
     assert after == [200] * 20
 
 
@@ -463,20 +795,34 @@ def test_serve_config_file_is_a_valid_serve_config(repo_root: Path, monkeypatch)
     assert callable(getattr(importlib.import_module(module), attr))
 
 
-@pytest.mark.parametrize("args, message", [
-    ({"models": [{"name": "a", "spec": "a"}]}, "registry: Field required"),
-    ({"registry": "/r", "models": []}, "models: List should have at least 1 item"),
-    ({"registry": "/r", "models": [{"name": "A B", "spec": "a"}]}, "models.0.name"),
-    ({"registry": "/r", "models": [{"name": "a", "spec": "../x"}]}, "models.0.spec"),
-    ({"registry": "/r", "models": [{"name": "a", "spec": "a"}, {"name": "a", "spec": "b"}]}, "repeated: a"),
-    ({"registry": "${PRETEXTLAB_NOT_SET_ANYWHERE}", "models": [{"name": "a", "spec": "a"}]}, "PRETEXTLAB_NOT_SET_ANYWHERE is not set"),
-    ({"registry": "/r", "models": [{"name": "a", "spec": "a"}], "stores": {"x": "http://evil/"}}, "stores"),
-    ({"registry": "/r", "models": [{"name": "a", "spec": "a", "autoscaling": {"min_replicas": 3, "max_replicas": 1}}]}, "min_replicas"),
-    ({"registry": "/r", "models": [{"name": "a", "spec": "a"}], "typo": 1}, "typo: unknown field"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"models": [{"name": "a", "spec": "a"}]}, "registry: Field required"),
+        ({"registry": "/r", "models": []}, "models: List should have at least 1 item"),
+        ({"registry": "/r", "models": [{"name": "A B", "spec": "a"}]}, "models.0.name"),
+        ({"registry": "/r", "models": [{"name": "a", "spec": "../x"}]}, "models.0.spec"),
+        ({"registry": "/r", "models": [{"name": "a", "spec": "a"}, {"name": "a", "spec": "b"}]}, "repeated: a"),
+        (
+            {"registry": "${PRETEXTLAB_NOT_SET_ANYWHERE}", "models": [{"name": "a", "spec": "a"}]},
+            "PRETEXTLAB_NOT_SET_ANYWHERE is not set",
+        ),
+        ({"registry": "/r", "models": [{"name": "a", "spec": "a"}], "stores": {"x": "http://evil/"}}, "stores"),
+        (
+            {
+                "registry": "/r",
+                "models": [{"name": "a", "spec": "a", "autoscaling": {"min_replicas": 3, "max_replicas": 1}}],
+            },
+            "min_replicas",
+        ),
+        ({"registry": "/r", "models": [{"name": "a", "spec": "a"}], "typo": 1}, "typo: unknown field"),
+    ],
+)
 def test_bad_serve_args_name_the_field(args, message):
-    with pytest.raises(ServingConfigError, match=message.replace("$", r"\$").replace("{", r"\{").replace("}", r"\}")
-                       .replace(".", r"\.")):
+    with pytest.raises(
+        ServingConfigError,
+        match=message.replace("$", r"\$").replace("{", r"\{").replace("}", r"\}").replace(".", r"\."),
+    ):
         parse_serve_args(args)
 
 

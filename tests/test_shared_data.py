@@ -73,10 +73,13 @@ def test_dicom_wsi_identical(store, shared_data):
     assert item.level(0).shape == (3, 2967, 2220)
 
 
-@pytest.mark.parametrize("name", sorted(
-    str(p.relative_to(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    for p in (Path(__file__).resolve().parents[2] / "shared" / "data").glob("ultrasound-dicom-*/*.dcm")
-))
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        str(p.relative_to(Path(__file__).resolve().parents[2] / "shared" / "data"))
+        for p in (Path(__file__).resolve().parents[2] / "shared" / "data").glob("ultrasound-dicom-*/*.dcm")
+    ),
+)
 def test_ultrasound_dicom_identical(store, shared_data, name):
     dest, _ = store
     item = _item_for(dest, shared_data / name)

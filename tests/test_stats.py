@@ -22,8 +22,8 @@ from pretextlab.evaluate.stats import (
     bootstrap_p_value,
     holm,
     mcnemar_exact,
-    pairwise,
     paired_bootstrap,
+    pairwise,
     rank,
     seed_summary,
     verdict,
@@ -44,7 +44,8 @@ def test_holm_matches_a_hand_computation():
 
 
 def _step_down_rejections(p: np.ndarray, alpha: float) -> set[int]:
-    """Holm (1979) as written: reject H_(1), H_(2), ... while p_(i) <= alpha / (m - i + 1); stop at the first failure."""
+    """Holm (1979) as written: reject H_(1), H_(2), ... while p_(i) <= alpha / (m - i + 1); stop at the
+    first failure."""
     order = np.argsort(p, kind="stable")
     rejected = set()
     for i, j in enumerate(order):
@@ -186,8 +187,11 @@ def test_paired_bootstrap_null_difference_gives_uniform_ish_p_values():
     ps = []
     for s in range(200):
         difficulty = rng.normal(size=150)
-        ps.append(paired_bootstrap(difficulty + rng.normal(size=150), difficulty + rng.normal(size=150),
-                                   n_boot=400, seed=s).p_value)
+        ps.append(
+            paired_bootstrap(
+                difficulty + rng.normal(size=150), difficulty + rng.normal(size=150), n_boot=400, seed=s
+            ).p_value
+        )
     ps = np.array(ps)
     assert 0.01 <= np.mean(ps < 0.05) <= 0.10 and 0.4 <= np.mean(ps < 0.5) <= 0.6
 
@@ -215,8 +219,9 @@ def test_paired_bootstrap_of_a_classification_metric_with_groups():
 
 
 def _diff(p: float, delta: float, a: str = "A", b: str = "B") -> PairedDifference:
-    return PairedDifference("accuracy", a, b, 0.5 + delta, 0.5, delta, delta - 0.01, delta + 0.01, p, 0.95, 1000,
-                            "group", 30, 300)
+    return PairedDifference(
+        "accuracy", a, b, 0.5 + delta, 0.5, delta, delta - 0.01, delta + 0.01, p, 0.95, 1000, "group", 30, 300
+    )
 
 
 def test_verdicts_say_greater_only_when_the_holm_corrected_difference_excludes_zero():
@@ -236,8 +241,10 @@ def test_pairwise_ranks_all_arms_on_shared_resamples():
     rng = np.random.default_rng(10)
     groups = np.repeat(np.arange(60), 4)
     y = rng.integers(0, 3, 240)
-    arms = {name: np.where(rng.random(240) < acc, y, (y + 1) % 3) for name, acc in
-            (("strong", 0.9), ("strong-too", 0.9), ("weak", 0.5))}
+    arms = {
+        name: np.where(rng.random(240) < acc, y, (y + 1) % 3)
+        for name, acc in (("strong", 0.9), ("strong-too", 0.9), ("weak", 0.5))
+    }
     comps = pairwise(arms, groups, "accuracy", y, n_boot=500)
     got = {(c.arm_a, c.arm_b): c.verdict for c in comps}
     assert got[("strong", "weak")] == "A > B" and got[("strong-too", "weak")] == "A > B"

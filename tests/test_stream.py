@@ -25,8 +25,10 @@ PATCH = {"patch_size": 64, "min_tissue": 0.3}
 
 
 def _ingest(raw: Path, dest: Path, labels: Path | None = None) -> str:
-    rep = run_ingest(IngestConfig(sources=[str(raw)], dest=str(dest), labels=str(labels) if labels else None,
-                                  zarr={"chunk": 256}), progress=False)
+    rep = run_ingest(
+        IngestConfig(sources=[str(raw)], dest=str(dest), labels=str(labels) if labels else None, zarr={"chunk": 256}),
+        progress=False,
+    )
     assert rep.ok, rep
     return str(dest)
 
@@ -53,8 +55,14 @@ def stores(ray_session, tmp_path_factory):
 
 def _key(ref) -> tuple:
     s = ref.sample
-    return (ref.source, s.item_id, getattr(s, "level", None), getattr(s, "x", None), getattr(s, "y", None),
-            getattr(s, "start", None))
+    return (
+        ref.source,
+        s.item_id,
+        getattr(s, "level", None),
+        getattr(s, "x", None),
+        getattr(s, "y", None),
+        getattr(s, "start", None),
+    )
 
 
 def test_epoch_is_a_seeded_permutation(stores):
@@ -73,8 +81,12 @@ def test_epoch_is_a_seeded_permutation(stores):
 
 
 def test_weighted_mix_cycles_small_sources(stores):
-    spec = StreamSpec(sources=[{"uri": stores["a"], "weight": 3}, {"uri": stores["b"], "weight": 1}],
-                      kind="patches", patch=PATCH, samples_per_epoch=801)
+    spec = StreamSpec(
+        sources=[{"uri": stores["a"], "weight": 3}, {"uri": stores["b"], "weight": 1}],
+        kind="patches",
+        patch=PATCH,
+        samples_per_epoch=801,
+    )
     plan = plan_stream(spec)
     assert plan.counts() == [601, 200]  # 600.75 -> 601 and 200.25 -> 200: they sum to samples_per_epoch
     refs = [r for g in plan.epoch_groups(0) for r in g]
@@ -89,9 +101,16 @@ def test_weighted_mix_cycles_small_sources(stores):
 
 
 def test_groups_are_chunk_aligned(stores):
-    plan = plan_stream(StreamSpec(sources=[stores["a"], stores["b"]], kind="patches", chunks_per_group=3,
-                                  min_rows_per_group=1, patch={"patch_size": 64, "min_tissue": 0.0},
-                                  samples_per_epoch=3000))
+    plan = plan_stream(
+        StreamSpec(
+            sources=[stores["a"], stores["b"]],
+            kind="patches",
+            chunks_per_group=3,
+            min_rows_per_group=1,
+            patch={"patch_size": 64, "min_tissue": 0.0},
+            samples_per_epoch=3000,
+        )
+    )
     groups = plan.epoch_groups(2)
     assert sum(map(len, groups)) == 3000
     owner: dict[tuple, int] = {}
@@ -112,8 +131,9 @@ def test_frames_and_clips(stores):
         plan_stream(StreamSpec(sources=[stores["a"]], kind="frames"))
     frames = plan_stream(StreamSpec(sources=[stores["a"]], kind="frames", clip={"size": 56}))
     assert frames.samples_per_epoch == 22 and frames.sample_shape == (56, 56, 1)
-    clips = plan_stream(StreamSpec(sources=[stores["a"]], kind="clips",
-                                   clip={"frames": 3, "stride": 2, "size": 32, "hop": 2}))
+    clips = plan_stream(
+        StreamSpec(sources=[stores["a"]], kind="clips", clip={"frames": 3, "stride": 2, "size": 32, "hop": 2})
+    )
     assert clips.sample_shape == (3, 32, 32, 1)
     starts = sorted((r.item_id, r.start) for r in clips.sources[0].refs)
     assert starts == [("l1", s) for s in (0, 2, 4, 6)] + [("l2", s) for s in (0, 2, 4)]
@@ -127,20 +147,33 @@ def test_frames_and_clips(stores):
     np.testing.assert_array_equal(padded[:, 2:7, 1:8], x)
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    (lambda s: dict(sources=[s["empty"]], kind="patches"), r"sources\[0\]\.uri: .*no catalog"),
-    (lambda s: dict(sources=[s["b"]], kind="frames"), r"sources\[0\]\.uri: .* has no cine items"),
-    (lambda s: dict(sources=[s["a"], {"uri": s["a"], "modality": "ultrasound"}], kind="patches"),
-     r"sources\[1\]\.uri: .* no slide items of modality 'ultrasound'"),
-    (lambda s: dict(sources=[s["a"]], kind="patches", patch={"patch_size": 4096}),
-     r"patch\.patch_size: 4096 px is larger than every slide level"),
-    (lambda s: dict(sources=[s["a"]], kind="clips", clip={"frames": 8, "stride": 2}),
-     r"clip: a clip of 8 frames at stride 2 spans 15 frames; the longest cine loop .* has 12"),
-    (lambda s: dict(sources=[s["glass"]], kind="patches", patch={"patch_size": 64, "min_tissue": 0.5}),
-     r"patch\.min_tissue: no patch of .* has >= 0\.5 tissue"),
-    (lambda s: dict(sources=[s["a"]], kind="patches", patch={"patch_size": 64, "level": 5}),
-     r"patch: .* level 5 does not exist"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (lambda s: dict(sources=[s["empty"]], kind="patches"), r"sources\[0\]\.uri: .*no catalog"),
+        (lambda s: dict(sources=[s["b"]], kind="frames"), r"sources\[0\]\.uri: .* has no cine items"),
+        (
+            lambda s: dict(sources=[s["a"], {"uri": s["a"], "modality": "ultrasound"}], kind="patches"),
+            r"sources\[1\]\.uri: .* no slide items of modality 'ultrasound'",
+        ),
+        (
+            lambda s: dict(sources=[s["a"]], kind="patches", patch={"patch_size": 4096}),
+            r"patch\.patch_size: 4096 px is larger than every slide level",
+        ),
+        (
+            lambda s: dict(sources=[s["a"]], kind="clips", clip={"frames": 8, "stride": 2}),
+            r"clip: a clip of 8 frames at stride 2 spans 15 frames; the longest cine loop .* has 12",
+        ),
+        (
+            lambda s: dict(sources=[s["glass"]], kind="patches", patch={"patch_size": 64, "min_tissue": 0.5}),
+            r"patch\.min_tissue: no patch of .* has >= 0\.5 tissue",
+        ),
+        (
+            lambda s: dict(sources=[s["a"]], kind="patches", patch={"patch_size": 64, "level": 5}),
+            r"patch: .* level 5 does not exist",
+        ),
+    ],
+)
 def test_bad_specs_name_the_field(stores, spec, message):
     with pytest.raises(UserError, match=message):
         plan_stream(StreamSpec(**spec(stores)))
@@ -156,21 +189,35 @@ def test_spec_validation():
     assert StreamSpec(sources=["s3://b/p"], kind="clips").sources[0].weight == 1.0
 
 
-@pytest.mark.parametrize(("modality", "recipe", "shape"), [
-    ("histopathology", "multicrop", (4, 3, 40, 40)),
-    ("histopathology", "pair", (4, 3, 40, 40)),
-    ("ultrasound", "single", (4, 1, 40, 40)),
-    ("ultrasound", "clip", (4, 1, 6, 40, 40)),
-])
+@pytest.mark.parametrize(
+    ("modality", "recipe", "shape"),
+    [
+        ("histopathology", "multicrop", (4, 3, 40, 40)),
+        ("histopathology", "pair", (4, 3, 40, 40)),
+        ("ultrasound", "single", (4, 1, 40, 40)),
+        ("ultrasound", "clip", (4, 1, 6, 40, 40)),
+    ],
+)
 def test_columns_round_trip(modality, recipe, shape):
-    views = create_views(modality, recipe, size=32, global_size=32, local_size=16, n_local=3,
-                         **({"frames": 4} if recipe == "clip" else {}))
+    views = create_views(
+        modality,
+        recipe,
+        size=32,
+        global_size=32,
+        local_size=16,
+        n_local=3,
+        **({"frames": 4} if recipe == "clip" else {}),
+    )
     key = "clips" if recipe == "clip" else "images"
     out = views({key: torch.randint(0, 256, shape, dtype=torch.uint8)}, torch.Generator().manual_seed(0))
     cols = to_columns(out)
     assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in cols.values())
-    expected = {"multicrop": {"global_0", "global_1", "local_0", "local_1", "local_2"},
-                "pair": {"global_0", "global_1"}, "single": {"images"}, "clip": {"clips"}}[recipe]
+    expected = {
+        "multicrop": {"global_0", "global_1", "local_0", "local_1", "local_2"},
+        "pair": {"global_0", "global_1"},
+        "single": {"images"},
+        "clip": {"clips"},
+    }[recipe]
     assert set(cols) == expected
     back = from_columns({**cols, "item_id": np.array(["a"] * 4), "epoch": np.zeros(4, np.int32)})
     assert back.pop("epoch").dtype == torch.int32 and "item_id" not in back
@@ -220,5 +267,6 @@ def test_working_resolution_resamples_frames_only_when_asked(stores):
     res = {**plan.spec.clip.resolution(), "eval_fit": "crop"}
     ev = load_eval_set(stores["a"], size=32, resolution=res)
     mid = open_item(stores["a"], "l1").frames(6, 7)[0]
-    np.testing.assert_array_equal(ev.images[list(ev.item_ids).index("l1")][..., :1],
-                                  working_frame(mid, res, [0.2, 0.2], 32))
+    np.testing.assert_array_equal(
+        ev.images[list(ev.item_ids).index("l1")][..., :1], working_frame(mid, res, [0.2, 0.2], 32)
+    )

@@ -21,15 +21,31 @@ from pretextlab.jobs.ingest import IngestConfig, run_ingest
 from pretextlab.storage import synthetic as syn
 
 BACKBONE = {"arch": "vit_tiny", "img_size": 32, "patch_size": 8, "depth": 1}
-SHARED = {"data": {"clip": {"size": 32}},
-          "train": {"batch_size": 4, "num_workers": 2, "cpus_per_worker": 0.5, "data_cpus": 0.25, "log_every": 1,
-                    "checkpoint_every": 2}}
+SHARED = {
+    "data": {"clip": {"size": 32}},
+    "train": {
+        "batch_size": 4,
+        "num_workers": 2,
+        "cpus_per_worker": 0.5,
+        "data_cpus": 0.25,
+        "log_every": 1,
+        "checkpoint_every": 2,
+    },
+}
 EVALUATE = {"n_bootstrap": 50, "shots": [1], "fewshot_repeats": 1, "alignment_images": 0}
-ARMS = [{"name": "dino", "objective": "dino",
-         "overrides": {"objective": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}, "views": {"n_local": 2}}},
-        {"name": "ijepa", "objective": "ijepa"},
-        {"name": "mae", "objective": "mae", "overrides": {"objective": {"decoder_dim": 32, "decoder_depth": 1,
-                                                                         "decoder_heads": 2}}}]
+ARMS = [
+    {
+        "name": "dino",
+        "objective": "dino",
+        "overrides": {"objective": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}, "views": {"n_local": 2}},
+    },
+    {"name": "ijepa", "objective": "ijepa"},
+    {
+        "name": "mae",
+        "objective": "mae",
+        "overrides": {"objective": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}},
+    },
+]
 
 
 def _us_store(raw: Path, dest: Path, n: int, seed: int, unlabelled: int = 0) -> Path:
@@ -40,8 +56,9 @@ def _us_store(raw: Path, dest: Path, n: int, seed: int, unlabelled: int = 0) -> 
         if i < n:
             rows.append(f"us{i},{'lesion' if i % 2 == 0 else 'band'},P{seed}-{i}")
     (raw.parent / f"{raw.name}.csv").write_text("\n".join(rows) + "\n")
-    rep = run_ingest(IngestConfig(sources=[str(raw)], dest=str(dest), labels=str(raw.parent / f"{raw.name}.csv")),
-                     progress=False)
+    rep = run_ingest(
+        IngestConfig(sources=[str(raw)], dest=str(dest), labels=str(raw.parent / f"{raw.name}.csv")), progress=False
+    )
     assert rep.ok, rep.render()
     return dest
 
@@ -49,15 +66,32 @@ def _us_store(raw: Path, dest: Path, n: int, seed: int, unlabelled: int = 0) -> 
 @pytest.fixture(scope="module")
 def stores(ray_session, tmp_path_factory):
     base = tmp_path_factory.mktemp("study-data")
-    return {"a": _us_store(base / "raw-a", base / "store-a", 8, 0),
-            "b": _us_store(base / "raw-b", base / "store-b", 8, 100)}
+    return {
+        "a": _us_store(base / "raw-a", base / "store-a", 8, 0),
+        "b": _us_store(base / "raw-b", base / "store-b", 8, 100),
+    }
 
 
-def study_yaml(tmp: Path, datasets: list[dict], name: str = "s1", arms: list[dict] | None = None,
-               storage: str | None = None, registry: str | None = None) -> Path:
-    cfg = {"name": name, "datasets": datasets, "arms": arms if arms is not None else ARMS, "seeds": [0], "steps": 2,
-           "backbone": BACKBONE, "pretrain": SHARED, "evaluate": EVALUATE,
-           "storage": storage or str(tmp / "studies"), "registry": registry or str(tmp / "registry")}
+def study_yaml(
+    tmp: Path,
+    datasets: list[dict],
+    name: str = "s1",
+    arms: list[dict] | None = None,
+    storage: str | None = None,
+    registry: str | None = None,
+) -> Path:
+    cfg = {
+        "name": name,
+        "datasets": datasets,
+        "arms": arms if arms is not None else ARMS,
+        "seeds": [0],
+        "steps": 2,
+        "backbone": BACKBONE,
+        "pretrain": SHARED,
+        "evaluate": EVALUATE,
+        "storage": storage or str(tmp / "studies"),
+        "registry": registry or str(tmp / "registry"),
+    }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -72,9 +106,13 @@ def killed_and_resumed(stores, tmp_path_factory):
     """The 2-dataset x 3-arm x 1-seed study through the CLI, killed after its first cells finished, then
     run again to the end."""
     tmp = tmp_path_factory.mktemp("study")
-    path = study_yaml(tmp, [{"name": "liver-a", "store": str(stores["a"]), "modality": "ultrasound"},
-                            {"name": "liver-b", "store": str(stores["b"]), "modality": "ultrasound",
-                             "test_store": str(stores["a"])}])
+    path = study_yaml(
+        tmp,
+        [
+            {"name": "liver-a", "store": str(stores["a"]), "modality": "ultrasound"},
+            {"name": "liver-b", "store": str(stores["b"]), "modality": "ultrasound", "test_store": str(stores["a"])},
+        ],
+    )
     study_dir = tmp / "studies" / "s1"
     cmd = [str(Path(sys.executable).with_name("pretextlab")), "study", str(path), "--num-cpus", "4"]
     env = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
@@ -82,8 +120,15 @@ def killed_and_resumed(stores, tmp_path_factory):
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-        done = [k for k, v in _records(study_dir).items() if json.loads(v)["status"] == "complete"
-                and json.loads(v)["arm"] != "random-init"] if (study_dir / "cells").is_dir() else []
+        done = (
+            [
+                k
+                for k, v in _records(study_dir).items()
+                if json.loads(v)["status"] == "complete" and json.loads(v)["arm"] != "random-init"
+            ]
+            if (study_dir / "cells").is_dir()
+            else []
+        )
         if done:
             break
         time.sleep(0.5)
@@ -92,8 +137,11 @@ def killed_and_resumed(stores, tmp_path_factory):
     log.close()
     first = _records(study_dir)
     assert any(json.loads(v)["arm"] != "random-init" for v in first.values()), (tmp / "first.log").read_text()[-3000:]
-    ckpts = {k: sorted(p.name for p in (study_dir / "runs" / k).glob("checkpoint-*"))
-             for k, v in first.items() if json.loads(v)["arm"] != "random-init"}
+    ckpts = {
+        k: sorted(p.name for p in (study_dir / "runs" / k).glob("checkpoint-*"))
+        for k, v in first.items()
+        if json.loads(v)["arm"] != "random-init"
+    }
     again = run_cli("study", str(path), "--num-cpus", "4", "--choose", env=env, timeout=900)
     return {"tmp": tmp, "dir": study_dir, "first": first, "ckpts": ckpts, "again": again, "path": path}
 
@@ -196,8 +244,7 @@ def test_shipped_study_and_default_arms_validate_for_every_modality():
         for c in cells:
             check(PretrainConfig.model_validate(c.pretrain))
     for modality in list_modalities():
-        study = load_study(None, ["name=m", "steps=1",
-                                  f"datasets=[{{name: d, store: s, modality: {modality}}}]"])
+        study = load_study(None, ["name=m", "steps=1", f"datasets=[{{name: d, store: s, modality: {modality}}}]"])
         for c in plan_cells(study, "runs"):
             objective, _views = check(PretrainConfig.model_validate(c.pretrain))
             assert objective.cfg.backbone.in_chans == (3 if modality == "histopathology" else 1)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import closed_ray, REPO, run_cli
+from conftest import REPO, closed_ray, run_cli
 from pretextlab.jobs.ingest import IngestConfig, run_ingest
 from pretextlab.storage import synthetic as syn
 
@@ -33,8 +33,9 @@ def store(ray_session, tmp_path_factory):
     labels = raw.parent / "sw-labels.csv"
     labels.write_text("\n".join(rows) + "\n")
     dest = tmp_path_factory.mktemp("swstore")
-    rep = run_ingest(IngestConfig(sources=[str(raw)], dest=str(dest), labels=str(labels), zarr={"chunk": 256}),
-                     progress=False)
+    rep = run_ingest(
+        IngestConfig(sources=[str(raw)], dest=str(dest), labels=str(labels), zarr={"chunk": 256}), progress=False
+    )
     assert rep.ok, rep.render()
     return dest
 
@@ -46,13 +47,25 @@ def sweep_config(tmp: Path, store: Path, name: str = "t-sweep", steps: int = 8, 
         "pretrain": {
             "name": "t-ijepa",
             "modality": "ultrasound",
-            "data": {"kind": "frames", "sources": [{"uri": str(store), "modality": "ultrasound"}],
-                     "clip": {"size": 32}},
-            "objective": {"name": "ijepa", "backbone": {"arch": "vit_tiny", "img_size": 32, "patch_size": 8,
-                                                        "depth": 1}},
-            "train": {"steps": steps, "batch_size": 4, "num_workers": 2, "cpus_per_worker": 0.5,
-                      "data_cpus": 0.25, "log_every": 1, "checkpoint_every": 4,
-                      "schedule": {"lr": 1e-3, "warmup_steps": 0}},
+            "data": {
+                "kind": "frames",
+                "sources": [{"uri": str(store), "modality": "ultrasound"}],
+                "clip": {"size": 32},
+            },
+            "objective": {
+                "name": "ijepa",
+                "backbone": {"arch": "vit_tiny", "img_size": 32, "patch_size": 8, "depth": 1},
+            },
+            "train": {
+                "steps": steps,
+                "batch_size": 4,
+                "num_workers": 2,
+                "cpus_per_worker": 0.5,
+                "data_cpus": 0.25,
+                "log_every": 1,
+                "checkpoint_every": 4,
+                "schedule": {"lr": 1e-3, "warmup_steps": 0},
+            },
             "validation": {"catalog": str(store), "every": 2, "k": 3, "linear": True},
             "storage": str(tmp / "runs"),
             "registry": str(tmp / "registry"),
@@ -78,8 +91,9 @@ def asha_sweep(store, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("asha")
     # one trial at a time: on 2 cores two at once are slower than one after another (benchmarks/sweep.py)
-    cfg = sweep_config(tmp, store, metric="loss", mode="min", scheduler={"name": "asha", "grace_period": 2},
-                       max_concurrent=1)
+    cfg = sweep_config(
+        tmp, store, metric="loss", mode="min", scheduler={"name": "asha", "grace_period": 2}, max_concurrent=1
+    )
     path = write(tmp, cfg)
     plan = plan_sweep(load_sweep_config(path), str(path))
     res = run_sweep(plan, print_every=1e9)
@@ -172,16 +186,18 @@ def test_tensorboard_files_per_trial_hold_the_scalars(asha_sweep):
         train_acc.Reload()
         train_losses = {e.step: e.value for e in train_acc.Scalars("loss")}
         assert sorted(train_losses) == sorted(results) == list(range(1, 9))
-        assert [train_losses[s] for s in range(1, 9)] == pytest.approx([results[s]["loss"] for s in range(1, 9)],
-                                                                       rel=1e-5)
+        assert [train_losses[s] for s in range(1, 9)] == pytest.approx(
+            [results[s]["loss"] for s in range(1, 9)], rel=1e-5
+        )
         assert [e.step for e in train_acc.Scalars("knn_acc")] == [2, 4, 6, 8]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_killed_driver_resumes_without_rerunning_finished_trials(store, tmp_path):
-    cfg = sweep_config(tmp_path, store, name="t-resume", steps=4, metric="knn_acc", scheduler={"name": "fifo"},
-                       max_concurrent=1)
+    cfg = sweep_config(
+        tmp_path, store, name="t-resume", steps=4, metric="knn_acc", scheduler={"name": "fifo"}, max_concurrent=1
+    )
     cfg["search"] = {"train.schedule.lr": {"grid": LRS[:3]}}
     cfg["pretrain"]["train"]["checkpoint_every"] = 2  # an unfinished trial can hold a checkpoint at step 2
     path = write(tmp_path, cfg)
@@ -195,8 +211,11 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(store, tmp_path
     partial: list[str] = []
     while time.time() < deadline and proc.poll() is None:
         finished = _tune_terminated(sweep_dir)
-        partial = [d.name.removeprefix("trial-") for d in sweep_dir.glob("trial-*")
-                   if d.name.removeprefix("trial-") not in finished and _train_checkpoints(d)]
+        partial = [
+            d.name.removeprefix("trial-")
+            for d in sweep_dir.glob("trial-*")
+            if d.name.removeprefix("trial-") not in finished and _train_checkpoints(d)
+        ]
         if finished and partial:
             break
         time.sleep(0.3)
@@ -229,7 +248,9 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(store, tmp_path
     assert {d.name for d in sweep_dir.glob("trial-*")} == {f"trial-{t}" for t in ids_after}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    (own,) = set((sweep_dir / f"trial-{unfinished}" / "train" / "tensorboard").glob("events.out.tfevents.*")) - tb_before
+    (own,) = (
+        set((sweep_dir / f"trial-{unfinished}" / "train" / "tensorboard").glob("events.out.tfevents.*")) - tb_before
+    )
     acc = EventAccumulator(str(own))
     acc.Reload()
     assert {e.value for e in acc.Scalars("restored_from")} == {resume_step}
@@ -261,8 +282,11 @@ def test_sweep_on_s3(store, tmp_path, s3_server):
     res = run_sweep(plan_sweep(load_sweep_config(path), str(path)), print_every=1e9)
     assert res.complete and [r["state"] for r in res.trials] == ["DONE", "DONE"]
     keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket, Prefix="runs/t-s3/")["Contents"]}
-    assert {"runs/t-s3/pretextlab-sweep.json", "runs/t-s3/summary/summary.md",
-            "runs/t-s3/summary/learning_curves.png"} <= keys
+    assert {
+        "runs/t-s3/pretextlab-sweep.json",
+        "runs/t-s3/summary/summary.md",
+        "runs/t-s3/summary/learning_curves.png",
+    } <= keys
     for r in res.trials:
         trial = f"runs/t-s3/{r['dir']}"
         assert {f"{trial}/result.json", f"{trial}/train/checkpoint-00000002/state.json"} <= keys
@@ -307,23 +331,34 @@ def _tune_terminated(sweep_dir: Path) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"search": {"objective.teacher_temp": {"uniform": [0.04, 0.07]}}},
-     "search.objective.teacher_temp: unknown hyperparameter: objective ijepa has no field 'teacher_temp'"),
-    ({"search": {}}, "search: the search space is empty"),
-    ({"tune": {"metric": "linear_acc"}, "pretrain": {"validation": {"linear": False}}},
-     "tune.metric: the trials never report 'linear_acc' (the online linear probe is off: set "
-     "pretrain.validation.linear=true); they report: "),
-    ({"tune": {"metric": "dice"}}, "tune.metric: the trials never report 'dice'; they report: "),
-    ({"pretrain": {"validation": None}}, "tune.metric: the trials never report 'knn_acc' (it comes from online "
-                                         "validation"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"search": {"objective.teacher_temp": {"uniform": [0.04, 0.07]}}},
+            "search.objective.teacher_temp: unknown hyperparameter: objective ijepa has no field 'teacher_temp'",
+        ),
+        ({"search": {}}, "search: the search space is empty"),
+        (
+            {"tune": {"metric": "linear_acc"}, "pretrain": {"validation": {"linear": False}}},
+            "tune.metric: the trials never report 'linear_acc' (the online linear probe is off: set "
+            "pretrain.validation.linear=true); they report: ",
+        ),
+        ({"tune": {"metric": "dice"}}, "tune.metric: the trials never report 'dice'; they report: "),
+        (
+            {"pretrain": {"validation": None}},
+            "tune.metric: the trials never report 'knn_acc' (it comes from online validation",
+        ),
+    ],
+)
 def test_bad_sweep_fails_before_any_trial(store, tmp_path, change, message):
     from pretextlab.core.config import deep_merge
 
     cfg = sweep_config(tmp_path, store)
-    cfg = {**deep_merge(cfg, {k: v for k, v in change.items() if k != "search"}), **(
-        {"search": change["search"]} if "search" in change else {})}
+    cfg = {
+        **deep_merge(cfg, {k: v for k, v in change.items() if k != "search"}),
+        **({"search": change["search"]} if "search" in change else {}),
+    }
     # Ray is addressed at a closed port: any attempt to start or reach it before the check would fail
     # differently (a connection error after retries), so exit 2 with the message proves the order
     res = run_cli("sweep", str(write(tmp_path, cfg)), timeout=120, env=closed_ray())
@@ -347,9 +382,23 @@ def test_wheel_carries_the_default_search_spaces(tmp_path):
     """An installed wheel (the container image) finds the default spaces without the source tree."""
     import zipfile
 
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "--wheel-dir", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "--wheel-dir",
+            str(tmp_path / "dist"),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     wheel = next((tmp_path / "dist").glob("pretextlab-*.whl"))
     with zipfile.ZipFile(wheel) as zf:
@@ -357,12 +406,15 @@ def test_wheel_carries_the_default_search_spaces(tmp_path):
         zf.extractall(tmp_path / "site")
     shipped = {f"pretextlab/configs/sweep/{f.name}" for f in (REPO / "configs" / "sweep").glob("*.yaml")}
     assert shipped and shipped <= names
-    probe = ("from pretextlab.training import sweep_config as s; "
-             "print(s.DEFAULTS_DIR); print(sorted(s.default_space('dino')['search']))")
+    probe = (
+        "from pretextlab.training import sweep_config as s; "
+        "print(s.DEFAULTS_DIR); print(sorted(s.default_space('dino')['search']))"
+    )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     env.pop("PRETEXTLAB_SWEEP_DEFAULTS", None)
-    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path,
-                         timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     where, space = res.stdout.splitlines()
     assert Path(where) == tmp_path / "site" / "pretextlab" / "configs" / "sweep"

@@ -106,8 +106,11 @@ def test_same_seed_same_views_other_seed_different(modality: str, recipe: str):
 
 @pytest.mark.parametrize("modality", ["histopathology", "ultrasound"])
 def test_identity_views_are_exactly_the_normalised_input(modality: str):
-    off = dict(OFF_HISTO, scale=(1.0, 1.0), dihedral=False) if modality == "histopathology" \
+    off = (
+        dict(OFF_HISTO, scale=(1.0, 1.0), dihedral=False)
+        if modality == "histopathology"
         else dict(OFF_US, hflip_prob=0.0)
+    )
     c = 3 if modality == "histopathology" else 1
     x = images(c=c, h=16, w=16)
     views = create_views(modality, "pair", size=16, **off)

@@ -20,14 +20,32 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("pretextlab.jobs.ingest", "ingest slides and cine loops into a Zarr store (Ray tasks)"),
     "catalog": ("pretextlab.jobs.catalog", "print (and re-label) the catalog of a store"),
     "demo": ("pretextlab.jobs.demo", "sample data -> ingest -> pretrain two objectives -> kNN comparison table"),
-    "pretrain": ("pretextlab.jobs.pretrain", "pretrain an encoder with Ray Train (checkpoints, resume, encoder registry)"),
-    "evaluate": ("pretextlab.jobs.evaluate", "evaluate a saved encoder on a labelled catalog (kNN, linear probe, few-shot)"),
+    "pretrain": (
+        "pretextlab.jobs.pretrain",
+        "pretrain an encoder with Ray Train (checkpoints, resume, encoder registry)",
+    ),
+    "evaluate": (
+        "pretextlab.jobs.evaluate",
+        "evaluate a saved encoder on a labelled catalog (kNN, linear probe, few-shot)",
+    ),
     "serve": ("pretextlab.serving.cli", "serve registered encoders over HTTP (Ray Serve): embeddings, regions, models"),
-    "sweep": ("pretextlab.jobs.sweep", "sweep objective hyperparameters with Ray Tune (ASHA, resume, summary, chosen encoder)"),
-    "embed": ("pretextlab.jobs.embed", "embed every slide patch / cine frame of a catalog into feature bags (Ray Data)"),
-    "bench-data": ("pretextlab.jobs.bench_data", "generate the controlled benchmark (phantoms with known signal layout) as a store"),
+    "sweep": (
+        "pretextlab.jobs.sweep",
+        "sweep objective hyperparameters with Ray Tune (ASHA, resume, summary, chosen encoder)",
+    ),
+    "embed": (
+        "pretextlab.jobs.embed",
+        "embed every slide patch / cine frame of a catalog into feature bags (Ray Data)",
+    ),
+    "bench-data": (
+        "pretextlab.jobs.bench_data",
+        "generate the controlled benchmark (phantoms with known signal layout) as a store",
+    ),
     "study": ("pretextlab.jobs.study", "compare objectives per dataset: a grid of pretrain + evaluate cells, a report"),
-    "review": ("pretextlab.review.cli", "blinded clinician review of feature maps (web app): serve, create, invite, report"),
+    "review": (
+        "pretextlab.review.cli",
+        "blinded clinician review of feature maps (web app): serve, create, invite, report",
+    ),
 }
 
 
@@ -46,14 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, compare and serve self-supervised encoders for medical imaging on Ray.",
     )
     parser.add_argument("--version", action="version", version=f"pretextlab {_version()}")
-    parser.add_argument("--verbose", action="store_true",
-                        help="also show Ray Data's progress bars when not on a terminal")
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show Ray Data's progress bars when not on a terminal"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():
         mod = importlib.import_module(module)
-        p = sub.add_parser(name, help=help_text, description=describe(mod, help_text),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=describe(mod, help_text),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         mod.add_arguments(p)
         p.set_defaults(_module=mod)
     return parser

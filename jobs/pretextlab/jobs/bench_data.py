@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from pretextlab.core.errors import UserError
 
 #: --modality (generator names, and the registered modality names) -> the store's modality
@@ -77,8 +78,15 @@ def write_sources(ps: Any, folder: Path, name: str, seed: int) -> tuple[Path, Pa
         images[f"{split}_labels"] = ps.labels[idx].reshape(-1, 1).astype(np.uint8)
         masks[f"{split}_images"] = ps.masks[idx].astype(np.uint8) * 255
         for j, i in enumerate(idx):
-            records.append({"item_id": f"{name}-{split}-{j:06d}", "roi": f"{name}-roi-{split}-{j:06d}",
-                            "index": int(i), "label": int(ps.labels[i]), **ps.meta["items"][i]})
+            records.append(
+                {
+                    "item_id": f"{name}-{split}-{j:06d}",
+                    "roi": f"{name}-roi-{split}-{j:06d}",
+                    "index": int(i),
+                    "label": int(ps.labels[i]),
+                    **ps.meta["items"][i],
+                }
+            )
     npz, roi = folder / f"{name}.npz", folder / f"{name}-roi.npz"
     np.savez_compressed(npz, **images)
     np.savez_compressed(roi, **masks)
@@ -97,31 +105,57 @@ def run(args: argparse.Namespace) -> int:
     options = {"geometry": args.geometry} if args.geometry else {}
     if options and args.modality != "ultrasound":
         raise UserError("--geometry applies to --modality ultrasound only")
-    print(f"generating {args.items} {args.modality} phantoms ({args.size} px, locality {args.locality:g}, "
-          f"noise {args.noise:g}, seed {args.seed})")
-    ps = generate(GENERATOR.get(args.modality, args.modality), n=args.items, size=args.size, locality=args.locality, noise=args.noise,
-                  seed=args.seed, **options)
+    print(
+        f"generating {args.items} {args.modality} phantoms ({args.size} px, locality {args.locality:g}, "
+        f"noise {args.noise:g}, seed {args.seed})"
+    )
+    ps = generate(
+        GENERATOR.get(args.modality, args.modality),
+        n=args.items,
+        size=args.size,
+        locality=args.locality,
+        noise=args.noise,
+        seed=args.seed,
+        **options,
+    )
     name = f"phantom-{args.modality}"
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         folder = Path(args.raw) if args.raw else Path(tmp)
         npz, roi, csv, records = write_sources(ps, folder, name, args.seed)
-        report = run_ingest(IngestConfig(sources=[str(npz), str(roi)], dest=args.dest,
-                                         modality=MODALITY[args.modality], labels=str(csv)))
+        report = run_ingest(
+            IngestConfig(
+                sources=[str(npz), str(roi)], dest=args.dest, modality=MODALITY[args.modality], labels=str(csv)
+            )
+        )
     print(report.render())
     if not report.ok:
         return 1
     if report.unmatched_labels:
-        raise UserError(f"{args.dest}: ROI rows matched no image ({report.unmatched_labels[:3]}...): "
-                        "was the store written before with other items?")
-    summary = {"generator": "pretextlab.phantoms", "modality": args.modality, "items": args.items,
-               "size": args.size, "locality": args.locality, "noise": args.noise, "seed": args.seed,
-               "options": ps.meta["options"], "class_names": ps.meta["class_names"],
-               "roi_column": "roi", "records": records}
-    sfs.atomic_write_bytes(sfs.join(sfs.normalize(args.dest), "bench-data.json"),
-                           json.dumps(summary, indent=1, default=float).encode())
+        raise UserError(
+            f"{args.dest}: ROI rows matched no image ({report.unmatched_labels[:3]}...): "
+            "was the store written before with other items?"
+        )
+    summary = {
+        "generator": "pretextlab.phantoms",
+        "modality": args.modality,
+        "items": args.items,
+        "size": args.size,
+        "locality": args.locality,
+        "noise": args.noise,
+        "seed": args.seed,
+        "options": ps.meta["options"],
+        "class_names": ps.meta["class_names"],
+        "roi_column": "roi",
+        "records": records,
+    }
+    sfs.atomic_write_bytes(
+        sfs.join(sfs.normalize(args.dest), "bench-data.json"), json.dumps(summary, indent=1, default=float).encode()
+    )
     counts = np.bincount(ps.labels, minlength=2)
-    print(f"wrote {args.items} labelled images ({counts[0]} normal, {counts[1]} abnormal) with ROI masks "
-          f"(catalog column 'roi') to {args.dest}")
+    print(
+        f"wrote {args.items} labelled images ({counts[0]} normal, {counts[1]} abnormal) with ROI masks "
+        f"(catalog column 'roi') to {args.dest}"
+    )
     return 0
 
 

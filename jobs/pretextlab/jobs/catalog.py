@@ -1,6 +1,6 @@
 """Print the catalog of a store; optionally attach a labels CSV (rewrites catalog.parquet).
 
-    pretextlab catalog DEST [--labels labels.csv] [--format table|csv|json] [--all-columns]
+pretextlab catalog DEST [--labels labels.csv] [--format table|csv|json] [--all-columns]
 """
 
 from __future__ import annotations

@@ -37,13 +37,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", dest="ray_address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--config", metavar="YAML", help="embed config file (fields of EmbedConfig)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set batch_size=128 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set batch_size=128 (repeatable)",
+    )
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    names = ["encoder", "catalog", "dest", "registry", "patch_size", "level", "mpp", "overlap", "min_tissue",
-             "frame_step", "items", "modality", "batch_size", "concurrency", "actor_cpus", "ray_address"]
+    names = [
+        "encoder",
+        "catalog",
+        "dest",
+        "registry",
+        "patch_size",
+        "level",
+        "mpp",
+        "overlap",
+        "min_tissue",
+        "frame_step",
+        "items",
+        "modality",
+        "batch_size",
+        "concurrency",
+        "actor_cpus",
+        "ray_address",
+    ]
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 

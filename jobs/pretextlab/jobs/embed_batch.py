@@ -90,8 +90,9 @@ def resolve_encoder(encoder: str, registry: str | None) -> EncoderSource:
         raise UserError(f"{encoder}: no such encoder folder (for a registry spec, give --registry ROOT)")
     card = read_card(encoder)
     sha = (card.weights_sha256 or "")[:12]
-    return EncoderSource(card=card, encoder_id=f"{card.name}@{sha}" if sha else card.name,
-                         folder=str(Path(encoder).resolve()))
+    return EncoderSource(
+        card=card, encoder_id=f"{card.name}@{sha}" if sha else card.name, folder=str(Path(encoder).resolve())
+    )
 
 
 @dataclass
@@ -117,25 +118,42 @@ class EmbedReport:
     run_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"dest": self.dest, "encoder": self.encoder, "run_id": self.run_id, "seconds": round(self.seconds, 2),
-                "embedded": len(self.embedded), "skipped_complete": len(self.skipped_complete),
-                "skipped_other": self.skipped_other, "patches": self.patches, "frames": self.frames,
-                "embedded_items": self.embedded, "skipped_items": self.skipped_complete}
+        return {
+            "dest": self.dest,
+            "encoder": self.encoder,
+            "run_id": self.run_id,
+            "seconds": round(self.seconds, 2),
+            "embedded": len(self.embedded),
+            "skipped_complete": len(self.skipped_complete),
+            "skipped_other": self.skipped_other,
+            "patches": self.patches,
+            "frames": self.frames,
+            "embedded_items": self.embedded,
+            "skipped_items": self.skipped_complete,
+        }
 
     def render(self) -> str:
         rate = (self.patches + self.frames) / self.seconds if self.seconds else 0.0
-        lines = [f"embed {self.encoder} -> {self.dest}: {len(self.embedded)} items embedded "
-                 f"({self.patches} patches, {self.frames} frames, {rate:.0f}/s), "
-                 f"{len(self.skipped_complete)} already complete, {len(self.skipped_other)} skipped "
-                 f"({self.seconds:.1f} s)"]
+        lines = [
+            f"embed {self.encoder} -> {self.dest}: {len(self.embedded)} items embedded "
+            f"({self.patches} patches, {self.frames} frames, {rate:.0f}/s), "
+            f"{len(self.skipped_complete)} already complete, {len(self.skipped_other)} skipped "
+            f"({self.seconds:.1f} s)"
+        ]
         lines += [f"  skipped {item}: {why}" for item, why in sorted(self.skipped_other.items())]
         return "\n".join(lines)
 
 
 def spec_key(cfg: EmbedConfig, patch_size: int) -> dict[str, Any]:
     """What makes two runs' bags comparable: the same grid and frame step (stored in every marker)."""
-    return {"patch_size": patch_size, "level": cfg.level, "mpp": cfg.mpp, "overlap": cfg.overlap,
-            "min_tissue": cfg.min_tissue, "frame_step": cfg.frame_step}
+    return {
+        "patch_size": patch_size,
+        "level": cfg.level,
+        "mpp": cfg.mpp,
+        "overlap": cfg.overlap,
+        "min_tissue": cfg.min_tissue,
+        "frame_step": cfg.frame_step,
+    }
 
 
 # -- Ray Data pieces (run in workers) --------------------------------------------------------------------------
@@ -148,8 +166,9 @@ def preprocess_batch(batch: dict[str, np.ndarray], card: EncoderCard) -> dict[st
     return out
 
 
-def read_frames(dest: str, item_id: str, frames: list[int], card: EncoderCard,
-                storage_options: dict[str, Any] | None = None):
+def read_frames(
+    dest: str, item_id: str, frames: list[int], card: EncoderCard, storage_options: dict[str, Any] | None = None
+):
     """One read task: frames of a cine loop, preprocessed (frame sizes differ between loops)."""
     from ray.data.block import BlockAccessor
 
@@ -159,19 +178,27 @@ def read_frames(dest: str, item_id: str, frames: list[int], card: EncoderCard,
     item = open_item(dest, item_id, storage_options)
     idx = np.asarray(frames, dtype=np.int64)
     arr = item.level(0)
-    pixels = np.ascontiguousarray(arr.oindex[idx].transpose(0, 2, 3, 1)) if len(idx) else np.zeros((0, 1, 1, 1), np.uint8)
+    pixels = (
+        np.ascontiguousarray(arr.oindex[idx].transpose(0, 2, 3, 1)) if len(idx) else np.zeros((0, 1, 1, 1), np.uint8)
+    )
     if card.resolution is not None and len(idx):  # cine frames at the encoder's working resolution
         from pretextlab.storage.frames import working_frame
 
         spacing = item.card.get("pixel_spacing_mm")
         pixels = np.stack([working_frame(f, card.resolution, spacing, card.img_size) for f in pixels])
-    batch = {"pixels": preprocess(pixels, card).numpy(), "item_id": np.array([item_id] * len(idx)),
-             "level": np.zeros(len(idx), np.int32), "x": idx, "y": np.zeros(len(idx), np.int64)}
+    batch = {
+        "pixels": preprocess(pixels, card).numpy(),
+        "item_id": np.array([item_id] * len(idx)),
+        "level": np.zeros(len(idx), np.int32),
+        "x": idx,
+        "y": np.zeros(len(idx), np.int64),
+    }
     return [BlockAccessor.batch_to_block(batch)]
 
 
-def frame_dataset(dest: str, plans: list[ItemPlan], card: EncoderCard, per_task: int,
-                  storage_options: dict[str, Any] | None):
+def frame_dataset(
+    dest: str, plans: list[ItemPlan], card: EncoderCard, per_task: int, storage_options: dict[str, Any] | None
+):
     """A Ray Dataset of preprocessed cine frames, one read task per ``per_task`` frames of one loop."""
     import ray.data
     from ray.data.block import BlockMetadata
@@ -187,11 +214,17 @@ def frame_dataset(dest: str, plans: list[ItemPlan], card: EncoderCard, per_task:
             tasks = []
             for p in plans:
                 for start in range(0, len(p.frames), per_task):
-                    chunk = p.frames[start:start + per_task]
-                    meta = BlockMetadata(num_rows=len(chunk), size_bytes=len(chunk) * size, exec_stats=None,
-                                         input_files=None)
-                    tasks.append(ReadTask(lambda i=p.item_id, c=chunk: read_frames(dest, i, c, card, storage_options),
-                                          meta, per_task_row_limit=per_task_row_limit))
+                    chunk = p.frames[start : start + per_task]
+                    meta = BlockMetadata(
+                        num_rows=len(chunk), size_bytes=len(chunk) * size, exec_stats=None, input_files=None
+                    )
+                    tasks.append(
+                        ReadTask(
+                            lambda i=p.item_id, c=chunk: read_frames(dest, i, c, card, storage_options),
+                            meta,
+                            per_task_row_limit=per_task_row_limit,
+                        )
+                    )
             return tasks
 
     return ray.data.read_datasource(FrameDatasource())
@@ -217,8 +250,14 @@ class EncoderActor:
 
 
 # -- driver ---------------------------------------------------------------------------------------------------
-def _plan(cfg: EmbedConfig, encoder_id: str, done: dict[str, dict[str, Any]], key: dict[str, Any],
-          report: EmbedReport, storage_options: dict[str, Any] | None):
+def _plan(
+    cfg: EmbedConfig,
+    encoder_id: str,
+    done: dict[str, dict[str, Any]],
+    key: dict[str, Any],
+    report: EmbedReport,
+    storage_options: dict[str, Any] | None,
+):
     from pretextlab.storage import open_item, read_catalog
     from pretextlab.storage.patches import PatchSpec, item_patches
 
@@ -232,10 +271,12 @@ def _plan(cfg: EmbedConfig, encoder_id: str, done: dict[str, dict[str, Any]], ke
     if cfg.modality:
         rows = rows[rows["modality"] == cfg.modality]
     for kind in sorted(set(cat["kind"]) - {"slide", "cine"}):
-        report.skipped_other[f"<{kind} rows>"] = f"{int((cat['kind'] == kind).sum())} {kind} rows: not embedded " \
-                                                 f"(use `pretextlab evaluate` for image stacks)"
-    spec = PatchSpec(patch_size=key["patch_size"], level=cfg.level, mpp=cfg.mpp, overlap=cfg.overlap,
-                     min_tissue=cfg.min_tissue)
+        report.skipped_other[f"<{kind} rows>"] = (
+            f"{int((cat['kind'] == kind).sum())} {kind} rows: not embedded (use `pretextlab evaluate` for image stacks)"
+        )
+    spec = PatchSpec(
+        patch_size=key["patch_size"], level=cfg.level, mpp=cfg.mpp, overlap=cfg.overlap, min_tissue=cfg.min_tissue
+    )
     slides: list[tuple[ItemPlan, list]] = []
     cines: list[ItemPlan] = []
     for row in rows.sort_values("item_id").itertuples(index=False):
@@ -253,8 +294,13 @@ def _plan(cfg: EmbedConfig, encoder_id: str, done: dict[str, dict[str, Any]], ke
             refs = item_patches(item, spec)
             level = refs[0].level if refs else cfg.level
             ds = item.downsample(level) if level < item.num_levels else 1.0
-            attrs.update(patch_size=key["patch_size"], level=level, downsample=ds,
-                         patch_size_level0=int(round(key["patch_size"] * ds)), mpp=item.mpp)
+            attrs.update(
+                patch_size=key["patch_size"],
+                level=level,
+                downsample=ds,
+                patch_size_level0=int(round(key["patch_size"] * ds)),
+                mpp=item.mpp,
+            )
             slides.append((ItemPlan(item_id, "slide", len(refs), attrs, int(item.level(0).shape[0])), refs))
         else:
             t = int(item.level(0).shape[0])
@@ -300,14 +346,20 @@ def run_embed(cfg: EmbedConfig, progress: bool = True, storage_options: dict[str
     clash = [i for i, m in done.items() if m.get("encoder") != source.encoder_id or m.get("spec") != key]
     if clash:
         other = done[clash[0]]
-        raise UserError(f"{cfg.dest}: holds features of another run ({other.get('encoder')}, {other.get('spec')}) "
-                        f"for {len(clash)} items, e.g. {clash[0]}; use another --to")
+        raise UserError(
+            f"{cfg.dest}: holds features of another run ({other.get('encoder')}, {other.get('spec')}) "
+            f"for {len(clash)} items, e.g. {clash[0]}; use another --to"
+        )
     report = EmbedReport(dest=store.dest, encoder=source.encoder_id, run_id=uuid.uuid4().hex[:12])
     slides, cines = _plan(cfg, source.encoder_id, done, key, report, storage_options)
     plans: dict[str, ItemPlan] = {p.item_id: p for p, _ in slides}
     plans.update({p.item_id: p for p in cines})
-    marker_base = {"encoder": source.encoder_id, "spec": key, "run_id": report.run_id,
-                   "catalog": sfs.normalize(cfg.catalog)}
+    marker_base = {
+        "encoder": source.encoder_id,
+        "spec": key,
+        "run_id": report.run_id,
+        "catalog": sfs.normalize(cfg.catalog),
+    }
     for p in [p for p in plans.values() if p.count == 0]:  # no tissue patch (or no frame): an empty bag
         store.write(_bag(p, []), marker_base)
         report.embedded.append(p.item_id)
@@ -325,8 +377,9 @@ def run_embed(cfg: EmbedConfig, progress: bool = True, storage_options: dict[str
                 by_channels[p.channels].extend(refs)
         for channels, refs in by_channels.items():
             chunk = int(open_item(cfg.catalog, refs[0].item_id, storage_options).level(0).chunks[-1])
-            ds = ray.data.read_datasource(ZarrPatchDatasource(cfg.catalog, refs, chunk, cfg.chunks_per_task, channels,
-                                                              storage_options))
+            ds = ray.data.read_datasource(
+                ZarrPatchDatasource(cfg.catalog, refs, chunk, cfg.chunks_per_task, channels, storage_options)
+            )
             # same resources as the read, so Ray Data fuses read and preprocess into one task
             parts.append(ds.map_batches(preprocess_batch, fn_kwargs={"card": card}, batch_size=None))
         live_cines = [p for p in cines if p.item_id in plans]
@@ -336,11 +389,14 @@ def run_embed(cfg: EmbedConfig, progress: bool = True, storage_options: dict[str
         gpus = float(ray.cluster_resources().get("GPU", 0))
         actor_gpus = cfg.actor_gpus if cfg.actor_gpus is not None else (1.0 if gpus >= 1 else 0.0)
         concurrency = cfg.concurrency or (max(1, int(gpus // actor_gpus)) if actor_gpus else 1)
-        ds = ds.map_batches(EncoderActor, fn_constructor_kwargs={"source": source,
-                                                                 "threads": max(1, math.ceil(cfg.actor_cpus))},
-                            batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
-                            num_cpus=cfg.actor_cpus,
-                            num_gpus=actor_gpus or None)
+        ds = ds.map_batches(
+            EncoderActor,
+            fn_constructor_kwargs={"source": source, "threads": max(1, math.ceil(cfg.actor_cpus))},
+            batch_size=cfg.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=concurrency),
+            num_cpus=cfg.actor_cpus,
+            num_gpus=actor_gpus or None,
+        )
         _gather(ds, plans, store, marker_base, report, total, progress)
     embedded = set(report.embedded)
     report.patches = sum(p.count for p, _ in slides if p.item_id in embedded)
@@ -350,8 +406,15 @@ def run_embed(cfg: EmbedConfig, progress: bool = True, storage_options: dict[str
     return report
 
 
-def _gather(ds, plans: dict[str, ItemPlan], store: BagStore, marker_base: dict[str, Any], report: EmbedReport,
-            total: int, progress: bool) -> None:
+def _gather(
+    ds,
+    plans: dict[str, ItemPlan],
+    store: BagStore,
+    marker_base: dict[str, Any],
+    report: EmbedReport,
+    total: int,
+    progress: bool,
+) -> None:
     """Stream embeddings out of Ray Data; write each item as soon as all its rows have arrived."""
     from tqdm import tqdm
 

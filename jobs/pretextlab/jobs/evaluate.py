@@ -33,11 +33,16 @@ def _shots(text: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("encoder", metavar="ENCODER",
-                        help="encoder folder (model.safetensors + card.json), or a registry address with --registry")
-    parser.add_argument("--registry", metavar="ROOT",
-                        help="encoder registry root (local or s3://): ENCODER is then name, name:version or "
-                             "chosen:<modality>")
+    parser.add_argument(
+        "encoder",
+        metavar="ENCODER",
+        help="encoder folder (model.safetensors + card.json), or a registry address with --registry",
+    )
+    parser.add_argument(
+        "--registry",
+        metavar="ROOT",
+        help="encoder registry root (local or s3://): ENCODER is then name, name:version or chosen:<modality>",
+    )
     parser.add_argument("dataset", metavar="DATASET", help="store with a labelled catalog (local folder or s3://)")
     parser.add_argument("--out", metavar="JSON", help="result file (default: ENCODER/eval-<dataset-name>.json)")
     parser.add_argument("--label-column", help="catalog column holding the class (default: label)")
@@ -49,14 +54,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feature-maps", metavar="DIR", help="write attention/PCA/similarity PNGs of a test image")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--config", metavar="YAML", help="evaluate config file (fields of EvaluateConfig)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set n_bootstrap=200 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set n_bootstrap=200 (repeatable)",
+    )
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    names = {"label_column": "label_column", "k": "k", "shots": "shots", "repeats": "fewshot_repeats",
-             "fewshot_method": "fewshot_method", "modality": "modality", "feature_maps": "feature_maps",
-             "device": "device"}
+    names = {
+        "label_column": "label_column",
+        "k": "k",
+        "shots": "shots",
+        "repeats": "fewshot_repeats",
+        "fewshot_method": "fewshot_method",
+        "modality": "modality",
+        "feature_maps": "feature_maps",
+        "device": "device",
+    }
     return {field: getattr(args, attr) for attr, field in names.items() if getattr(args, attr, None) is not None}
 
 

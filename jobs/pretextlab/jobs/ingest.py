@@ -51,9 +51,13 @@ class IngestConfig(BaseModel):
     cpus_per_item: float = Field(1.0, gt=0, description="Ray CPUs reserved by each item's task")
     max_retries: int = Field(1, ge=0, description="re-runs of an item whose worker process died")
     ray_address: str | None = Field(None, description="Ray cluster address (default: RAY_ADDRESS or local)")
-    one_item_per_file: bool = Field(True, description=(
-        "each 2-D image file its own item (the default while training streams read only slides and cine "
-        "loops); false (--collections): images found in folders become collection shards"))
+    one_item_per_file: bool = Field(
+        True,
+        description=(
+            "each 2-D image file its own item (the default while training streams read only slides and cine "
+            "loops); false (--collections): images found in folders become collection shards"
+        ),
+    )
     collection: str | None = Field(
         None, min_length=1, description="put every 2-D raster image, named or found, into this collection"
     )
@@ -135,7 +139,9 @@ def aggregate_warnings(results: list[ItemResult], show: int = 3) -> list[str]:
     return lines
 
 
-def run_ingest(cfg: IngestConfig, storage_options: dict[str, Any] | None = None, progress: bool | None = None) -> IngestReport:
+def run_ingest(
+    cfg: IngestConfig, storage_options: dict[str, Any] | None = None, progress: bool | None = None
+) -> IngestReport:
     """Discover, write every item as a Ray task, rebuild the catalog, write the report."""
     import ray
     from tqdm import tqdm
@@ -149,9 +155,16 @@ def run_ingest(cfg: IngestConfig, storage_options: dict[str, Any] | None = None,
         from pretextlab.storage.catalog import load_labels_csv
 
         load_labels_csv(cfg.labels)
-    found = discover(cfg.sources, cfg.modality, storage_options, exclude=[dest],
-                     one_item_per_file=cfg.one_item_per_file, collection=cfg.collection,
-                     shard_size=cfg.shard_size, labels_from_folders=cfg.labels_from_folders)
+    found = discover(
+        cfg.sources,
+        cfg.modality,
+        storage_options,
+        exclude=[dest],
+        one_item_per_file=cfg.one_item_per_file,
+        collection=cfg.collection,
+        shard_size=cfg.shard_size,
+        labels_from_folders=cfg.labels_from_folders,
+    )
     report.results.extend(found.failures)
     report.skipped_files = found.skipped
     report.shards = len(found.shards)
@@ -162,8 +175,10 @@ def run_ingest(cfg: IngestConfig, storage_options: dict[str, Any] | None = None,
         shard_task = ray.remote(num_cpus=cfg.cpus_per_item, max_retries=cfg.max_retries)(write_shard)
         pending: dict[Any, Any] = {task.remote(plan, dest, cfg.zarr, storage_options): plan for plan in found.plans}
         # shards first in the queue: they are the big units of work
-        pending = {**{shard_task.remote(s, dest, cfg.zarr, storage_options, cfg.decode_threads): s
-                      for s in found.shards}, **pending}
+        pending = {
+            **{shard_task.remote(s, dest, cfg.zarr, storage_options, cfg.decode_threads): s for s in found.shards},
+            **pending,
+        }
         with tqdm(total=len(pending), desc="ingest", unit="item", disable=progress is False or None) as bar:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
@@ -172,8 +187,9 @@ def run_ingest(cfg: IngestConfig, storage_options: dict[str, Any] | None = None,
                 try:
                     out = ray.get(ref)
                 except Exception as exc:  # worker died (OOM, kill) more often than max_retries
-                    out = ItemResult(plan.item_id, "failed", plan.sources[0],
-                                     reason=f"worker died: {type(exc).__name__}")
+                    out = ItemResult(
+                        plan.item_id, "failed", plan.sources[0], reason=f"worker died: {type(exc).__name__}"
+                    )
                 results = out if isinstance(out, list) else [out]
                 report.results.extend(results)
                 bar.set_postfix_str(f"{results[0].item_id}: {results[0].status}", refresh=False)
@@ -200,26 +216,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modality", choices=list_modalities(), help="force the modality")
     parser.add_argument("--labels", metavar="CSV", help="labels CSV keyed by item_id or source")
     parser.add_argument("--config", metavar="YAML", help="ingest config file (fields of IngestConfig)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set zarr.chunk=256 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set zarr.chunk=256 (repeatable)",
+    )
     parser.add_argument("--ray-address", help="Ray cluster (default: $RAY_ADDRESS, else a local cluster)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--one-item-per-file", action="store_true", default=None,
-                        help="each image file becomes its own item (the default)")
-    parser.add_argument("--collections", dest="one_item_per_file", action="store_false",
-                        help="images found in folders become collection shards (evaluation, embedding, serving)")
-    parser.add_argument("--collection", metavar="NAME",
-                        help="gather every 2-D raster image, named or found in folders, into collection NAME")
-    parser.add_argument("--labels-from-folders", action="store_true", default=None,
-                        help="collections: the label of an image is its parent folder's name (ImageFolder)")
-    parser.add_argument("--shard-size", type=int, metavar="N",
-                        help=f"most images per collection shard (default {SHARD_SIZE})")
+    parser.add_argument(
+        "--one-item-per-file",
+        action="store_true",
+        default=None,
+        help="each image file becomes its own item (the default)",
+    )
+    parser.add_argument(
+        "--collections",
+        dest="one_item_per_file",
+        action="store_false",
+        help="images found in folders become collection shards (evaluation, embedding, serving)",
+    )
+    parser.add_argument(
+        "--collection",
+        metavar="NAME",
+        help="gather every 2-D raster image, named or found in folders, into collection NAME",
+    )
+    parser.add_argument(
+        "--labels-from-folders",
+        action="store_true",
+        default=None,
+        help="collections: the label of an image is its parent folder's name (ImageFolder)",
+    )
+    parser.add_argument(
+        "--shard-size", type=int, metavar="N", help=f"most images per collection shard (default {SHARD_SIZE})"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> IngestConfig:
     base: dict[str, Any] = {}
-    for key in ("dest", "modality", "labels", "ray_address", "one_item_per_file", "collection",
-                "labels_from_folders", "shard_size"):
+    for key in (
+        "dest",
+        "modality",
+        "labels",
+        "ray_address",
+        "one_item_per_file",
+        "collection",
+        "labels_from_folders",
+        "shard_size",
+    ):
         if getattr(args, key, None) is not None:
             base[key] = getattr(args, key)
     if args.sources:

@@ -52,8 +52,13 @@ def git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
@@ -104,17 +109,22 @@ def prepare(cfg: Any, storage_options: dict[str, Any] | None = None) -> Prepared
     plan = plan_stream(cfg.data, storage_options)
     need = cfg.train.batch_size * cfg.train.num_workers
     if plan.samples_per_epoch < need:
-        raise UserError(f"data: {plan.samples_per_epoch} samples per epoch, fewer than one step needs "
-                        f"(train.batch_size {cfg.train.batch_size} x train.num_workers {cfg.train.num_workers})")
+        raise UserError(
+            f"data: {plan.samples_per_epoch} samples per epoch, fewer than one step needs "
+            f"(train.batch_size {cfg.train.batch_size} x train.num_workers {cfg.train.num_workers})"
+        )
     if cfg.validation is not None:
         v = cfg.validation
         cat = read_catalog(v.catalog, storage_options)
         if v.label_column not in cat.columns or cat[v.label_column].isna().all():
-            raise UserError(f"validation.label_column: the catalog at {v.catalog} has no {v.label_column!r} "
-                            f"labels (attach them with `pretextlab catalog {v.catalog} --labels labels.csv`)")
+            raise UserError(
+                f"validation.label_column: the catalog at {v.catalog} has no {v.label_column!r} "
+                f"labels (attach them with `pretextlab catalog {v.catalog} --labels labels.csv`)"
+            )
     run_uri = sfs.join(cfg.storage, cfg.name)
-    return Prepared(cfg, plan, objective, views, run_uri, data_info(cfg, storage_options), git_commit(),
-                    storage_options)
+    return Prepared(
+        cfg, plan, objective, views, run_uri, data_info(cfg, storage_options), git_commit(), storage_options
+    )
 
 
 # -- run storage ---------------------------------------------------------------------------------
@@ -145,8 +155,7 @@ def checkpoints(run_uri: str, storage_options: dict[str, Any] | None = None) -> 
     out = []
     for name in names:
         if name.startswith("checkpoint-") and fs.exists(f"{path}/{name}/state.json"):
-            out.append((int(json.loads(fs.cat_file(f"{path}/{name}/state.json"))["step"]),
-                        sfs.join(run_uri, name)))
+            out.append((int(json.loads(fs.cat_file(f"{path}/{name}/state.json"))["step"]), sfs.join(run_uri, name)))
     return sorted(out)
 
 
@@ -162,8 +171,9 @@ def read_run_record(run_uri: str, storage_options: dict[str, Any] | None = None)
 def write_run_record(run_uri: str, record: dict[str, Any], storage_options: dict[str, Any] | None = None) -> None:
     from pretextlab.storage import fs as sfs
 
-    sfs.atomic_write_bytes(sfs.join(run_uri, "pretextlab-run.json"), json.dumps(record, indent=1).encode(),
-                           storage_options)
+    sfs.atomic_write_bytes(
+        sfs.join(run_uri, "pretextlab-run.json"), json.dumps(record, indent=1).encode(), storage_options
+    )
 
 
 # -- the Ray Train run ---------------------------------------------------------------------------
@@ -178,8 +188,14 @@ def build_dataset(prep: Prepared, start_epoch: int = 0):
     return map_views(ds, prep.views, seed=t.seed, batch_size=t.batch_size, num_cpus=t.data_cpus)
 
 
-def build_trainer(prep: Prepared, name: str | None = None, storage: str | None = None,
-                  callbacks: list | None = None, start_epoch: int = 0, dataset: Any = None):
+def build_trainer(
+    prep: Prepared,
+    name: str | None = None,
+    storage: str | None = None,
+    callbacks: list | None = None,
+    start_epoch: int = 0,
+    dataset: Any = None,
+):
     """The TorchTrainer of a prepared run (also used by sweeps, one per trial). ``dataset`` replaces the
     Zarr stream (benchmarks train from a materialised one to price the data path)."""
     import ray.train
@@ -193,18 +209,23 @@ def build_trainer(prep: Prepared, name: str | None = None, storage: str | None =
     run_name = name or cfg.name
     resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
     loop_config = {
-        "cfg": cfg.model_dump(mode="json"), "samples_per_epoch": prep.plan.samples_per_epoch,
-        "run_uri": sfs.join(storage or cfg.storage, run_name), "storage_options": prep.storage_options,
+        "cfg": cfg.model_dump(mode="json"),
+        "samples_per_epoch": prep.plan.samples_per_epoch,
+        "run_uri": sfs.join(storage or cfg.storage, run_name),
+        "storage_options": prep.storage_options,
         "threads": max(1, int(t.cpus_per_worker)),
     }
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
+        ),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage_path, storage_filesystem=storage_fs,
+            name=run_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             callbacks=callbacks,
@@ -217,7 +238,9 @@ def build_trainer(prep: Prepared, name: str | None = None, storage: str | None =
     )
 
 
-def export_encoder(prep: Prepared, checkpoint_dir: str | Path, metrics: dict[str, Any], extra: dict[str, Any] | None = None):
+def export_encoder(
+    prep: Prepared, checkpoint_dir: str | Path, metrics: dict[str, Any], extra: dict[str, Any] | None = None
+):
     """Rebuild the objective from a checkpoint, take its encoder and register it with a full card."""
     from pretextlab.registry import EncoderRegistry
     from pretextlab.training.checkpoint import load_training_state
@@ -226,8 +249,15 @@ def export_encoder(prep: Prepared, checkpoint_dir: str | Path, metrics: dict[str
     objective = make_objective(prep.cfg)
     state = load_training_state(checkpoint_dir, objective, None)
     clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
-    card = encoder_card(prep.cfg, objective, prep.views, data=prep.data_info, metrics=clean,
-                        git_commit=prep.git_commit, run={"uri": prep.run_uri, "step": state["step"], **(extra or {})})
+    card = encoder_card(
+        prep.cfg,
+        objective,
+        prep.views,
+        data=prep.data_info,
+        metrics=clean,
+        git_commit=prep.git_commit,
+        run={"uri": prep.run_uri, "step": state["step"], **(extra or {})},
+    )
     encoder = objective.encoder()
     return EncoderRegistry(prep.cfg.registry, prep.storage_options).register(encoder, card, prep.cfg.name)
 
@@ -248,13 +278,23 @@ def run_pretrain(cfg: Any, storage_options: dict[str, Any] | None = None) -> Pre
     prep = prepare(cfg, storage_options)
     record = read_run_record(prep.run_uri, storage_options)
     if record and record.get("status") == "complete":
-        raise UserError(f"{prep.run_uri}: this run already finished (encoder {record['encoder']}); "
-                        "choose another name= to train again")
+        raise UserError(
+            f"{prep.run_uri}: this run already finished (encoder {record['encoder']}); "
+            "choose another name= to train again"
+        )
     existing = checkpoints(prep.run_uri, storage_options)
     resumed = existing[-1][0] if existing else None
     start_epoch = prep.cfg.train.epoch_at(resumed or 0, prep.plan.samples_per_epoch)
-    write_run_record(prep.run_uri, {"status": "running", "config": prep.cfg.model_dump(mode="json"),
-                                    "git_commit": prep.git_commit, "data": prep.data_info}, storage_options)
+    write_run_record(
+        prep.run_uri,
+        {
+            "status": "running",
+            "config": prep.cfg.model_dump(mode="json"),
+            "git_commit": prep.git_commit,
+            "data": prep.data_info,
+        },
+        storage_options,
+    )
     t0 = time.perf_counter()
     trainer = build_trainer(prep, start_epoch=start_epoch)
     try:
@@ -272,10 +312,20 @@ def run_pretrain(cfg: Any, storage_options: dict[str, Any] | None = None) -> Pre
     with result.checkpoint.as_directory() as folder:
         ref = export_encoder(prep, folder, metrics)
     seconds = time.perf_counter() - t0
-    write_run_record(prep.run_uri, {"status": "complete", "encoder": ref.id, "registry": prep.cfg.registry,
-                                    "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                                    "seconds": seconds, "config": prep.cfg.model_dump(mode="json"),
-                                    "git_commit": prep.git_commit, "data": prep.data_info}, storage_options)
+    write_run_record(
+        prep.run_uri,
+        {
+            "status": "complete",
+            "encoder": ref.id,
+            "registry": prep.cfg.registry,
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            "seconds": seconds,
+            "config": prep.cfg.model_dump(mode="json"),
+            "git_commit": prep.git_commit,
+            "data": prep.data_info,
+        },
+        storage_options,
+    )
     return PretrainResult(prep.run_uri, int(metrics.get("step", prep.cfg.train.steps)), metrics, ref, seconds, resumed)
 
 

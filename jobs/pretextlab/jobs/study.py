@@ -36,8 +36,9 @@ TRIAL_CPU = 0.01
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", metavar="STUDY", help="study config (YAML): datasets, arms, seeds, steps")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override study fields (dotted paths)")
-    parser.add_argument("--choose", action="store_true",
-                        help="mark each modality's winning encoder chosen:<modality> (not on a tie)")
+    parser.add_argument(
+        "--choose", action="store_true", help="mark each modality's winning encoder chosen:<modality> (not on a tie)"
+    )
     parser.add_argument("--address", help="Ray cluster address (default: a Ray job's cluster, else a local one)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
 
@@ -59,8 +60,10 @@ def _labels(store: str, column: str, storage_options: dict[str, Any] | None) -> 
 
     cat = read_catalog(store, storage_options)
     if column not in cat.columns or cat[column].isna().all():
-        raise UserError(f"{store}: the catalog has no {column!r} labels; a study needs labelled stores "
-                        f"(pretextlab catalog {store} --labels labels.csv)")
+        raise UserError(
+            f"{store}: the catalog has no {column!r} labels; a study needs labelled stores "
+            f"(pretextlab catalog {store} --labels labels.csv)"
+        )
     return set(cat[column].dropna().astype(str))
 
 
@@ -86,20 +89,24 @@ def plan_study(cfg: Any, source: str = "study", storage_options: dict[str, Any] 
         if ds.test_store:
             test_labels = _labels(ds.test_store, ds.label_column, storage_options)
             if not train_labels & test_labels:
-                raise UserError(f"{source}: dataset {ds.name}: {ds.store} and {ds.test_store} share no label "
-                                f"({', '.join(sorted(train_labels))} vs {', '.join(sorted(test_labels))})")
+                raise UserError(
+                    f"{source}: dataset {ds.name}: {ds.store} and {ds.test_store} share no label "
+                    f"({', '.join(sorted(train_labels))} vs {', '.join(sorted(test_labels))})"
+                )
     for cell in cells:
         pcfg = PretrainConfig.model_validate(cell.pretrain)
         prep = prepare(pcfg, storage_options)  # objective, views, stream plan: one-line errors
         data.setdefault(cell.dataset, prep.data_info)
-    fingerprint = json.loads(json.dumps({"config": cfg.model_dump(mode="json"),
-                                         "cells": [c.id for c in cells]}))
+    fingerprint = json.loads(json.dumps({"config": cfg.model_dump(mode="json"), "cells": [c.id for c in cells]}))
     previous = read_study(uri, storage_options)
     if previous and previous.get("fingerprint") != fingerprint:
-        raise UserError(f"{uri}: a different study ran under the name {cfg.name!r}; choose another name= (or "
-                        "delete the folder to start over)")
-    return StudyPlan(cfg, uri, cells, fingerprint, {"datasets": data, "git_commit": git_commit()},
-                     storage_options=storage_options)
+        raise UserError(
+            f"{uri}: a different study ran under the name {cfg.name!r}; choose another name= (or "
+            "delete the folder to start over)"
+        )
+    return StudyPlan(
+        cfg, uri, cells, fingerprint, {"datasets": data, "git_commit": git_commit()}, storage_options=storage_options
+    )
 
 
 def read_study(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -140,8 +147,13 @@ def _baseline_encoder(cfg: Any, seed: int, storage_options: dict[str, Any] | Non
         return existing[-1]
     torch.manual_seed(seed)
     objective = make_objective(cfg)
-    card = encoder_card(cfg, objective, make_views(cfg, objective), metrics={},
-                        run={"baseline": "random initialisation, no pretraining", "seed": seed})
+    card = encoder_card(
+        cfg,
+        objective,
+        make_views(cfg, objective),
+        metrics={},
+        run={"baseline": "random initialisation, no pretraining", "seed": seed},
+    )
     card = card.model_copy(update={"objective": "random-init", "objective_config": {}})
     return reg.register(objective.encoder(), card, cfg.name)
 
@@ -159,8 +171,13 @@ def _trained_encoder(cfg: Any, storage_options: dict[str, Any] | None) -> tuple[
     return res.encoder, {k: v for k, v in res.metrics.items() if isinstance(v, (int, float))}
 
 
-def run_cell(cell: dict[str, Any], study_uri: str, evaluate: dict[str, Any], test_store: str | None,
-             storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_cell(
+    cell: dict[str, Any],
+    study_uri: str,
+    evaluate: dict[str, Any],
+    test_store: str | None,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Pretrain (or build the baseline), register, evaluate; the cell record is written last, atomically."""
     from pretextlab.evaluate import EvaluateConfig, evaluate_encoder
     from pretextlab.registry import EncoderRegistry
@@ -171,7 +188,10 @@ def run_cell(cell: dict[str, Any], study_uri: str, evaluate: dict[str, Any], tes
     if done and done.get("status") == "complete":
         return done
     t0 = time.perf_counter()
-    record: dict[str, Any] = {**{k: cell[k] for k in ("id", "dataset", "arm", "objective", "seed")}, "status": "running"}
+    record: dict[str, Any] = {
+        **{k: cell[k] for k in ("id", "dataset", "arm", "objective", "seed")},
+        "status": "running",
+    }
     try:
         cfg = PretrainConfig.model_validate(cell["pretrain"])
         train: dict[str, Any] = {}
@@ -180,24 +200,39 @@ def run_cell(cell: dict[str, Any], study_uri: str, evaluate: dict[str, Any], tes
         else:
             ref, train = _trained_encoder(cfg, storage_options)
         folder = EncoderRegistry(cfg.registry, storage_options).local_folder(ref)
-        ev_cfg = EvaluateConfig.model_validate({**evaluate, "modality": cfg.modality, "keep_predictions": True,
-                                                "seed": 0})
+        ev_cfg = EvaluateConfig.model_validate(
+            {**evaluate, "modality": cfg.modality, "keep_predictions": True, "seed": 0}
+        )
         store = cfg.data.sources[0].uri
-        result = evaluate_encoder(folder, store, ev_cfg) if test_store is None else \
-            evaluate_encoder(folder, store, ev_cfg, test_dest=test_store)
-        record.update(status="complete", encoder=ref.id, train=train, evaluation=result,
-                      wall_s=round(time.perf_counter() - t0, 1))
+        result = (
+            evaluate_encoder(folder, store, ev_cfg)
+            if test_store is None
+            else evaluate_encoder(folder, store, ev_cfg, test_dest=test_store)
+        )
+        record.update(
+            status="complete", encoder=ref.id, train=train, evaluation=result, wall_s=round(time.perf_counter() - t0, 1)
+        )
     except Exception as exc:  # reported in the study, the other cells go on
         cause = getattr(exc, "__cause__", None) or exc
         line = " ".join(str(cause).split())[:500] or type(cause).__name__
-        record.update(status="failed", error=f"{type(cause).__name__}: {line}",
-                      traceback=traceback.format_exc()[-4000:], wall_s=round(time.perf_counter() - t0, 1))
+        record.update(
+            status="failed",
+            error=f"{type(cause).__name__}: {line}",
+            traceback=traceback.format_exc()[-4000:],
+            wall_s=round(time.perf_counter() - t0, 1),
+        )
     _write_json(sfs.join(study_uri, CELLS_DIR, f"{cell['id']}.json"), record, storage_options)
     return record
 
 
-def _trial(config: dict[str, Any], cells: dict[str, dict[str, Any]], study_uri: str, evaluate: dict[str, Any],
-           test_stores: dict[str, str | None], storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def _trial(
+    config: dict[str, Any],
+    cells: dict[str, dict[str, Any]],
+    study_uri: str,
+    evaluate: dict[str, Any],
+    test_stores: dict[str, str | None],
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The Tune function trainable: one cell."""
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     cell = cells[config["cell"]]
@@ -240,27 +275,60 @@ def run_cells(plan: StudyPlan) -> list[dict[str, Any]]:
     so = plan.storage_options
     todo = [c for c in plan.cells if (read_cell(plan.uri, c.id, so) or {}).get("status") != "complete"]
     if todo:
-        cells = {c.id: {"id": c.id, "dataset": c.dataset, "arm": c.arm, "objective": c.objective, "seed": c.seed,
-                        "pretrain": c.pretrain} for c in todo}
+        cells = {
+            c.id: {
+                "id": c.id,
+                "dataset": c.dataset,
+                "arm": c.arm,
+                "objective": c.objective,
+                "seed": c.seed,
+                "pretrain": c.pretrain,
+            }
+            for c in todo
+        }
         tests = {d.name: d.test_store for d in plan.cfg.datasets}
         trainable = tune.with_resources(
-            tune.with_parameters(_trial, cells=cells, study_uri=plan.uri, evaluate=plan.cfg.evaluate,
-                                 test_stores=tests, storage_options=so), {"CPU": TRIAL_CPU})
+            tune.with_parameters(
+                _trial,
+                cells=cells,
+                study_uri=plan.uri,
+                evaluate=plan.cfg.evaluate,
+                test_stores=tests,
+                storage_options=so,
+            ),
+            {"CPU": TRIAL_CPU},
+        )
         from pretextlab.jobs.pretrain import ray_storage
 
         storage_path, storage_fs = ray_storage(sfs.join(plan.uri, "tune"), so)
         tuner = tune.Tuner(
-            trainable, param_space={"cell": tune.grid_search([c.id for c in todo])},
+            trainable,
+            param_space={"cell": tune.grid_search([c.id for c in todo])},
             tune_config=tune.TuneConfig(max_concurrent_trials=_concurrency(plan), reuse_actors=False),
-            run_config=tune.RunConfig(name=f"run-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
-                                      storage_filesystem=storage_fs, verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=0)))
+            run_config=tune.RunConfig(
+                name=f"run-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
         tuner.fit()
     records = []
     for c in plan.cells:
         rec = read_cell(plan.uri, c.id, so)
-        records.append(rec or {"id": c.id, "dataset": c.dataset, "arm": c.arm, "objective": c.objective,
-                               "seed": c.seed, "status": "failed", "error": "the cell did not finish (no record)"})
+        records.append(
+            rec
+            or {
+                "id": c.id,
+                "dataset": c.dataset,
+                "arm": c.arm,
+                "objective": c.objective,
+                "seed": c.seed,
+                "status": "failed",
+                "error": "the cell did not finish (no record)",
+            }
+        )
     return records
 
 
@@ -280,8 +348,9 @@ def read_curves(plan: StudyPlan) -> dict[str, dict[str, list[tuple[int, float]]]
         acc = EventAccumulator(tb)
         acc.Reload()
         tags = set(acc.Tags().get("scalars", []))
-        out[c.id] = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in ("loss", "train_rankme")
-                     if tag in tags}
+        out[c.id] = {
+            tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in ("loss", "train_rankme") if tag in tags
+        }
     return out
 
 
@@ -291,8 +360,8 @@ def feature_map_grids(plan: StudyPlan, records: list[dict[str, Any]], n_images: 
 
     from pretextlab.evaluate.dataset import load_eval_set
     from pretextlab.evaluate.splits import make_split
-    from pretextlab.models.encoder_io import load_encoder
     from pretextlab.modalities import get_modality
+    from pretextlab.models.encoder_io import load_encoder
     from pretextlab.registry import EncoderRegistry
     from pretextlab.study.maps import arm_maps, grid_figure
     from pretextlab.study.report import png_base64
@@ -306,8 +375,9 @@ def feature_map_grids(plan: StudyPlan, records: list[dict[str, Any]], n_images: 
             continue
         encoders = {r["arm"]: load_encoder(reg.local_folder(reg.resolve(r["encoder"]))) for r in done}
         card = next(iter(encoders.values()))[1]
-        data = load_eval_set(ds.store, ds.label_column, 1, card.img_size, seed=0, size=card.img_size,
-                             modality=ds.modality)
+        data = load_eval_set(
+            ds.store, ds.label_column, 1, card.img_size, seed=0, size=card.img_size, modality=ds.modality
+        )
         split = make_split(data.labels, data.groups, data.splits, seed=0)
         pick = np.random.default_rng(0).permutation(split.test)[:n_images]
         images = data.images[np.sort(pick)]
@@ -326,12 +396,21 @@ def write_report(plan: StudyPlan, records: list[dict[str, Any]], seconds: float)
     table = results_table(records)
     verdicts = summarise(records, n_boot=int(plan.cfg.evaluate.get("n_bootstrap", 2000)))
     n_ok = int((table["status"] == "complete").sum())
-    meta = {"name": plan.cfg.name, "uri": plan.uri, "command": plan.command, "config": plan.cfg.model_dump(mode="json"),
-            "git_commit": plan.data.get("git_commit"), "seconds": round(seconds, 1),
-            "data": {f"{d}: {s['uri']}": s.get("catalog_sha256") for d, info in plan.data.get("datasets", {}).items()
-                     for s in info.get("sources", [])},
-            "summary": f"{n_ok} of {len(table)} cells finished; {len(plan.cfg.datasets)} dataset(s), "
-                       f"{len(plan.cfg.arms)} arm(s) + random init, seeds {plan.cfg.seeds}, {plan.cfg.steps} steps each"}
+    meta = {
+        "name": plan.cfg.name,
+        "uri": plan.uri,
+        "command": plan.command,
+        "config": plan.cfg.model_dump(mode="json"),
+        "git_commit": plan.data.get("git_commit"),
+        "seconds": round(seconds, 1),
+        "data": {
+            f"{d}: {s['uri']}": s.get("catalog_sha256")
+            for d, info in plan.data.get("datasets", {}).items()
+            for s in info.get("sources", [])
+        },
+        "summary": f"{n_ok} of {len(table)} cells finished; {len(plan.cfg.datasets)} dataset(s), "
+        f"{len(plan.cfg.arms)} arm(s) + random init, seeds {plan.cfg.seeds}, {plan.cfg.steps} steps each",
+    }
     files = {name: sfs.join(plan.uri, name) for name in ("report.md", "report.html", "results.json", "results.parquet")}
     sfs.atomic_write_bytes(files["report.md"], markdown(meta, table, verdicts).encode(), so)
     html = html_report(meta, table, verdicts, read_curves(plan), feature_map_grids(plan, records))
@@ -355,24 +434,40 @@ def choose_winners(plan: StudyPlan, result: StudyResult) -> list[str]:
             lines.append(f"chosen:{modality}: not marked (no single winner across its datasets)")
             continue
         (arm,) = winners
-        rec = next(r for r in result.records if r["arm"] == arm and r.get("status") == "complete"
-                   and plan.cfg.datasets[[d.modality for d in plan.cfg.datasets].index(modality)].name == r["dataset"])
-        reg.choose(reg.resolve(rec["encoder"]), modality, {"by": "study", "study": plan.cfg.name, "uri": plan.uri,
-                                                           "arm": arm})
+        rec = next(
+            r
+            for r in result.records
+            if r["arm"] == arm
+            and r.get("status") == "complete"
+            and plan.cfg.datasets[[d.modality for d in plan.cfg.datasets].index(modality)].name == r["dataset"]
+        )
+        reg.choose(
+            reg.resolve(rec["encoder"]), modality, {"by": "study", "study": plan.cfg.name, "uri": plan.uri, "arm": arm}
+        )
         lines.append(f"chosen:{modality} -> {rec['encoder']} ({arm})")
     return lines
 
 
 def run_study(plan: StudyPlan) -> StudyResult:
     t0 = time.perf_counter()
-    _write_json(f"{plan.uri}/{STUDY_FILE}", {"name": plan.cfg.name, "fingerprint": plan.fingerprint,
-                                            "status": "running", "command": plan.command}, plan.storage_options)
+    _write_json(
+        f"{plan.uri}/{STUDY_FILE}",
+        {"name": plan.cfg.name, "fingerprint": plan.fingerprint, "status": "running", "command": plan.command},
+        plan.storage_options,
+    )
     records = run_cells(plan)
     result = write_report(plan, records, time.perf_counter() - t0)
-    _write_json(f"{plan.uri}/{STUDY_FILE}", {"name": plan.cfg.name, "fingerprint": plan.fingerprint,
-                                            "status": "complete" if not result.failed else "incomplete",
-                                            "command": plan.command, "report": result.files["report.html"]},
-                plan.storage_options)
+    _write_json(
+        f"{plan.uri}/{STUDY_FILE}",
+        {
+            "name": plan.cfg.name,
+            "fingerprint": plan.fingerprint,
+            "status": "complete" if not result.failed else "incomplete",
+            "command": plan.command,
+            "report": result.files["report.html"],
+        },
+        plan.storage_options,
+    )
     return result
 
 
@@ -394,8 +489,11 @@ def run(args: argparse.Namespace) -> int:
     init_ray(args.address, num_cpus=args.num_cpus)
     previous = read_study(plan.uri, plan.storage_options)
     done = sum((read_cell(plan.uri, c.id) or {}).get("status") == "complete" for c in plan.cells)
-    print(f"study {cfg.name}: {len(plan.cells)} cells ({done} already finished) -> {plan.uri}"
-          + (" (resuming)" if previous else ""), flush=True)
+    print(
+        f"study {cfg.name}: {len(plan.cells)} cells ({done} already finished) -> {plan.uri}"
+        + (" (resuming)" if previous else ""),
+        flush=True,
+    )
     result = run_study(plan)
     print(render_verdicts(result))
     if args.choose:

@@ -35,21 +35,41 @@ TRIAL_CPU = 0.01
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.usage = ("%(prog)s CONFIG [KEY=VALUE ...] [--address ADDRESS] [--num-cpus N] [--no-dashboard]\n"
-                    "       %(prog)s status RUN [--watch [SECONDS]]")
+    parser.usage = (
+        "%(prog)s CONFIG [KEY=VALUE ...] [--address ADDRESS] [--num-cpus N] [--no-dashboard]\n"
+        "       %(prog)s status RUN [--watch [SECONDS]]"
+    )
     parser.add_argument("config", metavar="CONFIG", help="sweep config (YAML); or the word `status`")
-    parser.add_argument("rest", nargs="*", metavar="KEY=VALUE",
-                        help="override sweep config fields (dotted paths); after `status`: RUN, the sweep folder")
+    parser.add_argument(
+        "rest",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="override sweep config fields (dotted paths); after `status`: RUN, the sweep folder",
+    )
     parser.add_argument("--address", help="Ray cluster address (default: a Ray job's cluster, else a local one)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
     parser.add_argument("--no-dashboard", action="store_true", help="start the local Ray cluster without its dashboard")
-    parser.add_argument("--worker-logs", action="store_true",
-                        help="stream the trials' worker logs here (default: only the table; the logs stay in "
-                             "Ray's log folder)")
-    parser.add_argument("--print-every", type=float, default=30.0, metavar="SECONDS",
-                        help="how often the live table is printed while trials run (default: 30)")
-    parser.add_argument("--watch", type=float, nargs="?", const=10.0, default=None, metavar="SECONDS",
-                        help="with status: refresh every SECONDS (default 10) until the sweep ends")
+    parser.add_argument(
+        "--worker-logs",
+        action="store_true",
+        help="stream the trials' worker logs here (default: only the table; the logs stay in Ray's log folder)",
+    )
+    parser.add_argument(
+        "--print-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often the live table is printed while trials run (default: 30)",
+    )
+    parser.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=10.0,
+        default=None,
+        metavar="SECONDS",
+        help="with status: refresh every SECONDS (default 10) until the sweep ends",
+    )
 
 
 # -- planning (driver side, before Ray starts) ---------------------------------------------------
@@ -106,11 +126,15 @@ def check_resumable(plan: SweepPlan) -> dict[str, Any] | None:
     previous = read_status(plan.uri, plan.storage_options)
     if previous and previous.get("status") == "complete":
         best = previous.get("best") or {}
-        raise UserError(f"{plan.uri}: this sweep already finished (best trial {best.get('trial')}, encoder "
-                        f"{best.get('encoder')}); choose another name= to sweep again")
+        raise UserError(
+            f"{plan.uri}: this sweep already finished (best trial {best.get('trial')}, encoder "
+            f"{best.get('encoder')}); choose another name= to sweep again"
+        )
     if previous and previous.get("spec") != plan.fingerprint:
-        raise UserError(f"{plan.source}: the sweep at {plan.uri} was started with another search space, tune "
-                        "settings or pretraining config; resume it with the same config, or choose another name=")
+        raise UserError(
+            f"{plan.source}: the sweep at {plan.uri} was started with another search space, tune "
+            "settings or pretraining config; resume it with the same config, or choose another name="
+        )
     return previous
 
 
@@ -161,8 +185,13 @@ def scheduler(cfg: Any):
     s = cfg.tune.scheduler
     if s.name == "fifo":
         return None
-    return ASHAScheduler(time_attr="step", max_t=cfg.pretrain.train.steps, grace_period=grace_period(cfg),
-                         reduction_factor=s.reduction_factor, brackets=s.brackets)
+    return ASHAScheduler(
+        time_attr="step",
+        max_t=cfg.pretrain.train.steps,
+        grace_period=grace_period(cfg),
+        reduction_factor=s.reduction_factor,
+        brackets=s.brackets,
+    )
 
 
 def scheduler_text(cfg: Any) -> str:
@@ -253,16 +282,23 @@ def export_best(plan: SweepPlan, row: dict[str, Any], last: dict[str, Any]):
     if not found:
         raise RuntimeError(f"{run_uri}: the best trial left no checkpoint")
     metric = {"name": cfg.tune.metric, "mode": cfg.tune.mode, "value": row["metric"], "step": row.get("metric_step")}
-    extra = {"sweep": cfg.name, "sweep_uri": plan.uri, "trial": row["id"], "hyperparameters": row["config"],
-             "metric": metric,
-             "validation_catalog": prep.cfg.validation.catalog if prep.cfg.validation is not None else None}
+    extra = {
+        "sweep": cfg.name,
+        "sweep_uri": plan.uri,
+        "trial": row["id"],
+        "hyperparameters": row["config"],
+        "metric": metric,
+        "validation_catalog": prep.cfg.validation.catalog if prep.cfg.validation is not None else None,
+    }
     metrics = {k: v for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     with _local_folder(found[-1][1], plan.storage_options) as folder:
         ref = export_encoder(dataclasses.replace(prep, run_uri=run_uri), folder, metrics, extra)
     if cfg.export.choose:
         EncoderRegistry(prep.cfg.registry, plan.storage_options).choose(
-            ref, prep.cfg.modality, {"by": "sweep", "sweep": cfg.name, "sweep_uri": plan.uri, "trial": row["id"],
-                                     "metric": metric})
+            ref,
+            prep.cfg.modality,
+            {"by": "sweep", "sweep": cfg.name, "sweep_uri": plan.uri, "trial": row["id"], "metric": metric},
+        )
     return ref
 
 
@@ -295,36 +331,65 @@ def run_sweep(plan: SweepPlan, print_every: float = 30.0, max_concurrent: int | 
     if resumed and previous and previous.get("max_concurrent"):
         concurrency = int(previous["max_concurrent"])  # the restored searcher keeps its limit
     header = {
-        "name": cfg.name, "uri": plan.uri, "metric": cfg.tune.metric, "mode": cfg.tune.mode, "steps": train.steps,
-        "space": list(cfg.space()), "pretrain": base.name, "objective": base.objective.name,
-        "modality": base.modality, "searcher": cfg.tune.searcher, "scheduler": scheduler_text(cfg),
-        "num_samples": cfg.tune.num_samples, "max_concurrent": concurrency, "spec": plan.fingerprint,
-        "tensorboard": f"tensorboard --logdir {plan.uri}", "dashboard": dashboard_url(),
+        "name": cfg.name,
+        "uri": plan.uri,
+        "metric": cfg.tune.metric,
+        "mode": cfg.tune.mode,
+        "steps": train.steps,
+        "space": list(cfg.space()),
+        "pretrain": base.name,
+        "objective": base.objective.name,
+        "modality": base.modality,
+        "searcher": cfg.tune.searcher,
+        "scheduler": scheduler_text(cfg),
+        "num_samples": cfg.tune.num_samples,
+        "max_concurrent": concurrency,
+        "spec": plan.fingerprint,
+        "tensorboard": f"tensorboard --logdir {plan.uri}",
+        "dashboard": dashboard_url(),
     }
     # this driver's settings travel to the status callback through the status file (after a restore
     # Tune runs the callback pickled at the sweep's first start, which reads them at setup)
     header["driver"] = {"print_every": print_every, "dashboard": header["dashboard"]}
     status_cb = SweepStatus(plan.uri, header, so, print_every=print_every)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base.model_dump(mode="json"), sweep_uri=plan.uri, storage_options=so,
-                             encoded=encoded_paths(cfg)),
+        tune.with_parameters(
+            run_trial,
+            base=base.model_dump(mode="json"),
+            sweep_uri=plan.uri,
+            storage_options=so,
+            encoded=encoded_paths(cfg),
+        ),
         {"CPU": TRIAL_CPU},
     )
     _print_start(plan, header, concurrency, resumed, finished_before)
     if resumed:
-        tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=False,
-                                   storage_filesystem=storage_fs)
+        tuner = tune.Tuner.restore(
+            exp_path, trainable, resume_unfinished=True, resume_errored=False, storage_filesystem=storage_fs
+        )
     else:
         tuner = tune.Tuner(
-            trainable, param_space=param_space(cfg),
+            trainable,
+            param_space=param_space(cfg),
             tune_config=tune.TuneConfig(
-                metric=cfg.tune.metric, mode=cfg.tune.mode, search_alg=searcher(cfg, concurrency),
-                scheduler=scheduler(cfg), num_samples=cfg.tune.num_samples,
-                time_budget_s=cfg.tune.time_budget_s, trial_name_creator=trial_name,
-                trial_dirname_creator=trial_dirname, reuse_actors=False),
-            run_config=tune.RunConfig(name=cfg.name, storage_path=storage_path, storage_filesystem=storage_fs,
-                                      callbacks=[status_cb], verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=0)),
+                metric=cfg.tune.metric,
+                mode=cfg.tune.mode,
+                search_alg=searcher(cfg, concurrency),
+                scheduler=scheduler(cfg),
+                num_samples=cfg.tune.num_samples,
+                time_budget_s=cfg.tune.time_budget_s,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_dirname,
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name=cfg.name,
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
+                callbacks=[status_cb],
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
         )
     write_status(plan.uri, {**(previous or {}), "driver": header["driver"]} if resumed else status_cb.snapshot(), so)
     tuner.fit()
@@ -348,9 +413,15 @@ def run_sweep(plan: SweepPlan, print_every: float = 30.0, max_concurrent: int | 
     if best is not None:
         last = (curves.get(best["id"]) or [{}])[-1]
         ref = export_best(plan, best, last)
-        best_info = {"trial": best["id"], "config": best["config"], "metric": best["metric"],
-                     "step": best.get("metric_step"), "encoder": ref.id, "registry": ref.uri.rsplit("/encoders/", 1)[0],
-                     "chosen": cfg.export.choose}
+        best_info = {
+            "trial": best["id"],
+            "config": best["config"],
+            "metric": best["metric"],
+            "step": best.get("metric_step"),
+            "encoder": ref.id,
+            "registry": ref.uri.rsplit("/encoders/", 1)[0],
+            "chosen": cfg.export.choose,
+        }
     final = {**status_cb.snapshot("complete"), "trials": rows, "best": best_info, "seconds": seconds}
     log_axes = {p for p, d in cfg.space().items() if d.kind == "loguniform" or _spans_decades(d)}
     final["summary"] = write_summary(plan.uri, final, curves, log_axes, storage_options=so)
@@ -365,13 +436,16 @@ def _spans_decades(dim: Any) -> bool:
     return len(nums) == len(vals) > 1 and min(nums) > 0 and max(nums) / min(nums) >= 100
 
 
-def _print_start(plan: SweepPlan, header: dict[str, Any], concurrency: int, resumed: bool,
-                 finished_before: int) -> None:
+def _print_start(
+    plan: SweepPlan, header: dict[str, Any], concurrency: int, resumed: bool, finished_before: int
+) -> None:
     cfg = plan.cfg
     dims = ", ".join(header["space"])
     what = f"resuming ({finished_before} finished trial(s) kept)" if resumed else "starting"
-    print(f"sweep {cfg.name}: {what}; {cfg.tune.num_samples} sample(s) of {cfg.tune.searcher} search over {dims}; "
-          f"{header['scheduler']} on {cfg.tune.metric} ({cfg.tune.mode}); up to {concurrency} trial(s) at once")
+    print(
+        f"sweep {cfg.name}: {what}; {cfg.tune.num_samples} sample(s) of {cfg.tune.searcher} search over {dims}; "
+        f"{header['scheduler']} on {cfg.tune.metric} ({cfg.tune.mode}); up to {concurrency} trial(s) at once"
+    )
     print(f"  folder:      {plan.uri}")
     print(f"  dashboard:   {header['dashboard'] or 'not running (start Ray with its dashboard to watch trials)'}")
     print(f"  tensorboard: {header['tensorboard']}")
@@ -424,9 +498,11 @@ def run(args: argparse.Namespace) -> int:
     if not res.complete:
         print(f"sweep interrupted after {res.seconds:.0f} s; run the same command again to resume it", file=sys.stderr)
         return 130
-    print(f"sweep {cfg.name}: {len(res.trials)} trials in {res.seconds:.0f} s "
-          f"({sum(r['state'] == 'STOPPED' for r in res.trials)} stopped early, "
-          f"{sum(r['state'] == 'ERROR' for r in res.trials)} failed)")
+    print(
+        f"sweep {cfg.name}: {len(res.trials)} trials in {res.seconds:.0f} s "
+        f"({sum(r['state'] == 'STOPPED' for r in res.trials)} stopped early, "
+        f"{sum(r['state'] == 'ERROR' for r in res.trials)} failed)"
+    )
     if res.best is None:
         print(f"no trial reported {cfg.tune.metric}: nothing exported", file=sys.stderr)
         return 1

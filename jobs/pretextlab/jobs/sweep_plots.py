@@ -57,8 +57,16 @@ def _span(values: Sequence[float], pad: float = 0.06) -> tuple[float, float]:
 class _Axes:
     """A plot area mapping data to pixels (optionally log10 on x), with ticks and labels."""
 
-    def __init__(self, title: str, xlabel: str, ylabel: str, xs: Sequence[float], ys: Sequence[float],
-                 log_x: bool = False, x_categories: Sequence[str] | None = None):
+    def __init__(
+        self,
+        title: str,
+        xlabel: str,
+        ylabel: str,
+        xs: Sequence[float],
+        ys: Sequence[float],
+        log_x: bool = False,
+        x_categories: Sequence[str] | None = None,
+    ):
         self.img = Image.new("RGB", (W, H), "white")
         self.d = ImageDraw.Draw(self.img)
         self.log_x, self.cats = log_x, list(x_categories) if x_categories else None
@@ -82,7 +90,7 @@ class _Axes:
             for xv in _ticks(self.x0, self.x1):
                 px = self.px(xv, raw=True)
                 self.d.line([(px, TOP), (px, H - BOTTOM)], fill=GRID)
-                label = _fmt(10 ** xv) if log_x else _fmt(xv)
+                label = _fmt(10**xv) if log_x else _fmt(xv)
                 self.d.text((px, H - BOTTOM + 8), label, fill=INK, font=small, anchor="mt")
         self.d.rectangle([LEFT, TOP, W - RIGHT, H - BOTTOM], outline=INK)
 
@@ -109,8 +117,18 @@ class _Axes:
         return path
 
 
-def scatter(path: str | Path, xs: Sequence[object], ys: Sequence[float], *, title: str, xlabel: str, ylabel: str,
-            log_x: bool = False, best: int | None = None, hollow: Sequence[bool] = ()) -> Path:
+def scatter(
+    path: str | Path,
+    xs: Sequence[object],
+    ys: Sequence[float],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    log_x: bool = False,
+    best: int | None = None,
+    hollow: Sequence[bool] = (),
+) -> Path:
     """Metric (y) of each trial against one hyperparameter (x). Non-numeric x values become categories;
     ``best`` is drawn larger in red, ``hollow`` marks trials stopped early."""
     numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
@@ -125,8 +143,14 @@ def scatter(path: str | Path, xs: Sequence[object], ys: Sequence[float], *, titl
     return ax.save(path)
 
 
-def lines(path: str | Path, series: dict[str, tuple[Sequence[float], Sequence[float]]], *, title: str,
-          xlabel: str, ylabel: str) -> Path:
+def lines(
+    path: str | Path,
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+) -> Path:
     """One polyline with markers per labelled series, legend top-left inside the plot."""
     xs = [x for sx, _ in series.values() for x in sx]
     ys = [y for _, sy in series.values() for y in sy]

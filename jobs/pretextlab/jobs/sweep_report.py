@@ -80,13 +80,22 @@ def render_table(status: dict[str, Any]) -> str:
     metric, steps = status.get("metric", "metric"), int(status.get("steps") or 0)
     counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
     parts = [f"{counts[s]} {s.lower()}" for s in STATES if counts[s]]
-    head = (f"sweep {status.get('name')}: {len(rows)} trial(s) ({', '.join(parts) or 'none yet'}) | "
-            f"{metric} ({status.get('mode', 'max')}) | {status.get('status', 'running')}, "
-            f"updated {status.get('updated', '?')}")
+    head = (
+        f"sweep {status.get('name')}: {len(rows)} trial(s) ({', '.join(parts) or 'none yet'}) | "
+        f"{metric} ({status.get('mode', 'max')}) | {status.get('status', 'running')}, "
+        f"updated {status.get('updated', '?')}"
+    )
     cols = ["trial", *[short(p) for p in space], "step", metric, "state"]
-    body = [[r["id"], *[fmt_value(r["config"].get(p)) for p in space],
-             "-" if r.get("step") is None else f"{r['step']}/{steps}", fmt_value(r.get("metric")), _state(r, steps)]
-            for r in rows]
+    body = [
+        [
+            r["id"],
+            *[fmt_value(r["config"].get(p)) for p in space],
+            "-" if r.get("step") is None else f"{r['step']}/{steps}",
+            fmt_value(r.get("metric")),
+            _state(r, steps),
+        ]
+        for r in rows
+    ]
     widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     out = [head, line(cols), line(["-" * w for w in widths])] + [line(b) for b in body]
@@ -98,8 +107,9 @@ def render_table(status: dict[str, Any]) -> str:
 
 
 # -- curves, best trial --------------------------------------------------------------------------
-def read_curve(sweep_uri: str, trial_dir: str, metric: str, storage_options: dict[str, Any] | None = None
-               ) -> list[dict[str, Any]]:
+def read_curve(
+    sweep_uri: str, trial_dir: str, metric: str, storage_options: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """The trial's reports from Tune's ``result.json`` (one JSON line per report), one per step (the
     last wins where a restarted trial reported a step again)."""
     from pretextlab.storage import fs as sfs
@@ -119,8 +129,9 @@ def read_curve(sweep_uri: str, trial_dir: str, metric: str, storage_options: dic
     return [by_step[s] for s in sorted(by_step)]
 
 
-def finalize(rows: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]]], metric: str, steps: int
-             ) -> list[dict[str, Any]]:
+def finalize(
+    rows: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]]], metric: str, steps: int
+) -> list[dict[str, Any]]:
     """Rows with step and metric taken from the result files (the source of truth after restores)."""
     out = []
     for row in rows:
@@ -154,16 +165,26 @@ def pick_best(rows: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:
 
 def reproduce_overrides(config: dict[str, Any]) -> str:
     """``key=value`` overrides that turn the base pretraining config into the trial's."""
+
     def val(v: Any) -> str:
-        return json.dumps(v) if isinstance(v, (list, tuple, bool)) or v is None else (
-            f"{v:.6g}" if isinstance(v, float) else str(v))
+        return (
+            json.dumps(v)
+            if isinstance(v, (list, tuple, bool)) or v is None
+            else (f"{v:.6g}" if isinstance(v, float) else str(v))
+        )
+
     return " ".join(f"{k}={val(v)}".replace(" ", "") for k, v in config.items())
 
 
 # -- the summary ---------------------------------------------------------------------------------
-def write_summary(sweep_uri: str, status: dict[str, Any], curves: dict[str, list[dict[str, Any]]],
-                  log_axes: set[str] | None = None, top: int = 5,
-                  storage_options: dict[str, Any] | None = None) -> str:
+def write_summary(
+    sweep_uri: str,
+    status: dict[str, Any],
+    curves: dict[str, list[dict[str, Any]]],
+    log_axes: set[str] | None = None,
+    top: int = 5,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
     """``<sweep>/summary/summary.md`` plus ``metric_vs_<hyperparameter>.png`` and ``learning_curves.png``.
     Returns the summary's URI."""
     from pretextlab.jobs import sweep_plots
@@ -180,16 +201,26 @@ def write_summary(sweep_uri: str, status: dict[str, Any], curves: dict[str, list
         folder = Path(tmp)
         images: list[tuple[str, str]] = []
         for path in space:
-            pts = [(r["config"].get(path), r["metric"], r["state"] == "STOPPED", r["id"] == best.get("trial"))
-                   for r in scored if r["config"].get(path) is not None]
+            pts = [
+                (r["config"].get(path), r["metric"], r["state"] == "STOPPED", r["id"] == best.get("trial"))
+                for r in scored
+                if r["config"].get(path) is not None
+            ]
             if not pts:
                 continue
             xs = [p[0] if not isinstance(p[0], list) else str(p[0]) for p in pts]
             name = f"metric_vs_{path}.png"
-            sweep_plots.scatter(folder / name, xs, [p[1] for p in pts], title=f"{metric} vs {path}",
-                                xlabel=path + (" (log)" if path in (log_axes or set()) else ""), ylabel=metric,
-                                log_x=path in (log_axes or set()), hollow=[p[2] for p in pts],
-                                best=next((i for i, p in enumerate(pts) if p[3]), None))
+            sweep_plots.scatter(
+                folder / name,
+                xs,
+                [p[1] for p in pts],
+                title=f"{metric} vs {path}",
+                xlabel=path + (" (log)" if path in (log_axes or set()) else ""),
+                ylabel=metric,
+                log_x=path in (log_axes or set()),
+                hollow=[p[2] for p in pts],
+                best=next((i for i, p in enumerate(pts) if p[3]), None),
+            )
             images.append((f"{metric} vs {path}", name))
         series = {}
         for r in scored[:top]:
@@ -197,8 +228,13 @@ def write_summary(sweep_uri: str, status: dict[str, Any], curves: dict[str, list
             if pts:
                 series[r["id"]] = ([p[0] for p in pts], [p[1] for p in pts])
         if series:
-            sweep_plots.lines(folder / "learning_curves.png", series, title=f"{metric} of the top {len(series)} trials",
-                              xlabel="step", ylabel=metric)
+            sweep_plots.lines(
+                folder / "learning_curves.png",
+                series,
+                title=f"{metric} of the top {len(series)} trials",
+                xlabel="step",
+                ylabel=metric,
+            )
             images.append((f"learning curves ({metric}, top {len(series)})", "learning_curves.png"))
         loss_series = {}
         for r in scored[:top]:
@@ -206,8 +242,13 @@ def write_summary(sweep_uri: str, status: dict[str, Any], curves: dict[str, list
             if pts:
                 loss_series[r["id"]] = ([p[0] for p in pts], [p[1] for p in pts])
         if loss_series:
-            sweep_plots.lines(folder / "loss_curves.png", loss_series, title="training loss of the top trials",
-                              xlabel="step", ylabel="loss")
+            sweep_plots.lines(
+                folder / "loss_curves.png",
+                loss_series,
+                title="training loss of the top trials",
+                xlabel="step",
+                ylabel="loss",
+            )
             images.append(("training loss (top trials)", "loss_curves.png"))
         (folder / "summary.md").write_text(_markdown(status, scored + unscored, images))
         target = sfs.join(sweep_uri, SUMMARY_DIR)
@@ -222,28 +263,38 @@ def _markdown(status: dict[str, Any], rows: list[dict[str, Any]], images: list[t
     metric, mode, steps, space = status["metric"], status["mode"], int(status["steps"]), status["space"]
     best = status.get("best")
     counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
-    lines = [f"# Sweep {status['name']}", "",
-             f"{len(rows)} trials of `{status.get('pretrain', '?')}` ({status.get('objective', '?')}, "
-             f"{status.get('modality', '?')}), {steps} steps each at most; metric `{metric}` ({mode}); "
-             f"searcher {status.get('searcher', '?')}, scheduler {status.get('scheduler', '?')}.",
-             f"Ran to the end: {counts['DONE']}; stopped early: {counts['STOPPED']}; errors: {counts['ERROR']}.", ""]
+    lines = [
+        f"# Sweep {status['name']}",
+        "",
+        f"{len(rows)} trials of `{status.get('pretrain', '?')}` ({status.get('objective', '?')}, "
+        f"{status.get('modality', '?')}), {steps} steps each at most; metric `{metric}` ({mode}); "
+        f"searcher {status.get('searcher', '?')}, scheduler {status.get('scheduler', '?')}.",
+        f"Ran to the end: {counts['DONE']}; stopped early: {counts['STOPPED']}; errors: {counts['ERROR']}.",
+        "",
+    ]
     if best:
         chosen = f", chosen for {status.get('modality')}." if best.get("chosen") else "."
         value = fmt_value(best["metric"])
-        lines += [f"**Best: trial `{best['trial']}`**, {metric} {value} at step {best.get('step')}.",
-                  f"Encoder: `{best.get('encoder') or 'not exported'}`{chosen}",
-                  "Reproduce with `pretextlab pretrain <pretraining config> "
-                  f"{reproduce_overrides(best['config'])}`.", ""]
+        lines += [
+            f"**Best: trial `{best['trial']}`**, {metric} {value} at step {best.get('step')}.",
+            f"Encoder: `{best.get('encoder') or 'not exported'}`{chosen}",
+            f"Reproduce with `pretextlab pretrain <pretraining config> {reproduce_overrides(best['config'])}`.",
+            "",
+        ]
     else:
         lines += [f"No trial reported `{metric}`: nothing was exported.", ""]
     cols = ["rank", "trial", *space, "step", metric, "state"]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for i, r in enumerate(rows, 1):
         mark = " (best)" if best and r["id"] == best["trial"] else ""
-        cells = [str(i) if _finite(r.get("metric")) else "-", f"`{r['id']}`{mark}",
-                 *[fmt_value(r["config"].get(p)) for p in space],
-                 "-" if r.get("step") is None else str(r["step"]), fmt_value(r.get("metric")),
-                 _state(r, steps).replace("|", "/")]
+        cells = [
+            str(i) if _finite(r.get("metric")) else "-",
+            f"`{r['id']}`{mark}",
+            *[fmt_value(r["config"].get(p)) for p in space],
+            "-" if r.get("step") is None else str(r["step"]),
+            fmt_value(r.get("metric")),
+            _state(r, steps).replace("|", "/"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for title, name in images:

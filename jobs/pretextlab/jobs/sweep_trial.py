@@ -31,8 +31,13 @@ def trial_name(trial: Any) -> str:
     return trial.trial_id
 
 
-def run_trial(config: dict[str, Any], base: dict[str, Any], sweep_uri: str,
-              storage_options: dict[str, Any] | None = None, encoded: list[str] | tuple[str, ...] = ()) -> None:
+def run_trial(
+    config: dict[str, Any],
+    base: dict[str, Any],
+    sweep_uri: str,
+    storage_options: dict[str, Any] | None = None,
+    encoded: list[str] | tuple[str, ...] = (),
+) -> None:
     """The function trainable: pretrain ``base`` with ``config`` (dotted path -> value) applied."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -52,8 +57,9 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], sweep_uri: str,
     start_epoch = prep.cfg.train.epoch_at(done[-1][0] if done else 0, prep.plan.samples_per_epoch)
     if done:
         print(f"[sweep] trial resumes its Train run from step {done[-1][0]}", flush=True)
-    trainer = build_trainer(prep, name=TRAIN_DIR, storage=trial_uri, callbacks=[TuneReportCallback()],
-                            start_epoch=start_epoch)
+    trainer = build_trainer(
+        prep, name=TRAIN_DIR, storage=trial_uri, callbacks=[TuneReportCallback()], start_epoch=start_epoch
+    )
     trainer.fit()
 
 
@@ -61,8 +67,14 @@ class SweepStatus(tune.Callback):
     """The driver's view of the sweep: ``pretextlab-sweep.json`` in the sweep folder (what
     ``pretextlab sweep status`` reads) and the live table on stdout."""
 
-    def __init__(self, sweep_uri: str, header: dict[str, Any], storage_options: dict[str, Any] | None = None,
-                 print_every: float = 15.0, write_every: float = 2.0):
+    def __init__(
+        self,
+        sweep_uri: str,
+        header: dict[str, Any],
+        storage_options: dict[str, Any] | None = None,
+        print_every: float = 15.0,
+        write_every: float = 2.0,
+    ):
         self.sweep_uri, self.header, self.storage_options = sweep_uri, header, storage_options
         self.print_every, self.write_every = print_every, write_every
         self.rows: dict[str, dict[str, Any]] = {}
@@ -86,8 +98,10 @@ class SweepStatus(tune.Callback):
         row = self.rows.get(trial.trial_id)
         if row is None:
             row = self.rows[trial.trial_id] = TrialRow(
-                id=trial.trial_id, dir=trial_dirname(trial),
-                config={k: trial.config.get(k) for k in self.header["space"]}).to_dict()
+                id=trial.trial_id,
+                dir=trial_dirname(trial),
+                config={k: trial.config.get(k) for k in self.header["space"]},
+            ).to_dict()
         return row
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -147,9 +161,10 @@ class SweepStatus(tune.Callback):
             row = self._row(trial)
             if (getattr(trial, "last_result", None) or {}).get("step", -1) > (row.get("step") or 0):
                 self._take(row, trial.last_result)
-            if trial.status == "TERMINATED" and (row["state"] not in ("DONE", "STOPPED") or
-                                                 (row["state"] == "STOPPED" and (row.get("step") or 0)
-                                                  >= self.header["steps"])):
+            if trial.status == "TERMINATED" and (
+                row["state"] not in ("DONE", "STOPPED")
+                or (row["state"] == "STOPPED" and (row.get("step") or 0) >= self.header["steps"])
+            ):
                 row["state"] = "STOPPED" if (row.get("step") or 0) < self.header["steps"] else "DONE"
             elif trial.status == "ERROR" and row["state"] != "ERROR":
                 row["state"], row["error"] = "ERROR", _first_error_line(trial)
@@ -211,8 +226,13 @@ def reap_orphan_placement_groups(wait_s: float = 0.0) -> int:
             for raw in state._connect_and_get_accessor().get_placement_group_table():
                 pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
                 creator = pg.creator_actor_id
-                if (pg.state == gcs_pb2.PlacementGroupTableData.REMOVED or pg.is_detached or pg.creator_job_id != job
-                        or not creator or creator == b"\xff" * len(creator)):
+                if (
+                    pg.state == gcs_pb2.PlacementGroupTableData.REMOVED
+                    or pg.is_detached
+                    or pg.creator_job_id != job
+                    or not creator
+                    or creator == b"\xff" * len(creator)
+                ):
                     continue  # gone, detached, another job's, or made by a driver (Tune's trial groups)
                 if pg.creator_actor_dead:
                     remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
@@ -247,5 +267,6 @@ def _first_error_line(trial: Any) -> str:
 def write_status(sweep_uri: str, status: dict[str, Any], storage_options: dict[str, Any] | None = None) -> None:
     from pretextlab.storage import fs as sfs
 
-    sfs.atomic_write_bytes(sfs.join(sweep_uri, STATUS_FILE), json.dumps(status, indent=1, default=str).encode(),
-                           storage_options)
+    sfs.atomic_write_bytes(
+        sfs.join(sweep_uri, STATUS_FILE), json.dumps(status, indent=1, default=str).encode(), storage_options
+    )

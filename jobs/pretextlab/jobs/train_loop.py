@@ -45,6 +45,7 @@ def _collate(device: torch.device, pin: bool):
                     t = t.pin_memory()
                 out[key] = t.to(device, non_blocking=True)
         return out
+
     return collate
 
 
@@ -62,9 +63,16 @@ class OnlineKNN:
         self.k = v.k
         self.linear = v.linear
         self.card = card
-        self.data = load_eval_set(v.catalog, label_column=v.label_column, patches_per_slide=v.patches_per_slide,
-                                  patch_size=cfg.data.patch.patch_size, size=card.img_size, seed=cfg.train.seed,
-                                  modality=cfg.modality, resolution=card.resolution)
+        self.data = load_eval_set(
+            v.catalog,
+            label_column=v.label_column,
+            patches_per_slide=v.patches_per_slide,
+            patch_size=cfg.data.patch.patch_size,
+            size=card.img_size,
+            seed=cfg.train.seed,
+            modality=cfg.modality,
+            resolution=card.resolution,
+        )
         self.split = make_split(self.data.labels, self.data.groups, self.data.splits, v.test_size, cfg.train.seed)
 
     @torch.no_grad()
@@ -76,18 +84,24 @@ class OnlineKNN:
         feats = embed_images(encoder, self.card, self.data.images, batch_size=128, device=device)
         encoder.train(was_training)
         tr, te = self.split.train, self.split.test
-        preds, _ = knn_predict(feats[tr], torch.as_tensor(self.data.labels[tr]), feats[te], k=self.k,
-                               num_classes=self.data.num_classes)
+        preds, _ = knn_predict(
+            feats[tr], torch.as_tensor(self.data.labels[tr]), feats[te], k=self.k, num_classes=self.data.num_classes
+        )
         acc = float((preds.cpu().numpy() == self.data.labels[te]).mean())
         diag = diagnostics(feats)
-        out = {"knn_acc": acc, "rankme": float(diag["rankme"]), "embedding_std": float(diag["embedding_std"]),
-               "collapsed": float(bool(diag["collapsed"]))}
+        out = {
+            "knn_acc": acc,
+            "rankme": float(diag["rankme"]),
+            "embedding_std": float(diag["embedding_std"]),
+            "collapsed": float(bool(diag["collapsed"])),
+        }
         if self.linear:
             from pretextlab.evaluate.linear import linear_probe
 
             x = feats.float().cpu().numpy()
-            probe = linear_probe(x[tr], self.data.labels[tr], x[te], C=1.0, num_classes=self.data.num_classes,
-                                 max_iter=200)
+            probe = linear_probe(
+                x[tr], self.data.labels[tr], x[te], C=1.0, num_classes=self.data.num_classes, max_iter=200
+            )
             out["linear_acc"] = float((probe.preds == self.data.labels[te]).mean())
         return out
 
@@ -158,8 +172,15 @@ def build_worker(config: dict[str, Any]) -> Worker:
     objective = make_objective(cfg)
     views = make_views(cfg, objective)
     trainer = Trainer(objective, t.schedule, t.steps, device=device, grad_clip=t.grad_clip, bf16=t.bf16)
-    return Worker(cfg, ctx.get_world_rank(), ctx.get_world_size(), device, trainer, views,
-                  max(1, int(config["samples_per_epoch"])))
+    return Worker(
+        cfg,
+        ctx.get_world_rank(),
+        ctx.get_world_size(),
+        device,
+        trainer,
+        views,
+        max(1, int(config["samples_per_epoch"])),
+    )
 
 
 def load_checkpoint(worker: Worker) -> int | None:
@@ -182,7 +203,8 @@ def wrap_ddp(worker: Worker, find_unused: bool = True) -> None:
         return
     kwargs = {"device_ids": [worker.device.index]} if worker.device.type == "cuda" else {}
     worker.trainer.forward_module = torch.nn.parallel.DistributedDataParallel(
-        worker.trainer.objective, broadcast_buffers=False, find_unused_parameters=find_unused, **kwargs)
+        worker.trainer.objective, broadcast_buffers=False, find_unused_parameters=find_unused, **kwargs
+    )
 
 
 def train_step(worker: Worker, raw: dict[str, torch.Tensor]) -> tuple[dict[str, Any], Any]:
@@ -220,8 +242,11 @@ class RankZeroLog:
             feats = enc(_probe_batch(batch)).float()
         enc.train(was)
         diag = diagnostics(feats)
-        return {"train_rankme": float(diag["rankme"]), "train_embedding_std": float(diag["embedding_std"]),
-                "collapsed": float(bool(diag["collapsed"]))}
+        return {
+            "train_rankme": float(diag["rankme"]),
+            "train_embedding_std": float(diag["embedding_std"]),
+            "collapsed": float(bool(diag["collapsed"])),
+        }
 
     def add(self, metrics: dict[str, float], batch: dict[str, Any], step: int, last: bool) -> None:
         metrics.update(self.stream_diagnostics(batch))
@@ -244,8 +269,11 @@ class Window:
 
     def metrics(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        return {"loss": float(np.mean(self.losses)), "images_per_s": self.images / elapsed,
-                "data_wait_fraction": self.wait / elapsed}
+        return {
+            "loss": float(np.mean(self.losses)),
+            "images_per_s": self.images / elapsed,
+            "data_wait_fraction": self.wait / elapsed,
+        }
 
 
 def report(worker: Worker, metrics: dict[str, float], log: RankZeroLog | None, checkpoint: bool) -> None:
@@ -257,13 +285,17 @@ def report(worker: Worker, metrics: dict[str, float], log: RankZeroLog | None, c
         return
     with tempfile.TemporaryDirectory(prefix="pretextlab-ckpt-") as folder:
         if worker.rank == 0:
-            save_training_state(folder, worker.trainer.objective, worker.trainer.optimizer, step, epoch,
-                                {"metrics": metrics})
+            save_training_state(
+                folder, worker.trainer.objective, worker.trainer.optimizer, step, epoch, {"metrics": metrics}
+            )
             if log is not None:
                 log.tensorboard.sync()
         save_rng(folder, worker.rank)
-        ray.train.report(metrics if worker.rank == 0 else {}, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                         checkpoint_dir_name=f"checkpoint-{step:08d}")
+        ray.train.report(
+            metrics if worker.rank == 0 else {},
+            checkpoint=ray.train.Checkpoint.from_directory(folder),
+            checkpoint_dir_name=f"checkpoint-{step:08d}",
+        )
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -279,8 +311,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     while trainer.global_step < t.steps:
         seen = 0
         fetched = time.perf_counter()
-        for raw in shard.iter_torch_batches(batch_size=t.batch_size, drop_last=True, collate_fn=collate,
-                                            prefetch_batches=t.prefetch_batches):
+        for raw in shard.iter_torch_batches(
+            batch_size=t.batch_size, drop_last=True, collate_fn=collate, prefetch_batches=t.prefetch_batches
+        ):
             window.wait += time.perf_counter() - fetched
             seen += 1
             batch, result = train_step(worker, raw)
@@ -290,8 +323,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             last = step >= t.steps
             checkpoint = step % t.checkpoint_every == 0 or last
             if step % t.log_every == 0 or checkpoint:
-                metrics = {"step": step, "epoch": t.epoch_at(step, worker.samples_per_epoch), **window.metrics(),
-                           "lr": result.lr, "momentum": result.momentum, **result.metrics}
+                metrics = {
+                    "step": step,
+                    "epoch": t.epoch_at(step, worker.samples_per_epoch),
+                    **window.metrics(),
+                    "lr": result.lr,
+                    "momentum": result.momentum,
+                    **result.metrics,
+                }
                 if log is not None:
                     log.add(metrics, batch, step, last)
                 report(worker, metrics, log, checkpoint)
@@ -300,7 +339,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 break
             fetched = time.perf_counter()
         if seen == 0:
-            raise RuntimeError("the training stream yielded no full batch: fewer samples than batch_size "
-                               f"({t.batch_size}) per worker")
+            raise RuntimeError(
+                f"the training stream yielded no full batch: fewer samples than batch_size ({t.batch_size}) per worker"
+            )
     if log is not None:
         log.tensorboard.close()

@@ -61,8 +61,9 @@ def dispatch(args: argparse.Namespace) -> int:
 def run_module(module: str, argv: Sequence[str] | None = None) -> int:
     """Run the command module ``module`` as its own program (``python -m <module>``)."""
     mod = importlib.import_module(module)
-    parser = Parser(prog=f"python -m {module}", description=describe(mod),
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(
+        prog=f"python -m {module}", description=describe(mod), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     mod.add_arguments(parser)
     args = parser.parse_args(argv)
     args._module = mod

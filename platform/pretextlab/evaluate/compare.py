@@ -33,8 +33,13 @@ class ArmComparison:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict."""
-        return {"dataset": self.dataset, "protocol": self.protocol, "metric": self.metric,
-                "comparisons": [c.to_dict() for c in self.comparisons], "flagged": dict(self.flagged)}
+        return {
+            "dataset": self.dataset,
+            "protocol": self.protocol,
+            "metric": self.metric,
+            "comparisons": [c.to_dict() for c in self.comparisons],
+            "flagged": dict(self.flagged),
+        }
 
 
 def _predictions(name: str, result: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -44,8 +49,15 @@ def _predictions(name: str, result: Mapping[str, Any]) -> Mapping[str, Any]:
     return pred
 
 
-def compare_arms(results: Mapping[str, Mapping[str, Any]], protocol: Protocol = "linear", metric: str = "accuracy",
-                 n_boot: int = 2000, ci: float = 0.95, seed: int = 0, alpha: float = 0.05) -> ArmComparison:
+def compare_arms(
+    results: Mapping[str, Mapping[str, Any]],
+    protocol: Protocol = "linear",
+    metric: str = "accuracy",
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> ArmComparison:
     """Pairwise paired-bootstrap comparisons of ``metric`` between arms (name -> evaluate result), Holm over pairs.
 
     Raises ``ValueError`` when an arm lacks predictions or the arms were not scored on the same test rows.
@@ -57,16 +69,22 @@ def compare_arms(results: Mapping[str, Mapping[str, Any]], protocol: Protocol = 
     rows, items = np.asarray(first["rows"]), np.asarray(first["item_ids"]).astype(str)
     for name in names[1:]:
         p = _predictions(name, results[name])
-        if not (np.array_equal(np.asarray(p["rows"]), rows)
-                and np.array_equal(np.asarray(p["item_ids"]).astype(str), items)):
-            raise ValueError(f"arms {names[0]!r} and {name!r} were not scored on the same test rows "
-                             "(different catalog, split or seed): a paired comparison is impossible")
+        if not (
+            np.array_equal(np.asarray(p["rows"]), rows) and np.array_equal(np.asarray(p["item_ids"]).astype(str), items)
+        ):
+            raise ValueError(
+                f"arms {names[0]!r} and {name!r} were not scored on the same test rows "
+                "(different catalog, split or seed): a paired comparison is impossible"
+            )
     key = "probs" if metric == "auroc" else "preds"
     arms = {name: np.asarray(_predictions(name, results[name])[protocol][key]) for name in names}
     y = np.asarray(first["y_true"])
     nc = int(np.asarray(arms[names[0]]).shape[1]) if metric == "auroc" else None
     comps = pairwise(arms, np.asarray(first["groups"]).astype(str), metric, y, nc, n_boot, ci, seed, alpha)
-    flagged = {name: r["diagnostics"]["collapse"] for name, r in results.items()
-               if r.get("diagnostics", {}).get("collapse", "no") != "no"}
+    flagged = {
+        name: r["diagnostics"]["collapse"]
+        for name, r in results.items()
+        if r.get("diagnostics", {}).get("collapse", "no") != "no"
+    }
     dataset = str(results[names[0]].get("dataset", {}).get("name", ""))
     return ArmComparison(dataset, protocol, metric, comps, flagged)

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+
 from pretextlab.evaluate.features import embed_images
 from pretextlab.evaluate.knn import knn_predict
 from pretextlab.evaluate.metrics import Estimate, classification_metrics
-from torch import nn
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,23 @@ class _Card:
 
 
 def _balanced(labels: np.ndarray, preds: np.ndarray, probs: np.ndarray | None, n_boot: int, seed: int) -> Estimate:
-    return classification_metrics(labels, preds, probs, num_classes=int(labels.max()) + 1, n_boot=n_boot,
-                                  seed=seed)["balanced_accuracy"]
+    return classification_metrics(labels, preds, probs, num_classes=int(labels.max()) + 1, n_boot=n_boot, seed=seed)[
+        "balanced_accuracy"
+    ]
 
 
-def random_init_knn(images: np.ndarray, labels: np.ndarray, img_size: int = 64, patch_size: int = 8,
-                    depth: int | None = None, global_pool: str = "token", folds: int = 5, k: int = 20,
-                    seed: int = 0, n_boot: int = 500) -> Estimate:
+def random_init_knn(
+    images: np.ndarray,
+    labels: np.ndarray,
+    img_size: int = 64,
+    patch_size: int = 8,
+    depth: int | None = None,
+    global_pool: str = "token",
+    folds: int = 5,
+    k: int = 20,
+    seed: int = 0,
+    n_boot: int = 500,
+) -> Estimate:
     """Balanced accuracy (bootstrap CI) of kNN on a random-init timm ViT-Tiny's frozen features.
 
     Every item is predicted once, from the other folds (``folds``-fold cross-validation in a seeded
@@ -48,8 +59,14 @@ def random_init_knn(images: np.ndarray, labels: np.ndarray, img_size: int = 64, 
 
     torch.manual_seed(seed)
     chans = int(images.shape[-1])
-    cfg = BackboneConfig(arch="vit_tiny", img_size=img_size, patch_size=patch_size, in_chans=1 if chans == 1 else 3,
-                         global_pool=global_pool, depth=depth)  # type: ignore[arg-type]
+    cfg = BackboneConfig(
+        arch="vit_tiny",
+        img_size=img_size,
+        patch_size=patch_size,
+        in_chans=1 if chans == 1 else 3,
+        global_pool=global_pool,
+        depth=depth,
+    )  # type: ignore[arg-type]
     model = create_backbone(cfg)
     card = _Card(img_size, cfg.in_chans, [0.5], [0.5])
     feats = embed_images(model, card, images, batch_size=128, device="cpu").numpy()
@@ -75,11 +92,18 @@ class SmallCNN(nn.Module):
     def __init__(self, in_chans: int, num_classes: int, width: int = 16):
         super().__init__()
         widths = (width, 2 * width, 4 * width, 4 * width, 4 * width)
-        layers: list[nn.Module] = [nn.Conv2d(in_chans, widths[0], 3, stride=2, padding=1, bias=False),
-                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_chans, widths[0], 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        ]
         for c, w in itertools.pairwise(widths):
-            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(c, w, 3, padding=1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(widths[-1], num_classes)
 
@@ -92,9 +116,17 @@ def _tensor(images: np.ndarray) -> torch.Tensor:
     return (x / 255.0 - 0.5) / 0.25
 
 
-def supervised_cnn(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
-                   test_labels: np.ndarray, epochs: int = 15, batch_size: int = 32, lr: float = 3e-3,
-                   seed: int = 0, n_boot: int = 500) -> Estimate:
+def supervised_cnn(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    epochs: int = 15,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    seed: int = 0,
+    n_boot: int = 500,
+) -> Estimate:
     """Balanced accuracy (bootstrap CI) on the test items of a small CNN trained from scratch on the train items.
 
     Adam with a one-cycle schedule; random flips and transposes (the 8 symmetries of the square) as

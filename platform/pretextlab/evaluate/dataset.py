@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from pretextlab.core.errors import UserError
-from pretextlab.storage.frames import working_frame
 from pretextlab.storage import open_item, read_catalog
+from pretextlab.storage.frames import working_frame
 
 
 @dataclass
@@ -81,8 +81,9 @@ def _stack_split(item_id: str, group: str) -> str:
     return item_id[len(group) + 1 :].rsplit("-", 1)[0]
 
 
-def tissue_patch_origins(item: Any, count: int, patch: int,
-                         rng: np.random.Generator) -> tuple[list[tuple[int, int]], str | None]:
+def tissue_patch_origins(
+    item: Any, count: int, patch: int, rng: np.random.Generator
+) -> tuple[list[tuple[int, int]], str | None]:
     """Level-0 (x, y) corners of ``count`` patch x patch tiles centred on random tissue-mask pixels of a slide."""
     height, width = (int(v) for v in item.card["levels"][0]["shape"][-2:])
     mask = item.tissue_mask()
@@ -154,8 +155,9 @@ def load_eval_set(
         raise UserError(f"catalog at {dest} has no {what}{where}: {hint}")
     names = _class_order(sorted({_text(v) for v in labelled[label_column]}))  # type: ignore[arg-type]
     if len(names) < 2:
-        raise UserError(f"catalog at {dest}: column {label_column!r} has only one class ({names[0]!r}); "
-                        "evaluation needs at least 2")
+        raise UserError(
+            f"catalog at {dest}: column {label_column!r} has only one class ({names[0]!r}); evaluation needs at least 2"
+        )
     index = {n: i for i, n in enumerate(names)}
     patch = int(patch_size or size or 224)
     notes: list[str] = []
@@ -201,11 +203,20 @@ def load_eval_set(
     if size is not None:
         images = [resize_uint8(img, size) for img in images]
     elif len(shapes) > 1:
-        raise UserError(f"catalog at {dest}: labelled images differ in size ({sorted(shapes)[:3]}...); "
-                        "pass size= to resize them")
+        raise UserError(
+            f"catalog at {dest}: labelled images differ in size ({sorted(shapes)[:3]}...); pass size= to resize them"
+        )
     if len({img.shape[2] for img in images}) > 1:
         images = [np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img[..., :3] for img in images]
         notes.append("mixed 1- and 3-channel images: all converted to RGB")
     labels, groups, item_ids, splits, kinds = (np.array(col) for col in zip(*meta, strict=True))
-    return EvalSet(np.stack(images), labels.astype(np.int64), names, groups.astype(str), item_ids.astype(str),
-                   splits.astype(str), kinds.astype(str), notes)
+    return EvalSet(
+        np.stack(images),
+        labels.astype(np.int64),
+        names,
+        groups.astype(str),
+        item_ids.astype(str),
+        splits.astype(str),
+        kinds.astype(str),
+        notes,
+    )

@@ -104,8 +104,13 @@ def uniformity(x: Any, t: float = 2.0) -> float:
     return float(torch.pdist(f, p=2).pow(2).mul(-t).exp().mean().log())
 
 
-def diagnostics(features: Any, max_rows: int = 4096, seed: int = 0, loss: float | None = None,
-                uniform_loss_value: float | None = None) -> dict[str, Any]:
+def diagnostics(
+    features: Any,
+    max_rows: int = 4096,
+    seed: int = 0,
+    loss: float | None = None,
+    uniform_loss_value: float | None = None,
+) -> dict[str, Any]:
     """rankme, embedding_std (and 1/sqrt(D) beside it), collapse and uniformity of (a subsample of) the features.
 
     ``collapsed`` (bool) is complete collapse, as before; ``collapse`` is the verdict string of
@@ -145,8 +150,9 @@ class CollapseVerdict:
         return asdict(self)
 
 
-def uniform_loss(objective: str | None, objective_config: dict[str, Any] | None,
-                 metrics: dict[str, Any] | None) -> tuple[float, float] | None:
+def uniform_loss(
+    objective: str | None, objective_config: dict[str, Any] | None, metrics: dict[str, Any] | None
+) -> tuple[float, float] | None:
     """(final loss, its value for uniform outputs) when the objective has one and the metrics hold it, else None.
 
     DINO: ``loss_dino`` (or ``loss`` when neither iBOT nor KoLeo adds to it) against ln(out_dim).
@@ -202,16 +208,27 @@ def collapse_verdict(
         if rankme_value < COMPLETE_RANKME:
             complete.append(f"RankMe {rankme_value:.2f} < {COMPLETE_RANKME}: the embeddings span one direction")
         elif share is not None and avail is not None and avail >= MIN_RANK_SHARE_DIM and share < PARTIAL_RANK_SHARE:
-            partial.append(f"RankMe {rankme_value:.1f} of {avail} available dimensions ({share:.1%} < "
-                           f"{PARTIAL_RANK_SHARE:.0%}): dimensional collapse")
+            partial.append(
+                f"RankMe {rankme_value:.1f} of {avail} available dimensions ({share:.1%} < "
+                f"{PARTIAL_RANK_SHARE:.0%}): dimensional collapse"
+            )
     at_uniform = False
     if loss is not None and uniform_loss_value:
         at_uniform = abs(loss - uniform_loss_value) <= UNIFORM_LOSS_RTOL * abs(uniform_loss_value)
         if at_uniform:
-            reason = (f"training loss {loss:.4g} is at its uniform-output value {uniform_loss_value:.4g}: "
-                      "the objective's outputs are uniform, nothing is being learnt")
+            reason = (
+                f"training loss {loss:.4g} is at its uniform-output value {uniform_loss_value:.4g}: "
+                "the objective's outputs are uniform, nothing is being learnt"
+            )
             (complete if partial or complete else partial).append(reason)
     level: CollapseLevel = "complete" if complete else "partial" if partial else "no"
-    signals = {"rankme": rankme_value, "rankme_share": share, "embedding_std": std, "healthy_std": healthy,
-               "std_ratio": ratio, "loss": loss, "uniform_loss": uniform_loss_value}
+    signals = {
+        "rankme": rankme_value,
+        "rankme_share": share,
+        "embedding_std": std,
+        "healthy_std": healthy,
+        "std_ratio": ratio,
+        "loss": loss,
+        "uniform_loss": uniform_loss_value,
+    }
     return CollapseVerdict(level, complete + partial, signals)

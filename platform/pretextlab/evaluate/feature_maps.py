@@ -18,10 +18,20 @@ import torch.nn.functional as F
 from PIL import Image
 
 #: Viridis sampled at 0, 1/8, ..., 1 (matplotlib's values, rounded); colours in between are linear.
-_VIRIDIS = np.array([
-    [68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
-    [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37],
-], dtype=np.float64)
+_VIRIDIS = np.array(
+    [
+        [68, 1, 84],
+        [71, 44, 122],
+        [59, 81, 139],
+        [44, 113, 142],
+        [33, 144, 141],
+        [39, 173, 129],
+        [92, 200, 99],
+        [170, 220, 50],
+        [253, 231, 37],
+    ],
+    dtype=np.float64,
+)
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
@@ -94,7 +104,7 @@ def patch_tokens(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
     model.eval()
     x = _batch(image)
     with torch.inference_mode():
-        tokens = model.forward_features(x.to(next(model.parameters()).device))[0, int(model.num_prefix_tokens):]
+        tokens = model.forward_features(x.to(next(model.parameters()).device))[0, int(model.num_prefix_tokens) :]
     rows, cols = grid_size(model, x)
     return tokens.float().cpu().reshape(rows, cols, -1)
 

@@ -1,7 +1,8 @@
 """Frozen features: turn uint8 images into the encoder's normalised input, then into embeddings.
 
 ``preprocess`` (``pretextlab.models.encoder_io``) follows the encoder card (channels, size, mean/std),
-so an encoder is always fed what it was trained on. ``extract_features`` runs the model in inference mode, batch by batch, with bf16
+so an encoder is always fed what it was trained on. ``extract_features`` runs the model in inference
+mode, batch by batch, with bf16
 autocast on CUDA (as the DINOv2 evaluations do); the embeddings come back as float32 on the CPU.
 """
 

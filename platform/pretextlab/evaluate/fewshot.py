@@ -40,8 +40,15 @@ class FewShotResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (``accuracy_ci`` only when a bootstrap CI was asked for)."""
-        out = {"shots": self.shots, "method": self.method, "repeats": self.repeats, "mean": self.mean,
-               "std": self.std, "values": self.values, "notes": self.notes}
+        out = {
+            "shots": self.shots,
+            "method": self.method,
+            "repeats": self.repeats,
+            "mean": self.mean,
+            "std": self.std,
+            "values": self.values,
+            "notes": self.notes,
+        }
         if self.accuracy_ci is not None:
             out["accuracy_ci"] = self.accuracy_ci.to_dict()
         return out
@@ -102,8 +109,9 @@ def few_shot(
             rng = np.random.default_rng([seed, n, r])
             pick = sample_shots(ty, n, rng)
             if method == "knn":
-                preds, _ = knn_predict(tx[pick], ty[pick], sx, k=min(k, len(pick)), temperature=temperature,
-                                       num_classes=nc)
+                preds, _ = knn_predict(
+                    tx[pick], ty[pick], sx, k=min(k, len(pick)), temperature=temperature, num_classes=nc
+                )
             else:
                 preds = linear_probe(tx[pick], ty[pick], sx, C=C, num_classes=nc, seed=seed).preds
             correct += np.asarray(preds) == sy
@@ -112,7 +120,10 @@ def few_shot(
             values["macro_f1"].append(macro_f1(sy, preds))
         mean = {m: float(np.mean(v)) for m, v in values.items()}
         std = {m: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()}
-        acc_ci = (replace(bootstrap_ci(correct / repeats, groups, n_boot=n_boot, ci=ci, seed=seed), metric="accuracy")
-                  if n_boot > 0 and len(sy) else None)
+        acc_ci = (
+            replace(bootstrap_ci(correct / repeats, groups, n_boot=n_boot, ci=ci, seed=seed), metric="accuracy")
+            if n_boot > 0 and len(sy)
+            else None
+        )
         results.append(FewShotResult(int(n), method, repeats, mean, std, values, notes, acc_ci))
     return results

@@ -40,8 +40,15 @@ def _np(x: object) -> np.ndarray:
     return np.asarray(x)
 
 
-def _fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, C: float, num_classes: int,
-                 max_iter: int, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _fit_predict(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    C: float,
+    num_classes: int,
+    max_iter: int,
+    notes: list[str],
+) -> tuple[np.ndarray, np.ndarray]:
     """Fit scaler + balanced logistic regression on train, return (preds, probs over all classes) on test."""
     scaler = StandardScaler().fit(train_x)
     classes = np.unique(train_y)
@@ -62,8 +69,9 @@ def _fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, C
     return probs.argmax(axis=1).astype(np.int64), probs
 
 
-def carve_validation(labels: np.ndarray, groups: np.ndarray | None = None, fraction: float = 0.2,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+def carve_validation(
+    labels: np.ndarray, groups: np.ndarray | None = None, fraction: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Indices (fit, val) that hold out ~``fraction`` of the rows (whole groups), or None if too few rows."""
     from pretextlab.evaluate.splits import split_indices
 

@@ -79,9 +79,15 @@ class LocalisationResult:
             "anchor_rule": self.anchor_rule,
             "pointing_game": {k: v.to_dict() for k, v in self.pointing_game.items()},
             "auroc": {k: v.to_dict() for k, v in self.auroc.items()},
-            "images": [{"index": s.index, "anchor": list(s.anchor), "roi_fraction": s.roi_fraction,
-                        "scores": {k: {"hit": m.hit, "auroc": m.auroc} for k, m in s.scores.items()}}
-                       for s in self.images],
+            "images": [
+                {
+                    "index": s.index,
+                    "anchor": list(s.anchor),
+                    "roi_fraction": s.roi_fraction,
+                    "scores": {k: {"hit": m.hit, "auroc": m.auroc} for k, m in s.scores.items()},
+                }
+                for s in self.images
+            ],
         }
 
 
@@ -193,8 +199,9 @@ def image_scores(model: torch.nn.Module, image: torch.Tensor, mask: Any, index: 
     return ImageScores(index, anchor, float(m.mean()), scores)
 
 
-def aggregate(images: list[ImageScores], groups: Any | None = None, n_boot: int = 1000, ci: float = 0.95,
-              seed: int = 0) -> tuple[dict[str, BootstrapCI], dict[str, BootstrapCI]]:
+def aggregate(
+    images: list[ImageScores], groups: Any | None = None, n_boot: int = 1000, ci: float = 0.95, seed: int = 0
+) -> tuple[dict[str, BootstrapCI], dict[str, BootstrapCI]]:
     """Mean hit rate and mean AUROC per map over images with (cluster, when ``groups``) bootstrap CIs.
 
     ``groups`` has one id per entry of ``images``. Images where a score is NaN are left out of that map's mean.
@@ -213,8 +220,15 @@ def aggregate(images: list[ImageScores], groups: Any | None = None, n_boot: int 
     return hits, aucs
 
 
-def localisation_scores(model: torch.nn.Module, images: torch.Tensor, masks: Any, groups: Any | None = None,
-                        n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> LocalisationResult:
+def localisation_scores(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    masks: Any,
+    groups: Any | None = None,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> LocalisationResult:
     """Pointing game and AUROC of each feature map against each image's ROI mask, averaged with bootstrap CIs.
 
     ``images``: (N, C, H, W) preprocessed as for the encoder; ``masks``: N ROI masks (each 2-D, any size,
@@ -239,8 +253,16 @@ def localisation_scores(model: torch.nn.Module, images: torch.Tensor, masks: Any
     return LocalisationResult(hits, aucs, len(scored), skipped, scored)
 
 
-def localise_encoder(model: torch.nn.Module, card: Any, images: np.ndarray, masks: Any, groups: Any | None = None,
-                     n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> LocalisationResult:
+def localise_encoder(
+    model: torch.nn.Module,
+    card: Any,
+    images: np.ndarray,
+    masks: Any,
+    groups: Any | None = None,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> LocalisationResult:
     """``localisation_scores`` on uint8 (N, H, W, C) images, preprocessed as the encoder's card says.
 
     Each mask covers the same field of view as its image at any resolution (e.g. the source's), since
@@ -249,5 +271,4 @@ def localise_encoder(model: torch.nn.Module, card: Any, images: np.ndarray, mask
     from pretextlab.evaluate.features import preprocess
 
     device = next(model.parameters()).device
-    return localisation_scores(model, preprocess(np.asarray(images), card).to(device), masks, groups, n_boot, ci,
-                               seed)
+    return localisation_scores(model, preprocess(np.asarray(images), card).to(device), masks, groups, n_boot, ci, seed)

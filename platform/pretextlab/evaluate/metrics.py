@@ -56,8 +56,9 @@ def _confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.n
     return np.bincount(codes, minlength=b * num_classes * num_classes).reshape(b, num_classes, num_classes)
 
 
-def _group_confusion(y_true: np.ndarray, y_pred: np.ndarray, gid: np.ndarray, n_groups: int,
-                     num_classes: int) -> np.ndarray:
+def _group_confusion(
+    y_true: np.ndarray, y_pred: np.ndarray, gid: np.ndarray, n_groups: int, num_classes: int
+) -> np.ndarray:
     """(G, C*C) confusion counts of each group's rows; ``counts @ this`` is a resample's confusion matrix."""
     cc = num_classes * num_classes
     codes = gid * cc + y_true * num_classes + y_pred
@@ -138,8 +139,15 @@ class ResampledMetric:
     ``groups`` and called with the same counts give a paired bootstrap.
     """
 
-    def __init__(self, name: str, y_true: Any, y_pred: Any | None = None, probs: Any | None = None,
-                 num_classes: int | None = None, groups: Groups | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        y_true: Any,
+        y_pred: Any | None = None,
+        probs: Any | None = None,
+        num_classes: int | None = None,
+        groups: Groups | None = None,
+    ) -> None:
         if name not in METRICS:
             raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
         yt = _as_int(y_true)
@@ -268,8 +276,11 @@ def classification_metrics(
         if name == "auroc" and len(finite) < len(vals):
             note = f"{len(vals) - len(finite)} of {len(vals)} resamples lacked a class and were dropped"
         if grp.resampled and grp.count < FEW_GROUPS:
-            few = (f"only {grp.count} group(s) in the test rows: the cluster-bootstrap interval is unreliable"
-                   if grp.count > 1 else "one group in the test rows: no interval can be estimated")
+            few = (
+                f"only {grp.count} group(s) in the test rows: the cluster-bootstrap interval is unreliable"
+                if grp.count > 1
+                else "one group in the test rows: no interval can be estimated"
+            )
             note = f"{note}; {few}" if note else few
         lo, hi = percentile_interval(vals, ci) if grp.count > 1 else (float("nan"), float("nan"))
         out[name] = Estimate(point[name], lo, hi, int(len(finite)), note, grp.unit, grp.count)

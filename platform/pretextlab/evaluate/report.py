@@ -47,8 +47,9 @@ class EvaluateConfig(BaseModel):
     modality: ModalityName | None = Field(None, description="only rows of this modality")
     k: PositiveInt = Field(20, description="neighbours of the weighted kNN")
     temperature: float = Field(0.07, gt=0, description="kNN vote weight exp(sim / temperature)")
-    linear_Cs: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: list(DEFAULT_CS), min_length=1,
-                                                          description="C grid of the linear probe")
+    linear_Cs: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: list(DEFAULT_CS), min_length=1, description="C grid of the linear probe"
+    )
     shots: list[PositiveInt] = Field(default_factory=lambda: [1, 5, 10], description="few-shot n per class")
     fewshot_repeats: PositiveInt = Field(5, description="repeats (seeds) per shot count")
     fewshot_method: Literal["linear", "knn"] = "linear"
@@ -64,8 +65,11 @@ class EvaluateConfig(BaseModel):
     device: str | None = Field(None, description="cpu, cuda, cuda:1 ... (default: cuda when available)")
     seed: int = 0
     feature_maps: str | None = Field(None, description="folder for attention / PCA / similarity PNGs of one test image")
-    keep_predictions: bool = Field(False, description="add each test row's label, group and kNN / linear predictions "
-                                                     "(for paired comparisons between encoders, evaluate.compare)")
+    keep_predictions: bool = Field(
+        False,
+        description="add each test row's label, group and kNN / linear predictions "
+        "(for paired comparisons between encoders, evaluate.compare)",
+    )
 
 
 def _jsonable(obj: Any) -> Any:
@@ -101,10 +105,25 @@ def dataset_name(dest: str) -> str:
     return str(dest).rstrip("/").rsplit("/", 1)[-1] or "dataset"
 
 
-def _metrics(y: np.ndarray, preds: Any, probs: Any, nc: int, cfg: EvaluateConfig, seed_offset: int,
-             groups: np.ndarray | None = None) -> dict[str, Any]:
-    est = classification_metrics(y, np.asarray(preds), np.asarray(probs), nc, n_boot=cfg.n_bootstrap, ci=cfg.ci,
-                                 seed=cfg.seed + seed_offset, groups=groups)
+def _metrics(
+    y: np.ndarray,
+    preds: Any,
+    probs: Any,
+    nc: int,
+    cfg: EvaluateConfig,
+    seed_offset: int,
+    groups: np.ndarray | None = None,
+) -> dict[str, Any]:
+    est = classification_metrics(
+        y,
+        np.asarray(preds),
+        np.asarray(probs),
+        nc,
+        n_boot=cfg.n_bootstrap,
+        ci=cfg.ci,
+        seed=cfg.seed + seed_offset,
+        groups=groups,
+    )
     return {name: e.to_dict() for name, e in est.items()}
 
 
@@ -117,10 +136,17 @@ def bootstrap_unit(groups: np.ndarray, item_ids: np.ndarray) -> dict[str, Any]:
     """
     grp = group_index(groups, len(groups))
     by_item = bool(np.array_equal(np.asarray(groups, dtype=str), np.asarray(item_ids, dtype=str)))
-    return {"unit": grp.unit, "group_by": "item_id" if by_item else "patient_id", "n_groups": grp.count,
-            "n_test": int(len(groups)),
-            "method": ("cluster bootstrap: whole groups resampled with replacement" if grp.resampled
-                       else "row bootstrap: every test row is its own group")}
+    return {
+        "unit": grp.unit,
+        "group_by": "item_id" if by_item else "patient_id",
+        "n_groups": grp.count,
+        "n_test": int(len(groups)),
+        "method": (
+            "cluster bootstrap: whole groups resampled with replacement"
+            if grp.resampled
+            else "row bootstrap: every test row is its own group"
+        ),
+    }
 
 
 def external_split(train: EvalSet, test: EvalSet) -> EvalSet:
@@ -137,17 +163,27 @@ def external_split(train: EvalSet, test: EvalSet) -> EvalSet:
         return np.array([f"{prefix}:{v}" for v in values], dtype=object)
 
     return EvalSet(
-        images=np.concatenate([train.images, test.images]), labels=np.concatenate([remap(train), remap(test)]),
-        class_names=names, groups=np.concatenate([tag(train.groups, "train"), tag(test.groups, "test")]),
+        images=np.concatenate([train.images, test.images]),
+        labels=np.concatenate([remap(train), remap(test)]),
+        class_names=names,
+        groups=np.concatenate([tag(train.groups, "train"), tag(test.groups, "test")]),
         item_ids=np.concatenate([tag(train.item_ids, "train"), tag(test.item_ids, "test")]),
         splits=np.array(["train"] * len(train) + ["test"] * len(test), dtype=object),
         kinds=np.concatenate([train.kinds, test.kinds]),
-        notes=[*train.notes, *test.notes,
-               f"external transfer: probes fitted on {len(train)} rows, scored on {len(test)} rows of another store"])
+        notes=[
+            *train.notes,
+            *test.notes,
+            f"external transfer: probes fitted on {len(train)} rows, scored on {len(test)} rows of another store",
+        ],
+    )
 
 
-def evaluate_encoder(encoder_folder: str | Path, dest: str,
-                     cfg: EvaluateConfig | dict[str, Any] | None = None, test_dest: str | None = None) -> dict[str, Any]:
+def evaluate_encoder(
+    encoder_folder: str | Path,
+    dest: str,
+    cfg: EvaluateConfig | dict[str, Any] | None = None,
+    test_dest: str | None = None,
+) -> dict[str, Any]:
     """Score a saved encoder's frozen features on the labelled catalog at ``dest``; returns a JSON-able dict.
 
     With ``test_dest`` (external transfer) every row of ``dest`` fits the probes and every row of
@@ -159,9 +195,17 @@ def evaluate_encoder(encoder_folder: str | Path, dest: str,
     model, card = load_encoder(encoder_folder)
 
     def load(store: str) -> EvalSet:
-        return load_eval_set(store, cfg.label_column, cfg.patches_per_slide, cfg.patch_size or card.img_size,
-                             cfg.seed, size=card.img_size, cine_frame_step=cfg.cine_frame_step, modality=cfg.modality,
-                             resolution=card.resolution)
+        return load_eval_set(
+            store,
+            cfg.label_column,
+            cfg.patches_per_slide,
+            cfg.patch_size or card.img_size,
+            cfg.seed,
+            size=card.img_size,
+            cine_frame_step=cfg.cine_frame_step,
+            modality=cfg.modality,
+            resolution=card.resolution,
+        )
 
     data = load(dest) if test_dest is None else external_split(load(dest), load(test_dest))
     timings["load"] = time.perf_counter() - t0
@@ -170,11 +214,15 @@ def evaluate_encoder(encoder_folder: str | Path, dest: str,
     split = make_split(data.labels, data.groups, data.splits, test_size=cfg.test_size, seed=cfg.seed)
     notes += split.notes
     if len(split.train) == 0 or len(split.test) == 0:
-        raise UserError(f"catalog at {dest}: the split ({split.strategy}) leaves {len(split.train)} train and "
-                        f"{len(split.test)} test rows; label more items or change the split column")
+        raise UserError(
+            f"catalog at {dest}: the split ({split.strategy}) leaves {len(split.train)} train and "
+            f"{len(split.test)} test rows; label more items or change the split column"
+        )
     if len(np.unique(data.labels[split.train])) < 2:
-        raise UserError(f"catalog at {dest}: after the split ({split.strategy}) the training rows hold only one "
-                        "class; label more items or patients")
+        raise UserError(
+            f"catalog at {dest}: after the split ({split.strategy}) the training rows hold only one "
+            "class; label more items or patients"
+        )
 
     t = time.perf_counter()
     feats = embed_images(model, card, data.images, cfg.batch_size, cfg.device)
@@ -189,30 +237,59 @@ def evaluate_encoder(encoder_folder: str | Path, dest: str,
     t = time.perf_counter()
     k = min(cfg.k, len(tr))
     knn_preds, knn_probs = knn_predict(x[tr], y[tr], x[te], k=k, temperature=cfg.temperature, num_classes=nc)
-    knn = {"k": k, "temperature": cfg.temperature,
-           "metrics": _metrics(ytest, knn_preds, knn_probs, nc, cfg, 0, gtest)}
+    knn = {"k": k, "temperature": cfg.temperature, "metrics": _metrics(ytest, knn_preds, knn_probs, nc, cfg, 0, gtest)}
     timings["knn"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    lin = linear_probe(x[tr], y[tr], x[te], x[va] if len(va) else None, y[va] if len(va) else None,
-                       Cs=cfg.linear_Cs, num_classes=nc, groups=data.groups[tr], seed=cfg.seed)
+    lin = linear_probe(
+        x[tr],
+        y[tr],
+        x[te],
+        x[va] if len(va) else None,
+        y[va] if len(va) else None,
+        Cs=cfg.linear_Cs,
+        num_classes=nc,
+        groups=data.groups[tr],
+        seed=cfg.seed,
+    )
     notes += lin.notes
-    linear = {"C": lin.C, "selection": lin.selection, "val_scores": {f"{c:g}": s for c, s in lin.val_scores.items()},
-              "metrics": _metrics(ytest, lin.preds, lin.probs, nc, cfg, 1, gtest)}
+    linear = {
+        "C": lin.C,
+        "selection": lin.selection,
+        "val_scores": {f"{c:g}": s for c, s in lin.val_scores.items()},
+        "metrics": _metrics(ytest, lin.preds, lin.probs, nc, cfg, 1, gtest),
+    }
     timings["linear"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    fs = few_shot(x[tr], y[tr], x[te], ytest, cfg.shots, cfg.fewshot_repeats, cfg.fewshot_method, nc, k=cfg.k,
-                  temperature=cfg.temperature, C=cfg.fewshot_C, seed=cfg.seed, groups=gtest,
-                  n_boot=cfg.n_bootstrap, ci=cfg.ci)
+    fs = few_shot(
+        x[tr],
+        y[tr],
+        x[te],
+        ytest,
+        cfg.shots,
+        cfg.fewshot_repeats,
+        cfg.fewshot_method,
+        nc,
+        k=cfg.k,
+        temperature=cfg.temperature,
+        C=cfg.fewshot_C,
+        seed=cfg.seed,
+        groups=gtest,
+        n_boot=cfg.n_bootstrap,
+        ci=cfg.ci,
+    )
     notes += [f"{r.shots}-shot: {n}" for r in fs for n in r.notes]
     fewshot = {"method": cfg.fewshot_method, "repeats": cfg.fewshot_repeats, "results": [r.to_dict() for r in fs]}
     timings["fewshot"] = time.perf_counter() - t
 
     t = time.perf_counter()
     final = uniform_loss(card.objective, card.objective_config, card.metrics)
-    diag: dict[str, Any] = dict(diagnostics(feats, seed=cfg.seed, loss=final[0] if final else None,
-                                            uniform_loss_value=final[1] if final else None))
+    diag: dict[str, Any] = dict(
+        diagnostics(
+            feats, seed=cfg.seed, loss=final[0] if final else None, uniform_loss_value=final[1] if final else None
+        )
+    )
     if cfg.alignment_images:
         sub = te[: cfg.alignment_images]
         mirrored = np.ascontiguousarray(data.images[sub][:, :, ::-1])
@@ -230,24 +307,54 @@ def evaluate_encoder(encoder_folder: str | Path, dest: str,
 
     counts_test = np.bincount(ytest, minlength=nc)
     result = {
-        "encoder": {"folder": str(encoder_folder), "name": card.name, "objective": card.objective,
-                    "timm_name": card.timm_name, "embed_dim": card.embed_dim, "img_size": card.img_size,
-                    "in_chans": card.in_chans, "weights_sha256": card.weights_sha256},
-        "dataset": {"dest": str(dest), "test_dest": test_dest, "name": dataset_name(dest), "label_column": cfg.label_column,
-                    "class_names": data.class_names, "n_samples": len(data), "n_items": int(len(set(data.item_ids))),
-                    "kinds": sorted(set(data.kinds.tolist())),
-                    "test_class_counts": {n: int(c) for n, c in zip(data.class_names, counts_test, strict=True)}},
-        "split": {"strategy": split.strategy, "n_train": len(tr), "n_val": len(va), "n_test": len(te),
-                  "n_groups": int(len(set(data.groups.tolist())))},
+        "encoder": {
+            "folder": str(encoder_folder),
+            "name": card.name,
+            "objective": card.objective,
+            "timm_name": card.timm_name,
+            "embed_dim": card.embed_dim,
+            "img_size": card.img_size,
+            "in_chans": card.in_chans,
+            "weights_sha256": card.weights_sha256,
+        },
+        "dataset": {
+            "dest": str(dest),
+            "test_dest": test_dest,
+            "name": dataset_name(dest),
+            "label_column": cfg.label_column,
+            "class_names": data.class_names,
+            "n_samples": len(data),
+            "n_items": int(len(set(data.item_ids))),
+            "kinds": sorted(set(data.kinds.tolist())),
+            "test_class_counts": {n: int(c) for n, c in zip(data.class_names, counts_test, strict=True)},
+        },
+        "split": {
+            "strategy": split.strategy,
+            "n_train": len(tr),
+            "n_val": len(va),
+            "n_test": len(te),
+            "n_groups": int(len(set(data.groups.tolist()))),
+        },
         "bootstrap": boot,
         "knn": knn,
         "linear": linear,
         "fewshot": fewshot,
         "diagnostics": diag,
         "feature_maps": maps,
-        **({"predictions": {"rows": te, "item_ids": data.item_ids[te], "groups": gtest, "y_true": ytest,
-                            "knn": {"preds": knn_preds, "probs": knn_probs},
-                            "linear": {"preds": lin.preds, "probs": lin.probs}}} if cfg.keep_predictions else {}),
+        **(
+            {
+                "predictions": {
+                    "rows": te,
+                    "item_ids": data.item_ids[te],
+                    "groups": gtest,
+                    "y_true": ytest,
+                    "knn": {"preds": knn_preds, "probs": knn_probs},
+                    "linear": {"preds": lin.preds, "probs": lin.probs},
+                }
+            }
+            if cfg.keep_predictions
+            else {}
+        ),
         "device": str(next(model.parameters()).device),
         "config": cfg.model_dump(),
         "notes": notes,
@@ -285,8 +392,10 @@ def render_table(result: dict[str, Any]) -> str:
     rows.append([f"kNN (k={knn['k']})"] + [_cell(knn["metrics"].get(m)) for m in METRICS])
     rows.append([f"linear (C={lin['C']:g})"] + [_cell(lin["metrics"].get(m)) for m in METRICS])
     for r in result["fewshot"]["results"]:
-        cells = [f"{r['mean'][m]:.3f} ± {r['std'][m]:.3f}" if r["mean"].get(m) is not None else "n/a"
-                 for m in ("accuracy", "balanced_accuracy", "macro_f1")]
+        cells = [
+            f"{r['mean'][m]:.3f} ± {r['std'][m]:.3f}" if r["mean"].get(m) is not None else "n/a"
+            for m in ("accuracy", "balanced_accuracy", "macro_f1")
+        ]
         rows.append([f"{r['shots']}-shot {r['method']} (x{r['repeats']})", *cells, "-"])
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -301,9 +410,11 @@ def render_table(result: dict[str, Any]) -> str:
         *(fmt.format(*row) for row in rows),
     ]
     d = result["diagnostics"]
-    diag = (f"diagnostics: rankme {d['rankme']:.1f} of D={d['dim']}, embedding std {d['embedding_std']:.4f} "
-            f"(healthy ~{d['healthy_std']:.4f}), collapsed: {_collapse(d)}, "
-            f"uniformity {d['uniformity']:.3f}")
+    diag = (
+        f"diagnostics: rankme {d['rankme']:.1f} of D={d['dim']}, embedding std {d['embedding_std']:.4f} "
+        f"(healthy ~{d['healthy_std']:.4f}), collapsed: {_collapse(d)}, "
+        f"uniformity {d['uniformity']:.3f}"
+    )
     if d.get("alignment_hflip") is not None:
         diag += f", alignment (h-flip) {d['alignment_hflip']:.3f}"
     lines.append(diag)

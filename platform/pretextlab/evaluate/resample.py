@@ -56,8 +56,9 @@ def group_index(groups: Any | None, n: int) -> Groups:
     return Groups(ids, count, sizes, bool(count < n))
 
 
-def bootstrap_counts(n_units: int, n_boot: int, rng: np.random.Generator,
-                     max_cells: int = 4_000_000) -> Iterator[np.ndarray]:
+def bootstrap_counts(
+    n_units: int, n_boot: int, rng: np.random.Generator, max_cells: int = 4_000_000
+) -> Iterator[np.ndarray]:
     """Yield (b, n_units) int64 arrays: how often each unit is drawn in each of ``n_boot`` resamples.
 
     Each resample draws ``n_units`` units with replacement (``rng.integers(0, n_units, (b, n_units))``,

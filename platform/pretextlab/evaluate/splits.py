@@ -17,8 +17,16 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import ShuffleSplit, StratifiedGroupKFold, StratifiedShuffleSplit
 
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                 "dev": "val", "test": "test", "testing": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 @dataclass
@@ -42,8 +50,9 @@ def _normalise_split(value: Any) -> str | None:
     return SPLIT_ALIASES.get(str(value).strip().lower())
 
 
-def split_indices(labels: Any, groups: Any | None = None, test_size: float = 0.3,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    labels: Any, groups: Any | None = None, test_size: float = 0.3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) row indices: whole groups on one side when groups repeat, stratified by label when possible."""
     train, test, _ = _split(labels, groups, test_size, seed)
     return train, test
@@ -84,8 +93,9 @@ def _split(labels: Any, groups: Any | None, test_size: float, seed: int) -> tupl
     return np.sort(train), np.sort(test), strategy
 
 
-def make_split(labels: Any, groups: Any | None = None, explicit: Any | None = None, test_size: float = 0.3,
-               seed: int = 0) -> Split:
+def make_split(
+    labels: Any, groups: Any | None = None, explicit: Any | None = None, test_size: float = 0.3, seed: int = 0
+) -> Split:
     """Honour an explicit train/val/test column when it is usable, else split by patient (or by row)."""
     y = np.asarray(labels).astype(np.int64).ravel()
     notes: list[str] = []
@@ -112,8 +122,10 @@ def make_split(labels: Any, groups: Any | None = None, explicit: Any | None = No
                         owners.setdefault(gi, set()).add(s)
                 leaked = sorted(k for k, v in owners.items() if len(v) > 1)
                 if leaked:
-                    notes.append(f"the catalog split puts {len(leaked)} patient(s) in several splits "
-                                 f"(e.g. {leaked[0]}); results may be optimistic")
+                    notes.append(
+                        f"the catalog split puts {len(leaked)} patient(s) in several splits "
+                        f"(e.g. {leaked[0]}); results may be optimistic"
+                    )
             return Split(train, val, test, strategy, notes)
         if present:
             notes.append(f"catalog split column has only {sorted(present)}: made a new split instead")

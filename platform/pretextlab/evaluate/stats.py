@@ -134,16 +134,27 @@ class Comparison:
     def sentence(self) -> str:
         """One line: ``dino > mae on accuracy: +0.042 [0.013, 0.071], Holm p = 0.004``."""
         d = self.difference
-        rel = {"A > B": f"{self.arm_a} > {self.arm_b}", "B > A": f"{self.arm_b} > {self.arm_a}",
-               "tie": f"{self.arm_a} ~ {self.arm_b} (tie)"}[self.verdict]
+        rel = {
+            "A > B": f"{self.arm_a} > {self.arm_b}",
+            "B > A": f"{self.arm_b} > {self.arm_a}",
+            "tie": f"{self.arm_a} ~ {self.arm_b} (tie)",
+        }[self.verdict]
         p = d.p_holm if d.p_holm is not None else d.p_value
-        return (f"{rel} on {d.metric}: {d.difference:+.3f} [{d.low:+.3f}, {d.high:+.3f}], "
-                f"{'Holm ' if d.p_holm is not None else ''}p = {p:.3g}")
+        return (
+            f"{rel} on {d.metric}: {d.difference:+.3f} [{d.low:+.3f}, {d.high:+.3f}], "
+            f"{'Holm ' if d.p_holm is not None else ''}p = {p:.3g}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict."""
-        return {"arm_a": self.arm_a, "arm_b": self.arm_b, "verdict": self.verdict, "alpha": self.alpha,
-                "sentence": self.sentence, "difference": self.difference.to_dict()}
+        return {
+            "arm_a": self.arm_a,
+            "arm_b": self.arm_b,
+            "verdict": self.verdict,
+            "alpha": self.alpha,
+            "sentence": self.sentence,
+            "difference": self.difference.to_dict(),
+        }
 
 
 # ---------------------------------------------------------------- resampled statistics
@@ -165,8 +176,7 @@ class _Mean:
         return (w @ self.sums) / (w @ self.sizes)
 
 
-def _statistic(metric: str, groups: Groups, scores: Any | None, y_true: Any | None,
-               num_classes: int | None) -> Any:
+def _statistic(metric: str, groups: Groups, scores: Any | None, y_true: Any | None, num_classes: int | None) -> Any:
     """``"mean"`` of per-item ``scores``, or a classification metric of predictions (``scores`` = y_pred or probs)."""
     if metric == "mean":
         return _Mean(scores, groups)
@@ -186,9 +196,16 @@ def _check(ci: float, n_boot: int) -> None:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
 
 
-def bootstrap_ci(scores: Any, groups: Any | None = None, metric: str = "mean", y_true: Any | None = None,
-                 num_classes: int | None = None, n_boot: int = 2000, ci: float = 0.95,
-                 seed: int = 0) -> BootstrapCI:
+def bootstrap_ci(
+    scores: Any,
+    groups: Any | None = None,
+    metric: str = "mean",
+    y_true: Any | None = None,
+    num_classes: int | None = None,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> BootstrapCI:
     """Percentile-bootstrap CI of ``metric`` over the test items; with ``groups``, a cluster bootstrap.
 
     ``metric="mean"``: ``scores`` are per-item values (1/0 correct, a per-image AUROC ...).
@@ -220,9 +237,19 @@ def bootstrap_p_value(deltas: np.ndarray) -> float:
     return float(min(1.0, 2 * min(below, above)))
 
 
-def paired_bootstrap(scores_a: Any, scores_b: Any, groups: Any | None = None, metric: str = "mean",
-                     y_true: Any | None = None, num_classes: int | None = None, n_boot: int = 2000,
-                     ci: float = 0.95, seed: int = 0, arm_a: str = "A", arm_b: str = "B") -> PairedDifference:
+def paired_bootstrap(
+    scores_a: Any,
+    scores_b: Any,
+    groups: Any | None = None,
+    metric: str = "mean",
+    y_true: Any | None = None,
+    num_classes: int | None = None,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+    arm_a: str = "A",
+    arm_b: str = "B",
+) -> PairedDifference:
     """metric(A) - metric(B) with a paired percentile-bootstrap CI and two-sided p-value.
 
     Both arms were scored on the same test items, in the same order: each resample (of items, or of
@@ -240,9 +267,22 @@ def paired_bootstrap(scores_a: Any, scores_b: Any, groups: Any | None = None, me
     rng = np.random.default_rng(seed)
     deltas = np.concatenate([sa(c) - sb(c) for c in bootstrap_counts(grp.count, n_boot, rng)])
     lo, hi = percentile_interval(deltas, ci)
-    return PairedDifference(metric, arm_a, arm_b, sa.value, sb.value, sa.value - sb.value, lo, hi,
-                            bootstrap_p_value(deltas), ci, int(np.isfinite(deltas).sum()), grp.unit, grp.count,
-                            len(a))
+    return PairedDifference(
+        metric,
+        arm_a,
+        arm_b,
+        sa.value,
+        sb.value,
+        sa.value - sb.value,
+        lo,
+        hi,
+        bootstrap_p_value(deltas),
+        ci,
+        int(np.isfinite(deltas).sum()),
+        grp.unit,
+        grp.count,
+        len(a),
+    )
 
 
 # ---------------------------------------------------------------- seeds, multiplicity, McNemar
@@ -306,7 +346,7 @@ def mcnemar_exact(correct_a: Any, correct_b: Any) -> McNemarResult:
 
 
 def verdict(diff: PairedDifference, alpha: float = 0.05) -> Comparison:
-    """"A > B" / "B > A" when the (Holm-adjusted when set) p-value is below ``alpha``, else "tie"."""
+    """ "A > B" / "B > A" when the (Holm-adjusted when set) p-value is below ``alpha``, else "tie"."""
     p = diff.p_holm if diff.p_holm is not None else diff.p_value
     if not math.isfinite(p) or p >= alpha:
         v: Verdict = "tie"
@@ -320,9 +360,17 @@ def rank(diffs: Sequence[PairedDifference], alpha: float = 0.05) -> list[Compari
     return [verdict(d, alpha) for d in holm_adjust(diffs)]
 
 
-def pairwise(arms: Mapping[str, Any], groups: Any | None = None, metric: str = "mean", y_true: Any | None = None,
-             num_classes: int | None = None, n_boot: int = 2000, ci: float = 0.95, seed: int = 0,
-             alpha: float = 0.05) -> list[Comparison]:
+def pairwise(
+    arms: Mapping[str, Any],
+    groups: Any | None = None,
+    metric: str = "mean",
+    y_true: Any | None = None,
+    num_classes: int | None = None,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> list[Comparison]:
     """Every pair of arms (in the mapping's order), paired-bootstrapped on the same resamples, Holm over all pairs.
 
     ``arms``: name -> per-item scores or predictions, all on the same test items (see ``bootstrap_ci``).
@@ -330,8 +378,10 @@ def pairwise(arms: Mapping[str, Any], groups: Any | None = None, metric: str = "
     names = list(arms)
     if len(names) < 2:
         raise ValueError("pairwise needs at least two arms")
-    diffs = [paired_bootstrap(arms[a], arms[b], groups, metric, y_true, num_classes, n_boot, ci, seed, a, b)
-             for a, b in itertools.combinations(names, 2)]
+    diffs = [
+        paired_bootstrap(arms[a], arms[b], groups, metric, y_true, num_classes, n_boot, ci, seed, a, b)
+        for a, b in itertools.combinations(names, 2)
+    ]
     return rank(diffs, alpha)
 
 

@@ -64,8 +64,10 @@ class Modality:
 
     def __post_init__(self) -> None:
         if self.view_set.channels != self.channels:
-            raise ValueError(f"modality {self.name}: view set {self.view_set.name!r} emits "
-                             f"{self.view_set.channels} channel(s), the modality says {self.channels}")
+            raise ValueError(
+                f"modality {self.name}: view set {self.view_set.name!r} emits "
+                f"{self.view_set.channels} channel(s), the modality says {self.channels}"
+            )
 
     def create_views(self, recipe: str, **overrides: Any) -> Views:
         """This modality's views for ``recipe`` (see :func:`pretextlab.views.make_views`)."""

@@ -6,15 +6,17 @@ Signal: small and local (nuclear atypia, mitoses, glands); noise: stain and scan
 from pretextlab.modalities.base import Display, Modality, ReaderDefaults, register_modality
 from pretextlab.views.histopathology import VIEW_SET
 
-HISTOPATHOLOGY = register_modality(Modality(
-    name="histopathology",
-    description="H&E / IHC whole-slide images and tiles (RGB, brightfield)",
-    channels=3,
-    intensity="transmitted light: stain optical density (Beer-Lambert), RGB",
-    view_set=VIEW_SET,
-    sampling="patches",
-    resolution_unit="um",
-    noise="stain",
-    reader=ReaderDefaults(dicom_modalities=("SM",), default_for=("image", "slide", "stack-3"), still="slide"),
-    display=Display(grayscale=False),
-))
+HISTOPATHOLOGY = register_modality(
+    Modality(
+        name="histopathology",
+        description="H&E / IHC whole-slide images and tiles (RGB, brightfield)",
+        channels=3,
+        intensity="transmitted light: stain optical density (Beer-Lambert), RGB",
+        view_set=VIEW_SET,
+        sampling="patches",
+        resolution_unit="um",
+        noise="stain",
+        reader=ReaderDefaults(dicom_modalities=("SM",), default_for=("image", "slide", "stack-3"), still="slide"),
+        display=Display(grayscale=False),
+    )
+)

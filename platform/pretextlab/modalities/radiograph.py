@@ -7,15 +7,17 @@ scatter. Views: pretextlab.views.radiograph.
 from pretextlab.modalities.base import Display, Modality, ReaderDefaults, register_modality
 from pretextlab.views.radiograph import VIEW_SET
 
-RADIOGRAPH = register_modality(Modality(
-    name="radiograph",
-    description="projection radiographs: DICOM CR/DX and PNG exports (grayscale)",
-    channels=1,
-    intensity="log of transmitted X-ray fluence (attenuation line integral)",
-    view_set=VIEW_SET,
-    sampling="frames",
-    resolution_unit="mm",
-    noise="quantum",
-    reader=ReaderDefaults(dicom_modalities=("CR", "DX", "RG"), still="cine", grayscale=True),
-    display=Display(grayscale=True, cmap="gray"),
-))
+RADIOGRAPH = register_modality(
+    Modality(
+        name="radiograph",
+        description="projection radiographs: DICOM CR/DX and PNG exports (grayscale)",
+        channels=1,
+        intensity="log of transmitted X-ray fluence (attenuation line integral)",
+        view_set=VIEW_SET,
+        sampling="frames",
+        resolution_unit="mm",
+        noise="quantum",
+        reader=ReaderDefaults(dicom_modalities=("CR", "DX", "RG"), still="cine", grayscale=True),
+        display=Display(grayscale=True, cmap="gray"),
+    )
+)

@@ -57,8 +57,12 @@ class EncoderCard(BaseModel):
     git_commit: str | None = None
     created: str | None = None
     weights_sha256: str | None = None
-    resolution: dict[str, Any] | None = Field(None, description=(
-        "the working resolution of training frames (resize or spacing_mm, fit, size, eval_fit); None: native"))
+    resolution: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "the working resolution of training frames (resize or spacing_mm, fit, size, eval_fit); None: native"
+        ),
+    )
     init: str | None = Field(None, description="weights training started from (objective.init, resolved)")
     init_sha256: str | None = None
     teacher: str | None = Field(None, description="frozen teacher of a SALT run: registry id or encoder folder")
@@ -81,10 +85,12 @@ def save_encoder(model: torch.nn.Module, card: EncoderCard, folder: str | Path) 
     tmp = folder / f".{WEIGHTS}.tmp"
     save_file(state, str(tmp), metadata={"format": FORMAT})
     tmp.replace(folder / WEIGHTS)
-    card = card.model_copy(update={
-        "weights_sha256": _sha256(folder / WEIGHTS),
-        "created": card.created or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    })
+    card = card.model_copy(
+        update={
+            "weights_sha256": _sha256(folder / WEIGHTS),
+            "created": card.created or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
+    )
     tmp_card = folder / f".{CARD}.tmp"
     tmp_card.write_text(card.model_dump_json(indent=1))
     tmp_card.replace(folder / CARD)

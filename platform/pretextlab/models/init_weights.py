@@ -72,7 +72,7 @@ def _hub_ids(model_name: str) -> list[str]:
         cfg = timm.models.get_pretrained_cfg(model_name)
         if cfg is not None and getattr(cfg, "hf_hub_id", None):
             ids.append(cfg.hf_hub_id.split("@")[0])
-    except Exception:  # an unknown name: fall back to timm's naming convention  # noqa: BLE001
+    except Exception:  # an unknown name: fall back to timm's naming convention
         pass
     ids.append(f"timm/{model_name}")
     return list(dict.fromkeys(ids))
@@ -108,34 +108,44 @@ def timm_weights_file(model_name: str) -> Path:
             if f is not None:
                 return f
     where = ", ".join(str(r) for r in roots)
-    raise ConfigError(f"objective.init: timm:{model_name}: no local weights (looked in {where}; pretextlab never "
-                      f"downloads: put model.safetensors under ${WEIGHTS_DIR_ENV}/{model_name}/ or fetch it "
-                      "into the Hugging Face cache beforehand)")
+    raise ConfigError(
+        f"objective.init: timm:{model_name}: no local weights (looked in {where}; pretextlab never "
+        f"downloads: put model.safetensors under ${WEIGHTS_DIR_ENV}/{model_name}/ or fetch it "
+        "into the Hugging Face cache beforehand)"
+    )
 
 
 def _grid(model: torch.nn.Module) -> tuple[int, int]:
     return tuple(int(x) for x in model.patch_embed.grid_size)
 
 
-def fit_state(state: dict[str, torch.Tensor], model: torch.nn.Module, source: str,
-              field: str = "objective.init") -> dict[str, torch.Tensor]:
+def fit_state(
+    state: dict[str, torch.Tensor], model: torch.nn.Module, source: str, field: str = "objective.init"
+) -> dict[str, torch.Tensor]:
     """``state`` adapted to ``model`` (a timm ViT); a one-line ConfigError when it cannot fit."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     state = {k: v for k, v in state.items() if not (k.startswith("head.") and k not in expected)}
     for a, b in (("norm.", "fc_norm."), ("fc_norm.", "norm.")):
         if not any(k.startswith(a) for k in expected) and any(k.startswith(b) for k in expected):
-            state = {(b + k[len(a):] if k.startswith(a) and (b + k[len(a):]) in expected else k): v
-                     for k, v in state.items()}
+            state = {
+                (b + k[len(a) :] if k.startswith(a) and (b + k[len(a) :]) in expected else k): v
+                for k, v in state.items()
+            }
     w = state.get("patch_embed.proj.weight")
     want = expected.get("patch_embed.proj.weight")
     if w is not None and want is not None and w.ndim == 4 and w.shape[1] != want[1] and w.shape[2:] == want[2:]:
         state["patch_embed.proj.weight"] = adapt_input_conv(want[1], w)
     pos = state.get("pos_embed")
-    if pos is not None and "pos_embed" in expected and tuple(pos.shape) != expected["pos_embed"] \
-            and pos.shape[-1] == expected["pos_embed"][-1]:
+    if (
+        pos is not None
+        and "pos_embed" in expected
+        and tuple(pos.shape) != expected["pos_embed"]
+        and pos.shape[-1] == expected["pos_embed"][-1]
+    ):
         npt = 0 if getattr(model, "no_embed_class", False) else int(model.num_prefix_tokens)
-        state["pos_embed"] = resample_abs_pos_embed(pos.float(), new_size=list(_grid(model)),
-                                                    num_prefix_tokens=npt, verbose=False).to(pos.dtype)
+        state["pos_embed"] = resample_abs_pos_embed(
+            pos.float(), new_size=list(_grid(model)), num_prefix_tokens=npt, verbose=False
+        ).to(pos.dtype)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [k for k in state if k in expected and tuple(state[k].shape) != expected[k]]
@@ -147,14 +157,16 @@ def fit_state(state: dict[str, torch.Tensor], model: torch.nn.Module, source: st
         if missing:
             parts.append(f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}"
-                         f"{', ...' if len(unexpected) > 3 else ''})")
+            parts.append(
+                f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})"
+            )
         raise ConfigError(f"{field}: {source}: weights do not fit the backbone: {'; '.join(parts)}")
     return state
 
 
-def load_backbone_state(models: list[torch.nn.Module], state: dict[str, torch.Tensor], source: str,
-                        field: str = "objective.init") -> None:
+def load_backbone_state(
+    models: list[torch.nn.Module], state: dict[str, torch.Tensor], source: str, field: str = "objective.init"
+) -> None:
     """Fit ``state`` to the first model and load it into every one of them (backbone and its twins)."""
     fitted = fit_state(state, models[0], source, field)
     with torch.no_grad():

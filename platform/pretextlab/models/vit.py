@@ -8,9 +8,9 @@ from typing import Literal
 __all__ = ["BackboneConfig", "VisionTransformer", "create_backbone", "encode_clip_tokens", "encode_tokens", "pool"]
 
 import timm
-from timm.models.vision_transformer import VisionTransformer
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from timm.models.vision_transformer import VisionTransformer
 
 #: Short names -> timm architectures (patch size and image size are overridden from the config).
 ARCHS = {
@@ -65,9 +65,14 @@ def create_backbone(cfg: BackboneConfig) -> VisionTransformer:
     return model
 
 
-def encode_tokens(vit: VisionTransformer, images: torch.Tensor, keep: torch.Tensor | None = None,
-                  prefix: bool = True, mask: torch.Tensor | None = None,
-                  mask_token: torch.Tensor | None = None) -> torch.Tensor:
+def encode_tokens(
+    vit: VisionTransformer,
+    images: torch.Tensor,
+    keep: torch.Tensor | None = None,
+    prefix: bool = True,
+    mask: torch.Tensor | None = None,
+    mask_token: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Run ``vit`` on the patch tokens of ``images``, optionally only on the patches in ``keep``.
 
     ``keep`` is (B, K) indices into the N patches (row-major); the same positional embeddings as the
@@ -98,8 +103,9 @@ def pool(vit: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
     return tokens[:, 0]
 
 
-def encode_clip_tokens(vit: VisionTransformer, clips: torch.Tensor, temporal: torch.Tensor,
-                       keep: torch.Tensor | None = None) -> torch.Tensor:
+def encode_clip_tokens(
+    vit: VisionTransformer, clips: torch.Tensor, temporal: torch.Tensor, keep: torch.Tensor | None = None
+) -> torch.Tensor:
     """Spatio-temporal tokens of clips (B, C, T, H, W) through a 2-D ViT (V-JEPA / VideoMAE style).
 
     Each frame is patch-embedded with the ViT's own spatial positions, plus a fixed temporal

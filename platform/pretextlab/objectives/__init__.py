@@ -6,8 +6,7 @@ Pixel reconstruction: ``mae``, ``cine_mae`` (tube masking, VideoMAE style).
 Pure PyTorch: no Ray here.
 """
 
-from pretextlab.objectives import dino, ijepa, mae, simclr, vicreg  # noqa: F401  (registration)
-from pretextlab.objectives import dinov3, lejepa, salt  # noqa: F401  (registration, issue 17)
+from pretextlab.objectives import dino, dinov3, ijepa, lejepa, mae, salt, simclr, vicreg  # noqa: F401  (registration)  # noqa: F401  (registration, issue 17)
 from pretextlab.objectives.base import Objective, ObjectiveConfig, ObjectiveOutput
 from pretextlab.objectives.registry import OBJECTIVES, create_objective, get_objective_class, list_objectives
 from pretextlab.objectives.schedules import ScheduleConfig, Schedules, param_groups

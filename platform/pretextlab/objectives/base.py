@@ -14,7 +14,7 @@ from typing import ClassVar, TypeVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from pretextlab.models.vit import BackboneConfig, VisionTransformer, create_backbone
+from pretextlab.models.vit import BackboneConfig, create_backbone
 
 
 @dataclass
@@ -29,10 +29,14 @@ class ObjectiveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
-    init: str | None = Field(None, description=(
-        "start the backbone from weights: registry:<address> (a pretextlab encoder), timm:<model name> "
-        "(timm's pretrained weights from the local Hugging Face cache or $PRETEXTLAB_WEIGHTS_DIR, never "
-        "the network) or a local .safetensors file; applied by training setup (pretextlab.training.weights)"))
+    init: str | None = Field(
+        None,
+        description=(
+            "start the backbone from weights: registry:<address> (a pretextlab encoder), timm:<model name> "
+            "(timm's pretrained weights from the local Hugging Face cache or $PRETEXTLAB_WEIGHTS_DIR, never "
+            "the network) or a local .safetensors file; applied by training setup (pretextlab.training.weights)"
+        ),
+    )
 
 
 class Objective(torch.nn.Module):

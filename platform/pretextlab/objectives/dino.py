@@ -122,8 +122,9 @@ class DINO(Objective):
         if c.centering == "sinkhorn_knopp":
             t_probs = sinkhorn_knopp(t_logits, temp)
             t_logits_for_loss = torch.log(t_probs.clamp_min(1e-12)) * temp  # softmax(x / temp) == t_probs
-            loss_dino = dino_loss(student, list(t_logits_for_loss.chunk(ng)), torch.zeros_like(self.center),
-                                  c.student_temp, temp)
+            loss_dino = dino_loss(
+                student, list(t_logits_for_loss.chunk(ng)), torch.zeros_like(self.center), c.student_temp, temp
+            )
         else:
             loss_dino = dino_loss(student, list(t_logits.chunk(ng)), self.center, c.student_temp, temp)
             with torch.no_grad():
@@ -141,7 +142,8 @@ class DINO(Objective):
                 t_patch = self.teacher_ibot_head(t_tokens[:, npt:][masks]).float()
                 t_patch_p = F.softmax((t_patch - self.patch_center) / temp, dim=-1)
                 self.patch_center.mul_(c.center_momentum).add_(
-                    all_reduce_mean(t_patch.mean(dim=0, keepdim=True)), alpha=1 - c.center_momentum)
+                    all_reduce_mean(t_patch.mean(dim=0, keepdim=True)), alpha=1 - c.center_momentum
+                )
             s_patch = self.ibot_head(s_tokens[:, npt:][masks]).float()
             per_token = torch.sum(-t_patch_p * F.log_softmax(s_patch / c.student_temp, dim=-1), dim=-1)
             # average over each image's masked tokens, then over images (DINOv2)

@@ -49,23 +49,36 @@ class DINOv3Config(DINOConfig):
 
     centering: Literal["ema", "sinkhorn_knopp"] = Field("sinkhorn_knopp", description="DINOv3 train.centering")
     koleo_weight: float = Field(0.1, ge=0, description="DINOv3 dino.koleo_loss_weight 0.1")
-    ibot: bool = Field(True, description="DINOv3: iBOT on, separate head, weight 1.0, mask share 0.1-0.5 "
-                                         "on half the images (ibot.*)")
+    ibot: bool = Field(
+        True, description="DINOv3: iBOT on, separate head, weight 1.0, mask share 0.1-0.5 on half the images (ibot.*)"
+    )
     gram: bool = Field(True, description="Gram anchoring on (gram.use_loss)")
     gram_weight: float = Field(2.0, ge=0, description="DINOv3 gram.loss_weight_schedule end 2.0")
-    gram_start_step: int = Field(1000, ge=0, description=(
-        "step at which the Gram teacher is snapshot and the loss switches on (DINOv3: after 1M of its "
-        "iterations; set it to where the run's patch features are good, e.g. half of train.steps)"))
+    gram_start_step: int = Field(
+        1000,
+        ge=0,
+        description=(
+            "step at which the Gram teacher is snapshot and the loss switches on (DINOv3: after 1M of its "
+            "iterations; set it to where the run's patch features are good, e.g. half of train.steps)"
+        ),
+    )
     gram_refresh_every: int = Field(1000, ge=1, description="refresh period (DINOv3 update_frequency 10k)")
     gram_max_refreshes: int = Field(3, ge=0, description="refreshes after the first snapshot (max_updates 3)")
-    gram_teacher_upscale: float = Field(2.0, ge=1.0, description=(
-        "the Gram teacher sees the global crops this many times larger (DINOv3 512 vs 256: 2.0)"))
+    gram_teacher_upscale: float = Field(
+        2.0,
+        ge=1.0,
+        description=("the Gram teacher sees the global crops this many times larger (DINOv3 512 vs 256: 2.0)"),
+    )
     gram_remove_neg: bool = Field(False, description="clip negative similarities (DINOv3: false)")
-    high_res_adaptation: bool = Field(False, description=(
-        "DINOv3's high-resolution adaptation phase: Gram anchoring from step 0 to a fixed Gram teacher "
-        "(the starting teacher), weight 1.5, teacher upscale 1.5, teacher temperature 0.07 throughout. "
-        "Run it as a second run: objective.init: registry:<the first run's encoder>, a larger "
-        "backbone.img_size (position embeddings are resampled) and larger views"))
+    high_res_adaptation: bool = Field(
+        False,
+        description=(
+            "DINOv3's high-resolution adaptation phase: Gram anchoring from step 0 to a fixed Gram teacher "
+            "(the starting teacher), weight 1.5, teacher upscale 1.5, teacher temperature 0.07 throughout. "
+            "Run it as a second run: objective.init: registry:<the first run's encoder>, a larger "
+            "backbone.img_size (position embeddings are resampled) and larger views"
+        ),
+    )
 
     @model_validator(mode="after")
     def _high_res(self) -> DINOv3Config:
@@ -118,8 +131,10 @@ class DINOv3(DINO):
         npt = self.gram_teacher.num_prefix_tokens
         with torch.no_grad():
             if c.gram_teacher_upscale > 1.0:
-                size = [round(s * c.gram_teacher_upscale / self.cfg.backbone.patch_size)
-                        * self.cfg.backbone.patch_size for s in g.shape[-2:]]
+                size = [
+                    round(s * c.gram_teacher_upscale / self.cfg.backbone.patch_size) * self.cfg.backbone.patch_size
+                    for s in g.shape[-2:]
+                ]
                 g = F.interpolate(g, size=size, mode="bicubic", align_corners=False)
             t = encode_tokens(self.gram_teacher, g)[:, npt:]
             h = g.shape[-2] // self.cfg.backbone.patch_size
@@ -147,6 +162,7 @@ class DINOv3(DINO):
         super().update_ema(momentum)
         self.steps_done += 1
         c = self.cfg
-        if c.gram and self.refresh_due(int(self.steps_done), c.gram_start_step, c.gram_refresh_every,
-                                       c.gram_max_refreshes):
+        if c.gram and self.refresh_due(
+            int(self.steps_done), c.gram_start_step, c.gram_refresh_every, c.gram_max_refreshes
+        ):
             self.refresh_gram_teacher()

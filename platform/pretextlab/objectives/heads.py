@@ -10,8 +10,7 @@ import torch.nn.functional as F
 class DINOHead(nn.Module):
     """MLP (hidden, GELU) -> bottleneck -> l2-normalise -> weight-normalised linear to K prototypes."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 layers: int = 3):
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, layers: int = 3):
         super().__init__()
         mods: list[nn.Module] = []
         dim = in_dim
@@ -36,8 +35,9 @@ class DINOHead(nn.Module):
         return self.last(x)
 
 
-def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, batch_norm: bool = True,
-        last_bn: bool = False) -> nn.Sequential:
+def mlp(
+    in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, batch_norm: bool = True, last_bn: bool = False
+) -> nn.Sequential:
     """Linear-BN-ReLU stacks (SimCLR projection head, VICReg expander)."""
     mods: list[nn.Module] = []
     dim = in_dim

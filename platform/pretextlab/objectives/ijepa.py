@@ -58,8 +58,15 @@ class IJEPA(Objective):
         super().__init__(cfg)
         grid = tuple(self.backbone.patch_embed.grid_size)
         self.grid = grid
-        self.masks = MultiBlockMasks(grid[0], grid[1], cfg.num_targets, cfg.target_scale, cfg.target_aspect,
-                                     cfg.context_scale, min_keep=cfg.min_keep)
+        self.masks = MultiBlockMasks(
+            grid[0],
+            grid[1],
+            cfg.num_targets,
+            cfg.target_scale,
+            cfg.target_aspect,
+            cfg.context_scale,
+            min_keep=cfg.min_keep,
+        )
         self.predictor = _predictor(cfg, self.backbone.embed_dim, grid)
         self.target_backbone = ema_copy(self.backbone)
 
@@ -75,8 +82,9 @@ class IJEPA(Objective):
         ctx, tgts = self.masks.sample(b)
         return ctx.to(device), [t.to(device) for t in tgts]
 
-    def _predict_loss(self, ctx_tokens: torch.Tensor, ctx_idx: torch.Tensor, targets: torch.Tensor,
-                      tgt_idx: list[torch.Tensor]) -> torch.Tensor:
+    def _predict_loss(
+        self, ctx_tokens: torch.Tensor, ctx_idx: torch.Tensor, targets: torch.Tensor, tgt_idx: list[torch.Tensor]
+    ) -> torch.Tensor:
         m = len(tgt_idx)
         losses = []
         for t_idx in tgt_idx:  # one predictor pass per target block, as the reference does per mask
@@ -95,8 +103,9 @@ class IJEPA(Objective):
             h = F.layer_norm(h, (h.shape[-1],))
         z = encode_tokens(self.backbone, images, keep=ctx_idx)[:, npt:]
         loss = self._predict_loss(z, ctx_idx, h, tgt_idx)
-        return ObjectiveOutput(loss=loss, metrics={"loss_latent": loss.detach(),
-                                                   "context_patches": torch.tensor(float(ctx_idx.shape[1]))})
+        return ObjectiveOutput(
+            loss=loss, metrics={"loss_latent": loss.detach(), "context_patches": torch.tensor(float(ctx_idx.shape[1]))}
+        )
 
     @torch.no_grad()
     def update_ema(self, momentum: float) -> None:

@@ -45,9 +45,13 @@ class LeJEPAConfig(IJEPAConfig):
     sigreg_slices: int = Field(256, ge=1, description="random 1-D projections per step (reference: 256)")
     sigreg_knots: int = Field(17, ge=3, description="quadrature points on [0, t_max] (reference: 17)")
     sigreg_t_max: float = Field(3.0, gt=0, description="integration bound of the Epps-Pulley test (reference: 3)")
-    sigreg_on: Literal["both", "pooled", "tokens"] = Field("both", description=(
-        "pooled: each image's mean patch token (the paper regularises each view's embedding); "
-        "tokens: the patch tokens (the prediction targets); both: the mean of the two statistics"))
+    sigreg_on: Literal["both", "pooled", "tokens"] = Field(
+        "both",
+        description=(
+            "pooled: each image's mean patch token (the paper regularises each view's embedding); "
+            "tokens: the patch tokens (the prediction targets); both: the mean of the two statistics"
+        ),
+    )
     sigreg_max_tokens: int = Field(2048, ge=8, description="patch tokens per step SIGReg sees (sampled)")
 
 
@@ -69,8 +73,15 @@ class LeJEPA(Objective):
         super().__init__(cfg)
         grid = tuple(self.backbone.patch_embed.grid_size)
         self.grid = grid
-        self.masks = MultiBlockMasks(grid[0], grid[1], cfg.num_targets, cfg.target_scale, cfg.target_aspect,
-                                     cfg.context_scale, min_keep=cfg.min_keep)
+        self.masks = MultiBlockMasks(
+            grid[0],
+            grid[1],
+            cfg.num_targets,
+            cfg.target_scale,
+            cfg.target_aspect,
+            cfg.context_scale,
+            min_keep=cfg.min_keep,
+        )
         self.predictor = _predictor(cfg, self.backbone.embed_dim, grid)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.int64))
 

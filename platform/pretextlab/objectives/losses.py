@@ -7,8 +7,13 @@ import torch
 import torch.nn.functional as F
 
 
-def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor,
-              student_temp: float, teacher_temp: float) -> torch.Tensor:
+def dino_loss(
+    student: list[torch.Tensor],
+    teacher: list[torch.Tensor],
+    center: torch.Tensor,
+    student_temp: float,
+    teacher_temp: float,
+) -> torch.Tensor:
     """DINO cross-entropy (Caron et al. 2021): every teacher global view against every student view
     except the same one. ``teacher`` holds raw logits; it is centred and sharpened here."""
     t_probs = [F.softmax((t - center) / teacher_temp, dim=-1).detach() for t in teacher]
@@ -57,8 +62,9 @@ def ntxent_loss(z0: torch.Tensor, z1: torch.Tensor, temperature: float = 0.1) ->
     return F.cross_entropy(sim, targets)
 
 
-def vicreg_loss(z0: torch.Tensor, z1: torch.Tensor, lambda_: float = 25.0, mu: float = 25.0, nu: float = 1.0,
-                eps: float = 1e-4) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def vicreg_loss(
+    z0: torch.Tensor, z1: torch.Tensor, lambda_: float = 25.0, mu: float = 25.0, nu: float = 1.0, eps: float = 1e-4
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """VICReg (Bardes et al. 2022): invariance (MSE) + variance hinge at std 1 + off-diagonal covariance."""
     inv = F.mse_loss(z0, z1)
 
@@ -90,8 +96,13 @@ def latent_regression_loss(pred: torch.Tensor, target: torch.Tensor, kind: str =
     raise ValueError(f"unknown latent loss {kind!r} (smooth_l1, l2, l1)")
 
 
-def mae_loss(pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor | None = None,
-             norm_pix: bool = True, eps: float = 1e-6) -> torch.Tensor:
+def mae_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    masked: torch.Tensor | None = None,
+    norm_pix: bool = True,
+    eps: float = 1e-6,
+) -> torch.Tensor:
     """MAE pixel loss (He et al. 2022): MSE on masked patches, targets normalised per patch.
 
     ``pred``/``target`` are (B, N, P) patch pixels; ``masked`` is (B, N) with 1 where masked
@@ -122,8 +133,9 @@ def unpatchify(patches: torch.Tensor, patch: int, channels: int, gh: int, gw: in
     return x.permute(0, 5, 1, 3, 2, 4).reshape(b, channels, gh * patch, gw * patch)
 
 
-def gram_loss(student: torch.Tensor, teacher: torch.Tensor, normalize: bool = True,
-              remove_neg: bool = False) -> torch.Tensor:
+def gram_loss(
+    student: torch.Tensor, teacher: torch.Tensor, normalize: bool = True, remove_neg: bool = False
+) -> torch.Tensor:
     """DINOv3 Gram anchoring (Siméoni et al. 2025, arXiv 2508.10104, Sec. 4.2; reference code
     facebookresearch/dinov3 ``dinov3/loss/gram_loss.py``, image-level variant).
 
@@ -144,8 +156,14 @@ def gram_loss(student: torch.Tensor, teacher: torch.Tensor, normalize: bool = Tr
     return F.mse_loss(s_sim, t_sim)
 
 
-def sigreg(x: torch.Tensor, num_slices: int = 256, knots: int = 17, t_max: float = 3.0,
-           directions: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def sigreg(
+    x: torch.Tensor,
+    num_slices: int = 256,
+    knots: int = 17,
+    t_max: float = 3.0,
+    directions: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """SIGReg, LeJEPA's sketched isotropic Gaussian regulariser (Balestriero & LeCun 2025,
     arXiv 2511.08544; reference code rbalestr-lab/lejepa, ``MINIMAL.md``).
 

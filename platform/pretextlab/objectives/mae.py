@@ -36,8 +36,9 @@ class _Decoder(nn.Module):
         self.embed = nn.Linear(embed_dim, cfg.decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
         self.register_buffer("pos", pos[None], persistent=False)
-        self.blocks = nn.ModuleList(Block(cfg.decoder_dim, cfg.decoder_heads, 4.0, qkv_bias=True)
-                                    for _ in range(cfg.decoder_depth))
+        self.blocks = nn.ModuleList(
+            Block(cfg.decoder_dim, cfg.decoder_heads, 4.0, qkv_bias=True) for _ in range(cfg.decoder_depth)
+        )
         self.norm = nn.LayerNorm(cfg.decoder_dim)
         self.pred = nn.Linear(cfg.decoder_dim, patch_dim)
         nn.init.normal_(self.mask_token, std=0.02)

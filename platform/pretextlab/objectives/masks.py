@@ -16,8 +16,13 @@ from dataclasses import dataclass
 import torch
 
 
-def random_masks(batch: int, num_patches: int, ratio: float, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def random_masks(
+    batch: int,
+    num_patches: int,
+    ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(keep, masked) index tensors of shape (B, K) and (B, N - K), each sorted, per-sample random."""
     n_keep = max(1, int(round(num_patches * (1.0 - ratio))))
     noise = torch.rand(batch, num_patches, generator=generator).to(device)
@@ -47,7 +52,9 @@ class MultiBlockMasks:
     min_keep: int = 4
     max_tries: int = 20
 
-    def _block_size(self, g: torch.Generator, scale: tuple[float, float], aspect: tuple[float, float]) -> tuple[int, int]:
+    def _block_size(
+        self, g: torch.Generator, scale: tuple[float, float], aspect: tuple[float, float]
+    ) -> tuple[int, int]:
         s = scale[0] + torch.rand(1, generator=g).item() * (scale[1] - scale[0])
         max_keep = int(self.height * self.width * s)
         lo, hi = math.log(aspect[0]), math.log(aspect[1])

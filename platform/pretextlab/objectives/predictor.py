@@ -36,5 +36,5 @@ class Predictor(nn.Module):
         x = torch.cat([x, m], dim=1)
         for blk in self.blocks:
             x = blk(x)
-        x = self.norm(x[:, -target_idx.shape[1]:])
+        x = self.norm(x[:, -target_idx.shape[1] :])
         return self.proj(x)

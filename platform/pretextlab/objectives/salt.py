@@ -35,9 +35,13 @@ from pretextlab.objectives.registry import register_objective
 
 
 class SALTConfig(IJEPAConfig):
-    teacher: str | None = Field(None, description=(
-        "the frozen teacher: a registry address (name, name:version, chosen:<modality>) in the run's "
-        "registry, or an encoder folder; resolved by training setup"))
+    teacher: str | None = Field(
+        None,
+        description=(
+            "the frozen teacher: a registry address (name, name:version, chosen:<modality>) in the run's "
+            "registry, or an encoder folder; resolved by training setup"
+        ),
+    )
     loss: str = Field("l1", description="V-JEPA / SALT: L1 on layer-normed teacher latents")
     target_norm: bool = Field(True, description="layer-norm the teacher's tokens (V-JEPA / I-JEPA)")
 
@@ -47,8 +51,9 @@ class CineSALTConfig(SALTConfig, CineJEPAConfig):
 
 
 def _no_teacher(name: str) -> RuntimeError:
-    return RuntimeError(f"{name}: no teacher set (training setup loads objective.teacher; in code call "
-                        "objective.set_teacher(encoder))")
+    return RuntimeError(
+        f"{name}: no teacher set (training setup loads objective.teacher; in code call objective.set_teacher(encoder))"
+    )
 
 
 @register_objective
@@ -69,8 +74,15 @@ class SALT(Objective):
         super().__init__(cfg)
         grid = tuple(self.backbone.patch_embed.grid_size)
         self.grid = grid
-        self.masks = MultiBlockMasks(grid[0], grid[1], cfg.num_targets, cfg.target_scale, cfg.target_aspect,
-                                     cfg.context_scale, min_keep=cfg.min_keep)
+        self.masks = MultiBlockMasks(
+            grid[0],
+            grid[1],
+            cfg.num_targets,
+            cfg.target_scale,
+            cfg.target_aspect,
+            cfg.context_scale,
+            min_keep=cfg.min_keep,
+        )
         self.predictor = _predictor(cfg, self.backbone.embed_dim, grid, getattr(cfg, "frames", 1))
         object.__setattr__(self, "_teacher", None)  # deliberately not a submodule (see the module doc)
 
@@ -85,11 +97,15 @@ class SALT(Objective):
         if theirs is None or not hasattr(teacher, "embed_dim"):
             raise ConfigError(f"objective.teacher: {type(teacher).__name__} is not a timm ViT")
         if tuple(theirs.patch_size) != tuple(mine.patch_size):
-            raise ConfigError(f"objective.teacher: the teacher's patch size {tuple(theirs.patch_size)} differs "
-                              f"from the student's {tuple(mine.patch_size)}: their patch grids must match")
+            raise ConfigError(
+                f"objective.teacher: the teacher's patch size {tuple(theirs.patch_size)} differs "
+                f"from the student's {tuple(mine.patch_size)}: their patch grids must match"
+            )
         if theirs.proj.in_channels != mine.proj.in_channels:
-            raise ConfigError(f"objective.teacher: the teacher takes {theirs.proj.in_channels} channel(s), "
-                              f"the student's views have {mine.proj.in_channels}")
+            raise ConfigError(
+                f"objective.teacher: the teacher takes {theirs.proj.in_channels} channel(s), "
+                f"the student's views have {mine.proj.in_channels}"
+            )
         for p in teacher.parameters():
             p.requires_grad_(False)
         device = next(self.backbone.parameters()).device
@@ -118,9 +134,9 @@ class SALT(Objective):
         b = images.shape[0]
         ctx_idx, tgt_idx = self._sample_masks(batch, b, images.device)
         with torch.no_grad(), self._teacher_context(images):
-            h = encode_tokens(self._teacher, images)[:, self._teacher.num_prefix_tokens:]
+            h = encode_tokens(self._teacher, images)[:, self._teacher.num_prefix_tokens :]
         h = self._targets(h)
-        z = encode_tokens(self.backbone, images, keep=ctx_idx)[:, self.backbone.num_prefix_tokens:]
+        z = encode_tokens(self.backbone, images, keep=ctx_idx)[:, self.backbone.num_prefix_tokens :]
         loss = self._predict_loss(z, ctx_idx, h, tgt_idx)
         return ObjectiveOutput(loss=loss, metrics={"loss_latent": loss.detach()})
 

@@ -46,6 +46,7 @@ class VICReg(Objective):
         b = v0.shape[0]
         z = self.expander(pool(self.backbone, encode_tokens(self.backbone, torch.cat([v0, v1])))).float()
         c = self.cfg
-        loss, parts = vicreg_loss(gather_with_grad(z[:b]), gather_with_grad(z[b:]), c.sim_weight, c.var_weight,
-                                  c.cov_weight)
+        loss, parts = vicreg_loss(
+            gather_with_grad(z[:b]), gather_with_grad(z[b:]), c.sim_weight, c.var_weight, c.cov_weight
+        )
         return ObjectiveOutput(loss=loss, metrics={f"loss_{k}": v for k, v in parts.items()})

@@ -24,5 +24,4 @@ from pretextlab.phantoms.base import (
     register_generator,
 )
 
-__all__ = ["GENERATORS", "GLOBAL", "LOCAL", "ItemSpec", "PhantomItem", "PhantomSet", "generate",
-           "register_generator"]
+__all__ = ["GENERATORS", "GLOBAL", "LOCAL", "ItemSpec", "PhantomItem", "PhantomSet", "generate", "register_generator"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from pretextlab.core.errors import UserError
 
 #: Item-level label channels: where the label of an item lives.
@@ -84,8 +85,9 @@ def register_generator(name: str, options: dict[str, Any] | None = None) -> Call
     return deco
 
 
-def _check(modality: str, n: int, size: int, locality: float, noise: float, frames: int | None,
-           options: dict[str, Any]) -> dict[str, Any]:
+def _check(
+    modality: str, n: int, size: int, locality: float, noise: float, frames: int | None, options: dict[str, Any]
+) -> dict[str, Any]:
     if modality not in GENERATORS:
         raise UserError(f"phantom modality {modality!r} is unknown; choose from {', '.join(sorted(GENERATORS))}")
     if n < 2 or n % 2:
@@ -101,8 +103,10 @@ def _check(modality: str, n: int, size: int, locality: float, noise: float, fram
     allowed = OPTIONS[modality]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise UserError(f"phantom option(s) {', '.join(unknown)} unknown for {modality}; "
-                        f"allowed: {', '.join(sorted(allowed)) or 'none'}")
+        raise UserError(
+            f"phantom option(s) {', '.join(unknown)} unknown for {modality}; "
+            f"allowed: {', '.join(sorted(allowed)) or 'none'}"
+        )
     return {**allowed, **options}
 
 
@@ -120,8 +124,16 @@ def assign(n: int, locality: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return labels[order].astype(np.int64), local[order]
 
 
-def generate(modality: str, n: int = 400, size: int = 64, locality: float = 0.0, noise: float = 0.5,
-             seed: int = 0, frames: int | None = None, **options: Any) -> PhantomSet:
+def generate(
+    modality: str,
+    n: int = 400,
+    size: int = 64,
+    locality: float = 0.0,
+    noise: float = 0.5,
+    seed: int = 0,
+    frames: int | None = None,
+    **options: Any,
+) -> PhantomSet:
     """Generate ``n`` items of ``modality`` at ``size`` x ``size`` px with balanced labels.
 
     ``locality``: 0 = every abnormal item differs from a normal one only in the outline of a large
@@ -142,8 +154,15 @@ def generate(modality: str, n: int = 400, size: int = 64, locality: float = 0.0,
     images = np.stack([it.image for it in items])
     masks = np.stack([it.mask for it in items]).astype(bool)
     meta = {
-        "modality": modality, "n": n, "size": size, "locality": float(locality), "noise": float(noise),
-        "seed": seed, "frames": frames, "options": opts, "class_names": ["normal", "abnormal"],
+        "modality": modality,
+        "n": n,
+        "size": size,
+        "locality": float(locality),
+        "noise": float(noise),
+        "seed": seed,
+        "frames": frames,
+        "options": opts,
+        "class_names": ["normal", "abnormal"],
         "items": [it.meta for it in items],
     }
     return PhantomSet(images, labels, masks, meta)

@@ -23,6 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
+
 from pretextlab.phantoms.base import LOCAL, ItemSpec, PhantomItem, register_generator
 from pretextlab.phantoms.shapes import (
     boundary_band,
@@ -30,7 +32,6 @@ from pretextlab.phantoms.shapes import (
     random_region,
     smooth_field,
 )
-from scipy import ndimage
 
 #: Ruifrok & Johnston (2001) optical-density vectors (R, G, B), unit length.
 HEMATOXYLIN = np.array([0.650, 0.704, 0.286])
@@ -39,8 +40,18 @@ DAB = np.array([0.268, 0.570, 0.776])
 HED = np.stack([v / np.linalg.norm(v) for v in (HEMATOXYLIN, EOSIN, DAB)])
 
 
-def _nucleus(od: np.ndarray, cy: float, cx: float, ry: float, rx: float, angle: float, density: float,
-             ripple: float = 0.0, rng: np.random.Generator | None = None, mask: np.ndarray | None = None) -> None:
+def _nucleus(
+    od: np.ndarray,
+    cy: float,
+    cx: float,
+    ry: float,
+    rx: float,
+    angle: float,
+    density: float,
+    ripple: float = 0.0,
+    rng: np.random.Generator | None = None,
+    mask: np.ndarray | None = None,
+) -> None:
     """Add one antialiased elliptical nucleus of haematoxylin OD ``density`` to ``od`` (in place)."""
     h, w = od.shape
     reach = max(ry, rx) * (1 + ripple) + 2
@@ -84,8 +95,7 @@ def histology_item(rng: np.random.Generator, spec: ItemSpec, options: dict[str, 
         raise UserError("histology phantoms are still tiles: frames applies to ultrasound only")
     s = spec.size
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float64)
-    nest = random_region(rng, s, lobulated=spec.label == 1 and spec.channel != LOCAL, radius=(0.22, 0.32),
-                         margin=0.05)
+    nest = random_region(rng, s, lobulated=spec.label == 1 and spec.channel != LOCAL, radius=(0.22, 0.32), margin=0.05)
     inside = nest.inside(yy, xx)
     fibre_angle = float(rng.uniform(0, np.pi))
     fibres = oriented_field(rng, (s, s), along=s / 8, across=s / 80, angle=fibre_angle)
@@ -121,8 +131,18 @@ def histology_item(rng: np.random.Generator, spec: ItemSpec, options: dict[str, 
             continue
         if i in sizes:
             r = r_n * sizes[i]
-            _nucleus(hema, cy, cx, r * rng.uniform(0.8, 1.0), r, rng.uniform(0, np.pi), rng.uniform(0.55, 0.8) * 1.15,
-                     ripple=0.12, rng=rng, mask=roi)
+            _nucleus(
+                hema,
+                cy,
+                cx,
+                r * rng.uniform(0.8, 1.0),
+                r,
+                rng.uniform(0, np.pi),
+                rng.uniform(0.55, 0.8) * 1.15,
+                ripple=0.12,
+                rng=rng,
+                mask=roi,
+            )
         else:
             r = r_n * rng.uniform(0.9, 1.1)
             _nucleus(hema, cy, cx, r * rng.uniform(0.85, 1.0), r, rng.uniform(0, np.pi), rng.uniform(0.55, 0.8))
@@ -151,8 +171,15 @@ def histology_item(rng: np.random.Generator, spec: ItemSpec, options: dict[str, 
     rgb = ndimage.gaussian_filter(rgb, (blur, blur, 0))
     rgb = rgb + rng.normal(0, 2.0, rgb.shape)
     image = np.clip(np.round(rgb), 0, 255).astype(np.uint8)
-    meta = {"stain_vectors": vectors.round(4).tolist(), "stain_scales": scales.round(4).tolist(),
-            "illumination": illum.round(4).tolist(), "blur_px": blur, "nuclear_radius_px": float(r_n),
-            "nest_centre": [nest.cy, nest.cx], "lobulation": nest.harmonics[0][1], "atypical_nuclei": n_atypical,
-            "fibre_angle": fibre_angle}
+    meta = {
+        "stain_vectors": vectors.round(4).tolist(),
+        "stain_scales": scales.round(4).tolist(),
+        "illumination": illum.round(4).tolist(),
+        "blur_px": blur,
+        "nuclear_radius_px": float(r_n),
+        "nest_centre": [nest.cy, nest.cx],
+        "lobulation": nest.harmonics[0][1],
+        "atypical_nuclei": n_atypical,
+        "fibre_angle": fibre_angle,
+    }
     return PhantomItem(image, roi, meta)

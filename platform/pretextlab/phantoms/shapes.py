@@ -46,8 +46,14 @@ class Region:
         return self.level(yy, xx) < 1.0
 
 
-def random_region(rng: np.random.Generator, size: int, lobulated: bool, radius: tuple[float, float] = (0.2, 0.3),
-                  margin: float = 0.08, fits: Callable[[float, float, float], bool] | None = None) -> Region:
+def random_region(
+    rng: np.random.Generator,
+    size: int,
+    lobulated: bool,
+    radius: tuple[float, float] = (0.2, 0.3),
+    margin: float = 0.08,
+    fits: Callable[[float, float, float], bool] | None = None,
+) -> Region:
     """A region of random position, size, aspect and rotation; ``lobulated`` adds order 3-5 harmonics.
 
     Smooth regions get faint ripples (amplitude <= 0.04) so "smooth" is not "a perfect ellipse";
@@ -80,8 +86,9 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float 
     return (f - f.mean()) / (f.std() + 1e-12)
 
 
-def oriented_field(rng: np.random.Generator, shape: tuple[int, int], along: float, across: float,
-                   angle: float) -> np.ndarray:
+def oriented_field(
+    rng: np.random.Generator, shape: tuple[int, int], along: float, across: float, angle: float
+) -> np.ndarray:
     """Smooth noise elongated along ``angle`` (fibres): anisotropic Gaussian filtering in Fourier space."""
     fy = np.fft.fftfreq(shape[0])[:, None]
     fx = np.fft.fftfreq(shape[1])[None, :]

@@ -36,9 +36,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
+
 from pretextlab.phantoms.base import LOCAL, ItemSpec, PhantomItem, register_generator
 from pretextlab.phantoms.shapes import boundary_band, random_region, smooth_field
-from scipy import ndimage
 
 ALPHA_DB_CM_MHZ = 0.5
 F0_MHZ = 3.5
@@ -112,15 +113,21 @@ def _geometry(size: int, kind: str) -> _Geometry:
     return _GEOMETRIES[key]
 
 
-def _tissue(rng: np.random.Generator, spec: ItemSpec, grid: tuple[np.ndarray, np.ndarray],
-            geo: _Geometry) -> tuple[np.ndarray, np.ndarray, dict]:
+def _tissue(
+    rng: np.random.Generator, spec: ItemSpec, grid: tuple[np.ndarray, np.ndarray], geo: _Geometry
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Echogenicity in dB on the tissue grid, the ROI mask on the same grid, and the nuisance values."""
     s = spec.size
     yy, xx = grid
     db = 1.5 * smooth_field(rng, yy.shape, OVERSAMPLE * s / 10)
     slack = 0.06 * s if spec.frames else 0.0  # room for breathing and drift
-    organ = random_region(rng, s, lobulated=spec.label == 1 and spec.channel != LOCAL, radius=(0.18, 0.26),
-                          fits=lambda cy, cx, reach: geo.holds(cy, cx, reach + slack))
+    organ = random_region(
+        rng,
+        s,
+        lobulated=spec.label == 1 and spec.channel != LOCAL,
+        radius=(0.18, 0.26),
+        fits=lambda cy, cx, reach: geo.holds(cy, cx, reach + slack),
+    )
     contrast = float(rng.choice([-1.0, 1.0]) * rng.uniform(5.0, 9.0))
     inside = organ.inside(yy, xx)
     db = np.where(inside, db + contrast, db)
@@ -146,8 +153,13 @@ def _tissue(rng: np.random.Generator, spec: ItemSpec, grid: tuple[np.ndarray, np
     else:
         roi = boundary_band(inside, max(1, round(OVERSAMPLE * s / 32)))
         lesion_meta = {}
-    meta = {"organ_contrast_db": contrast, "organ_centre": [organ.cy, organ.cx], "vessels": n_vessels,
-            "lobulation": organ.harmonics[0][1], **lesion_meta}
+    meta = {
+        "organ_contrast_db": contrast,
+        "organ_centre": [organ.cy, organ.cx],
+        "vessels": n_vessels,
+        "lobulation": organ.harmonics[0][1],
+        **lesion_meta,
+    }
     return db, roi, meta
 
 
@@ -204,7 +216,8 @@ def ultrasound_item(rng: np.random.Generator, spec: ItemSpec, options: dict[str,
             field = scat[:, gy, gx]
         field = field * beam_amp
         iq = ndimage.gaussian_filter(field.real, (0, sig_ax, sig_lat)) + 1j * ndimage.gaussian_filter(
-            field.imag, (0, sig_ax, sig_lat))
+            field.imag, (0, sig_ax, sig_lat)
+        )
         iq = iq * 10 ** (-atten_db / 20) + 10 ** (-50 / 20) * _complex_normal(rng, iq.shape)  # receiver noise
         env = np.abs(iq).mean(axis=0) / (np.sqrt(np.pi) / 2 * psf_gain) * 10 ** (tgc_db / 20)
         level = 20 * np.log10(env + 1e-12) + gain_db
@@ -216,6 +229,14 @@ def ultrasound_item(rng: np.random.Generator, spec: ItemSpec, options: dict[str,
     mask = np.stack(masks)
     if not spec.frames:
         image, mask = image[0], mask[0]
-    meta = {"depth_cm": depth_cm, "gain_db": gain_db, "dynamic_range_db": dyn_db, "tgc_ratio": tgc_ratio,
-            "looks": looks, "pixel_spacing_mm": depth_cm * 10.0 / (geo.r1 - geo.r0), **tissue_meta, **motion}
+    meta = {
+        "depth_cm": depth_cm,
+        "gain_db": gain_db,
+        "dynamic_range_db": dyn_db,
+        "tgc_ratio": tgc_ratio,
+        "looks": looks,
+        "pixel_spacing_mm": depth_cm * 10.0 / (geo.r1 - geo.r0),
+        **tissue_meta,
+        **motion,
+    }
     return PhantomItem(image, mask, meta)

@@ -29,8 +29,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from pretextlab.core.errors import UserError
 from scipy import ndimage
+
+from pretextlab.core.errors import UserError
 
 #: Ruifrok & Johnston (2001) H, E, DAB optical-density vectors (R, G, B), rows normalised.
 HED_VECTORS = np.array([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]])
@@ -144,8 +145,9 @@ def _gray(image: np.ndarray) -> np.ndarray:
     return a.astype(np.float64)
 
 
-def speckle_profile(images: np.ndarray | list[np.ndarray], dynamic_range_db: float | None = None, win: int = 12,
-                    per_image: int = 4) -> SpeckleProfile:
+def speckle_profile(
+    images: np.ndarray | list[np.ndarray], dynamic_range_db: float | None = None, win: int = 12, per_image: int = 4
+) -> SpeckleProfile:
     """Speckle statistics of (N, H, W[, C]) images on up to ``per_image`` homogeneous windows each.
 
     Without ``dynamic_range_db`` pixels are taken as envelope samples (linear data); with it, 8-bit
@@ -166,8 +168,10 @@ def speckle_profile(images: np.ndarray | list[np.ndarray], dynamic_range_db: flo
             axial.append(a)
             lateral.append(lat)
     if not samples:
-        raise UserError(f"speckle profile: no homogeneous {win}x{win} window without zero pixels in "
-                        f"{len(images)} image(s); images too small or mostly background")
+        raise UserError(
+            f"speckle profile: no homogeneous {win}x{win} window without zero pixels in "
+            f"{len(images)} image(s); images too small or mostly background"
+        )
     pooled = np.concatenate(samples)
     if dynamic_range_db is None:
         notes.append("pixels taken as linear envelope samples (no dynamic_range_db given)")
@@ -240,7 +244,11 @@ def stain_profile(images: np.ndarray | list[np.ndarray], tissue_od: float = 0.15
     angles = np.degrees(np.arccos(np.clip(d @ centre, -1.0, 1.0)))
     h, e = np.array(hs), np.array(es)
     return StainProfile(
-        h_median=float(np.median(h)), e_median=float(np.median(e)),
-        h_cv=float(h.std() / max(abs(h.mean()), 1e-9)), e_cv=float(e.std() / max(abs(e.mean()), 1e-9)),
-        od_angle_spread_deg=float(np.sqrt(np.mean(angles**2))), items=len(hs), notes=notes,
+        h_median=float(np.median(h)),
+        e_median=float(np.median(e)),
+        h_cv=float(h.std() / max(abs(h.mean()), 1e-9)),
+        e_cv=float(e.std() / max(abs(e.mean()), 1e-9)),
+        od_angle_spread_deg=float(np.sqrt(np.mean(angles**2))),
+        items=len(hs),
+        notes=notes,
     )

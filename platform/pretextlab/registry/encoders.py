@@ -57,8 +57,7 @@ def check_name(name: str) -> str:
 class EncoderRegistry:
     """Register, list, resolve, fetch and mark ("choose") encoders under ``root``."""
 
-    def __init__(self, root: str, storage_options: dict[str, Any] | None = None,
-                 cache_dir: str | Path | None = None):
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None, cache_dir: str | Path | None = None):
         self.root = sfs.normalize(root)
         self.storage_options = storage_options
         self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "pretextlab" / "encoders")
@@ -95,10 +94,18 @@ class EncoderRegistry:
 
     def choose(self, ref: EncoderRef, modality: str, reason: dict[str, Any] | None = None) -> None:
         """Mark ``ref`` as the chosen encoder for ``modality`` (atomic; replaces the previous mark)."""
-        mark = {"name": ref.name, "version": ref.version, "modality": modality, "reason": reason or {},
-                "chosen_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
-        sfs.atomic_write_bytes(sfs.join(self.root, "chosen", f"{check_name(modality)}.json"),
-                               json.dumps(mark, indent=1).encode(), self.storage_options)
+        mark = {
+            "name": ref.name,
+            "version": ref.version,
+            "modality": modality,
+            "reason": reason or {},
+            "chosen_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
+        sfs.atomic_write_bytes(
+            sfs.join(self.root, "chosen", f"{check_name(modality)}.json"),
+            json.dumps(mark, indent=1).encode(),
+            self.storage_options,
+        )
 
     # -- reading -------------------------------------------------------------------------------
     def _card(self, uri: str) -> EncoderCard | None:
@@ -141,8 +148,9 @@ class EncoderRegistry:
 
     def chosen(self, modality: str) -> EncoderRef | None:
         try:
-            mark = json.loads(sfs.read_bytes(sfs.join(self.root, "chosen", f"{check_name(modality)}.json"),
-                                             self.storage_options))
+            mark = json.loads(
+                sfs.read_bytes(sfs.join(self.root, "chosen", f"{check_name(modality)}.json"), self.storage_options)
+            )
         except (FileNotFoundError, OSError):
             return None
         return self.resolve(f"{mark['name']}:{mark['version']}")
@@ -178,8 +186,9 @@ class EncoderRegistry:
         for ref in versions:
             if ref.version == version:
                 return ref
-        raise RegistryError(f"{self.root}: encoder {name!r} has no version {version!r} "
-                            f"(latest: {versions[-1].version})")
+        raise RegistryError(
+            f"{self.root}: encoder {name!r} has no version {version!r} (latest: {versions[-1].version})"
+        )
 
     def local_folder(self, ref: EncoderRef) -> Path:
         """A local folder holding ``ref``'s files: the folder itself, or a verified cache copy for s3."""

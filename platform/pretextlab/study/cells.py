@@ -77,8 +77,16 @@ def plan_cells(study: StudyConfig, runs: str) -> list[Cell]:
     cells = []
     for ds in study.datasets:
         for seed in study.seeds:
-            cells.append(Cell(cell_id(ds.name, RANDOM_INIT, seed), ds.name, RANDOM_INIT, "none", seed,
-                              pretrain_config(study, ds, None, seed, runs)))
+            cells.append(
+                Cell(
+                    cell_id(ds.name, RANDOM_INIT, seed),
+                    ds.name,
+                    RANDOM_INIT,
+                    "none",
+                    seed,
+                    pretrain_config(study, ds, None, seed, runs),
+                )
+            )
             for arm in study.arms:
                 cfg = pretrain_config(study, ds, arm, seed, runs)
                 cells.append(Cell(cfg["name"], ds.name, arm.label, cfg["objective"]["name"], seed, cfg))

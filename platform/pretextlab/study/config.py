@@ -19,8 +19,11 @@ from pretextlab.modalities import ModalityName
 #: the default arms, one per family (view invariance, latent prediction, pixel reconstruction), with the
 #: same objective settings as the shipped laptop configs (configs/pretrain/*.yaml); never tuned per result
 DEFAULT_ARMS: list[dict[str, Any]] = [
-    {"name": "dino", "objective": "dino",
-     "overrides": {"objective": {"out_dim": 1024, "hidden_dim": 512}, "views": {"n_local": 4}}},
+    {
+        "name": "dino",
+        "objective": "dino",
+        "overrides": {"objective": {"out_dim": 1024, "hidden_dim": 512}, "views": {"n_local": 4}},
+    },
     {"name": "ijepa", "objective": "ijepa", "overrides": {}},
     {"name": "mae", "objective": "mae", "overrides": {}},
 ]
@@ -39,9 +42,11 @@ class DatasetSpec(BaseModel):
     modality: ModalityName
     label_column: str = "label"
     kind: Literal["patches", "frames", "clips"] | None = Field(
-        None, description="training samples (default: the modality's sampling: patches or frames)")
+        None, description="training samples (default: the modality's sampling: patches or frames)"
+    )
     test_store: str | None = Field(
-        None, description="external transfer: fit the probes on `store`, score them on this store")
+        None, description="external transfer: fit the probes on `store`, score them on this store"
+    )
 
 
 class ArmSpec(BaseModel):
@@ -70,9 +75,12 @@ class StudyConfig(BaseModel):
     steps: int = Field(ge=1, description="pretraining budget: optimiser steps, the same for every arm")
     backbone: dict[str, Any] = Field(
         default_factory=lambda: {"arch": "vit_tiny", "img_size": 64, "patch_size": 8, "depth": 4},
-        description="one backbone for every arm (BackboneConfig fields)")
-    pretrain: dict[str, Any] = Field(default_factory=dict, description="PretrainConfig fields shared by every "
-                                     "arm (train.*, data.patch, data.clip, views)")
+        description="one backbone for every arm (BackboneConfig fields)",
+    )
+    pretrain: dict[str, Any] = Field(
+        default_factory=dict,
+        description="PretrainConfig fields shared by every arm (train.*, data.patch, data.clip, views)",
+    )
     evaluate: dict[str, Any] = Field(default_factory=dict, description="EvaluateConfig fields for every cell")
     storage: str = Field("studies", description="where the study folder goes (folder or s3:// prefix)")
     registry: str = Field("registry", description="encoder registry: every arm is registered there")

@@ -39,8 +39,9 @@ def arm_maps(model: torch.nn.Module, card: Any, images: np.ndarray) -> list[dict
     return out
 
 
-def grid_figure(images: np.ndarray, maps: Mapping[str, list[dict[str, Any]]], grayscale: bool,
-                masks: np.ndarray | None = None) -> Any:
+def grid_figure(
+    images: np.ndarray, maps: Mapping[str, list[dict[str, Any]]], grayscale: bool, masks: np.ndarray | None = None
+) -> Any:
     """A matplotlib figure: one row per image, for each arm its attention overlay and PCA map."""
     from pretextlab.study.report import _pyplot
 

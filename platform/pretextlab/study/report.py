@@ -17,8 +17,20 @@ import pandas as pd
 from pretextlab.study.config import RANDOM_INIT
 from pretextlab.study.results import METRIC, PROTOCOL, DatasetVerdict, finite
 
-_COLS = ["arm", "family", "seed", "status", "linear_bal_acc", "knn_bal_acc", "rankme", "collapse", "final_loss",
-         "steps", "wall_s", "images_per_s"]
+_COLS = [
+    "arm",
+    "family",
+    "seed",
+    "status",
+    "linear_bal_acc",
+    "knn_bal_acc",
+    "rankme",
+    "collapse",
+    "final_loss",
+    "steps",
+    "wall_s",
+    "images_per_s",
+]
 
 
 def _pyplot() -> Any:
@@ -114,14 +126,38 @@ def _with_ci(r: pd.Series, key: str) -> str:
 
 
 def _table_rows(table: pd.DataFrame, dataset: str) -> tuple[list[str], list[list[str]]]:
-    head = ["arm", "family", "seed", "status", "linear bal. acc [95 % CI]", "kNN bal. acc [95 % CI]", "RankMe",
-            "collapse", "final loss", "steps", "wall s", "images/s"]
+    head = [
+        "arm",
+        "family",
+        "seed",
+        "status",
+        "linear bal. acc [95 % CI]",
+        "kNN bal. acc [95 % CI]",
+        "RankMe",
+        "collapse",
+        "final loss",
+        "steps",
+        "wall s",
+        "images/s",
+    ]
     body = []
     for _, r in table[table["dataset"] == dataset].iterrows():
-        body.append([str(r["arm"]), str(r["family"]), str(r["seed"]), str(r["status"]),
-                     _with_ci(r, "linear_bal_acc"), _with_ci(r, "knn_bal_acc"), _fmt(r["rankme"]),
-                     _fmt(r["collapse"]), _fmt(r["final_loss"]), _fmt(r["steps"]), _fmt(r["wall_s"]),
-                     _fmt(r["images_per_s"])])
+        body.append(
+            [
+                str(r["arm"]),
+                str(r["family"]),
+                str(r["seed"]),
+                str(r["status"]),
+                _with_ci(r, "linear_bal_acc"),
+                _with_ci(r, "knn_bal_acc"),
+                _fmt(r["rankme"]),
+                _fmt(r["collapse"]),
+                _fmt(r["final_loss"]),
+                _fmt(r["steps"]),
+                _fmt(r["wall_s"]),
+                _fmt(r["images_per_s"]),
+            ]
+        )
     return head, body
 
 
@@ -138,29 +174,51 @@ def markdown(meta: Mapping[str, Any], table: pd.DataFrame, verdicts: Mapping[str
             lines += ["", f"Paired comparisons, seed {seed} ({PROTOCOL} probe {METRIC}, Holm-corrected):", ""]
             for c in comps:
                 d = c["difference"]
-                lines.append(f"- {c['sentence']}: difference {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], "
-                             f"adjusted p = {d.get('p_adjusted', d.get('p_value', float('nan'))):.3g}")
+                lines.append(
+                    f"- {c['sentence']}: difference {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], "
+                    f"adjusted p = {d.get('p_adjusted', d.get('p_value', float('nan'))):.3g}"
+                )
     failed = table[table["status"] == "failed"]
     if len(failed):
         lines += ["", "## Failed cells", ""] + [f"- {r.cell}: {r.error}" for r in failed.itertuples()]
-    lines += ["", "## Reproduce", "", "```", meta["command"], "```", "", f"git commit: {meta.get('git_commit')}",
-              "", "Data checksums:", ""] + [f"- {k}: {v}" for k, v in (meta.get("data") or {}).items()]
+    lines += [
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        meta["command"],
+        "```",
+        "",
+        f"git commit: {meta.get('git_commit')}",
+        "",
+        "Data checksums:",
+        "",
+    ] + [f"- {k}: {v}" for k, v in (meta.get("data") or {}).items()]
     lines += ["", "Config:", "", "```json", json.dumps(meta["config"], indent=1), "```", ""]
     return "\n".join(lines)
 
 
-def html_report(meta: Mapping[str, Any], table: pd.DataFrame, verdicts: Mapping[str, DatasetVerdict],
-                curves: Mapping[str, Any], grids: Mapping[str, str] | None = None) -> str:
+def html_report(
+    meta: Mapping[str, Any],
+    table: pd.DataFrame,
+    verdicts: Mapping[str, DatasetVerdict],
+    curves: Mapping[str, Any],
+    grids: Mapping[str, str] | None = None,
+) -> str:
     """One self-contained page: inline CSS and PNGs, no script, no external URL."""
     e = html.escape
-    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-             f"<title>Study {e(meta['name'])}</title><style>",
-             "body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}",
-             "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px}",
-             "th{background:#f2f2f2}.verdict{background:#eef6f3;padding:.6em 1em;border-left:4px solid #2a9d8f}",
-             "img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}",
-             "</style></head><body>", f"<h1>Study {e(meta['name'])}</h1>", f"<p>{e(meta['summary'])}</p>",
-             "<h2>Verdicts</h2>"]
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Study {e(meta['name'])}</title><style>",
+        "body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}",
+        "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px}",
+        "th{background:#f2f2f2}.verdict{background:#eef6f3;padding:.6em 1em;border-left:4px solid #2a9d8f}",
+        "img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}",
+        "</style></head><body>",
+        f"<h1>Study {e(meta['name'])}</h1>",
+        f"<p>{e(meta['summary'])}</p>",
+        "<h2>Verdicts</h2>",
+    ]
     parts += [f"<p class='verdict'>{e(v.sentence)}</p>" for v in verdicts.values()]
     for dataset, v in verdicts.items():
         head, body = _table_rows(table, dataset)
@@ -168,19 +226,33 @@ def html_report(meta: Mapping[str, Any], table: pd.DataFrame, verdicts: Mapping[
         parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in body]
         parts.append("</table>")
         if v.flagged:
-            parts.append("<p><b>Collapsed arms (not ranked):</b> " +
-                         e(", ".join(f"{a} ({k})" for a, k in v.flagged.items())) + "</p>")
-        for title, png in (("Probe accuracy", metric_figure(table, dataset)), ("Paired differences", forest_figure(v)),
-                           ("Learning curves", curves_figure(curves, dataset)),
-                           ("Feature maps (same test images, every arm)", (grids or {}).get(dataset))):
+            parts.append(
+                "<p><b>Collapsed arms (not ranked):</b> "
+                + e(", ".join(f"{a} ({k})" for a, k in v.flagged.items()))
+                + "</p>"
+            )
+        for title, png in (
+            ("Probe accuracy", metric_figure(table, dataset)),
+            ("Paired differences", forest_figure(v)),
+            ("Learning curves", curves_figure(curves, dataset)),
+            ("Feature maps (same test images, every arm)", (grids or {}).get(dataset)),
+        ):
             if png:
-                parts.append(f"<h3>{e(title)}</h3><img alt='{e(title)} - {e(dataset)}' src='data:image/png;base64,{png}'>")
+                parts.append(
+                    f"<h3>{e(title)}</h3><img alt='{e(title)} - {e(dataset)}' src='data:image/png;base64,{png}'>"
+                )
     failed = table[table["status"] == "failed"]
     if len(failed):
-        parts.append("<h2>Failed cells</h2><ul>" +
-                     "".join(f"<li>{e(str(r.cell))}: {e(str(r.error))}</li>" for r in failed.itertuples()) + "</ul>")
-    parts += ["<h2>Reproduce</h2>", f"<pre>{e(meta['command'])}</pre>",
-              f"<p>git commit: {e(str(meta.get('git_commit')))}</p><ul>"]
+        parts.append(
+            "<h2>Failed cells</h2><ul>"
+            + "".join(f"<li>{e(str(r.cell))}: {e(str(r.error))}</li>" for r in failed.itertuples())
+            + "</ul>"
+        )
+    parts += [
+        "<h2>Reproduce</h2>",
+        f"<pre>{e(meta['command'])}</pre>",
+        f"<p>git commit: {e(str(meta.get('git_commit')))}</p><ul>",
+    ]
     parts += [f"<li>{e(k)}: {e(str(val))}</li>" for k, val in (meta.get("data") or {}).items()]
     parts += ["</ul>", f"<pre>{e(json.dumps(meta['config'], indent=1))}</pre>", "</body></html>"]
     return "\n".join(parts)
@@ -188,5 +260,6 @@ def html_report(meta: Mapping[str, Any], table: pd.DataFrame, verdicts: Mapping[
 
 def results_json(meta: Mapping[str, Any], table: pd.DataFrame, verdicts: Mapping[str, DatasetVerdict]) -> str:
     rows = json.loads(table.to_json(orient="records"))
-    return json.dumps({"study": meta, "cells": rows, "verdicts": {k: v.to_dict() for k, v in verdicts.items()}},
-                      indent=1, default=str)
+    return json.dumps(
+        {"study": meta, "cells": rows, "verdicts": {k: v.to_dict() for k, v in verdicts.items()}}, indent=1, default=str
+    )

@@ -22,11 +22,20 @@ from pretextlab.study.config import RANDOM_INIT
 PROTOCOL: Literal["linear"] = "linear"
 METRIC = "balanced_accuracy"
 
-FAMILY = {"dino": "view invariance (JEA)", "dinov3": "view invariance (JEA)", "simclr": "view invariance (JEA)",
-          "vicreg": "view invariance (JEA)", "ijepa": "latent prediction (JEPA)",
-          "cine_jepa": "latent prediction (JEPA)", "lejepa": "latent prediction (JEPA)",
-          "salt": "latent prediction (JEPA)", "cine_salt": "latent prediction (JEPA)",
-          "mae": "pixel reconstruction", "cine_mae": "pixel reconstruction", "none": "no pretraining"}
+FAMILY = {
+    "dino": "view invariance (JEA)",
+    "dinov3": "view invariance (JEA)",
+    "simclr": "view invariance (JEA)",
+    "vicreg": "view invariance (JEA)",
+    "ijepa": "latent prediction (JEPA)",
+    "cine_jepa": "latent prediction (JEPA)",
+    "lejepa": "latent prediction (JEPA)",
+    "salt": "latent prediction (JEPA)",
+    "cine_salt": "latent prediction (JEPA)",
+    "mae": "pixel reconstruction",
+    "cine_mae": "pixel reconstruction",
+    "none": "no pretraining",
+}
 
 
 def _estimate(result: Mapping[str, Any], protocol: str, metric: str) -> dict[str, float | None]:
@@ -42,17 +51,34 @@ def results_table(cells: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         diag = ev.get("diagnostics") or {}
         knn, lin = _estimate(ev, "knn", METRIC), _estimate(ev, "linear", METRIC)
         lin_acc = _estimate(ev, "linear", "accuracy")
-        rows.append({
-            "cell": c["id"], "dataset": c["dataset"], "arm": c["arm"], "objective": c["objective"],
-            "family": FAMILY.get(c["objective"], "other"), "seed": c["seed"], "status": c.get("status"),
-            "error": c.get("error"), "encoder": c.get("encoder"),
-            "knn_bal_acc": knn["value"], "knn_bal_acc_low": knn["low"], "knn_bal_acc_high": knn["high"],
-            "linear_bal_acc": lin["value"], "linear_bal_acc_low": lin["low"], "linear_bal_acc_high": lin["high"],
-            "linear_acc": lin_acc["value"], "rankme": diag.get("rankme"), "embedding_std": diag.get("embedding_std"),
-            "collapse": diag.get("collapse"), "final_loss": (c.get("train") or {}).get("loss"),
-            "steps": (c.get("train") or {}).get("step"), "wall_s": c.get("wall_s"),
-            "images_per_s": (c.get("train") or {}).get("images_per_s"), "peak_rss_mb": c.get("peak_rss_mb"),
-        })
+        rows.append(
+            {
+                "cell": c["id"],
+                "dataset": c["dataset"],
+                "arm": c["arm"],
+                "objective": c["objective"],
+                "family": FAMILY.get(c["objective"], "other"),
+                "seed": c["seed"],
+                "status": c.get("status"),
+                "error": c.get("error"),
+                "encoder": c.get("encoder"),
+                "knn_bal_acc": knn["value"],
+                "knn_bal_acc_low": knn["low"],
+                "knn_bal_acc_high": knn["high"],
+                "linear_bal_acc": lin["value"],
+                "linear_bal_acc_low": lin["low"],
+                "linear_bal_acc_high": lin["high"],
+                "linear_acc": lin_acc["value"],
+                "rankme": diag.get("rankme"),
+                "embedding_std": diag.get("embedding_std"),
+                "collapse": diag.get("collapse"),
+                "final_loss": (c.get("train") or {}).get("loss"),
+                "steps": (c.get("train") or {}).get("step"),
+                "wall_s": c.get("wall_s"),
+                "images_per_s": (c.get("train") or {}).get("images_per_s"),
+                "peak_rss_mb": c.get("peak_rss_mb"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -70,13 +96,21 @@ class DatasetVerdict:
     winner: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "seeds": self.seeds, "winner": self.winner, "sentence": self.sentence,
-                "winners_by_seed": {str(k): v for k, v in self.winners.items()}, "flagged": self.flagged,
-                "summary": self.summary, "comparisons": {str(k): v for k, v in self.comparisons.items()}}
+        return {
+            "dataset": self.dataset,
+            "seeds": self.seeds,
+            "winner": self.winner,
+            "sentence": self.sentence,
+            "winners_by_seed": {str(k): v for k, v in self.winners.items()},
+            "flagged": self.flagged,
+            "summary": self.summary,
+            "comparisons": {str(k): v for k, v in self.comparisons.items()},
+        }
 
 
-def dataset_verdict(dataset: str, cells: Sequence[Mapping[str, Any]], n_boot: int = 2000,
-                    alpha: float = 0.05) -> DatasetVerdict:
+def dataset_verdict(
+    dataset: str, cells: Sequence[Mapping[str, Any]], n_boot: int = 2000, alpha: float = 0.05
+) -> DatasetVerdict:
     """Paired comparisons of every pair of arms (the baseline included) per seed, and the verdict."""
     done = [c for c in cells if c["dataset"] == dataset and c.get("status") == "complete" and c.get("evaluation")]
     seeds = sorted({c["seed"] for c in done})
@@ -112,18 +146,25 @@ def _sentence(v: DatasetVerdict, cells: Sequence[Mapping[str, Any]], alpha: floa
         mean = v.summary.get(winner, {}).get("mean")
         rest = {a: s["mean"] for a, s in v.summary.items() if a != winner}
         runner_up = max(rest, key=lambda a: rest[a]) if rest else None
-        by = f" by {100 * (mean - rest[runner_up]):.1f} points of balanced accuracy over {runner_up}" \
-            if runner_up and mean is not None else ""
+        by = (
+            f" by {100 * (mean - rest[runner_up]):.1f} points of balanced accuracy over {runner_up}"
+            if runner_up and mean is not None
+            else ""
+        )
         seeds = f"in all {len(v.winners)} seeds" if len(v.winners) > 1 else "with one seed"
-        return winner, (f"{v.dataset}: {winner} ({FAMILY.get(objective.get(winner, ''), 'other')}) gives the best "
-                        f"frozen features{by}; every other arm is worse with 95 % confidence (Holm-corrected paired "
-                        f"bootstrap, {seeds}).")
+        return winner, (
+            f"{v.dataset}: {winner} ({FAMILY.get(objective.get(winner, ''), 'other')}) gives the best "
+            f"frozen features{by}; every other arm is worse with 95 % confidence (Holm-corrected paired "
+            f"bootstrap, {seeds})."
+        )
     tied = sorted({a for w in v.winners.values() for a in w})
     beats_baseline = [a for a in tied if a != RANDOM_INIT]
     note = "" if beats_baseline else " Not even the random-init baseline is beaten."
-    return None, (f"{v.dataset}: no single best objective: {', '.join(tied)} are tied (the differences' 95 % CIs "
-                  f"include 0 after Holm correction{', or the winner changes between seeds' if len(v.winners) > 1 else ''})."
-                  f"{note}")
+    return None, (
+        f"{v.dataset}: no single best objective: {', '.join(tied)} are tied (the differences' 95 % CIs "
+        f"include 0 after Holm correction{', or the winner changes between seeds' if len(v.winners) > 1 else ''})."
+        f"{note}"
+    )
 
 
 def summarise(cells: Sequence[Mapping[str, Any]], n_boot: int = 2000) -> dict[str, DatasetVerdict]:

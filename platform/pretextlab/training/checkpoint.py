@@ -63,8 +63,14 @@ def save_rng(folder: str | Path, rank: int) -> None:
     _atomic_json(Path(folder) / f"rng-{rank}.json", rng_state())
 
 
-def save_training_state(folder: str | Path, objective: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        step: int, epoch: int, extra: dict[str, Any] | None = None) -> None:
+def save_training_state(
+    folder: str | Path,
+    objective: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    epoch: int,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Write the run state of rank 0 into ``folder`` (state.json last)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,8 +84,13 @@ def read_state(folder: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def load_training_state(folder: str | Path, objective: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                        rank: int = 0, device: torch.device | str = "cpu") -> dict[str, Any]:
+def load_training_state(
+    folder: str | Path,
+    objective: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    rank: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
     """Restore objective (strict), optimizer and this rank's RNG; returns state.json."""
     folder = Path(folder)
     state = read_state(folder)

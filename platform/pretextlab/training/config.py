@@ -33,13 +33,15 @@ class TrainSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(200, ge=1, description="total optimiser steps (over all workers, each step is one "
-                                              "batch per worker)")
+    steps: int = Field(
+        200, ge=1, description="total optimiser steps (over all workers, each step is one batch per worker)"
+    )
     batch_size: int = Field(32, ge=1, description="images (or clips) per worker per step")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP processes)")
     use_gpu: bool = Field(False, description="one GPU per worker, NCCL, bf16 autocast")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (fractional leaves room "
-                                                          "for Ray Data on small machines)")
+    cpus_per_worker: float = Field(
+        1.0, gt=0, description="CPUs reserved per worker (fractional leaves room for Ray Data on small machines)"
+    )
     data_cpus: float = Field(0.5, gt=0, description="CPUs per Ray Data views task")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     grad_clip: float | None = Field(3.0, gt=0)

@@ -24,8 +24,9 @@ def objective_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
     channels = get_modality(cfg.modality).channels
     backbone.setdefault("in_chans", channels)
     if backbone["in_chans"] != channels:
-        raise ConfigError(f"objective.backbone.in_chans: {cfg.modality} views have {channels} "
-                          f"channel(s), got {backbone['in_chans']}")
+        raise ConfigError(
+            f"objective.backbone.in_chans: {cfg.modality} views have {channels} channel(s), got {backbone['in_chans']}"
+        )
     kw["backbone"] = backbone
     return kw
 
@@ -57,13 +58,16 @@ def check(cfg: PretrainConfig) -> tuple[Objective, Views]:
     cls = get_objective_class(cfg.objective.name)
     allowed = RECIPES.get(cls.views).kinds
     if cfg.data.kind not in allowed:
-        raise ConfigError(f"data.kind: objective {cls.name} takes {cls.views} views of "
-                          f"{' or '.join(allowed)}, got {cfg.data.kind!r}")
+        raise ConfigError(
+            f"data.kind: objective {cls.name} takes {cls.views} views of {' or '.join(allowed)}, got {cfg.data.kind!r}"
+        )
     objective = make_objective(cfg)
     views = make_views(cfg, objective)
     if objective.views == "clip" and cfg.data.clip.frames < int(objective.frames):
-        raise ConfigError(f"data.clip.frames: the objective needs clips of {objective.frames} frames, "
-                          f"the stream reads {cfg.data.clip.frames}")
+        raise ConfigError(
+            f"data.clip.frames: the objective needs clips of {objective.frames} frames, "
+            f"the stream reads {cfg.data.clip.frames}"
+        )
     return objective, views
 
 
@@ -77,9 +81,19 @@ def encoder_card(cfg: PretrainConfig, objective: Objective, views: Views, **extr
         resolution["eval_fit"] = "crop" if getattr(views.config, "native", False) else "resize"
         extra.setdefault("resolution", resolution)
     extra = {**objective.provenance, **extra}  # init / teacher address and sha256 (training.weights)
-    return EncoderCard( timm_name=bb.timm_name, timm_kwargs=bb.timm_kwargs(), embed_dim=int(enc.embed_dim),
-        img_size=bb.img_size, patch_size=bb.patch_size, in_chans=bb.in_chans, global_pool=bb.global_pool,
-        mean=list(views.config.mean), std=list(views.config.std), modality=cfg.modality,
-        objective=cfg.objective.name, objective_config=objective.cfg.model_dump(mode="json"),
-        pretrain_config=cfg.model_dump(mode="json"), **extra,
+    return EncoderCard(
+        timm_name=bb.timm_name,
+        timm_kwargs=bb.timm_kwargs(),
+        embed_dim=int(enc.embed_dim),
+        img_size=bb.img_size,
+        patch_size=bb.patch_size,
+        in_chans=bb.in_chans,
+        global_pool=bb.global_pool,
+        mean=list(views.config.mean),
+        std=list(views.config.std),
+        modality=cfg.modality,
+        objective=cfg.objective.name,
+        objective_config=objective.cfg.model_dump(mode="json"),
+        pretrain_config=cfg.model_dump(mode="json"),
+        **extra,
     )

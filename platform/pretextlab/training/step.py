@@ -16,7 +16,9 @@ from pretextlab.objectives.base import Objective
 from pretextlab.objectives.schedules import ScheduleConfig, Schedules, param_groups
 
 
-def build_optimizer(objective: Objective, cfg: ScheduleConfig, device: torch.device | str = "cpu") -> torch.optim.Optimizer:
+def build_optimizer(
+    objective: Objective, cfg: ScheduleConfig, device: torch.device | str = "cpu"
+) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters, no decay on biases/norms/tokens; fused on CUDA."""
     groups = param_groups(objective.trainable())
     fused = torch.device(device).type == "cuda"
@@ -36,8 +38,15 @@ class StepResult:
 class Trainer:
     """Holds objective, optimiser and schedules; ``step(batch)`` runs one update and returns figures."""
 
-    def __init__(self, objective: Objective, schedule: ScheduleConfig, total_steps: int,
-                 device: torch.device | str = "cpu", grad_clip: float | None = 3.0, bf16: bool | None = None):
+    def __init__(
+        self,
+        objective: Objective,
+        schedule: ScheduleConfig,
+        total_steps: int,
+        device: torch.device | str = "cpu",
+        grad_clip: float | None = 3.0,
+        bf16: bool | None = None,
+    ):
         self.objective = objective.to(device)
         self.device = torch.device(device)
         self.schedules = Schedules(schedule, total_steps)
@@ -74,6 +83,11 @@ class Trainer:
         momentum = self.schedules.momentum(s)
         self.objective.update_ema(momentum)
         self.global_step += 1
-        return StepResult(step=s, loss=float(out.loss.detach()), lr=self.schedules.lr(s), momentum=momentum,
-                          seconds=time.perf_counter() - t0,
-                          metrics={k: float(v) for k, v in out.metrics.items()})
+        return StepResult(
+            step=s,
+            loss=float(out.loss.detach()),
+            lr=self.schedules.lr(s),
+            momentum=momentum,
+            seconds=time.perf_counter() - t0,
+            metrics={k: float(v) for k, v in out.metrics.items()},
+        )

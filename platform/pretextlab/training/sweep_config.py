@@ -44,13 +44,33 @@ def _defaults_dir() -> Path:
 
 #: the shipped default search spaces, one file per objective family
 DEFAULTS_DIR = _defaults_dir()
-DEFAULT_SPACE = {"dino": "dino", "ijepa": "ijepa", "cine_jepa": "ijepa", "mae": "mae", "cine_mae": "mae",
-                 "simclr": "simclr", "vicreg": "vicreg",
-                 "dinov3": "dinov3", "lejepa": "lejepa", "salt": "salt", "cine_salt": "salt"}
+DEFAULT_SPACE = {
+    "dino": "dino",
+    "ijepa": "ijepa",
+    "cine_jepa": "ijepa",
+    "mae": "mae",
+    "cine_mae": "mae",
+    "simclr": "simclr",
+    "vicreg": "vicreg",
+    "dinov3": "dinov3",
+    "lejepa": "lejepa",
+    "salt": "salt",
+    "cine_salt": "salt",
+}
 #: what every pretraining worker reports at each log interval (jobs/pretextlab/jobs/train_loop.py), plus the
 #: objective's own loss terms, which ``jobs/sweep`` finds with one forward pass before the sweep starts
-TRAIN_METRICS = ("step", "epoch", "loss", "lr", "momentum", "images_per_s", "data_wait_fraction", "train_rankme",
-                 "train_embedding_std", "collapsed")
+TRAIN_METRICS = (
+    "step",
+    "epoch",
+    "loss",
+    "lr",
+    "momentum",
+    "images_per_s",
+    "data_wait_fraction",
+    "train_rankme",
+    "train_embedding_std",
+    "collapsed",
+)
 #: ... and with a ``validation:`` section (online kNN on a labelled catalog), at each validation step
 VALIDATION_METRICS = ("knn_acc", "rankme", "embedding_std")
 #: ... and with ``validation.linear: true``, a linear probe's accuracy at the same steps
@@ -106,10 +126,12 @@ class SchedulerSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["asha", "fifo"] = Field("asha", description="asha: stop trials below the rung's top "
-                                                              "1/reduction_factor; fifo: run every trial out")
-    grace_period: int | None = Field(None, ge=1, description="steps before a trial can be stopped "
-                                                             "(default: a quarter of pretrain.train.steps)")
+    name: Literal["asha", "fifo"] = Field(
+        "asha", description="asha: stop trials below the rung's top 1/reduction_factor; fifo: run every trial out"
+    )
+    grace_period: int | None = Field(
+        None, ge=1, description="steps before a trial can be stopped (default: a quarter of pretrain.train.steps)"
+    )
     reduction_factor: float = Field(2.0, gt=1)
     brackets: int = Field(1, ge=1)
 
@@ -119,16 +141,22 @@ class TuneSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    metric: str = Field("knn_acc", description="a metric the pretraining workers report (online kNN needs "
-                                               "pretrain.validation)")
+    metric: str = Field(
+        "knn_acc", description="a metric the pretraining workers report (online kNN needs pretrain.validation)"
+    )
     mode: Literal["max", "min"] = "max"
-    searcher: Literal["random", "grid", "optuna"] = Field("random", description=(
-        "random: sample distributions, cross grid values; grid: every choice/grid value crossed (no sampling); "
-        "optuna: Bayesian (TPE), needs `pip install optuna`"))
+    searcher: Literal["random", "grid", "optuna"] = Field(
+        "random",
+        description=(
+            "random: sample distributions, cross grid values; grid: every choice/grid value crossed (no sampling); "
+            "optuna: Bayesian (TPE), needs `pip install optuna`"
+        ),
+    )
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     num_samples: int = Field(8, ge=1, description="trials (times the grid size when there are grid values)")
-    max_concurrent: int | None = Field(None, ge=1, description="default: as many trials as the cluster's "
-                                                               "CPUs (and GPUs) hold")
+    max_concurrent: int | None = Field(
+        None, ge=1, description="default: as many trials as the cluster's CPUs (and GPUs) hold"
+    )
     time_budget_s: float | None = Field(None, gt=0, description="stop every trial after this long")
     seed: int = Field(0, description="seed of the searcher")
 
@@ -162,7 +190,8 @@ class SweepConfig(BaseModel):
     pretrain: PretrainConfig
     search: dict[str, Dimension] = Field(default_factory=dict)
     search_by_modality: dict[ModalityName, dict[str, Dimension]] = Field(
-        default_factory=dict, description="extra dimensions used only when pretrain.modality matches")
+        default_factory=dict, description="extra dimensions used only when pretrain.modality matches"
+    )
     tune: TuneSpec = Field(default_factory=TuneSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
@@ -187,9 +216,11 @@ class SweepConfig(BaseModel):
 
     def spec_fingerprint(self) -> dict[str, Any]:
         """What must not change when a sweep is resumed: its space, search and trial config."""
-        return {"space": {k: v.model_dump(exclude_none=True) for k, v in sorted(self.space().items())},
-                "tune": self.tune.model_dump(exclude={"max_concurrent", "time_budget_s"}),
-                "pretrain": self.trial_base().model_dump(mode="json")}
+        return {
+            "space": {k: v.model_dump(exclude_none=True) for k, v in sorted(self.space().items())},
+            "tune": self.tune.model_dump(exclude={"max_concurrent", "time_budget_s"}),
+            "pretrain": self.trial_base().model_dump(mode="json"),
+        }
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -203,8 +234,9 @@ def flatten_space(tree: Any, where: str = "search") -> dict[str, Any]:
     if tree is None:
         return {}
     if not isinstance(tree, dict):
-        raise ConfigError(f"{where}: expected a mapping of hyperparameter paths to distributions, "
-                          f"got {type(tree).__name__}")
+        raise ConfigError(
+            f"{where}: expected a mapping of hyperparameter paths to distributions, got {type(tree).__name__}"
+        )
     out: dict[str, Any] = {}
     for key, value in tree.items():
         if _is_dimension(value):
@@ -213,8 +245,10 @@ def flatten_space(tree: Any, where: str = "search") -> dict[str, Any]:
             for sub, dim in flatten_space(value, f"{where}.{key}").items():
                 out[f"{key}.{sub}"] = dim
         else:
-            raise ConfigError(f"{where}.{key}: expected a distribution, one of {', '.join(DISTRIBUTIONS)} "
-                              f"(e.g. {{loguniform: [1.0e-4, 1.0e-3]}}), got {value!r}")
+            raise ConfigError(
+                f"{where}.{key}: expected a distribution, one of {', '.join(DISTRIBUTIONS)} "
+                f"(e.g. {{loguniform: [1.0e-4, 1.0e-3]}}), got {value!r}"
+            )
     return out
 
 
@@ -241,8 +275,10 @@ def default_space(objective: str) -> dict[str, Any]:
     stem = DEFAULT_SPACE.get(objective)
     path = DEFAULTS_DIR / f"{stem}.yaml"
     if stem is None or not path.is_file():
-        raise ConfigError(f"search: no search space given and no default for objective {objective!r} "
-                          f"(looked for {path}); add a search: section")
+        raise ConfigError(
+            f"search: no search space given and no default for objective {objective!r} "
+            f"(looked for {path}); add a search: section"
+        )
     data = read_yaml(path)
     return {"search": data.get("search") or {}, "search_by_modality": data.get("search_by_modality") or {}}
 
@@ -261,8 +297,9 @@ def load_sweep_config(path: str | Path, overrides: list[str] | tuple[str, ...] =
         objective = (data["pretrain"].get("objective") or {}).get("name")
         data.update(default_space(str(objective)))
     data["search"] = flatten_space(data.get("search"), "search")
-    data["search_by_modality"] = {m: flatten_space(t, f"search_by_modality.{m}")
-                                  for m, t in (data.get("search_by_modality") or {}).items()}
+    data["search_by_modality"] = {
+        m: flatten_space(t, f"search_by_modality.{m}") for m, t in (data.get("search_by_modality") or {}).items()
+    }
     if not data.get("name") and isinstance(data["pretrain"].get("name"), str):
         data["name"] = f"{data['pretrain']['name']}-sweep"[:64]
     try:
@@ -292,14 +329,16 @@ def _walk(model: type[BaseModel], parts: list[str], where: str, root: str = "the
         fields = model.model_fields
         if part not in fields:
             known = ", ".join(sorted(fields))
-            section = " ".join(x for x in (root if i == 0 or root != "the pretraining config" else "",
-                                           ".".join(parts[:i])) if x)
+            section = " ".join(
+                x for x in (root if i == 0 or root != "the pretraining config" else "", ".".join(parts[:i])) if x
+            )
             raise ConfigError(f"{where}: unknown hyperparameter: {section} has no field {part!r} (fields: {known})")
         if i + 1 < len(parts):
             sub = _model_in(fields[part].annotation)
             if sub is None:
-                raise ConfigError(f"{where}: unknown hyperparameter: {'.'.join(parts[:i + 1])} is a value, "
-                                  "not a section")
+                raise ConfigError(
+                    f"{where}: unknown hyperparameter: {'.'.join(parts[: i + 1])} is a value, not a section"
+                )
             model = sub
 
 
@@ -328,8 +367,10 @@ def check_path(cfg: PretrainConfig, path: str, where: str) -> None:
         cls = get_objective_class(cfg.objective.name)
         known = set(view_cls.model_fields) | (set(CineViews.model_fields) if cls.views == "clip" else set())
         if parts[1] not in known:
-            raise ConfigError(f"{where}: unknown hyperparameter: {cfg.modality} views have no field {parts[1]!r} "
-                              f"(fields: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"{where}: unknown hyperparameter: {cfg.modality} views have no field {parts[1]!r} "
+                f"(fields: {', '.join(sorted(known))})"
+            )
     else:
         if head == "validation" and cfg.validation is None:
             raise ConfigError(f"{where}: the pretraining config has no validation: section to change")
@@ -356,8 +397,11 @@ def encoded_paths(cfg: SweepConfig) -> list[str]:
     """Choice dimensions whose values Optuna cannot hold (lists, mappings): they travel as JSON strings."""
     if cfg.tune.searcher != "optuna":
         return []
-    return sorted(p for p, d in cfg.space().items()
-                  if d.kind == "choice" and any(isinstance(v, (list, tuple, dict)) for v in d.args))
+    return sorted(
+        p
+        for p, d in cfg.space().items()
+        if d.kind == "choice" and any(isinstance(v, (list, tuple, dict)) for v in d.args)
+    )
 
 
 def decode(values: dict[str, Any], encoded: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
@@ -398,8 +442,10 @@ def check_space(cfg: SweepConfig, source: str = "sweep") -> None:
     """The space is not empty, every path is a field a trial can change, every value validates."""
     space = cfg.space()
     if not space:
-        raise ConfigError(f"{source}: search: the search space is empty; name at least one hyperparameter, "
-                          "e.g. search: {train.schedule.lr: {loguniform: [1.0e-4, 1.0e-3]}}")
+        raise ConfigError(
+            f"{source}: search: the search space is empty; name at least one hyperparameter, "
+            "e.g. search: {train.schedule.lr: {loguniform: [1.0e-4, 1.0e-3]}}"
+        )
     base = cfg.trial_base()
     for path, dim in space.items():
         where = f"{source}: search.{path}"
@@ -415,16 +461,22 @@ def check_tune(cfg: SweepConfig, source: str = "sweep") -> None:
     if t.searcher == "grid":
         continuous = [p for p, d in space.items() if not d.discrete() or d.kind == "randint"]
         if continuous:
-            raise ConfigError(f"{source}: tune.searcher: grid runs listed values only; give choice/grid values "
-                              f"for {', '.join(continuous)} (or use searcher: random)")
+            raise ConfigError(
+                f"{source}: tune.searcher: grid runs listed values only; give choice/grid values "
+                f"for {', '.join(continuous)} (or use searcher: random)"
+            )
     if t.searcher == "optuna":
         grids = [p for p, d in space.items() if d.kind == "grid"]
         if grids:
-            raise ConfigError(f"{source}: tune.searcher: optuna samples its own points; use choice instead of grid "
-                              f"for {', '.join(grids)}")
+            raise ConfigError(
+                f"{source}: tune.searcher: optuna samples its own points; use choice instead of grid "
+                f"for {', '.join(grids)}"
+            )
     if t.scheduler.name == "asha" and t.scheduler.grace_period is not None and t.scheduler.grace_period >= steps:
-        raise ConfigError(f"{source}: tune.scheduler.grace_period: {t.scheduler.grace_period} steps is not below "
-                          f"pretrain.train.steps ({steps}): ASHA could never stop a trial")
+        raise ConfigError(
+            f"{source}: tune.scheduler.grace_period: {t.scheduler.grace_period} steps is not below "
+            f"pretrain.train.steps ({steps}): ASHA could never stop a trial"
+        )
 
 
 def grace_period(cfg: SweepConfig) -> int:
@@ -453,9 +505,12 @@ def check_metric(cfg: SweepConfig, objective_metrics: list[str] | tuple[str, ...
         return
     hint = ""
     if metric in VALIDATION_METRICS + LINEAR_METRICS and base.validation is None:
-        hint = (" (it comes from online validation: add a pretrain.validation: section with a labelled "
-                "catalog, e.g. validation: {catalog: <store>, every: 50})")
+        hint = (
+            " (it comes from online validation: add a pretrain.validation: section with a labelled "
+            "catalog, e.g. validation: {catalog: <store>, every: 50})"
+        )
     elif metric in LINEAR_METRICS:
         hint = " (the online linear probe is off: set pretrain.validation.linear=true)"
-    raise ConfigError(f"{source}: tune.metric: the trials never report {metric!r}{hint}; they report: "
-                      f"{', '.join(known)}")
+    raise ConfigError(
+        f"{source}: tune.metric: the trials never report {metric!r}{hint}; they report: {', '.join(known)}"
+    )

@@ -50,8 +50,9 @@ def resolve_init(spec: str, registry: str) -> tuple[dict[str, torch.Tensor], str
         return read_safetensors(path), f"timm:{rest}", sha256_file(path)
     path = Path(spec).expanduser()
     if path.suffix != ".safetensors":
-        raise ConfigError(f"objective.init: {spec!r}: expected registry:<address>, timm:<model name> or a "
-                          ".safetensors file")
+        raise ConfigError(
+            f"objective.init: {spec!r}: expected registry:<address>, timm:<model name> or a .safetensors file"
+        )
     return read_safetensors(path), str(path.resolve()), sha256_file(path)
 
 
@@ -79,8 +80,10 @@ def apply_weights(objective: Objective, registry: str) -> Objective:
     if getattr(objective, "needs_teacher", False):
         spec = getattr(cfg, "teacher", None)
         if not spec:
-            raise ConfigError(f"objective.teacher: {objective.name} needs a frozen teacher: a registry address "
-                              "(e.g. us-mae:latest) or an encoder folder")
+            raise ConfigError(
+                f"objective.teacher: {objective.name} needs a frozen teacher: a registry address "
+                "(e.g. us-mae:latest) or an encoder folder"
+            )
         teacher, address, sha = resolve_teacher(spec, registry)
         objective.set_teacher(teacher)
         provenance.update(teacher=address, teacher_sha256=sha)

@@ -10,9 +10,7 @@ import torch.nn.functional as F
 from pretextlab.views import rng
 
 
-def gaussian_blur(
-    x: torch.Tensor, prob: float, sigma: tuple[float, float], g: torch.Generator | None
-) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, prob: float, sigma: tuple[float, float], g: torch.Generator | None) -> torch.Tensor:
     """Blur each sample (all its channels and frames) with probability ``prob``, sigma ~ U(sigma).
 
     Unblurred samples get a delta kernel, so they come back bit-identical; borders replicate.

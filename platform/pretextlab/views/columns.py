@@ -38,7 +38,8 @@ def to_columns(views_out: Mapping[str, Any]) -> dict[str, np.ndarray]:
 def from_columns(batch: Mapping[str, Any]) -> dict[str, Any]:
     """Flat columns -> the objective's batch: ``name_<i>`` columns become the list ``name`` (in index
     order), other numeric columns become tensors under their key (read-only arrays are copied, writable
-    ones shared); string / object columns (item_id, label) are dropped. ``from_columns(to_columns(v))`` equals v (empty lists excepted: no column)."""
+    ones shared); string / object columns (item_id, label) are dropped. ``from_columns(to_columns(v))``
+    equals v (empty lists excepted: no column)."""
     out: dict[str, Any] = {}
     listed: dict[str, dict[int, torch.Tensor]] = {}
     for key, value in batch.items():

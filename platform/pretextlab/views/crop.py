@@ -11,7 +11,11 @@ from pretextlab.views import rng
 
 
 def resized_crop_boxes(
-    height: int, width: int, n: int, scale: tuple[float, float], ratio: tuple[float, float],
+    height: int,
+    width: int,
+    n: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
     g: torch.Generator | None,
 ) -> torch.Tensor:
     """(n, 4) boxes (top, left, h, w) like torchvision's RandomResizedCrop, clamped instead of rejected.
@@ -48,10 +52,7 @@ def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
 
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
     """Cut ``boxes`` (top, left, h, w) out of each sample and resize each to (size, size)."""
-    out = [
-        _resize(x[b, ..., t:t + h, l:l + w], size, mode)
-        for b, (t, l, h, w) in enumerate(boxes.tolist())
-    ]
+    out = [_resize(x[b, ..., t : t + h, l : l + w], size, mode) for b, (t, l, h, w) in enumerate(boxes.tolist())]
     return torch.stack(out)
 
 

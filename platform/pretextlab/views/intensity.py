@@ -9,9 +9,7 @@ from pretextlab.views import rng
 from pretextlab.views.tensors import LUMA, per_sample
 
 
-def brightness_contrast(
-    x: torch.Tensor, brightness: float, contrast: float, g: torch.Generator | None
-) -> torch.Tensor:
+def brightness_contrast(x: torch.Tensor, brightness: float, contrast: float, g: torch.Generator | None) -> torch.Tensor:
     """torchvision ColorJitter semantics per sample: x * U(1±b), then blend with the grey mean by U(1±c)."""
     b = x.shape[0]
     fb = rng.uniform((b,), 1.0 - brightness, 1.0 + brightness, g)
@@ -34,7 +32,13 @@ def depth_curve(n: int, depth: int, amplitude: float, knots: int, g: torch.Gener
 
 
 def ultrasound_gain(
-    x: torch.Tensor, rows: torch.Tensor, depth: int, gain: float, tgc: float, knots: int, gamma: float,
+    x: torch.Tensor,
+    rows: torch.Tensor,
+    depth: int,
+    gain: float,
+    tgc: float,
+    knots: int,
+    gamma: float,
     g: torch.Generator | None,
 ) -> torch.Tensor:
     """Overall gain U(1±g), depth gain exp(TGC curve), then gamma exp(U(±k)); zeros stay zero.

@@ -29,18 +29,34 @@ class RadiographViews(ViewsConfig):
 
     channels: ClassVar[int] = 1
 
-    scale: Range = Field((0.6, 1.0), description=(
-        "Crop area fraction (log-uniform aspect in `ratio`), resized to the output size. Kept above 0.6 "
-        "because the findings are anatomy seen as a whole (MoCo-CXR crops at (0.6, 1))."))
+    scale: Range = Field(
+        (0.6, 1.0),
+        description=(
+            "Crop area fraction (log-uniform aspect in `ratio`), resized to the output size. Kept above 0.6 "
+            "because the findings are anatomy seen as a whole (MoCo-CXR crops at (0.6, 1))."
+        ),
+    )
     local_scale: Range = Field((0.1, 0.4), description="Crop area fraction of DINO's local crops.")
     ratio: Range = Field((0.75, 1.333), description="Crop aspect-ratio range (torchvision's default 3/4-4/3).")
-    hflip_prob: float = Field(0.0, ge=0.0, le=1.0, description=(
-        "Horizontal flip probability. 0 by default: laterality is anatomy (the heart is on the patient's "
-        "left); MoCo-CXR flipped, set 0.5 to follow it."))
+    hflip_prob: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Horizontal flip probability. 0 by default: laterality is anatomy (the heart is on the patient's "
+            "left); MoCo-CXR flipped, set 0.5 to follow it."
+        ),
+    )
     brightness: float = Field(0.2, ge=0.0, lt=1.0, description="Exposure: brightness factor U(1-b, 1+b).")
     contrast: float = Field(0.2, ge=0.0, lt=1.0, description="Window width: contrast factor U(1-c, 1+c).")
-    blur_prob: float = Field(0.2, ge=0.0, le=1.0, description=(
-        "Gaussian blur probability (detector unsharpness); lower than SimCLR's 0.5 so fine lines survive."))
+    blur_prob: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Gaussian blur probability (detector unsharpness); lower than SimCLR's 0.5 so fine lines survive."
+        ),
+    )
     mean: tuple[float, ...] = Field((0.5,), description="Grayscale mean 0.5 (dataset-free, as for ultrasound).")
     std: tuple[float, ...] = Field((0.25,), description="Grayscale std 0.25: maps [0, 1] to [-2, 2].")
 
@@ -64,8 +80,9 @@ def view(
 
     ``local`` picks the local crop scale; ``light`` (I-JEPA/MAE) keeps only the crop and the flip.
     """
-    boxes = resized_crop_boxes(x.shape[-2], x.shape[-1], x.shape[0], cfg.local_scale if local else cfg.scale,
-                               cfg.ratio, g)
+    boxes = resized_crop_boxes(
+        x.shape[-2], x.shape[-1], x.shape[0], cfg.local_scale if local else cfg.scale, cfg.ratio, g
+    )
     x = resized_crop(x, boxes, size, "bilinear")
     x = hflip(x, cfg.hflip_prob, g)
     if light:

@@ -26,31 +26,33 @@ def _norm(x: torch.Tensor, cfg: ViewsConfig) -> torch.Tensor:
     return normalize(x, cfg.mean, cfg.std).contiguous()
 
 
-def multicrop(x: torch.Tensor, cfg: ViewsConfig, cine: CineViews | None, view: ViewFn,
-              g: torch.Generator | None) -> Output:
+def multicrop(
+    x: torch.Tensor, cfg: ViewsConfig, cine: CineViews | None, view: ViewFn, g: torch.Generator | None
+) -> Output:
     """DINO: n_global (B, C, G, G) crops then n_local (B, C, L, L) crops, each augmented independently."""
     return {
-        "global": [_norm(view(x, cfg, size=cfg.global_size, local=False, light=False, g=g), cfg)
-                   for _ in range(cfg.n_global)],
-        "local": [_norm(view(x, cfg, size=cfg.local_size, local=True, light=False, g=g), cfg)
-                  for _ in range(cfg.n_local)],
+        "global": [
+            _norm(view(x, cfg, size=cfg.global_size, local=False, light=False, g=g), cfg) for _ in range(cfg.n_global)
+        ],
+        "local": [
+            _norm(view(x, cfg, size=cfg.local_size, local=True, light=False, g=g), cfg) for _ in range(cfg.n_local)
+        ],
     }
 
 
-def pair(x: torch.Tensor, cfg: ViewsConfig, cine: CineViews | None, view: ViewFn,
-         g: torch.Generator | None) -> Output:
+def pair(x: torch.Tensor, cfg: ViewsConfig, cine: CineViews | None, view: ViewFn, g: torch.Generator | None) -> Output:
     """SimCLR/VICReg: two independently augmented (B, C, S, S) views."""
     return {"global": [_norm(view(x, cfg, size=cfg.size, local=False, light=False, g=g), cfg) for _ in range(2)]}
 
 
-def single(x: torch.Tensor, cfg: ViewsConfig, cine: CineViews | None, view: ViewFn,
-           g: torch.Generator | None) -> Output:
+def single(
+    x: torch.Tensor, cfg: ViewsConfig, cine: CineViews | None, view: ViewFn, g: torch.Generator | None
+) -> Output:
     """I-JEPA/MAE: one lightly augmented (B, C, S, S) view (crop and flips); masks come from the objective."""
     return {"images": _norm(view(x, cfg, size=cfg.size, local=False, light=True, g=g), cfg)}
 
 
-def clip(x: torch.Tensor, cfg: ViewsConfig, cine: CineViews | None, view: ViewFn,
-         g: torch.Generator | None) -> Output:
+def clip(x: torch.Tensor, cfg: ViewsConfig, cine: CineViews | None, view: ViewFn, g: torch.Generator | None) -> Output:
     """Cine variants: a temporal crop of T' frames, then one spatial augmentation shared by all frames."""
     cine = cine or CineViews()
     x = temporal_crop(x, cine.frames, cine.strides, g)

@@ -45,8 +45,15 @@ def mean_ratings(answers: pd.DataFrame, by: list[str], seed: int = 0) -> pd.Data
     for key, grp in lik.groupby(by, dropna=False, sort=True):
         r = grp["rating"].astype(float).to_numpy()
         lo, hi = bootstrap_ci(r, seed=seed)
-        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)),
-                     "n": len(r), "mean": float(r.mean()), "ci_low": lo, "ci_high": hi})
+        rows.append(
+            {
+                **dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)),
+                "n": len(r),
+                "mean": float(r.mean()),
+                "ci_low": lo,
+                "ci_high": hi,
+            }
+        )
     return pd.DataFrame(rows, columns=[*by, "n", "mean", "ci_low", "ci_high"])
 
 
@@ -133,7 +140,8 @@ def analyse(answers: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
     scale = int(answers["scale"].iloc[0]) if len(answers) else None
     mat = ratings_matrix(answers) if len(answers) else pd.DataFrame()
     agreement = {
-        "reviewers": int(mat.shape[0]), "units": int(mat.shape[1]),
+        "reviewers": int(mat.shape[0]),
+        "units": int(mat.shape[1]),
         "krippendorff_alpha_ordinal": krippendorff_alpha(mat.to_numpy(), scale) if mat.size else math.nan,
         "icc_2_1": icc_2_1(mat.to_numpy()) if mat.size else math.nan,
     }
@@ -147,8 +155,9 @@ def analyse(answers: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
         "by_encoder": table(mean_ratings(answers, ["encoder"], seed)),
         "by_encoder_map_type": table(mean_ratings(answers, ["encoder", "map_type"], seed)),
         "by_map_type": table(mean_ratings(answers, ["map_type"], seed)),
-        "by_encoder_modality": table(mean_ratings(answers.assign(modality=answers["modality"].fillna("unknown")),
-                                                  ["encoder", "modality"], seed)),
+        "by_encoder_modality": table(
+            mean_ratings(answers.assign(modality=answers["modality"].fillna("unknown")), ["encoder", "modality"], seed)
+        ),
         "pairwise": table(pairwise_strengths(answers)),
         "agreement": {k: _clean(v) for k, v in agreement.items()},
     }
@@ -164,22 +173,34 @@ def _clean(v: Any) -> Any:
 
 def render_text(report: dict[str, Any]) -> str:
     """The report as a plain-text table (CLI)."""
+
     def f(v: Any) -> str:
         return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
 
     lines = [f"answers: {report['answers']}", "", "mean rating per encoder (95% bootstrap CI)"]
-    lines += [f"  {r['encoder']:<40} {f(r['mean'])} [{f(r['ci_low'])}, {f(r['ci_high'])}]  n={r['n']}"
-              for r in report["by_encoder"]]
+    lines += [
+        f"  {r['encoder']:<40} {f(r['mean'])} [{f(r['ci_low'])}, {f(r['ci_high'])}]  n={r['n']}"
+        for r in report["by_encoder"]
+    ]
     lines += ["", "per encoder and map type"]
-    lines += [f"  {r['encoder']:<40} {r['map_type']:<11} {f(r['mean'])} [{f(r['ci_low'])}, {f(r['ci_high'])}]  n={r['n']}"
-              for r in report["by_encoder_map_type"]]
+    lines += [
+        f"  {r['encoder']:<40} {r['map_type']:<11} {f(r['mean'])} [{f(r['ci_low'])}, {f(r['ci_high'])}]  n={r['n']}"
+        for r in report["by_encoder_map_type"]
+    ]
     lines += ["", "per encoder and modality"]
-    lines += [f"  {r['encoder']:<40} {r['modality']:<15} {f(r['mean'])}  n={r['n']}" for r in report["by_encoder_modality"]]
+    lines += [
+        f"  {r['encoder']:<40} {r['modality']:<15} {f(r['mean'])}  n={r['n']}" for r in report["by_encoder_modality"]
+    ]
     if report["pairwise"]:
         lines += ["", "pairwise preference (Bradley-Terry strength)"]
-        lines += [f"  {r['encoder']:<40} {f(r['strength'])}  wins={f(r['wins'])} of {f(r['comparisons'])}"
-                  for r in report["pairwise"]]
+        lines += [
+            f"  {r['encoder']:<40} {f(r['strength'])}  wins={f(r['wins'])} of {f(r['comparisons'])}"
+            for r in report["pairwise"]
+        ]
     a = report["agreement"]
-    lines += ["", f"agreement: {a['reviewers']} reviewers, {a['units']} units; Krippendorff's alpha (ordinal) "
-                  f"{f(a['krippendorff_alpha_ordinal'])}; ICC(2,1) {f(a['icc_2_1'])}"]
+    lines += [
+        "",
+        f"agreement: {a['reviewers']} reviewers, {a['units']} units; Krippendorff's alpha (ordinal) "
+        f"{f(a['krippendorff_alpha_ordinal'])}; ICC(2,1) {f(a['icc_2_1'])}",
+    ]
     return "\n".join(lines)

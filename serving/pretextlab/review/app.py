@@ -41,8 +41,10 @@ SESSION_COOKIE = "plr_session"
 ADMIN_COOKIE = "plr_admin"
 LOGIN_CSRF_COOKIE = "plr_login_csrf"
 STATIC = {"review.js": "text/javascript; charset=utf-8", "review.css": "text/css; charset=utf-8"}
-CSP = ("default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; form-action 'self'; "
-       "frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 class InviteRequest(BaseModel):
@@ -53,8 +55,12 @@ class InviteRequest(BaseModel):
 class SecurityHeaders:
     """Pure ASGI middleware: security headers and ``Server-Timing: app;dur=<ms>`` on every response."""
 
-    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-               (b"x-frame-options", b"DENY"), (b"content-security-policy", CSP.encode())]
+    HEADERS = [
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"x-frame-options", b"DENY"),
+        (b"content-security-policy", CSP.encode()),
+    ]
 
     def __init__(self, app: Any):
         self.app = app
@@ -118,8 +124,9 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
         return request.url.scheme == "https" or proto.split(",")[0].strip() == "https"
 
     def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int | None) -> None:
-        response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="lax", secure=is_https(request),
-                            path="/")
+        response.set_cookie(
+            name, value, max_age=max_age, httponly=True, samesite="lax", secure=is_https(request), path="/"
+        )
 
     def client_key(request: Request) -> str:
         return request.client.host if request.client else "unknown"
@@ -187,8 +194,11 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
     def static(name: str) -> Response:
         if name not in STATIC:
             raise HttpError(404, "no such file")
-        return Response((HERE / "static" / name).read_bytes(), media_type=STATIC[name],
-                        headers={"Cache-Control": "public, max-age=3600"})
+        return Response(
+            (HERE / "static" / name).read_bytes(),
+            media_type=STATIC[name],
+            headers={"Cache-Control": "public, max-age=3600"},
+        )
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -220,7 +230,9 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
     def done(request: Request) -> Response:
         ctx = reviewer(request)
         rows = [r for r in svc.progress(sm, _review_pid(ctx)) if r["reviewer"] == ctx.reviewer_pid]
-        return page(request, "done.html", csrf=ctx.csrf, progress=rows[0] if rows else None, next=svc.next_case_pid(sm, ctx))
+        return page(
+            request, "done.html", csrf=ctx.csrf, progress=rows[0] if rows else None, next=svc.next_case_pid(sm, ctx)
+        )
 
     def _review_pid(ctx: svc.ReviewerContext) -> str:
         from sqlalchemy import select
@@ -237,17 +249,35 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
         return page(request, "case.html", case=view, q=ctx.spec["questions"], csrf=ctx.csrf, nonce=new_pid())
 
     @app.post("/r/case/{case_pid}")
-    def answer(request: Request, case_pid: str, csrf: str = Form(""), nonce: str = Form(""),
-               rating: str | None = Form(None), preference: str | None = Form(None), comment: str | None = Form(None),
-               region_x: str | None = Form(None), region_y: str | None = Form(None)) -> Response:
+    def answer(
+        request: Request,
+        case_pid: str,
+        csrf: str = Form(""),
+        nonce: str = Form(""),
+        rating: str | None = Form(None),
+        preference: str | None = Form(None),
+        comment: str | None = Form(None),
+        region_x: str | None = Form(None),
+        region_y: str | None = Form(None),
+    ) -> Response:
         ctx = reviewer(request)
         if not same(csrf, ctx.csrf):
             raise HttpError(403, "CSRF token missing or wrong: reload the page")
         if not answer_limit.allow(f"answer:{ctx.session_id}"):
             raise HttpError(429, "too many answers in a minute: slow down a little")
-        status, _ = svc.submit_answer(sm, ctx, case_pid, {"nonce": nonce, "rating": rating, "preference": preference,
-                                                          "comment": comment, "region_x": region_x,
-                                                          "region_y": region_y})
+        status, _ = svc.submit_answer(
+            sm,
+            ctx,
+            case_pid,
+            {
+                "nonce": nonce,
+                "rating": rating,
+                "preference": preference,
+                "comment": comment,
+                "region_x": region_x,
+                "region_y": region_y,
+            },
+        )
         nxt = svc.next_case_pid(sm, ctx)
         target = root(request) + (f"/r/case/{nxt}" if nxt else "/r/done")
         if wants_json(request):
@@ -260,8 +290,9 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
         if slot not in ("image", "map", "map-b") or not PID_RE.match(case_pid):
             raise HttpError(404, "no such image")
         key = svc.slot_asset(sm, ctx, case_pid, slot)
-        return Response(read_asset(ctx.asset_root, key), media_type="image/png",
-                        headers={"Cache-Control": "private, max-age=3600"})
+        return Response(
+            read_asset(ctx.asset_root, key), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
+        )
 
     @app.post("/r/logout")
     def logout(request: Request, csrf: str = Form("")) -> Response:
@@ -269,8 +300,12 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
         if not same(csrf, ctx.csrf):
             raise HttpError(403, "CSRF token missing or wrong: reload the page")
         svc.end_session(sm, request.cookies.get(SESSION_COOKIE))
-        response = page(request, "error.html", status_code=200, message="You are logged out. Your invitation link resumes "
-                                                                "where you stopped.")
+        response = page(
+            request,
+            "error.html",
+            status_code=200,
+            message="You are logged out. Your invitation link resumes where you stopped.",
+        )
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
@@ -291,8 +326,13 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
         if not organiser_ok(key):
             raise HttpError(401, "wrong organiser key")
         response = RedirectResponse(root(request) + "/admin", status_code=303)
-        set_cookie(request, response, ADMIN_COOKIE, svc.organiser_session(sm, settings.session_hours),
-                   int(settings.session_hours * 3600))
+        set_cookie(
+            request,
+            response,
+            ADMIN_COOKIE,
+            svc.organiser_session(sm, settings.session_hours),
+            int(settings.session_hours * 3600),
+        )
         response.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
         return response
 
@@ -302,31 +342,64 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
         return page(request, "admin_home.html", csrf=csrf, reviews=svc.list_reviews(sm), map_types=MAP_TYPES)
 
     @app.post("/admin/reviews")
-    def admin_create(request: Request, csrf: str = Form(""), title: str = Form(""), encoders: str = Form(""),
-                     registry: str = Form(""), store: str = Form(""), items: str = Form(""), sample: str = Form(""),
-                     seed: str = Form("0"), map_types: list[str] = Form([]), likert: str = Form(""),
-                     scale: str = Form("5"), pairwise: str = Form(""), comment: str = Form(""),
-                     region: str = Form(""), display_size: str = Form("320")) -> Response:
+    def admin_create(
+        request: Request,
+        csrf: str = Form(""),
+        title: str = Form(""),
+        encoders: str = Form(""),
+        registry: str = Form(""),
+        store: str = Form(""),
+        items: str = Form(""),
+        sample: str = Form(""),
+        seed: str = Form("0"),
+        map_types: list[str] = Form([]),
+        likert: str = Form(""),
+        scale: str = Form("5"),
+        pairwise: str = Form(""),
+        comment: str = Form(""),
+        region: str = Form(""),
+        display_size: str = Form("320"),
+    ) -> Response:
         admin_session(request, csrf)
         data: dict[str, Any] = {
-            "title": title.strip(), "encoders": [e.strip() for e in encoders.splitlines() if e.strip()],
-            "registry": registry.strip() or None, "store": store.strip(),
+            "title": title.strip(),
+            "encoders": [e.strip() for e in encoders.splitlines() if e.strip()],
+            "registry": registry.strip() or None,
+            "store": store.strip(),
             "items": [i.strip() for i in items.replace(",", "\n").splitlines() if i.strip()] or None,
-            "sample": sample.strip() or None, "seed": seed.strip() or 0, "map_types": map_types or ["attention"],
-            "questions": {"scale": scale or 5, "pairwise": bool(pairwise), "comment": bool(comment),
-                          "region": bool(region), **({"likert": likert.strip()} if likert.strip() else {})},
+            "sample": sample.strip() or None,
+            "seed": seed.strip() or 0,
+            "map_types": map_types or ["attention"],
+            "questions": {
+                "scale": scale or 5,
+                "pairwise": bool(pairwise),
+                "comment": bool(comment),
+                "region": bool(region),
+                **({"likert": likert.strip()} if likert.strip() else {}),
+            },
             "display_size": display_size or 320,
         }
         review = svc.create_review(sm, parse_spec(data, "form"), asset_root)
         return RedirectResponse(root(request) + f"/admin/reviews/{review.pid}", status_code=303)
 
-    def admin_review_page(request: Request, review_pid: str, csrf: str, new_link: str | None = None,
-                          new_label: str | None = None) -> Response:
+    def admin_review_page(
+        request: Request, review_pid: str, csrf: str, new_link: str | None = None, new_label: str | None = None
+    ) -> Response:
         with sm() as s:
             review = svc.get_review(s, review_pid)
             title, status, spec = review.title, review.status, review.spec
-        return page(request, "admin_review.html", csrf=csrf, pid=review_pid, title=title, status=status, spec=spec,
-                    progress=svc.progress(sm, review_pid), new_link=new_link, new_label=new_label)
+        return page(
+            request,
+            "admin_review.html",
+            csrf=csrf,
+            pid=review_pid,
+            title=title,
+            status=status,
+            spec=spec,
+            progress=svc.progress(sm, review_pid),
+            new_link=new_link,
+            new_label=new_label,
+        )
 
     @app.get("/admin/reviews/{review_pid}")
     def admin_review(request: Request, review_pid: str) -> Response:
@@ -357,8 +430,14 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
 
         with sm() as s:
             title = svc.get_review(s, review_pid).title
-        return page(request, "report.html", csrf=csrf, pid=review_pid, title=title,
-                    report=analyse(svc.export_answers(sm, review_pid)))
+        return page(
+            request,
+            "report.html",
+            csrf=csrf,
+            pid=review_pid,
+            title=title,
+            report=analyse(svc.export_answers(sm, review_pid)),
+        )
 
     @app.get("/admin/reviews/{review_pid}/export.{fmt}")
     def admin_export(request: Request, review_pid: str, fmt: str) -> Response:
@@ -370,12 +449,18 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
             raise HttpError(404, "export formats: csv, parquet")
         df = svc.export_answers(sm, review_pid)
         if fmt == "csv":
-            return Response(df.to_csv(index=False), media_type="text/csv; charset=utf-8",
-                            headers={"Content-Disposition": 'attachment; filename="answers.csv"'})
+            return Response(
+                df.to_csv(index=False),
+                media_type="text/csv; charset=utf-8",
+                headers={"Content-Disposition": 'attachment; filename="answers.csv"'},
+            )
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
-        return Response(buf.getvalue(), media_type="application/vnd.apache.parquet",
-                        headers={"Content-Disposition": 'attachment; filename="answers.parquet"'})
+        return Response(
+            buf.getvalue(),
+            media_type="application/vnd.apache.parquet",
+            headers={"Content-Disposition": 'attachment; filename="answers.parquet"'},
+        )
 
     # ------------------------------------------------------------------------------------ organiser API
     @app.post("/api/reviews", status_code=201)

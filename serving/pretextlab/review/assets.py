@@ -19,7 +19,14 @@ from PIL import Image
 
 from pretextlab.core.errors import UserError
 from pretextlab.evaluate import load_eval_set, preprocess
-from pretextlab.evaluate.feature_maps import anchor_similarity, cls_attention_maps, colormap, grid_size, patch_tokens, pca_rgb
+from pretextlab.evaluate.feature_maps import (
+    anchor_similarity,
+    cls_attention_maps,
+    colormap,
+    grid_size,
+    patch_tokens,
+    pca_rgb,
+)
 from pretextlab.models.encoder_io import EncoderCard, load_encoder
 from pretextlab.review.files import put_png
 from pretextlab.review.spec import ReviewSpec
@@ -91,9 +98,14 @@ def _panel(spec: ReviewSpec) -> tuple[np.ndarray, list[dict[str, Any]]]:
         idx = sorted(int(i) for i in rng.choice(len(es), size=spec.sample, replace=False))
     cat = read_catalog(spec.store)
     modality = dict(zip(cat["item_id"], cat["modality"], strict=False)) if "modality" in cat.columns else {}
-    meta = [{"item_id": str(es.item_ids[i]), "label": es.class_names[int(es.labels[i])],
-             "modality": (None if modality.get(str(es.item_ids[i])) is None else str(modality[str(es.item_ids[i])]))}
-            for i in idx]
+    meta = [
+        {
+            "item_id": str(es.item_ids[i]),
+            "label": es.class_names[int(es.labels[i])],
+            "modality": (None if modality.get(str(es.item_ids[i])) is None else str(modality[str(es.item_ids[i])])),
+        }
+        for i in idx
+    ]
     return es.images[idx], meta
 
 
@@ -117,8 +129,9 @@ def render_review(spec: ReviewSpec, root: str) -> Rendered:
     encoders = load_encoders(spec)
     images, meta = _panel(spec)
     size = spec.display_size
-    out = Rendered(encoders=[{"name": e.name, "source": e.source, "objective": e.objective} for e in encoders],
-                   images=[])
+    out = Rendered(
+        encoders=[{"name": e.name, "source": e.source, "objective": e.objective} for e in encoders], images=[]
+    )
     for i, (img, m) in enumerate(zip(images, meta, strict=True)):
         base = _display(img, size)
         out.images.append({**m, "asset": _put(root, base)})

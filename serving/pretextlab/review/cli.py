@@ -33,9 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.required = True
 
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--db", default="review.sqlite", help="SQLite file or postgresql:// URL (default: review.sqlite)")
-        p.add_argument("--assets", help="folder or s3:// prefix for rendered images and maps "
-                                        "(default: <db>-assets beside a SQLite file)")
+        p.add_argument(
+            "--db", default="review.sqlite", help="SQLite file or postgresql:// URL (default: review.sqlite)"
+        )
+        p.add_argument(
+            "--assets",
+            help="folder or s3:// prefix for rendered images and maps (default: <db>-assets beside a SQLite file)",
+        )
         return p
 
     s = common(sub.add_parser("serve", help="run the web app (uvicorn)"))
@@ -43,8 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--port", type=int, default=8600)
     s.add_argument("--base-url", help="public URL prefix for invite links (default: the request's)")
     s.add_argument("--admin-token-sha256", help="sha256 hex of an extra organiser token")
-    s.add_argument("--secure-cookies", choices=["auto", "always", "never"], default="auto",
-                   help="Secure cookie flag: auto = when the request came over https (default)")
+    s.add_argument(
+        "--secure-cookies",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="Secure cookie flag: auto = when the request came over https (default)",
+    )
     s.add_argument("--login-per-minute", type=int, help="invite/organiser logins per client address per minute")
     s.add_argument("--answers-per-minute", type=int, help="answers per reviewer session per minute")
 
@@ -71,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rep.add_argument("--parquet", metavar="FILE", help="write one row per answer as Parquet")
 
 
-def _settings(args: argparse.Namespace, **extra):  # noqa: ANN202
+def _settings(args: argparse.Namespace, **extra):
     from pretextlab.review.settings import ReviewSettings
 
     fields = {k: v for k, v in extra.items() if v is not None}
@@ -92,21 +100,29 @@ def _write(path: str, data: bytes) -> None:
 def _serve(args: argparse.Namespace) -> int:
     key = os.environ.get("PRETEXTLAB_API_KEY", "")
     if not key and not args.admin_token_sha256:
-        raise UserError("PRETEXTLAB_API_KEY is not set: export an organiser key "
-                        "(e.g. `export PRETEXTLAB_API_KEY=$(openssl rand -hex 24)`) or pass --admin-token-sha256")
+        raise UserError(
+            "PRETEXTLAB_API_KEY is not set: export an organiser key "
+            "(e.g. `export PRETEXTLAB_API_KEY=$(openssl rand -hex 24)`) or pass --admin-token-sha256"
+        )
     if key and len(key) < MIN_KEY_LENGTH:
         raise UserError(f"PRETEXTLAB_API_KEY: the key is too short (use at least {MIN_KEY_LENGTH} characters)")
-    if args.admin_token_sha256 and not (len(args.admin_token_sha256) == 64
-                                        and all(ch in "0123456789abcdef" for ch in args.admin_token_sha256)):
+    if args.admin_token_sha256 and not (
+        len(args.admin_token_sha256) == 64 and all(ch in "0123456789abcdef" for ch in args.admin_token_sha256)
+    ):
         raise UserError("--admin-token-sha256: expected 64 lowercase hex characters (sha256sum of the token)")
     import uvicorn
 
     from pretextlab.review.app import create_app
 
     secure = {"auto": None, "always": True, "never": False}[args.secure_cookies]
-    settings = _settings(args, base_url=args.base_url, admin_token_sha256=args.admin_token_sha256,
-                         secure_cookies=secure, login_per_minute=args.login_per_minute,
-                         answers_per_minute=args.answers_per_minute)
+    settings = _settings(
+        args,
+        base_url=args.base_url,
+        admin_token_sha256=args.admin_token_sha256,
+        secure_cookies=secure,
+        login_per_minute=args.login_per_minute,
+        answers_per_minute=args.answers_per_minute,
+    )
     app = create_app(settings)
     print(f"review app on http://{args.host}:{args.port} (organiser: /admin)", flush=True)
     # no access log: invite links carry a secret in their path
@@ -168,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             self.print_usage(sys.stderr)
             self.exit(2, f"{self.prog}: error: {message}\n")
 
-    parser = _Parser(prog="pretextlab review", description=(__doc__ or "").strip(),
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="pretextlab review",
+        description=(__doc__ or "").strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

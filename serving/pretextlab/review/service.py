@@ -68,13 +68,19 @@ def create_review(sm: sessionmaker, spec: ReviewSpec, asset_root: str) -> m.Revi
         review = m.Review(pid=pid, title=spec.title, status="open", spec=spec.model_dump(mode="json"), asset_root=root)
         s.add(review)
         s.flush()
-        encs = [m.Encoder(review_id=review.id, position=j, name=e["name"], source=e["source"], objective=e["objective"])
-                for j, e in enumerate(rendered.encoders)]
+        encs = [
+            m.Encoder(review_id=review.id, position=j, name=e["name"], source=e["source"], objective=e["objective"])
+            for j, e in enumerate(rendered.encoders)
+        ]
         imgs = [m.Image(review_id=review.id, position=i, **im) for i, im in enumerate(rendered.images)]
         s.add_all(encs + imgs)
         s.flush()
-        s.add_all([m.MapAsset(image_id=imgs[i].id, encoder_id=encs[j].id, map_type=mt, asset=key)
-                   for (i, j, mt), key in rendered.maps.items()])
+        s.add_all(
+            [
+                m.MapAsset(image_id=imgs[i].id, encoder_id=encs[j].id, map_type=mt, asset=key)
+                for (i, j, mt), key in rendered.maps.items()
+            ]
+        )
     return review
 
 
@@ -109,13 +115,15 @@ def invite(sm: sessionmaker, review_pid: str, label: str) -> tuple[m.Reviewer, s
         encs = list(s.scalars(select(m.Encoder).where(m.Encoder.review_id == review.id).order_by(m.Encoder.position)))
         imgs = list(s.scalars(select(m.Image).where(m.Image.review_id == review.id).order_by(m.Image.position)))
         letters = dict(zip((str(e.id) for e in encs), _letters(len(encs)), strict=True))
-        reviewer = m.Reviewer(pid=new_pid(), review_id=review.id, label=label, token_hash=hash_token(token),
-                              letters=letters)
+        reviewer = m.Reviewer(
+            pid=new_pid(), review_id=review.id, label=label, token_hash=hash_token(token), letters=letters
+        )
         s.add(reviewer)
         s.flush()
         map_types = review.spec["map_types"]
         plan: list[tuple[str, int, str, int, int | None]] = [
-            ("likert", im.id, mt, e.id, None) for im in imgs for e in encs for mt in map_types]
+            ("likert", im.id, mt, e.id, None) for im in imgs for e in encs for mt in map_types
+        ]
         if review.spec["questions"].get("pairwise") and len(encs) > 1:
             for im in imgs:
                 for mt in map_types:
@@ -123,8 +131,21 @@ def invite(sm: sessionmaker, review_pid: str, label: str) -> tuple[m.Reviewer, s
                         a, b = (a, b) if _sysrand.random() < 0.5 else (b, a)
                         plan.append(("pairwise", im.id, mt, a.id, b.id))
         _sysrand.shuffle(plan)
-        s.add_all([m.Case(pid=new_pid(), reviewer_id=reviewer.id, position=k, kind=kind, image_id=img, map_type=mt,
-                          encoder_id=ea, encoder_b_id=eb) for k, (kind, img, mt, ea, eb) in enumerate(plan)])
+        s.add_all(
+            [
+                m.Case(
+                    pid=new_pid(),
+                    reviewer_id=reviewer.id,
+                    position=k,
+                    kind=kind,
+                    image_id=img,
+                    map_type=mt,
+                    encoder_id=ea,
+                    encoder_b_id=eb,
+                )
+                for k, (kind, img, mt, ea, eb) in enumerate(plan)
+            ]
+        )
     return reviewer, token
 
 
@@ -158,15 +179,48 @@ def progress(sm: sessionmaker, review_pid: str) -> list[dict[str, Any]]:
             total = s.scalar(select(func.count()).select_from(m.Case).where(m.Case.reviewer_id == r.id)) or 0
             done = s.scalar(select(func.count()).select_from(m.Answer).where(m.Answer.reviewer_id == r.id)) or 0
             last = s.scalar(select(func.max(m.Answer.updated_at)).where(m.Answer.reviewer_id == r.id))
-            rows.append({"reviewer": r.pid, "label": r.label, "answered": int(done), "total": int(total),
-                         "revoked": r.revoked_at is not None, "last_answer": last.isoformat() if last else None})
+            rows.append(
+                {
+                    "reviewer": r.pid,
+                    "label": r.label,
+                    "answered": int(done),
+                    "total": int(total),
+                    "revoked": r.revoked_at is not None,
+                    "last_answer": last.isoformat() if last else None,
+                }
+            )
         return rows
 
 
-EXPORT_COLUMNS = ["review", "reviewer", "reviewer_label", "case", "position", "kind", "image", "item_id", "modality",
-                  "label", "map_type", "encoder", "objective", "letter", "encoder_b", "objective_b", "letter_b",
-                  "rating", "scale", "preference", "preferred_encoder", "comment", "region_x", "region_y",
-                  "version", "created_at", "updated_at"]
+EXPORT_COLUMNS = [
+    "review",
+    "reviewer",
+    "reviewer_label",
+    "case",
+    "position",
+    "kind",
+    "image",
+    "item_id",
+    "modality",
+    "label",
+    "map_type",
+    "encoder",
+    "objective",
+    "letter",
+    "encoder_b",
+    "objective_b",
+    "letter_b",
+    "rating",
+    "scale",
+    "preference",
+    "preferred_encoder",
+    "comment",
+    "region_x",
+    "region_y",
+    "version",
+    "created_at",
+    "updated_at",
+]
 
 
 def export_answers(sm: sessionmaker, review_pid: str) -> pd.DataFrame:
@@ -177,24 +231,48 @@ def export_answers(sm: sessionmaker, review_pid: str) -> pd.DataFrame:
         review = get_review(s, review_pid)
         encs = {e.id: e for e in s.scalars(select(m.Encoder).where(m.Encoder.review_id == review.id))}
         imgs = {i.id: i for i in s.scalars(select(m.Image).where(m.Image.review_id == review.id))}
-        q = (select(m.Answer, m.Case, m.Reviewer).join(m.Case, m.Answer.case_id == m.Case.id)
-             .join(m.Reviewer, m.Case.reviewer_id == m.Reviewer.id).where(m.Reviewer.review_id == review.id)
-             .order_by(m.Reviewer.id, m.Case.position))
+        q = (
+            select(m.Answer, m.Case, m.Reviewer)
+            .join(m.Case, m.Answer.case_id == m.Case.id)
+            .join(m.Reviewer, m.Case.reviewer_id == m.Reviewer.id)
+            .where(m.Reviewer.review_id == review.id)
+            .order_by(m.Reviewer.id, m.Case.position)
+        )
         rows = []
         for a, c, r in s.execute(q).all():
             ea, eb, im = encs[c.encoder_id], encs.get(c.encoder_b_id) if c.encoder_b_id else None, imgs[c.image_id]
             pref = {"a": ea.name, "b": eb.name if eb else None, "equal": "equal"}.get(a.preference or "")
-            rows.append({
-                "review": review.pid, "reviewer": r.pid, "reviewer_label": r.label, "case": c.pid,
-                "position": c.position, "kind": c.kind, "image": im.position, "item_id": im.item_id,
-                "modality": im.modality, "label": im.label, "map_type": c.map_type, "encoder": ea.name,
-                "objective": ea.objective, "letter": r.letters.get(str(ea.id)),
-                "encoder_b": eb.name if eb else None, "objective_b": eb.objective if eb else None,
-                "letter_b": r.letters.get(str(eb.id)) if eb else None, "rating": a.rating,
-                "scale": int(review.spec["questions"]["scale"]), "preference": a.preference,
-                "preferred_encoder": pref, "comment": a.comment, "region_x": a.region_x, "region_y": a.region_y,
-                "version": a.version, "created_at": a.created_at.isoformat(), "updated_at": a.updated_at.isoformat(),
-            })
+            rows.append(
+                {
+                    "review": review.pid,
+                    "reviewer": r.pid,
+                    "reviewer_label": r.label,
+                    "case": c.pid,
+                    "position": c.position,
+                    "kind": c.kind,
+                    "image": im.position,
+                    "item_id": im.item_id,
+                    "modality": im.modality,
+                    "label": im.label,
+                    "map_type": c.map_type,
+                    "encoder": ea.name,
+                    "objective": ea.objective,
+                    "letter": r.letters.get(str(ea.id)),
+                    "encoder_b": eb.name if eb else None,
+                    "objective_b": eb.objective if eb else None,
+                    "letter_b": r.letters.get(str(eb.id)) if eb else None,
+                    "rating": a.rating,
+                    "scale": int(review.spec["questions"]["scale"]),
+                    "preference": a.preference,
+                    "preferred_encoder": pref,
+                    "comment": a.comment,
+                    "region_x": a.region_x,
+                    "region_y": a.region_y,
+                    "version": a.version,
+                    "created_at": a.created_at.isoformat(),
+                    "updated_at": a.updated_at.isoformat(),
+                }
+            )
     df = pd.DataFrame(rows, columns=EXPORT_COLUMNS)
     df["rating"] = df["rating"].astype("Int64")
     for col in ("region_x", "region_y"):
@@ -208,11 +286,20 @@ def answer_history(sm: sessionmaker, review_pid: str) -> pd.DataFrame:
 
     with sm() as s:
         review = get_review(s, review_pid)
-        q = (select(m.AnswerHistory, m.Case.pid, m.Reviewer.pid).join(m.Answer, m.AnswerHistory.answer_id == m.Answer.id)
-             .join(m.Case, m.Answer.case_id == m.Case.id).join(m.Reviewer, m.Case.reviewer_id == m.Reviewer.id)
-             .where(m.Reviewer.review_id == review.id).order_by(m.AnswerHistory.id))
-        return pd.DataFrame([{"reviewer": rp, "case": cp, "version": h.version, **h.values,
-                              "written_at": h.written_at.isoformat()} for h, cp, rp in s.execute(q).all()])
+        q = (
+            select(m.AnswerHistory, m.Case.pid, m.Reviewer.pid)
+            .join(m.Answer, m.AnswerHistory.answer_id == m.Answer.id)
+            .join(m.Case, m.Answer.case_id == m.Case.id)
+            .join(m.Reviewer, m.Case.reviewer_id == m.Reviewer.id)
+            .where(m.Reviewer.review_id == review.id)
+            .order_by(m.AnswerHistory.id)
+        )
+        return pd.DataFrame(
+            [
+                {"reviewer": rp, "case": cp, "version": h.version, **h.values, "written_at": h.written_at.isoformat()}
+                for h, cp, rp in s.execute(q).all()
+            ]
+        )
 
 
 # ----------------------------------------------------------------------------------------- reviewer
@@ -248,8 +335,16 @@ def login(sm: sessionmaker, token: str, hours: float) -> str:
             raise AccessError(403, "this invitation link is not valid")
         _reviewer_state(s.get(m.Review, r.review_id), r, now)
         session_token = new_token()
-        s.add(m.Session(token_hash=hash_token(session_token), role="reviewer", reviewer_id=r.id, csrf=new_token(),
-                        created_at=now, expires_at=now + _dt.timedelta(hours=hours)))
+        s.add(
+            m.Session(
+                token_hash=hash_token(session_token),
+                role="reviewer",
+                reviewer_id=r.id,
+                csrf=new_token(),
+                created_at=now,
+                expires_at=now + _dt.timedelta(hours=hours),
+            )
+        )
     return session_token
 
 
@@ -257,8 +352,16 @@ def organiser_session(sm: sessionmaker, hours: float) -> str:
     now = m.utcnow()
     token = new_token()
     with sm.begin() as s:
-        s.add(m.Session(token_hash=hash_token(token), role="organiser", reviewer_id=None, csrf=new_token(),
-                        created_at=now, expires_at=now + _dt.timedelta(hours=hours)))
+        s.add(
+            m.Session(
+                token_hash=hash_token(token),
+                role="organiser",
+                reviewer_id=None,
+                csrf=new_token(),
+                created_at=now,
+                expires_at=now + _dt.timedelta(hours=hours),
+            )
+        )
     return token
 
 
@@ -285,16 +388,19 @@ def reviewer_context(sm: sessionmaker, token: str | None) -> ReviewerContext:
         raise AccessError(401, "no session: open your personal invitation link")
     now = m.utcnow()
     with sm() as s:  # one query: session, reviewer and review together
-        found = s.execute(select(m.Session, m.Reviewer, m.Review)
-                          .join(m.Reviewer, m.Session.reviewer_id == m.Reviewer.id)
-                          .join(m.Review, m.Reviewer.review_id == m.Review.id)
-                          .where(m.Session.token_hash == hash_token(token), m.Session.role == "reviewer")).first()
+        found = s.execute(
+            select(m.Session, m.Reviewer, m.Review)
+            .join(m.Reviewer, m.Session.reviewer_id == m.Reviewer.id)
+            .join(m.Review, m.Reviewer.review_id == m.Review.id)
+            .where(m.Session.token_hash == hash_token(token), m.Session.role == "reviewer")
+        ).first()
         if found is None or found[0].expires_at <= now:
             raise AccessError(401, "your session has ended: open your personal invitation link again")
         row, r, review = found
         _reviewer_state(review, r, now)
-        return ReviewerContext(row.id, row.csrf, r.id, r.pid, review.id, dict(r.letters), review.spec,
-                               review.asset_root)
+        return ReviewerContext(
+            row.id, row.csrf, r.id, r.pid, review.id, dict(r.letters), review.spec, review.asset_root
+        )
 
 
 def _case(s: DbSession, ctx: ReviewerContext, case_pid: str) -> m.Case:
@@ -308,8 +414,12 @@ def next_case_pid(sm: sessionmaker, ctx: ReviewerContext) -> str | None:
     """The first case of the queue without an answer (where a reviewer resumes), or None when done."""
     with sm() as s:
         answered = select(m.Answer.case_id).where(m.Answer.reviewer_id == ctx.reviewer_id)
-        return s.scalar(select(m.Case.pid).where(m.Case.reviewer_id == ctx.reviewer_id, m.Case.id.not_in(answered))
-                        .order_by(m.Case.position).limit(1))
+        return s.scalar(
+            select(m.Case.pid)
+            .where(m.Case.reviewer_id == ctx.reviewer_id, m.Case.id.not_in(answered))
+            .order_by(m.Case.position)
+            .limit(1)
+        )
 
 
 def case_view(sm: sessionmaker, ctx: ReviewerContext, case_pid: str) -> dict[str, Any]:
@@ -321,14 +431,29 @@ def case_view(sm: sessionmaker, ctx: ReviewerContext, case_pid: str) -> dict[str
         done = s.scalar(select(func.count()).select_from(m.Answer).where(m.Answer.reviewer_id == ctx.reviewer_id))
         a = s.scalar(select(m.Answer).where(m.Answer.reviewer_id == ctx.reviewer_id, m.Answer.case_id == c.id))
         return {
-            "pid": c.pid, "kind": c.kind, "position": c.position + 1, "total": int(total or 0),
-            "answered": int(done or 0), "prev": prev_pid, "next": next_pid,
+            "pid": c.pid,
+            "kind": c.kind,
+            "position": c.position + 1,
+            "total": int(total or 0),
+            "answered": int(done or 0),
+            "prev": prev_pid,
+            "next": next_pid,
             "letter": ctx.letters[str(c.encoder_id)],
             "letter_b": ctx.letters[str(c.encoder_b_id)] if c.encoder_b_id else None,
-            "map_label": {"attention": "Attention map", "pca": "Feature components map",
-                          "similarity": "Similarity map"}[c.map_type],
-            "answer": None if a is None else {"rating": a.rating, "preference": a.preference, "comment": a.comment,
-                                              "region_x": a.region_x, "region_y": a.region_y},
+            "map_label": {
+                "attention": "Attention map",
+                "pca": "Feature components map",
+                "similarity": "Similarity map",
+            }[c.map_type],
+            "answer": None
+            if a is None
+            else {
+                "rating": a.rating,
+                "preference": a.preference,
+                "comment": a.comment,
+                "region_x": a.region_x,
+                "region_y": a.region_y,
+            },
         }
 
 
@@ -341,8 +466,11 @@ def slot_asset(sm: sessionmaker, ctx: ReviewerContext, case_pid: str, slot: str)
         enc = {"map": c.encoder_id, "map-b": c.encoder_b_id}.get(slot)
         if enc is None:
             raise AccessError(404, "no such image")
-        key = s.scalar(select(m.MapAsset.asset).where(m.MapAsset.image_id == c.image_id, m.MapAsset.encoder_id == enc,
-                                                       m.MapAsset.map_type == c.map_type))
+        key = s.scalar(
+            select(m.MapAsset.asset).where(
+                m.MapAsset.image_id == c.image_id, m.MapAsset.encoder_id == enc, m.MapAsset.map_type == c.map_type
+            )
+        )
         if key is None:
             raise AccessError(404, "no such image")
         return key
@@ -385,7 +513,9 @@ def _clean_answer(ctx: ReviewerContext, kind: str, form: dict[str, Any]) -> dict
     return values
 
 
-def submit_answer(sm: sessionmaker, ctx: ReviewerContext, case_pid: str, form: dict[str, Any]) -> tuple[str, str | None]:
+def submit_answer(
+    sm: sessionmaker, ctx: ReviewerContext, case_pid: str, form: dict[str, Any]
+) -> tuple[str, str | None]:
     """Store one answer in its own transaction: ("created" | "updated" | "unchanged", next case pid or None).
 
     Raises AccessError 409 when this submission (its nonce) was already stored: a double submit or a replay.
@@ -397,8 +527,11 @@ def submit_answer(sm: sessionmaker, ctx: ReviewerContext, case_pid: str, form: d
         with sm.begin() as s:
             c = _case(s, ctx, case_pid)
             values = _clean_answer(ctx, c.kind, form)
-            seen = s.scalar(select(m.AnswerHistory.id).where(m.AnswerHistory.reviewer_id == ctx.reviewer_id,
-                                                             m.AnswerHistory.nonce == nonce))
+            seen = s.scalar(
+                select(m.AnswerHistory.id).where(
+                    m.AnswerHistory.reviewer_id == ctx.reviewer_id, m.AnswerHistory.nonce == nonce
+                )
+            )
             if seen is not None:
                 raise AccessError(409, "this answer was already recorded")
             a = s.scalar(select(m.Answer).where(m.Answer.reviewer_id == ctx.reviewer_id, m.Answer.case_id == c.id))
@@ -406,8 +539,15 @@ def submit_answer(sm: sessionmaker, ctx: ReviewerContext, case_pid: str, form: d
                 raise AccessError(409, "this answer was already recorded")
             now = m.utcnow()
             if a is None:
-                a = m.Answer(reviewer_id=ctx.reviewer_id, case_id=c.id, nonce=nonce, version=1, created_at=now,
-                             updated_at=now, **values)
+                a = m.Answer(
+                    reviewer_id=ctx.reviewer_id,
+                    case_id=c.id,
+                    nonce=nonce,
+                    version=1,
+                    created_at=now,
+                    updated_at=now,
+                    **values,
+                )
                 s.add(a)
                 status = "created"
             else:
@@ -421,12 +561,21 @@ def submit_answer(sm: sessionmaker, ctx: ReviewerContext, case_pid: str, form: d
                     status = "updated"
             s.flush()
             if status != "unchanged":
-                s.add(m.AnswerHistory(answer_id=a.id, reviewer_id=ctx.reviewer_id, version=a.version, nonce=nonce,
-                                      values=values, written_at=now))
+                s.add(
+                    m.AnswerHistory(
+                        answer_id=a.id,
+                        reviewer_id=ctx.reviewer_id,
+                        version=a.version,
+                        nonce=nonce,
+                        values=values,
+                        written_at=now,
+                    )
+                )
             position = c.position
     except IntegrityError:  # the same form raced itself: the other copy won and is stored once
         raise AccessError(409, "this answer was already recorded") from None
     with sm() as s:
-        following = s.scalar(select(m.Case.pid).where(m.Case.reviewer_id == ctx.reviewer_id,
-                                                      m.Case.position == position + 1))
+        following = s.scalar(
+            select(m.Case.pid).where(m.Case.reviewer_id == ctx.reviewer_id, m.Case.position == position + 1)
+        )
     return status, following

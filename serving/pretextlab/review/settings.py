@@ -15,8 +15,10 @@ class ReviewSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     db: str = Field("review.sqlite", description="SQLite file or postgresql:// URL")
-    assets: str | None = Field(None, description="folder or s3:// prefix for rendered images and maps "
-                                                 "(default: <db>-assets beside a SQLite file)")
+    assets: str | None = Field(
+        None,
+        description="folder or s3:// prefix for rendered images and maps (default: <db>-assets beside a SQLite file)",
+    )
     api_key_env: str = "PRETEXTLAB_API_KEY"
     admin_token_sha256: str | None = Field(None, description="sha256 hex of an extra organiser token")
     session_hours: float = Field(12.0, gt=0)

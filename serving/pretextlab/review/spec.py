@@ -39,8 +39,9 @@ class ReviewSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     title: str = Field(..., min_length=1, max_length=200)
-    encoders: list[str] = Field(..., min_length=1, max_length=26,
-                                description="encoder folders, or registry addresses when registry is set")
+    encoders: list[str] = Field(
+        ..., min_length=1, max_length=26, description="encoder folders, or registry addresses when registry is set"
+    )
     registry: str | None = None
     store: str = Field(..., min_length=1, description="store with a labelled catalog (local or s3://)")
     label_column: str = "label"

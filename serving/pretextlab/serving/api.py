@@ -42,14 +42,21 @@ from pretextlab.serving.regions import RegionsRequest, StoreReader
 log = logging.getLogger("ray.serve")
 
 NPY = "application/x-npy"
-RAW_TYPES = ("application/x-npy", "application/octet-stream", "image/png", "image/jpeg", "image/tiff",
-             "application/dicom", "")
+RAW_TYPES = (
+    "application/x-npy",
+    "application/octet-stream",
+    "image/png",
+    "image/jpeg",
+    "image/tiff",
+    "application/dicom",
+    "",
+)
 
 api = FastAPI(
     title="pretextlab embeddings",
     version="1.0",
     description="Embeddings of medical images from registered self-supervised encoders. "
-                "Send the API key as `X-API-Key: <key>` or `Authorization: Bearer <key>`.",
+    "Send the API key as `X-API-Key: <key>` or `Authorization: Bearer <key>`.",
     docs_url="/docs",
     redoc_url=None,
 )
@@ -61,20 +68,35 @@ _EMBEDDINGS_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": {"type": "object", "properties": {
-                "model": {"type": "string", "description": "served model name"},
-                "images": {"type": "array", "items": {"type": "string", "format": "binary"},
-                           "description": "PNG, JPEG, TIFF, DICOM or .npy (uint8) files, one field per file"},
-            }}},
-            NPY: {"schema": {"type": "string", "format": "binary",
-                             "description": "uint8 array (H, W), (H, W, C), (N, H, W) or (N, H, W, C)"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary",
-                                                    "description": "one PNG/JPEG/TIFF/DICOM/.npy payload"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "model": {"type": "string", "description": "served model name"},
+                        "images": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "PNG, JPEG, TIFF, DICOM or .npy (uint8) files, one field per file",
+                        },
+                    },
+                }
+            },
+            NPY: {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "uint8 array (H, W), (H, W, C), (N, H, W) or (N, H, W, C)",
+                }
+            },
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary", "description": "one PNG/JPEG/TIFF/DICOM/.npy payload"}
+            },
         },
     },
 }
-_REGIONS_BODY = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": RegionsRequest.model_json_schema()}}}}
+_REGIONS_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": RegionsRequest.model_json_schema()}}}
+}
 
 
 # -- errors as JSON ----------------------------------------------------------------------------------------
@@ -137,11 +159,14 @@ async def _one_shot(body: bytes):
     yield body
 
 
-async def parse_multipart(request: Request, body: bytes, max_files: int) -> tuple[dict[str, str], list[tuple[str, bytes]]]:
+async def parse_multipart(
+    request: Request, body: bytes, max_files: int
+) -> tuple[dict[str, str], list[tuple[str, bytes]]]:
     """Form fields and files ``(label, bytes)`` of a multipart body already read (and bounded)."""
     try:
-        form = await MultiPartParser(request.headers, _one_shot(body), max_files=max_files, max_fields=32,
-                                     max_part_size=64 << 10).parse()
+        form = await MultiPartParser(
+            request.headers, _one_shot(body), max_files=max_files, max_fields=32, max_part_size=64 << 10
+        ).parse()
     except MultiPartException as exc:
         if "Too many files" in exc.message:
             raise too_large(f"more than {max_files} files exceeds the limit of images per request") from None
@@ -191,9 +216,15 @@ class EmbeddingAPI:
         """``models``: served name -> the encoder deployment's handle; ``args``: everything else, typed."""
         self.models, self.infos = models, args.infos
         limits = args.limits
-        self.batchers = {name: ModelBatcher(name, handle, timeout_s=float(limits.request_timeout_s),
-                                            **args.batching.get(name, BatchingArgs()).model_dump())
-                         for name, handle in models.items()}
+        self.batchers = {
+            name: ModelBatcher(
+                name,
+                handle,
+                timeout_s=float(limits.request_timeout_s),
+                **args.batching.get(name, BatchingArgs()).model_dump(),
+            )
+            for name, handle in models.items()
+        }
         self.stores = StoreReader(args.stores)
         self.limits = limits
         self.image_limits = ImageLimits(limits.max_images, limits.max_image_pixels, limits.max_total_pixels)
@@ -215,8 +246,12 @@ class EmbeddingAPI:
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
             key = token.strip() if scheme.lower() == "bearer" else None
         if not key:
-            raise ApiError(401, "unauthorized", "missing API key: send X-API-Key: <key> or Authorization: Bearer <key>",
-                           {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing API key: send X-API-Key: <key> or Authorization: Bearer <key>",
+                {"WWW-Authenticate": "Bearer"},
+            )
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
         if not hmac.compare_digest(digest, self._key_digest):
             raise ApiError(401, "unauthorized", "invalid API key", {"WWW-Authenticate": "Bearer"})
@@ -227,7 +262,9 @@ class EmbeddingAPI:
                 return next(iter(self.models))
             raise invalid(f"model: required when several models are served ({', '.join(sorted(self.models))})")
         if name not in self.models:
-            raise not_found("unknown_model", f"model {name[:80]!r} is not served (served: {', '.join(sorted(self.models))})")
+            raise not_found(
+                "unknown_model", f"model {name[:80]!r} is not served (served: {', '.join(sorted(self.models))})"
+            )
         return name
 
     async def _embed(self, name: str, arrays: list[np.ndarray]) -> np.ndarray:
@@ -240,15 +277,30 @@ class EmbeddingAPI:
             result[idx] = out
         return result
 
-    def _respond(self, request: Request, name: str, emb: np.ndarray, fmt: str | None,
-                 extra: dict[str, Any] | None = None) -> Response:
+    def _respond(
+        self, request: Request, name: str, emb: np.ndarray, fmt: str | None, extra: dict[str, Any] | None = None
+    ) -> Response:
         info = self.infos[name]
         if fmt == "npy" or (fmt is None and NPY in request.headers.get("accept", "")):
-            return Response(npy_bytes(emb), media_type=NPY, headers={
-                "X-Model": name, "X-Model-Id": info.id, "X-Embedding-Dim": str(emb.shape[1]),
-                "X-Embedding-Count": str(emb.shape[0])})
-        payload = {"model": name, "model_id": info.id, "version": info.version, "dim": int(emb.shape[1]),
-                   "count": int(emb.shape[0]), **(extra or {}), "embeddings": emb.tolist()}
+            return Response(
+                npy_bytes(emb),
+                media_type=NPY,
+                headers={
+                    "X-Model": name,
+                    "X-Model-Id": info.id,
+                    "X-Embedding-Dim": str(emb.shape[1]),
+                    "X-Embedding-Count": str(emb.shape[0]),
+                },
+            )
+        payload = {
+            "model": name,
+            "model_id": info.id,
+            "version": info.version,
+            "dim": int(emb.shape[1]),
+            "count": int(emb.shape[0]),
+            **(extra or {}),
+            "embeddings": emb.tolist(),
+        }
         return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
 
     # -- routes ------------------------------------------------------------------------------------------
@@ -268,26 +320,36 @@ class EmbeddingAPI:
         states = dict(zip(names, await asyncio.gather(*(ping(n) for n in names)), strict=True))
         if all(states.values()):
             return JSONResponse({"status": "ready", "models": states})
-        return error_response(503, "not_ready", "models not ready: " + ", ".join(n for n, ok in states.items() if not ok),
-                              models=states)
+        return error_response(
+            503, "not_ready", "models not ready: " + ", ".join(n for n, ok in states.items() if not ok), models=states
+        )
 
     @api.get("/v1/models", summary="served encoders with their cards", dependencies=SECURED)
     async def list_models(self, request: Request) -> dict[str, Any]:
         self._authorize(request)
-        return {"models": [self.infos[n].model_dump(mode="json") for n in sorted(self.infos)],
-                "stores": sorted(self.stores.stores)}
+        return {
+            "models": [self.infos[n].model_dump(mode="json") for n in sorted(self.infos)],
+            "stores": sorted(self.stores.stores),
+        }
 
     @api.post("/v1/embeddings", summary="embed images", dependencies=SECURED, openapi_extra=_EMBEDDINGS_BODY)
-    async def embeddings(self, request: Request, model: str | None = Query(None, max_length=64),
-                         format: Literal["json", "npy"] | None = Query(None)) -> Response:
+    async def embeddings(
+        self,
+        request: Request,
+        model: str | None = Query(None, max_length=64),
+        format: Literal["json", "npy"] | None = Query(None),
+    ) -> Response:
         """Images as multipart files (field ``model`` names the model) or one raw body (``?model=``);
         JSON embeddings, or ``application/x-npy`` (float32 (N, D)) with ``Accept: application/x-npy``
         or ``?format=npy``."""
         self._authorize(request)
         ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if ctype != "multipart/form-data" and ctype not in RAW_TYPES:
-            raise ApiError(415, "unsupported_media_type", f"content type {ctype[:60]!r}: send multipart/form-data "
-                                                          f"files or one application/x-npy (or image) body")
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"content type {ctype[:60]!r}: send multipart/form-data files or one application/x-npy (or image) body",
+            )
         body = await read_body(request, int(self.limits.max_body_bytes))
         if not body:
             raise bad_request("empty body: send images")
@@ -301,14 +363,21 @@ class EmbeddingAPI:
             arrays = await asyncio.to_thread(lambda: [decode_image(data, label, limits) for label, data in files])
         else:
             name = self._model(model)
-            arrays = [decode_image(body, "body", limits)] if body[:6] == b"\x93NUMPY" else \
-                await asyncio.to_thread(lambda: [decode_image(body, "body", limits)])
+            arrays = (
+                [decode_image(body, "body", limits)]
+                if body[:6] == b"\x93NUMPY"
+                else await asyncio.to_thread(lambda: [decode_image(body, "body", limits)])
+            )
         check_total(arrays, limits)
         emb = await self._embed(name, arrays)
         return self._respond(request, name, emb, format)
 
-    @api.post("/v1/embeddings/regions", summary="embed regions of a catalog item read server-side",
-              dependencies=SECURED, openapi_extra=_REGIONS_BODY)
+    @api.post(
+        "/v1/embeddings/regions",
+        summary="embed regions of a catalog item read server-side",
+        dependencies=SECURED,
+        openapi_extra=_REGIONS_BODY,
+    )
     async def regions(self, request: Request, format: Literal["json", "npy"] | None = Query(None)) -> Response:
         """Patches (level, x, y, size) of a slide or frames of a cine loop of an item in a registered store."""
         self._authorize(request)
@@ -327,8 +396,13 @@ class EmbeddingAPI:
             raise invalid(_format_errors(errors)) from None
         name = self._model(req.model)
         arrays, coords = await asyncio.to_thread(
-            self.stores.read, req, int(self.limits.max_images), int(self.limits.max_region_size),
-            int(self.limits.max_total_pixels))
+            self.stores.read,
+            req,
+            int(self.limits.max_images),
+            int(self.limits.max_region_size),
+            int(self.limits.max_total_pixels),
+        )
         emb = await self._embed(name, arrays)
-        return self._respond(request, name, emb, format,
-                             {"store": req.store, "item_id": req.item_id, "regions": coords})
+        return self._respond(
+            request, name, emb, format, {"store": req.store, "item_id": req.item_id, "regions": coords}
+        )

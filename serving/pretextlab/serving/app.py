@@ -34,11 +34,15 @@ def api_key_digest(cfg: ServeArgs) -> str | None:
         return None
     key = os.environ.get(cfg.api_key_env, "")
     if not key:
-        raise ServingConfigError(f"{cfg.api_key_env} is not set: export an API key (e.g. "
-                                 f"`export {cfg.api_key_env}=$(openssl rand -hex 24)`), or run insecure_local "
-                                 f"(--insecure-local) on a laptop")
+        raise ServingConfigError(
+            f"{cfg.api_key_env} is not set: export an API key (e.g. "
+            f"`export {cfg.api_key_env}=$(openssl rand -hex 24)`), or run insecure_local "
+            f"(--insecure-local) on a laptop"
+        )
     if len(key) < MIN_KEY_LENGTH:
-        raise ServingConfigError(f"{cfg.api_key_env}: the API key is too short (use at least {MIN_KEY_LENGTH} characters)")
+        raise ServingConfigError(
+            f"{cfg.api_key_env}: the API key is too short (use at least {MIN_KEY_LENGTH} characters)"
+        )
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -50,9 +54,16 @@ def model_infos(cfg: ServeArgs) -> dict[str, ModelInfo]:
     infos = {}
     for m in cfg.models:
         ref = reg.resolve(m.spec)
-        infos[m.name] = ModelInfo(name=m.name, id=ref.id, encoder=ref.name, version=str(ref.version), spec=m.spec,
-                                  dim=int(ref.card.embed_dim), modality=ref.card.modality,
-                                  card=ref.card.model_dump(mode="json"))
+        infos[m.name] = ModelInfo(
+            name=m.name,
+            id=ref.id,
+            encoder=ref.name,
+            version=str(ref.version),
+            spec=m.spec,
+            dim=int(ref.card.embed_dim),
+            modality=ref.card.modality,
+            card=ref.card.model_dump(mode="json"),
+        )
     return infos
 
 
@@ -71,19 +82,40 @@ def build_app(args: dict[str, Any]) -> Application:
             name=f"encoder-{m.name}",
             max_ongoing_requests=m.max_ongoing_requests,
             autoscaling_config=m.autoscaling.to_serve(),
-            ray_actor_options={"num_cpus": m.num_cpus, "num_gpus": m.num_gpus, **(
-                {"runtime_env": {"env_vars": {"OMP_WAIT_POLICY": m.omp_wait_policy}}} if m.omp_wait_policy else {})},
+            ray_actor_options={
+                "num_cpus": m.num_cpus,
+                "num_gpus": m.num_gpus,
+                **({"runtime_env": {"env_vars": {"OMP_WAIT_POLICY": m.omp_wait_policy}}} if m.omp_wait_policy else {}),
+            },
             logging_config={"enable_access_log": False},  # internal calls; the ingress logs each request
-        ).bind(EncoderDeploymentArgs(registry=cfg.registry, ref_id=infos[m.name].id,
-                                     max_batch_images=m.max_batch_images, batch_wait_timeout_s=ENCODER_BATCH_WAIT_S,
-                                     torch_threads=threads, cache_dir=cfg.registry_cache_dir))
+        ).bind(
+            EncoderDeploymentArgs(
+                registry=cfg.registry,
+                ref_id=infos[m.name].id,
+                max_batch_images=m.max_batch_images,
+                batch_wait_timeout_s=ENCODER_BATCH_WAIT_S,
+                torch_threads=threads,
+                cache_dir=cfg.registry_cache_dir,
+            )
+        )
     # the ingress batches per model (one encoder call per batch, one call in flight per encoder replica);
     # the encoder's @serve.batch merges calls from several ingress replicas
     ingress = IngressDeploymentArgs(
-        infos=infos, stores=dict(cfg.stores), limits=cfg.limits, api_key_env=cfg.api_key_env, api_key_sha256=digest,
+        infos=infos,
+        stores=dict(cfg.stores),
+        limits=cfg.limits,
+        api_key_env=cfg.api_key_env,
+        api_key_sha256=digest,
         insecure_local=cfg.insecure_local,
-        batching={m.name: BatchingArgs(max_batch_images=m.max_batch_images, batch_wait_timeout_s=m.batch_wait_timeout_s,
-                                       max_in_flight=max(1, m.autoscaling.max_replicas)) for m in cfg.models})
+        batching={
+            m.name: BatchingArgs(
+                max_batch_images=m.max_batch_images,
+                batch_wait_timeout_s=m.batch_wait_timeout_s,
+                max_in_flight=max(1, m.autoscaling.max_replicas),
+            )
+            for m in cfg.models
+        },
+    )
     return EmbeddingAPI.options(
         max_ongoing_requests=cfg.ingress.max_ongoing_requests,
         autoscaling_config=cfg.ingress.autoscaling.to_serve(),

@@ -30,8 +30,15 @@ RETRYABLE = (RayActorError, BackPressureError, DeploymentUnavailableError, Repli
 class ModelBatcher:
     """One per served model in each ingress replica: ``await embed(images)``; ``max_in_flight`` calls at once."""
 
-    def __init__(self, name: str, handle: Any, max_batch_images: int, batch_wait_timeout_s: float,
-                 max_in_flight: int, timeout_s: float):
+    def __init__(
+        self,
+        name: str,
+        handle: Any,
+        max_batch_images: int,
+        batch_wait_timeout_s: float,
+        max_in_flight: int,
+        timeout_s: float,
+    ):
         self.name, self.handle, self.timeout_s = name, handle, timeout_s
         self.max_batch_images, self.batch_wait_timeout_s = max_batch_images, batch_wait_timeout_s
         self.max_in_flight = max(1, max_in_flight)
@@ -49,7 +56,7 @@ class ModelBatcher:
         futures = []
         for i in range(0, len(images), step):
             fut = loop.create_future()
-            self._queue.append((images[i:i + step], fut))
+            self._queue.append((images[i : i + step], fut))
             futures.append(fut)
         self._wake.set()
         try:
@@ -102,7 +109,7 @@ class ModelBatcher:
             start = 0
             for images, fut in batch:
                 if not fut.done():
-                    fut.set_result(out[start:start + len(images)])
+                    fut.set_result(out[start : start + len(images)])
                 start += len(images)
 
     async def _call(self, images: np.ndarray) -> np.ndarray:
@@ -114,8 +121,12 @@ class ModelBatcher:
                 return await self.handle.embed.remote(images)
             except RETRYABLE as exc:
                 if loop.time() + delay >= deadline:
-                    raise ApiError(503, "unavailable", f"model {self.name!r} is unavailable ({type(exc).__name__}); "
-                                                       f"retry", {"Retry-After": "1"}) from None
+                    raise ApiError(
+                        503,
+                        "unavailable",
+                        f"model {self.name!r} is unavailable ({type(exc).__name__}); retry",
+                        {"Retry-After": "1"},
+                    ) from None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
             except RayTaskError as exc:

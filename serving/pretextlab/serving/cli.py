@@ -22,17 +22,32 @@ from pretextlab.core.errors import UserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", metavar="ROOT", help="encoder registry root (default: $PRETEXTLAB_REGISTRY)")
-    parser.add_argument("--models", nargs="+", metavar="SPEC", help="NAME, NAME:VERSION, chosen:MODALITY or SERVED=SPEC")
+    parser.add_argument(
+        "--models", nargs="+", metavar="SPEC", help="NAME, NAME:VERSION, chosen:MODALITY or SERVED=SPEC"
+    )
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
-    parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default: 127.0.0.1; 0.0.0.0 for all interfaces)")
-    parser.add_argument("--store", action="append", default=[], metavar="NAME=URI",
-                        help="a store /v1/embeddings/regions may read (repeatable)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="HTTP host (default: 127.0.0.1; 0.0.0.0 for all interfaces)"
+    )
+    parser.add_argument(
+        "--store",
+        action="append",
+        default=[],
+        metavar="NAME=URI",
+        help="a store /v1/embeddings/regions may read (repeatable)",
+    )
     parser.add_argument("--insecure-local", action="store_true", help="no API key (a laptop only)")
     parser.add_argument("--num-cpus", type=float, help="CPUs per model replica (default: 1)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local one)")
     parser.add_argument("--config", metavar="YAML", help="serve args file (fields of ServeArgs)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an args field, e.g. --set limits.max_images=64 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an args field, e.g. --set limits.max_images=64 (repeatable)",
+    )
 
 
 def _model_entry(text: str) -> dict[str, Any]:

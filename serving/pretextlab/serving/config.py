@@ -95,8 +95,10 @@ class ModelArgs(BaseModel):
     num_gpus: float = Field(0.0, ge=0)
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads (default: ceil(num_cpus), >= 1)")
     omp_wait_policy: Literal["PASSIVE", "ACTIVE"] | None = Field(
-        "PASSIVE", description="OpenMP idle threads sleep (PASSIVE) instead of spinning: on shared cores spinning "
-                               "threads made forwards 10-25x slower (benchmarks/serving.py); None leaves it alone")
+        "PASSIVE",
+        description="OpenMP idle threads sleep (PASSIVE) instead of spinning: on shared cores spinning "
+        "threads made forwards 10-25x slower (benchmarks/serving.py); None leaves it alone",
+    )
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
 
     @field_validator("name")
@@ -124,7 +126,9 @@ class IngressArgs(BaseModel):
 
     num_cpus: float = Field(0.5, ge=0)
     max_ongoing_requests: int = Field(256, ge=1)
-    access_log: bool = Field(True, description="one log line per request (method, path, status, latency; never headers)")
+    access_log: bool = Field(
+        True, description="one log line per request (method, path, status, latency; never headers)"
+    )
     autoscaling: Autoscaling = Field(default_factory=lambda: Autoscaling(target_ongoing_requests=64))
 
 
@@ -133,7 +137,9 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_body_bytes: int = Field(64 << 20, ge=1024, description="request body (checked on Content-Length and while reading)")
+    max_body_bytes: int = Field(
+        64 << 20, ge=1024, description="request body (checked on Content-Length and while reading)"
+    )
     max_json_bytes: int = Field(1 << 20, ge=256, description="JSON body of /v1/embeddings/regions")
     max_images: int = Field(256, ge=1, description="images (or regions, or frames) per request")
     max_image_pixels: int = Field(4096 * 4096, ge=64, description="pixels of one image (height x width)")
@@ -148,7 +154,9 @@ class ServeArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     registry: EnvStr = Field(description="encoder registry root: local path or s3://bucket/prefix")
-    registry_cache_dir: EnvStr | None = Field(None, description="local cache of s3 encoders (default ~/.cache/pretextlab)")
+    registry_cache_dir: EnvStr | None = Field(
+        None, description="local cache of s3 encoders (default ~/.cache/pretextlab)"
+    )
     models: list[ModelArgs] = Field(min_length=1)
     stores: dict[str, EnvStr] = Field(default_factory=dict, description="store name -> local path or s3:// prefix")
     api_key_env: str = Field("PRETEXTLAB_API_KEY", description="environment variable holding the API key")

@@ -52,8 +52,10 @@ class EncoderReplica:
 
     def _forward(self, x: torch.Tensor) -> np.ndarray:
         t0 = time.perf_counter()
-        with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
-                                                    enabled=self.device.type == "cuda"):
+        with (
+            torch.inference_mode(),
+            torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"),
+        ):
             out = self.model(x.to(self.device, non_blocking=True)).float().cpu().numpy()
         self.stats["forwards"] += 1
         self.stats["images"] += len(x)
@@ -68,24 +70,30 @@ class EncoderReplica:
         x = batch[0] if len(batch) == 1 else torch.cat(batch)
         out = self._forward(x)
         bounds = np.cumsum([0] + [int(b.shape[0]) for b in batch])
-        return [out[bounds[i]:bounds[i + 1]] for i in range(len(batch))]
+        return [out[bounds[i] : bounds[i + 1]] for i in range(len(batch))]
 
     async def embed(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, C) -> float32 (N, D)."""
         with warnings.catch_warnings():  # arrays from Ray are read-only; preprocess only reads them
             warnings.simplefilter("ignore", UserWarning)
             if self.card.resolution is not None:  # the scale training saw (uploads carry no pixel spacing)
-                images = np.stack([working_frame(img, self.card.resolution, None, self.card.img_size)
-                                   for img in images])
+                images = np.stack(
+                    [working_frame(img, self.card.resolution, None, self.card.img_size) for img in images]
+                )
             x = preprocess(images, self.card)
         step = self.max_batch_images
-        parts = await asyncio.gather(*(self._embed_batch(x[i:i + step]) for i in range(0, len(x), step)))
+        parts = await asyncio.gather(*(self._embed_batch(x[i : i + step]) for i in range(0, len(x), step)))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def info(self) -> dict[str, Any]:
         """Identity of this replica: the encoder it serves, its process and its device."""
-        return {"id": self.ref.id, "pid": os.getpid(), "device": str(self.device), "threads": self.threads,
-                "stats": dict(self.stats)}
+        return {
+            "id": self.ref.id,
+            "pid": os.getpid(),
+            "device": str(self.device),
+            "threads": self.threads,
+            "stats": dict(self.stats),
+        }
 
     def ready(self) -> bool:
         return True

@@ -18,8 +18,9 @@ class ApiError(Exception):
         return error_response(self.status, self.code, self.message, self.headers)
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
-                   **extra: Any) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     """``{"error": code, "detail": message}`` with ``status``."""
     return JSONResponse({"error": code, "detail": message, **extra}, status_code=status, headers=headers)
 

@@ -59,7 +59,9 @@ class RegionsRequest(BaseModel):
 def check_item_id(item_id: str) -> str:
     """Refuse anything but a plain catalog id: no paths, URLs or ``..``."""
     if not ITEM_ID_RE.match(item_id) or ".." in item_id:
-        raise invalid(f"item_id {item_id[:80]!r}: not a catalog item id (letters, digits, . _ - only; no paths or URLs)")
+        raise invalid(
+            f"item_id {item_id[:80]!r}: not a catalog item id (letters, digits, . _ - only; no paths or URLs)"
+        )
     return item_id
 
 
@@ -86,8 +88,9 @@ class StoreReader:
         except Exception as exc:  # a store that cannot be read is the server's problem, not the client's
             if cached:
                 return cached[1]
-            raise ApiError(503, "store_unavailable", f"store {store!r}: catalog cannot be read "
-                                                     f"({type(exc).__name__})") from None
+            raise ApiError(
+                503, "store_unavailable", f"store {store!r}: catalog cannot be read ({type(exc).__name__})"
+            ) from None
         self._ids[store] = (now, ids)
         return ids
 
@@ -95,7 +98,9 @@ class StoreReader:
         """The opened item ``item_id`` of the registered ``store`` (404 for anything else)."""
         if store not in self.stores:
             known = ", ".join(sorted(self.stores)) or "none"
-            raise not_found("unknown_store", f"store {store[:80]!r} is not registered with this server (registered: {known})")
+            raise not_found(
+                "unknown_store", f"store {store[:80]!r} is not registered with this server (registered: {known})"
+            )
         check_item_id(item_id)
         if item_id not in self._catalog_ids(store) and item_id not in self._catalog_ids(store, refresh=True):
             raise not_found("unknown_item", f"store {store!r} has no slide or cine item {item_id!r} in its catalog")
@@ -109,15 +114,18 @@ class StoreReader:
         try:
             item = open_item(self.stores[store], item_id)
         except Exception as exc:
-            raise ApiError(503, "store_unavailable", f"store {store!r}: item {item_id!r} cannot be opened "
-                                                     f"({type(exc).__name__})") from None
+            raise ApiError(
+                503, "store_unavailable", f"store {store!r}: item {item_id!r} cannot be opened ({type(exc).__name__})"
+            ) from None
         with self._lock:
             self._items[key] = item
             while len(self._items) > self.max_open_items:
                 self._items.popitem(last=False)
         return item
 
-    def read(self, req: RegionsRequest, max_images: int, max_region_size: int, max_total_pixels: int) -> tuple[list[np.ndarray], list[dict]]:
+    def read(
+        self, req: RegionsRequest, max_images: int, max_region_size: int, max_total_pixels: int
+    ) -> tuple[list[np.ndarray], list[dict]]:
         """Validate and read the request's regions -> (uint8 arrays (N, H, W, C) grouped by shape, coords)."""
         count = len(req.patches or req.frames or [])
         if count > max_images:
@@ -143,8 +151,10 @@ class StoreReader:
                 raise invalid(f"patches[{i}]: level {p.level} does not exist (item has {item.num_levels} levels)")
             _, height, width = item.level(p.level).shape
             if p.x + p.size > width or p.y + p.size > height:
-                raise invalid(f"patches[{i}]: region x={p.x} y={p.y} size={p.size} lies outside level {p.level} "
-                              f"({width}x{height})")
+                raise invalid(
+                    f"patches[{i}]: region x={p.x} y={p.y} size={p.size} lies outside level {p.level} "
+                    f"({width}x{height})"
+                )
         images = [item.read_region(p.level, p.x, p.y, p.size, p.size)[None] for p in patches]
         coords = [{"level": p.level, "x": p.x, "y": p.y, "size": p.size} for p in patches]
         return images, coords

@@ -48,7 +48,7 @@ def review_settings(args: ReviewAppArgs) -> dict[str, Any]:
     return args.model_dump(exclude={"num_replicas", "num_cpus"})
 
 
-def build_asgi(settings: dict[str, Any]):  # noqa: ANN201 - a FastAPI app
+def build_asgi(settings: dict[str, Any]):
     from pretextlab.review.app import create_app
     from pretextlab.review.settings import ReviewSettings
 
@@ -62,7 +62,7 @@ class ReviewIngress:
     def __init__(self, settings: dict[str, Any]):
         self._settings = settings
 
-    def __serve_build_asgi_app__(self):  # noqa: ANN204
+    def __serve_build_asgi_app__(self):
         return build_asgi(self._settings)
 
 
@@ -73,7 +73,10 @@ def build_review_app(args: dict[str, Any]) -> Application:
     except ValidationError as exc:
         err = exc.errors()[0]
         raise UserError(f"review app args: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
-    return serve.deployment(ReviewIngress, name="review", num_replicas=cfg.num_replicas,
-                            ray_actor_options={"num_cpus": cfg.num_cpus},
-                            logging_config={"enable_access_log": False},  # invite links carry a secret
-                            ).bind(review_settings(cfg))
+    return serve.deployment(
+        ReviewIngress,
+        name="review",
+        num_replicas=cfg.num_replicas,
+        ray_actor_options={"num_cpus": cfg.num_cpus},
+        logging_config={"enable_access_log": False},  # invite links carry a secret
+    ).bind(review_settings(cfg))

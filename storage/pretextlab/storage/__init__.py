@@ -18,10 +18,21 @@ from typing import Any
 #: public name -> module. Imported on first use (PEP 562), so importing a light submodule such as
 #: ``pretextlab.storage.stream`` (the training config does) never pulls in the writer, dask or zarr.
 _EXPORTS = {
-    "read_catalog": "catalog", "rebuild_catalog": "catalog", "discover": "discovery",
-    "Item": "item", "ItemNotFound": "item", "open_item": "item", "ZarrOptions": "options",
-    "ClipSpec": "stream", "SourceSpec": "stream", "StreamPlan": "stream", "StreamSpec": "stream",
-    "plan_stream": "stream", "ItemPlan": "writer", "ItemResult": "writer", "write_item": "writer",
+    "read_catalog": "catalog",
+    "rebuild_catalog": "catalog",
+    "discover": "discovery",
+    "Item": "item",
+    "ItemNotFound": "item",
+    "open_item": "item",
+    "ZarrOptions": "options",
+    "ClipSpec": "stream",
+    "SourceSpec": "stream",
+    "StreamPlan": "stream",
+    "StreamSpec": "stream",
+    "plan_stream": "stream",
+    "ItemPlan": "writer",
+    "ItemResult": "writer",
+    "write_item": "writer",
 }
 
 

@@ -85,17 +85,25 @@ class BagStore:
         attrs = {"item_id": bag.item_id, "kind": bag.kind, **bag.attrs}
         self._write_zarr(bag.item_id, features, coords, attrs)
         self._write_h5(bag.item_id, features, coords, attrs)
-        marker = {"item_id": bag.item_id, "kind": bag.kind, "count": int(len(features)),
-                  "dim": int(features.shape[1]) if features.ndim == 2 else 0,
-                  "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
-                  "h5": f"{H5_DIR}/{bag.item_id}.h5", "zarr": f"{ZARR_DIR}/{bag.item_id}.zarr", **marker}
-        sfs.atomic_write_bytes(self.marker_url(bag.item_id), json.dumps(marker, indent=1).encode(),
-                               self.storage_options)
+        marker = {
+            "item_id": bag.item_id,
+            "kind": bag.kind,
+            "count": int(len(features)),
+            "dim": int(features.shape[1]) if features.ndim == 2 else 0,
+            "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
+            "h5": f"{H5_DIR}/{bag.item_id}.h5",
+            "zarr": f"{ZARR_DIR}/{bag.item_id}.zarr",
+            **marker,
+        }
+        sfs.atomic_write_bytes(
+            self.marker_url(bag.item_id), json.dumps(marker, indent=1).encode(), self.storage_options
+        )
         return marker
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        sfs.atomic_write_bytes(sfs.join(self.dest, SUMMARY), json.dumps(summary, indent=1).encode(),
-                               self.storage_options)
+        sfs.atomic_write_bytes(
+            sfs.join(self.dest, SUMMARY), json.dumps(summary, indent=1).encode(), self.storage_options
+        )
 
     # -- formats ---------------------------------------------------------------------------------------
     def _write_h5(self, item_id: str, features: np.ndarray, coords: np.ndarray, attrs: dict[str, Any]) -> None:

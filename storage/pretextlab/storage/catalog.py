@@ -28,14 +28,50 @@ from pretextlab.storage.layout import (
 
 #: Columns with a fixed meaning; labels may add more.
 COLUMNS = [
-    "item_id", "group", "index", "kind", "modality", "split", "label", "patient_id", "study_id",
-    "uri", "axes", "shape", "dtype", "channels", "levels", "mpp", "objective_power", "frames",
-    "frame_time_ms", "pixel_spacing_mm", "tissue_fraction", "source", "relpath", "reader", "checksum", "warnings",
+    "item_id",
+    "group",
+    "index",
+    "kind",
+    "modality",
+    "split",
+    "label",
+    "patient_id",
+    "study_id",
+    "uri",
+    "axes",
+    "shape",
+    "dtype",
+    "channels",
+    "levels",
+    "mpp",
+    "objective_power",
+    "frames",
+    "frame_time_ms",
+    "pixel_spacing_mm",
+    "tissue_fraction",
+    "source",
+    "relpath",
+    "reader",
+    "checksum",
+    "warnings",
 ]
 INT_COLUMNS = ("index", "channels", "levels", "frames")
 LABEL_KEYS = ("item_id", "source")
-RESERVED = {"group", "relpath", "index", "kind", "modality", "uri", "axes", "shape", "dtype", "channels", "levels",
-            "checksum", "reader"}
+RESERVED = {
+    "group",
+    "relpath",
+    "index",
+    "kind",
+    "modality",
+    "uri",
+    "axes",
+    "shape",
+    "dtype",
+    "channels",
+    "levels",
+    "checksum",
+    "reader",
+}
 
 
 def list_cards(dest: str, storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -231,4 +267,6 @@ def read_catalog(dest: str, storage_options: dict[str, Any] | None = None) -> pd
     try:
         return read_table(url, storage_options)
     except FileNotFoundError:
-        raise UserError(f"{dest}: no catalog here ({CATALOG_FILE} missing); run `pretextlab ingest ... --to {dest}`") from None
+        raise UserError(
+            f"{dest}: no catalog here ({CATALOG_FILE} missing); run `pretextlab ingest ... --to {dest}`"
+        ) from None

@@ -175,9 +175,11 @@ def shard_fingerprint(members: list[str], options: dict[str, Any]) -> str:
 
 def _reader_for(root: str, storage_options: dict[str, Any] | None) -> Callable[[str], bytes]:
     if not sfs.is_remote(root):
+
         def read_local(url: str) -> bytes:
             with open(url, "rb") as fh:
                 return fh.read()
+
         return read_local
     fs, _ = sfs.get_fs(root, storage_options)
     return lambda url: fs.cat_file(sfs.get_fs(url, storage_options)[1])
@@ -193,14 +195,29 @@ class _Group:
     Reading goes through zarr, so a mistake here shows as a pixel mismatch in the round-trip tests.
     """
 
-    def __init__(self, root: zarr.Group, url: str, name: str, capacity: int, shape: tuple[int, int, int],
-                 dtype: str, options: ZarrOptions, storage_options: dict[str, Any] | None) -> None:
+    def __init__(
+        self,
+        root: zarr.Group,
+        url: str,
+        name: str,
+        capacity: int,
+        shape: tuple[int, int, int],
+        dtype: str,
+        options: ZarrOptions,
+        storage_options: dict[str, Any] | None,
+    ) -> None:
         h, w, c = shape
         per_file = max(1, min(capacity, options.collection_file_bytes // max(1, h * w * c * np.dtype(dtype).itemsize)))
         self.name, self.shape, self.dtype = name, shape, dtype
         self.array = root.create_group(name).create_array(
-            name="images", shape=(capacity, c, h, w), chunks=(1, c, h, w), shards=(per_file, c, h, w),
-            dtype=dtype, compressors=options.codecs(), dimension_names=["n", "c", "y", "x"], fill_value=0,
+            name="images",
+            shape=(capacity, c, h, w),
+            chunks=(1, c, h, w),
+            shards=(per_file, c, h, w),
+            dtype=dtype,
+            compressors=options.codecs(),
+            dimension_names=["n", "c", "y", "x"],
+            fill_value=0,
         )
         self.url = sfs.join(url, name, "images")
         self.storage_options = storage_options
@@ -226,8 +243,7 @@ class _Group:
         raw_index = index.tobytes()
         crc = np.array([google_crc32c.value(raw_index)], dtype="<u4").tobytes()
         key = f"c/{self.count // self.per_file}/0/0/0"
-        sfs.atomic_write_bytes(sfs.join(self.url, key), b"".join([*self.buffer, raw_index, crc]),
-                               self.storage_options)
+        sfs.atomic_write_bytes(sfs.join(self.url, key), b"".join([*self.buffer, raw_index, crc]), self.storage_options)
         self.count += len(self.buffer)
         self.buffer = []
 
@@ -267,8 +283,12 @@ def write_shard(
     bad: list[ItemResult] = []
     try:
         card = read_card(url, storage_options)
-        if (card is not None and is_complete(card) and card.get("source", {}).get("fingerprint") == plan.fingerprint
-                and card.get("layout_version") == LAYOUT_VERSION):
+        if (
+            card is not None
+            and is_complete(card)
+            and card.get("source", {}).get("fingerprint") == plan.fingerprint
+            and card.get("layout_version") == LAYOUT_VERSION
+        ):
             result.status = "skipped"
             failed = card.get("collection", {}).get("failed", {})
             bad = [ItemResult(plan.item_id, "failed", s, reason=f"(earlier run) {r}") for s, r in failed.items()]
@@ -285,12 +305,18 @@ def write_shard(
             "patient_id": None,
             "study_id": None,
             "series_id": None,
-            "source": {"uris": [plan.root], "reader": "collection", "fingerprint": plan.fingerprint,
-                       "checksum": plan.fingerprint, "metadata": {"format": "collection"}},
+            "source": {
+                "uris": [plan.root],
+                "reader": "collection",
+                "fingerprint": plan.fingerprint,
+                "checksum": plan.fingerprint,
+                "metadata": {"format": "collection"},
+            },
             "warnings": [],
         }
-        root = zarr.open_group(sfs.zarr_store(url, storage_options=storage_options), mode="w", zarr_format=3,
-                               attributes={CARD_KEY: card})
+        root = zarr.open_group(
+            sfs.zarr_store(url, storage_options=storage_options), mode="w", zarr_format=3, attributes={CARD_KEY: card}
+        )
         h, w, c = plan.shape
         n = len(plan.sources)
         groups: dict[str, _Group] = {}
@@ -313,8 +339,16 @@ def write_shard(
             except Exception as exc:
                 return i, None, f"cannot decode image: {one_line(exc)}", 0, False
             if img.shape != (h, w, c) or img.dtype != np.dtype(plan.dtype):
-                return i, None, (f"decoded as {img.shape[1]}x{img.shape[0]}x{img.shape[2]} {img.dtype}, "
-                                 f"header said {w}x{h}x{c} {plan.dtype}"), 0, False
+                return (
+                    i,
+                    None,
+                    (
+                        f"decoded as {img.shape[1]}x{img.shape[0]}x{img.shape[2]} {img.dtype}, "
+                        f"header said {w}x{h}x{c} {plan.dtype}"
+                    ),
+                    0,
+                    False,
+                )
             grey = grey_of(img) if grayscale else None
             return i, encode(img if grey is None else grey), None, len(data), grey is not None
 
@@ -346,28 +380,32 @@ def write_shard(
         if grey_count:
             card["warnings"].append(
                 f"{grey_count} RGB image(s) with equal channels (within {GREY_TOLERANCE} grey level) stored as one "
-                f"channel ({plan.modality} is grayscale)")
+                f"channel ({plan.modality} is grayscale)"
+            )
         if colour_ids:
             card["warnings"].append(
                 f"{len(colour_ids)} image(s) carry colour (e.g. a Doppler overlay), kept as RGB in group "
-                f"'{COLOUR_GROUP}': {', '.join(colour_ids[:3])}{' ...' if len(colour_ids) > 3 else ''}")
-        card.update({
-            "axes": "ncyx",
-            "dtype": plan.dtype,
-            "channels": int(main["shape"][0]),
-            "shape": [h, w],
-            "splits": {k: {"count": v["count"], "shape": v["shape"]} for k, v in splits.items()},
-            "collection": {
-                "name": plan.collection,
-                "root": plan.root,
-                "files": {k: v["files"] for k, v in splits.items()},
-                "labels": labels,
-                "failed": {b.source: b.reason for b in bad},
-                "grey_from_rgb": grey_count,
-            },
-            "status": STATUS_COMPLETE,
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        })
+                f"'{COLOUR_GROUP}': {', '.join(colour_ids[:3])}{' ...' if len(colour_ids) > 3 else ''}"
+            )
+        card.update(
+            {
+                "axes": "ncyx",
+                "dtype": plan.dtype,
+                "channels": int(main["shape"][0]),
+                "shape": [h, w],
+                "splits": {k: {"count": v["count"], "shape": v["shape"]} for k, v in splits.items()},
+                "collection": {
+                    "name": plan.collection,
+                    "root": plan.root,
+                    "files": {k: v["files"] for k, v in splits.items()},
+                    "labels": labels,
+                    "failed": {b.source: b.reason for b in bad},
+                    "grey_from_rgb": grey_count,
+                },
+                "status": STATUS_COMPLETE,
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            }
+        )
         root.attrs.put({CARD_KEY: card})  # the last write: only now is the shard an item
         result.status = "ingested"
         result.warnings = list(card["warnings"])
@@ -394,8 +432,16 @@ def collection_rows(card: dict[str, Any], base: dict[str, Any]) -> list[dict[str
         prefix = f"{card['item_id']}-{split}-"
         for i, rel in enumerate(files):
             row = dict(base)
-            row.update(item_id=f"{prefix}{i:06d}", index=i, split=None, relpath=rel,
-                       label=None if lab is None else lab[i], shape=meta["shape"], channels=meta["shape"][0],
-                       frames=None, source=sfs.join(root, rel))
+            row.update(
+                item_id=f"{prefix}{i:06d}",
+                index=i,
+                split=None,
+                relpath=rel,
+                label=None if lab is None else lab[i],
+                shape=meta["shape"],
+                channels=meta["shape"][0],
+                frames=None,
+                source=sfs.join(root, rel),
+            )
             rows.append(row)
     return rows

@@ -44,6 +44,7 @@ def _fetch_all(jobs: dict[tuple, Callable[[], np.ndarray]]) -> dict[tuple, np.nd
 
 def _patch_pixels(refs: list[Ref], arrays: dict[tuple, Any]) -> list[np.ndarray]:
     """Each patch cut from its chunks; every chunk any patch touches is fetched exactly once."""
+
     def chunk_box(src: int, item_id: str, level: int, cy: int, cx: int) -> tuple[int, int, int, int]:
         arr = arrays[(src, item_id, level)]
         hy, wx = arr.chunks[-2], arr.chunks[-1]
@@ -53,9 +54,11 @@ def _patch_pixels(refs: list[Ref], arrays: dict[tuple, Any]) -> list[np.ndarray]
         s: PatchRef = r.sample
         arr = arrays[(r.source, s.item_id, s.level)]
         hy, wx = arr.chunks[-2], arr.chunks[-1]
-        return [(r.source, s.item_id, s.level, cy, cx)
-                for cy in range(s.y // hy, (s.y + s.size - 1) // hy + 1)
-                for cx in range(s.x // wx, (s.x + s.size - 1) // wx + 1)]
+        return [
+            (r.source, s.item_id, s.level, cy, cx)
+            for cy in range(s.y // hy, (s.y + s.size - 1) // hy + 1)
+            for cx in range(s.x // wx, (s.x + s.size - 1) // wx + 1)
+        ]
 
     def fetch(key: tuple) -> Callable[[], np.ndarray]:
         y0, y1, x0, x1 = chunk_box(*key)
@@ -79,9 +82,16 @@ def _patch_pixels(refs: list[Ref], arrays: dict[tuple, Any]) -> list[np.ndarray]
     return out
 
 
-def _frame_pixels(refs: list[Ref], arrays: dict[tuple, Any], size: int | None, anchor: str,
-                  single: bool, scales: dict[tuple[int, str], tuple[float, float]] | None = None) -> list[np.ndarray]:
+def _frame_pixels(
+    refs: list[Ref],
+    arrays: dict[tuple, Any],
+    size: int | None,
+    anchor: str,
+    single: bool,
+    scales: dict[tuple[int, str], tuple[float, float]] | None = None,
+) -> list[np.ndarray]:
     """Each frame or clip assembled from its frame chunks (each fetched once), cropped/padded to size."""
+
     def keys(r: Ref) -> set[tuple]:
         ct = arrays[(r.source, r.item_id, 0)].chunks[0]
         return {(r.source, r.item_id, 0, t // ct) for t in r.sample.indices}
@@ -105,8 +115,14 @@ def _frame_pixels(refs: list[Ref], arrays: dict[tuple, Any], size: int | None, a
     return out
 
 
-def read_group(plan: StreamPlan, group: Sequence[Ref], epoch: int, first_index: int,
-               storage_options: dict[str, Any] | None = None, opener: Opener = open_item) -> dict[str, np.ndarray]:
+def read_group(
+    plan: StreamPlan,
+    group: Sequence[Ref],
+    epoch: int,
+    first_index: int,
+    storage_options: dict[str, Any] | None = None,
+    opener: Opener = open_item,
+) -> dict[str, np.ndarray]:
     """The rows of one read task, in the group's order: pixels plus item_id, label, source, epoch, index
     (position in the epoch) and the sample's coordinates (level, x, y for patches; frame for cine)."""
     group = list(group)
@@ -157,14 +173,16 @@ class ZarrStreamDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> int | None:
         return self.plan.samples_per_epoch * self.plan.sample_bytes * len(self.epochs)
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                       data_context=None) -> list[ReadTask]:
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context=None
+    ) -> list[ReadTask]:
         plan, opts, tasks = self.plan, self.storage_options, []
         for epoch, groups in self.groups:
             offset = 0
             for group in groups:
-                meta = BlockMetadata(num_rows=len(group), size_bytes=len(group) * plan.sample_bytes,
-                                     exec_stats=None, input_files=None)
+                meta = BlockMetadata(
+                    num_rows=len(group), size_bytes=len(group) * plan.sample_bytes, exec_stats=None, input_files=None
+                )
 
                 def read(g=group, e=epoch, first=offset):
                     return [BlockAccessor.batch_to_block(read_group(plan, g, e, first, opts))]
@@ -182,8 +200,14 @@ def _limit_object_store(ds: ray.data.Dataset, nbytes: int) -> None:
         opts.resource_limits = opts.resource_limits.copy(object_store_memory=nbytes)
 
 
-def read_stream(plan: StreamPlan, epochs: Sequence[int], storage_options: dict[str, Any] | None = None,
-                *, num_cpus: float = 0.5, object_store_bytes: int | None = STREAM_OBJECT_STORE_BYTES) -> ray.data.Dataset:
+def read_stream(
+    plan: StreamPlan,
+    epochs: Sequence[int],
+    storage_options: dict[str, Any] | None = None,
+    *,
+    num_cpus: float = 0.5,
+    object_store_bytes: int | None = STREAM_OBJECT_STORE_BYTES,
+) -> ray.data.Dataset:
     """The stream of ``plan`` over ``epochs`` (in order) as a Ray Dataset; rows ``image`` (H, W, C) or
     ``clip`` (T, H, W, C) uint8, ``item_id``, ``label`` ("" when none), ``source``, ``epoch``, ``index``.
 
@@ -232,9 +256,16 @@ class ApplyViews:
         return out
 
 
-def map_views(ds: ray.data.Dataset, views: Any, seed: int, batch_size: int, *, num_cpus: float = 0.5,
-              concurrency: int | None = None,
-              passthrough: Sequence[str] = ("item_id", "label", "source", "epoch", "index")) -> ray.data.Dataset:
+def map_views(
+    ds: ray.data.Dataset,
+    views: Any,
+    seed: int,
+    batch_size: int,
+    *,
+    num_cpus: float = 0.5,
+    concurrency: int | None = None,
+    passthrough: Sequence[str] = ("item_id", "label", "source", "epoch", "index"),
+) -> ray.data.Dataset:
     """Apply ``views`` (``pretextlab.modalities.create_views(...)``) to a :func:`read_stream` dataset in Ray
     Data tasks of ``num_cpus`` (fractional: CPU preprocessing scales apart from the train workers).
 
@@ -243,8 +274,14 @@ def map_views(ds: ray.data.Dataset, views: Any, seed: int, batch_size: int, *, n
     torch.Generator is seeded from (seed, epoch, index, source) of its rows: deterministic views. The
     stream's object-store cap is raised, if needed, to hold 4 batches of views.
     """
-    out = ds.map_batches(ApplyViews(views, seed, passthrough), batch_size=batch_size, batch_format="numpy",
-                         num_cpus=num_cpus, concurrency=concurrency, zero_copy_batch=True)
+    out = ds.map_batches(
+        ApplyViews(views, seed, passthrough),
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=num_cpus,
+        concurrency=concurrency,
+        zero_copy_batch=True,
+    )
     if out.context.execution_options.resource_limits.object_store_memory not in (0, float("inf")):
         _limit_object_store(out, 4 * batch_size * views.sample_bytes())
     return out
@@ -273,26 +310,45 @@ def _read_patch_group(dest: str, group: list[PatchRef], storage_options: dict[st
 class ZarrPatchDatasource(Datasource):
     """Patches planned by :func:`plan_patches`, read in chunk-aligned groups."""
 
-    def __init__(self, dest: str, refs: list[PatchRef], chunk: int = 512, chunks_per_task: int = 16,
-                 channels: int = 3, storage_options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        dest: str,
+        refs: list[PatchRef],
+        chunk: int = 512,
+        chunks_per_task: int = 16,
+        channels: int = 3,
+        storage_options: dict[str, Any] | None = None,
+    ):
         self.dest, self.refs, self.chunk = sfs.normalize(dest), refs, chunk
         self.chunks_per_task, self.channels, self.storage_options = chunks_per_task, channels, storage_options
 
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(r.size * r.size * self.channels for r in self.refs)
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context=None
+    ) -> list[ReadTask]:
         tasks = []
         for group in group_by_chunks(self.refs, self.chunk, self.chunks_per_task):
-            meta = BlockMetadata(num_rows=len(group), size_bytes=sum(r.size * r.size * self.channels for r in group),
-                                 exec_stats=None, input_files=None)
-            tasks.append(ReadTask(lambda g=group: _read_patch_group(self.dest, g, self.storage_options), meta,
-                                  per_task_row_limit=per_task_row_limit))
+            meta = BlockMetadata(
+                num_rows=len(group),
+                size_bytes=sum(r.size * r.size * self.channels for r in group),
+                exec_stats=None,
+                input_files=None,
+            )
+            tasks.append(
+                ReadTask(
+                    lambda g=group: _read_patch_group(self.dest, g, self.storage_options),
+                    meta,
+                    per_task_row_limit=per_task_row_limit,
+                )
+            )
         return tasks
 
 
-def read_patches(dest: str, spec: PatchSpec, storage_options: dict[str, Any] | None = None,
-                 chunks_per_task: int = 16) -> ray.data.Dataset:
+def read_patches(
+    dest: str, spec: PatchSpec, storage_options: dict[str, Any] | None = None, chunks_per_task: int = 16
+) -> ray.data.Dataset:
     """A Ray Dataset of the slide patches of the store at ``dest``."""
     refs = plan_patches(dest, spec, storage_options)
     first = open_item(dest, refs[0].item_id, storage_options) if refs else None

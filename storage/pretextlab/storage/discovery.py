@@ -105,7 +105,7 @@ def _list(src: str, storage_options: dict[str, Any] | None) -> tuple[list[_File]
     out, hidden = [], 0
     for p, info in sorted(entries.items()):
         name = p.rsplit("/", 1)[-1]
-        if name.startswith(".") or name.endswith(".tmp") or "/." in p[len(path):]:
+        if name.startswith(".") or name.endswith(".tmp") or "/." in p[len(path) :]:
             hidden += 1
             continue
         out.append(_File(url=sfs.to_url(fs, p), info=info, root=root))
@@ -184,8 +184,7 @@ def discover(
                 files.append(f)
     collect = collection is not None or not one_item_per_file  # a named collection always collects
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        files = list(pool.map(lambda f: _inspect(f, storage_options, collect and bool(f.root or collection)),
-                              files))
+        files = list(pool.map(lambda f: _inspect(f, storage_options, collect and bool(f.root or collection)), files))
 
     singles: list[tuple[str, list[_File]]] = []
     series: dict[str, list[_File]] = defaultdict(list)
@@ -280,12 +279,22 @@ def plan_shards(
             for k in range(count):
                 chunk = same[k * len(same) // count : (k + 1) * len(same) // count]
                 rel = [f.url[len(root) + 1 :] for f in chunk]
-                fp = shard_fingerprint([f"{r}|{sfs.fingerprint(f.info)}" for r, f in zip(rel, chunk, strict=True)],
-                                       {"modality": modality, "folders": labels_from_folders})
-                shards.append(ShardPlan(
-                    item_id=f"{names['' if collection else root]}-{tag}-{k:04d}",
-                    collection=names["" if collection else root], root=root,
-                    sources=[f.url for f in chunk], relpaths=rel, shape=(h, w, c), dtype=dtype,
-                    fingerprint=fp, modality=modality, labels_from_folders=labels_from_folders,
-                ))
+                fp = shard_fingerprint(
+                    [f"{r}|{sfs.fingerprint(f.info)}" for r, f in zip(rel, chunk, strict=True)],
+                    {"modality": modality, "folders": labels_from_folders},
+                )
+                shards.append(
+                    ShardPlan(
+                        item_id=f"{names['' if collection else root]}-{tag}-{k:04d}",
+                        collection=names["" if collection else root],
+                        root=root,
+                        sources=[f.url for f in chunk],
+                        relpaths=rel,
+                        shape=(h, w, c),
+                        dtype=dtype,
+                        fingerprint=fp,
+                        modality=modality,
+                        labels_from_folders=labels_from_folders,
+                    )
+                )
     return shards

@@ -57,8 +57,13 @@ def fit_frames(x: np.ndarray, size: int | None, anchor: Literal["center", "top"]
     return out
 
 
-def working_scale(shape: tuple[int, int], resize: int | None = None, fit: str = "pad",
-                  spacing: tuple[float, float] | None = None, spacing_mm: float | None = None) -> tuple[float, float]:
+def working_scale(
+    shape: tuple[int, int],
+    resize: int | None = None,
+    fit: str = "pad",
+    spacing: tuple[float, float] | None = None,
+    spacing_mm: float | None = None,
+) -> tuple[float, float]:
     """(row, column) resampling factors that bring a (H, W) frame to the working resolution.
 
     ``resize`` S: keep the aspect ratio, make the longer side S (``fit='pad'``, then pad to S x S) or the
@@ -108,8 +113,13 @@ def working_frame(frame: np.ndarray, resolution: dict[str, Any], spacing: Any, s
     if resolution.get("spacing_mm") is not None and not has_spacing:
         scale = (1.0, 1.0)
     else:
-        scale = working_scale(frame.shape[:2], resolution.get("resize"), resolution.get("fit", "pad"),
-                              tuple(spacing) if has_spacing else None, resolution.get("spacing_mm"))
+        scale = working_scale(
+            frame.shape[:2],
+            resolution.get("resize"),
+            resolution.get("fit", "pad"),
+            tuple(spacing) if has_spacing else None,
+            resolution.get("spacing_mm"),
+        )
     anchor = resolution.get("anchor", "center")
     out = fit_frames(resample_frames(frame, scale), resolution.get("size"), anchor)
     if resolution.get("eval_fit") == "crop" and size is not None:

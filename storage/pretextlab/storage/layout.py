@@ -1,14 +1,14 @@
 """The on-disk layout of a pretextlab store (documented in docs/storage.md).
 
-    DEST/
-      catalog.parquet            one row per item (rebuilt from the items, written atomically)
-      labels.parquet             the last labels table attached (re-applied on every rebuild)
-      items/<item_id>.zarr/      one Zarr v3 group per item; OME-Zarr 0.5 for slides and cine loops
-        zarr.json                group attributes: "ome" (multiscales) and "pretextlab" (item card);
-                                 the card's status becomes "complete" in the very last write
-        0/ 1/ ...                pyramid levels (c, y, x) for slides; (t, c, y, x) for cine loops
-        tissue_mask/             uint8 (y, x) at a coarse level, for slides
-        <split>/images, labels   for stacks of labelled images (NPZ)
+DEST/
+  catalog.parquet            one row per item (rebuilt from the items, written atomically)
+  labels.parquet             the last labels table attached (re-applied on every rebuild)
+  items/<item_id>.zarr/      one Zarr v3 group per item; OME-Zarr 0.5 for slides and cine loops
+    zarr.json                group attributes: "ome" (multiscales) and "pretextlab" (item card);
+                             the card's status becomes "complete" in the very last write
+    0/ 1/ ...                pyramid levels (c, y, x) for slides; (t, c, y, x) for cine loops
+    tissue_mask/             uint8 (y, x) at a coarse level, for slides
+    <split>/images, labels   for stacks of labelled images (NPZ)
 """
 
 from __future__ import annotations

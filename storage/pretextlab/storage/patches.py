@@ -97,8 +97,9 @@ def item_patches(item: Item, spec: PatchSpec, label: Any = None) -> list[PatchRe
     return [PatchRef(item.item_id, level, int(x), int(y), size, label) for x, y in zip(xs, ys, strict=True)]
 
 
-def plan_patches(dest: str, spec: PatchSpec, storage_options: dict[str, Any] | None = None,
-                 label_column: str = "label") -> list[PatchRef]:
+def plan_patches(
+    dest: str, spec: PatchSpec, storage_options: dict[str, Any] | None = None, label_column: str = "label"
+) -> list[PatchRef]:
     """Patches of every slide in the catalog at ``dest``, sorted by item, level and chunk."""
     cat = read_catalog(dest, storage_options)
     slides = cat[cat["kind"] == "slide"]

@@ -43,22 +43,44 @@ class ClipSpec(BaseModel):
 
     frames: int = Field(8, ge=1, description="frames per clip")
     stride: int = Field(2, ge=1, description="frame step inside a clip")
-    size: int | None = Field(None, ge=1, description=(
-        "centre-crop / zero-pad every frame to size x size; None: all frames must share one shape"))
-    hop: int | None = Field(None, ge=1, description=(
-        "frames between the starts of consecutive clips of a loop; None: the clip span (no overlap)"))
-    anchor: Literal["center", "top"] = Field("center", description=(
-        "rows kept when cropping / padding to size: 'center', or 'top' (keeps the probe surface, row 0; "
-        "crops and pads at the bottom like the ultrasound views)"))
-    resize: int | None = Field(None, ge=8, description=(
-        "working resolution in px: resample every frame (antialiased, aspect ratio kept) so its longer side "
-        "(fit: pad) or shorter side (fit: crop) is this many px, then pad / crop to size (default: resize). "
-        "None (default): frames keep their native pixels, so speckle keeps its grain size"))
-    fit: Literal["pad", "crop"] = Field("pad", description=(
-        "aspect-ratio policy of resize: 'pad' keeps the whole frame (zero bars), 'crop' fills the square"))
-    spacing_mm: float | None = Field(None, gt=0, description=(
-        "resample every frame to this mm/px from its own pixel spacing (catalog pixel_spacing_mm, from "
-        "DICOM); items without one are refused. Needs size"))
+    size: int | None = Field(
+        None,
+        ge=1,
+        description=("centre-crop / zero-pad every frame to size x size; None: all frames must share one shape"),
+    )
+    hop: int | None = Field(
+        None,
+        ge=1,
+        description=("frames between the starts of consecutive clips of a loop; None: the clip span (no overlap)"),
+    )
+    anchor: Literal["center", "top"] = Field(
+        "center",
+        description=(
+            "rows kept when cropping / padding to size: 'center', or 'top' (keeps the probe surface, row 0; "
+            "crops and pads at the bottom like the ultrasound views)"
+        ),
+    )
+    resize: int | None = Field(
+        None,
+        ge=8,
+        description=(
+            "working resolution in px: resample every frame (antialiased, aspect ratio kept) so its longer side "
+            "(fit: pad) or shorter side (fit: crop) is this many px, then pad / crop to size (default: resize). "
+            "None (default): frames keep their native pixels, so speckle keeps its grain size"
+        ),
+    )
+    fit: Literal["pad", "crop"] = Field(
+        "pad",
+        description=("aspect-ratio policy of resize: 'pad' keeps the whole frame (zero bars), 'crop' fills the square"),
+    )
+    spacing_mm: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "resample every frame to this mm/px from its own pixel spacing (catalog pixel_spacing_mm, from "
+            "DICOM); items without one are refused. Needs size"
+        ),
+    )
 
     @model_validator(mode="after")
     def _working_resolution(self) -> ClipSpec:
@@ -72,15 +94,21 @@ class ClipSpec(BaseModel):
 
     def scale_for(self, shape: tuple[int, int], spacing: Any = None) -> tuple[float, float]:
         """This spec's resampling factors for a (H, W) frame with pixel ``spacing`` (mm/px)."""
-        return working_scale(shape, self.resize, self.fit, tuple(spacing) if spacing is not None else None,
-                             self.spacing_mm)
+        return working_scale(
+            shape, self.resize, self.fit, tuple(spacing) if spacing is not None else None, self.spacing_mm
+        )
 
     def resolution(self) -> dict[str, Any] | None:
         """The working resolution as recorded on an encoder card (None: native pixels)."""
         if self.resize is None and self.spacing_mm is None:
             return None
-        return {"resize": self.resize, "fit": self.fit, "spacing_mm": self.spacing_mm, "size": self.size,
-                "anchor": self.anchor}
+        return {
+            "resize": self.resize,
+            "fit": self.fit,
+            "spacing_mm": self.spacing_mm,
+            "size": self.size,
+            "anchor": self.anchor,
+        }
 
     @property
     def span(self) -> int:
@@ -99,11 +127,17 @@ class StreamSpec(BaseModel):
     clip: ClipSpec = Field(default_factory=ClipSpec)
     seed: int = 0
     samples_per_epoch: int | None = Field(None, ge=1, description="default: sum of the sources' samples")
-    chunks_per_group: int | None = Field(None, ge=1, description=(
-        "Zarr chunks per read task (default 16 for patches, 64 frames for frames/clips)"))
-    min_rows_per_group: int = Field(64, ge=1, description=(
-        "a read task passes its chunk budget until it holds this many rows: sparse tissue would "
-        "otherwise make tiny tasks (Ray's cost per task is ~30 ms on 2 cores)"))
+    chunks_per_group: int | None = Field(
+        None, ge=1, description=("Zarr chunks per read task (default 16 for patches, 64 frames for frames/clips)")
+    )
+    min_rows_per_group: int = Field(
+        64,
+        ge=1,
+        description=(
+            "a read task passes its chunk budget until it holds this many rows: sparse tissue would "
+            "otherwise make tiny tasks (Ray's cost per task is ~30 ms on 2 cores)"
+        ),
+    )
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -286,10 +320,14 @@ def _plan_patches(index: int, src: SourceSpec, spec: StreamSpec, storage_options
     if not plan.refs:
         edge, level, item_id = max(largest)
         if spec.patch.patch_size > edge:
-            raise UserError(f"patch.patch_size: {spec.patch.patch_size} px is larger than every slide level "
-                            f"chosen in {src.uri} (largest: {edge} px on item {item_id}, level {level})")
-        raise UserError(f"patch.min_tissue: no patch of {src.uri} has >= {spec.patch.min_tissue:g} tissue; "
-                        f"lower patch.min_tissue or check the tissue masks")
+            raise UserError(
+                f"patch.patch_size: {spec.patch.patch_size} px is larger than every slide level "
+                f"chosen in {src.uri} (largest: {edge} px on item {item_id}, level {level})"
+            )
+        raise UserError(
+            f"patch.min_tissue: no patch of {src.uri} has >= {spec.patch.min_tissue:g} tissue; "
+            f"lower patch.min_tissue or check the tissue masks"
+        )
     if len(channels) > 1:
         (c1, a), (c2, b) = list(channels.items())[:2]
         raise UserError(f"{_field(index, 'uri')}: slides differ in channels: {a} has {c1}, {b} has {c2}")
@@ -317,20 +355,26 @@ def _plan_cine(index: int, src: SourceSpec, spec: StreamSpec, storage_options: d
             if clip.resolution() is not None:
                 spacing = item.card.get("pixel_spacing_mm")
                 if clip.spacing_mm is not None and not spacing:
-                    raise UserError(f"clip.spacing_mm: item {item.item_id} of {src.uri} has no pixel spacing "
-                                    "(no PixelSpacing in its source); use clip.resize, or drop the item")
+                    raise UserError(
+                        f"clip.spacing_mm: item {item.item_id} of {src.uri} has no pixel spacing "
+                        "(no PixelSpacing in its source); use clip.resize, or drop the item"
+                    )
                 plan.scales[item.item_id] = clip.scale_for((h, w), spacing)
             shapes.setdefault((h, w, c) if clip.size is None else (clip.size, clip.size, c), item.item_id)
             plan.chunks[(item.item_id, 0)] = (int(arr.chunks[0]),)
             plan.refs.extend(refs)
     if not plan.refs:
-        raise UserError(f"clip: a clip of {clip.frames} frames at stride {clip.stride} spans {clip.span} frames; "
-                        f"the longest cine loop of {src.uri} ({longest[1]}) has {longest[0]}")
+        raise UserError(
+            f"clip: a clip of {clip.frames} frames at stride {clip.stride} spans {clip.span} frames; "
+            f"the longest cine loop of {src.uri} ({longest[1]}) has {longest[0]}"
+        )
     if len(shapes) > 1:
         (s1, a), (s2, b) = list(shapes.items())[:2]
         hint = "set clip.size to crop/pad frames to one size" if s1[2] == s2[2] else "channels cannot be cropped"
-        raise UserError(f"clip.size: frames of {src.uri} differ in shape: {a} is {'x'.join(map(str, s1))}, "
-                        f"{b} is {'x'.join(map(str, s2))} (HxWxC); {hint}")
+        raise UserError(
+            f"clip.size: frames of {src.uri} differ in shape: {a} is {'x'.join(map(str, s1))}, "
+            f"{b} is {'x'.join(map(str, s2))} (HxWxC); {hint}"
+        )
     return plan, next(iter(shapes))
 
 
@@ -344,8 +388,10 @@ def plan_stream(spec: StreamSpec, storage_options: dict[str, Any] | None = None)
     for i, shape in enumerate(shapes[1:], 1):
         if shape != shapes[0]:
             field_name = "patch" if spec.kind == "patches" else "clip.size"
-            raise UserError(f"{field_name}: sources[0] ({spec.sources[0].uri}) gives {'x'.join(map(str, shapes[0]))} "
-                            f"samples but sources[{i}] ({spec.sources[i].uri}) gives {'x'.join(map(str, shape))}")
+            raise UserError(
+                f"{field_name}: sources[0] ({spec.sources[0].uri}) gives {'x'.join(map(str, shapes[0]))} "
+                f"samples but sources[{i}] ({spec.sources[i].uri}) gives {'x'.join(map(str, shape))}"
+            )
     sample_shape = tuple(shapes[0])
     if spec.kind == "clips":
         sample_shape = (spec.clip.frames, *sample_shape)

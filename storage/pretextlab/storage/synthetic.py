@@ -280,8 +280,14 @@ def write_wsi_dicom_series(
 
 
 def write_video(
-    path: str | Path, frames: int = 12, rows: int = 96, cols: int = 128, codec: str = "libx264", gray: bool = False,
-    fps: int = 25, seed: int = 0,
+    path: str | Path,
+    frames: int = 12,
+    rows: int = 96,
+    cols: int = 128,
+    codec: str = "libx264",
+    gray: bool = False,
+    fps: int = 25,
+    seed: int = 0,
 ) -> Path:
     """An ultrasound-like cine loop as video (MP4/H.264, AVI/MJPEG or FFV1, MKV...)."""
     import av
@@ -350,13 +356,19 @@ def make_sample_set(folder: str | Path, seed: int = 0, liver_loops: int = 4) -> 
     (DICOM, one patient each) plus an MP4, an NPZ, and ``labels.csv`` (item_id, label, patient_id, split)."""
     folder = Path(folder)
     slides = [
-        write_slide_tiff(folder / "slides" / f"slide-{i}.tif", 2048, 2048 + 512 * i, levels=2, seed=seed + i,
-                         svs=(i == 1))
+        write_slide_tiff(
+            folder / "slides" / f"slide-{i}.tif", 2048, 2048 + 512 * i, levels=2, seed=seed + i, svs=(i == 1)
+        )
         for i in range(2)
     ]
     cines = [
-        write_us_dicom(folder / "ultrasound" / f"liver-{i}.dcm", frames=8, syntax=("explicit", "rle")[i % 2],
-                       seed=seed + i, label=i % 2)
+        write_us_dicom(
+            folder / "ultrasound" / f"liver-{i}.dcm",
+            frames=8,
+            syntax=("explicit", "rle")[i % 2],
+            seed=seed + i,
+            label=i % 2,
+        )
         for i in range(liver_loops)
     ]
     cines.append(write_video(folder / "ultrasound" / "cine-0.mp4", seed=seed))

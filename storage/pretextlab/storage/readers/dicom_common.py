@@ -43,9 +43,19 @@ def describe(ds: pydicom.Dataset) -> dict[str, Any]:
     """A small, JSON-safe summary of the header for the item's source metadata."""
     out: dict[str, Any] = {}
     for key in (
-        "SOPClassUID", "Modality", "Manufacturer", "ManufacturerModelName", "PhotometricInterpretation",
-        "BitsAllocated", "BitsStored", "SamplesPerPixel", "NumberOfFrames", "Rows", "Columns",
-        "SeriesDescription", "ImageType",
+        "SOPClassUID",
+        "Modality",
+        "Manufacturer",
+        "ManufacturerModelName",
+        "PhotometricInterpretation",
+        "BitsAllocated",
+        "BitsStored",
+        "SamplesPerPixel",
+        "NumberOfFrames",
+        "Rows",
+        "Columns",
+        "SeriesDescription",
+        "ImageType",
     ):
         v = ds.get(key)
         if v is None:

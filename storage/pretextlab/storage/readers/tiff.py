@@ -140,4 +140,3 @@ class TiffReader(Reader):
         h0 = levels[0].shape[0]
         downsamples = [h0 / lv.shape[0] for lv in levels]
         return SlideSource(levels=levels, info=info, mpp=mpp, objective_power=mag, downsamples=downsamples)
-

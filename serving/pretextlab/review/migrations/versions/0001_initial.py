@@ -69,7 +69,9 @@ def upgrade() -> None:
         "cases",
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("pid", sa.String(32), nullable=False, unique=True, index=True),
-        sa.Column("reviewer_id", sa.Integer, sa.ForeignKey("reviewers.id", ondelete="CASCADE"), nullable=False, index=True),
+        sa.Column(
+            "reviewer_id", sa.Integer, sa.ForeignKey("reviewers.id", ondelete="CASCADE"), nullable=False, index=True
+        ),
         sa.Column("position", sa.Integer, nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("image_id", sa.Integer, sa.ForeignKey("images.id", ondelete="CASCADE"), nullable=False),
@@ -91,7 +93,9 @@ def upgrade() -> None:
     op.create_table(
         "answers",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("reviewer_id", sa.Integer, sa.ForeignKey("reviewers.id", ondelete="CASCADE"), nullable=False, index=True),
+        sa.Column(
+            "reviewer_id", sa.Integer, sa.ForeignKey("reviewers.id", ondelete="CASCADE"), nullable=False, index=True
+        ),
         sa.Column("case_id", sa.Integer, sa.ForeignKey("cases.id", ondelete="CASCADE"), nullable=False, index=True),
         sa.Column("rating", sa.Integer, nullable=True),
         sa.Column("preference", sa.String(8), nullable=True),
@@ -119,6 +123,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("answer_history", "answers", "sessions", "cases", "reviewers", "maps", "images", "encoders",
-                  "reviews"):
+    for table in (
+        "answer_history",
+        "answers",
+        "sessions",
+        "cases",
+        "reviewers",
+        "maps",
+        "images",
+        "encoders",
+        "reviews",
+    ):
         op.drop_table(table)
