@@ -151,10 +151,16 @@ LUMA = (0.299, 0.587, 0.114)
 
 
 class CardLike(Protocol):
-    img_size: int
-    in_chans: int
-    mean: list[float]
-    std: list[float]
+    """What preprocessing reads from a card (read-only: frozen dataclasses and pydantic models fit)."""
+
+    @property
+    def img_size(self) -> int: ...
+    @property
+    def in_chans(self) -> int: ...
+    @property
+    def mean(self) -> list[float]: ...
+    @property
+    def std(self) -> list[float]: ...
 
 
 def _channel_stats(values: Sequence[float], channels: int, name: str) -> torch.Tensor:
