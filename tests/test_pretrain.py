@@ -152,7 +152,13 @@ def test_two_workers_train_each_objective(store, tmp_path, objective):
     res = _run(config(tmp_path, store, objective))
     assert res.resumed_from is None
     assert np.isfinite(res.metrics["loss"]) and res.metrics["images_per_s"] > 0
-    assert res.metrics["collapsed"] == 0.0 and res.metrics["train_rankme"] > 1.5  # a random-init ViT is not collapsed
+    from pretextlab.objectives import get_objective_class
+
+    assert {"collapsed", "train_rankme", "train_embedding_std"} <= set(res.metrics)  # rank 0's diagnostics
+    if get_objective_class(objective).family != "pixel":
+        # 4 steps from random init: not collapsed. (The pixel objectives' CLS token is untouched by their
+        # loss; on a 1-block ViT its std sits under the collapse threshold, so the flag is not asserted.)
+        assert res.metrics["collapsed"] == 0.0 and res.metrics["train_rankme"] > 1.5
     _check_encoder(res, objective)
     run_dir = tmp_path / "runs" / res.encoder.name
     acc = EventAccumulator(str(run_dir / "tensorboard"))  # the steps the workers logged, not the config's
