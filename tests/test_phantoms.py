@@ -203,15 +203,17 @@ def test_random_init_encoder_is_near_chance(modality: str, locality: float, nois
         assert est.value <= 0.60, f"{modality} locality={locality} noise={noise} {pool}: {est}"
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    reason="supervised floor not yet demonstrated: measured 0.725 (ultrasound, locality 0, noise 0.5, 800 items, "
-    "15 epochs) and 0.845 (ultrasound, locality 1, earlier generator); see docs/benchmark.md. Runs only "
-    "with PRETEXTLAB_SUPERVISED_FLOOR=1 (minutes per case on 2 cores)",
+_US_FLOOR_XFAIL = pytest.mark.xfail(
+    reason="ultrasound supervised floor not yet demonstrated: measured 0.655-0.725 (locality 0, noise 0.5, 800 items) "
+    "and 0.845 (locality 1, earlier generator); see docs/benchmark.md. Runs only with "
+    "PRETEXTLAB_SUPERVISED_FLOOR=1 (minutes per case on 2 cores)",
     run=bool(os.environ.get("PRETEXTLAB_SUPERVISED_FLOOR")),
     strict=False,
 )
-@pytest.mark.parametrize("modality", MODALITIES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("modality", [pytest.param("ultrasound", marks=_US_FLOOR_XFAIL), "histology"])
 @pytest.mark.parametrize("locality", [0.0, 1.0])
 def test_the_label_is_learnable_by_a_supervised_cnn(modality: str, locality: float):
     """A small CNN trained on the labels reaches balanced accuracy >= 0.9 on held-out items (default noise)."""
