@@ -91,6 +91,11 @@ class DINOv3Config(DINOConfig):
 
 @register_objective
 class DINOv3(DINO):
+    """DINOv3: the DINOv2 recipe plus Gram anchoring of the patch features (see the module docstring).
+
+    - Siméoni et al., "DINOv3", 2025 (arXiv:2508.10104); code: https://github.com/facebookresearch/dinov3
+    """
+
     name = "dinov3"
     config_class = DINOv3Config
     cfg: DINOv3Config

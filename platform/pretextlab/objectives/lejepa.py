@@ -57,6 +57,12 @@ class LeJEPAConfig(IJEPAConfig):
 
 @register_objective
 class LeJEPA(Objective):
+    """LeJEPA: latent prediction with SIGReg only, no teacher, no EMA, no stop-gradient (module docstring).
+
+    - Balestriero and LeCun, "LeJEPA: Provable and Scalable Self-Supervised Learning Without the
+      Heuristics", 2025 (arXiv:2511.08544); code: https://github.com/rbalestr-lab/lejepa
+    """
+
     name = "lejepa"
     family = "jepa"
     views = "single"

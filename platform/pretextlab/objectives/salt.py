@@ -58,6 +58,12 @@ def _no_teacher(name: str) -> RuntimeError:
 
 @register_objective
 class SALT(Objective):
+    """SALT: a student and predictor regress a frozen (static) teacher's latents of masked blocks.
+
+    - "SALT: static-teacher asymmetric latent training", 2025 (arXiv:2509.24317); it builds on the V-JEPA
+      code, https://github.com/facebookresearch/jepa (the masks and predictor follow it here)
+    """
+
     name = "salt"
     family = "jepa"
     views = "single"
@@ -143,6 +149,11 @@ class SALT(Objective):
 
 @register_objective
 class CineSALT(SALT):
+    """Cine SALT: SALT on clips with tube masks, the frozen teacher encoding every frame (V-JEPA style).
+
+    - arXiv:2509.24317 (SALT); V-JEPA code: https://github.com/facebookresearch/jepa
+    """
+
     """SALT on clips, as the paper's video setting: tube masks, the 2-D frame ViTs encode all T×N
     tokens jointly with fixed temporal sin-cos embeddings (as ``cine_jepa`` / ``cine_mae``)."""
 
