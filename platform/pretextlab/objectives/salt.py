@@ -149,13 +149,11 @@ class SALT(Objective):
 
 @register_objective
 class CineSALT(SALT):
-    """Cine SALT: SALT on clips with tube masks, the frozen teacher encoding every frame (V-JEPA style).
+    """SALT on clips, as the paper's video setting: tube masks, the 2-D frame ViTs encode all T×N
+    tokens jointly with fixed temporal sin-cos embeddings (as ``cine_jepa`` / ``cine_mae``).
 
     - arXiv:2509.24317 (SALT); V-JEPA code: https://github.com/facebookresearch/jepa
     """
-
-    """SALT on clips, as the paper's video setting: tube masks, the 2-D frame ViTs encode all T×N
-    tokens jointly with fixed temporal sin-cos embeddings (as ``cine_jepa`` / ``cine_mae``)."""
 
     name = "cine_salt"
     views = "clip"
