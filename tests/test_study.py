@@ -147,6 +147,7 @@ def killed_and_resumed(stores, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the module fixture runs the whole study twice (killed, then resumed)
 def test_study_end_to_end_report_and_resume(killed_and_resumed):
     r = killed_and_resumed
     again, study_dir = r["again"], r["dir"]
