@@ -21,13 +21,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import measure_child
 
 HERE = Path(__file__).resolve()
 BENCH = HERE.parents[1] / ".bench"
@@ -56,41 +56,9 @@ def pretrain_dict(store: str, work: str, steps: int) -> dict:
     }
 
 
-def _tree_pss(parent: psutil.Process) -> int:
-    """Proportional set size of a process and its descendants: shared pages (Ray's object store, torch
-    libraries) counted once across the tree, where RSS would count them in every worker."""
-    total = 0
-    try:
-        procs = [parent, *parent.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    for p in procs:
-        try:
-            total += p.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
-
-
 def measure(args: list[str]) -> dict:
-    """Run ``this_script _child ARGS``; sample the peak PSS of its process tree (Ray's processes too)."""
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE), "_child", *args],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "RAY_ADDRESS": "", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"},
-    )
-    parent = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, _tree_pss(parent))
-        time.sleep(0.5)
-    out = proc.stdout.read()
-    if proc.returncode != 0:
-        raise RuntimeError(f"child {args} failed:\n{out[-4000:]}")
-    result = json.loads(out.strip().splitlines()[-1])
-    result["peak_pss_mb"] = peak / 1e6
-    return result
+    """Run ``this_script _child ARGS``; its JSON result plus the peak PSS of its process tree (MB)."""
+    return measure_child(HERE, args)
 
 
 def child(argv: list[str]) -> None:
