@@ -82,7 +82,7 @@ def forest_figure(verdict: DatasetVerdict) -> str | None:
         d = c["difference"]
         colour = "#2a9d8f" if c["verdict"] != "tie" else "#999999"
         ax.plot([d["low"], d["high"]], [i, i], color=colour, lw=2)
-        ax.plot([d["estimate"]], [i], "o", color=colour)
+        ax.plot([d["difference"]], [i], "o", color=colour)
     ax.axvline(0, color="#444444", lw=1, ls="--")
     ax.set_yticks(range(len(comps)), [f"{c['arm_a']} - {c['arm_b']} (s{seed})" for seed, c in comps])
     ax.set_xlabel("paired difference, 95 % CI (green: excludes 0 after Holm)")
@@ -175,8 +175,8 @@ def markdown(meta: Mapping[str, Any], table: pd.DataFrame, verdicts: Mapping[str
             for c in comps:
                 d = c["difference"]
                 lines.append(
-                    f"- {c['sentence']}: difference {d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], "
-                    f"adjusted p = {d.get('p_adjusted', d.get('p_value', float('nan'))):.3g}"
+                    f"- {c['sentence']}: difference {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], "
+                    f"adjusted p = {d.get('p_holm') if d.get('p_holm') is not None else d['p_value']:.3g}"
                 )
     failed = table[table["status"] == "failed"]
     if len(failed):
