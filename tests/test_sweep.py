@@ -196,7 +196,7 @@ def test_tensorboard_files_per_trial_hold_the_scalars(asha_sweep):
 @pytest.mark.timeout(1200)
 def test_killed_driver_resumes_without_rerunning_finished_trials(store, tmp_path):
     cfg = sweep_config(
-        tmp_path, store, name="t-resume", steps=4, metric="knn_acc", scheduler={"name": "fifo"}, max_concurrent=1
+        tmp_path, store, name="t-resume", steps=6, metric="knn_acc", scheduler={"name": "fifo"}, max_concurrent=1
     )
     cfg["search"] = {"train.schedule.lr": {"grid": LRS[:3]}}
     cfg["pretrain"]["train"]["checkpoint_every"] = 2  # an unfinished trial can hold a checkpoint at step 2
@@ -226,7 +226,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(store, tmp_path
     ids_before = set(_tune_trial_ids(sweep_dir))
     (unfinished,) = partial
     resume_step = max(_train_checkpoints(sweep_dir / f"trial-{unfinished}"))
-    assert resume_step < 4, "the unfinished trial finished before the kill (a race): nothing to resume"
+    assert resume_step < 6, "the unfinished trial finished before the kill (a race): nothing to resume"
     tb_before = set((sweep_dir / f"trial-{unfinished}" / "train" / "tensorboard").glob("events.out.tfevents.*"))
     kept = {t: (sweep_dir / f"trial-{t}" / "result.json").read_bytes() for t in finished}
     ckpts = {t: sorted(p.name for p in (sweep_dir / f"trial-{t}" / "train").glob("checkpoint-*")) for t in finished}
@@ -239,7 +239,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(store, tmp_path
     assert f"status:      pretextlab sweep status {sweep_dir} --watch" in again.stdout
     status = json.loads((sweep_dir / "pretextlab-sweep.json").read_text())
     assert status["status"] == "complete" and len(status["trials"]) == 3
-    assert all(r["state"] == "DONE" and r["step"] == 4 for r in status["trials"])
+    assert all(r["state"] == "DONE" and r["step"] == 6 for r in status["trials"])
     assert len(finished) < 3, "the driver was killed after every trial had finished: nothing was resumed"
     # Tuner.restore kept the trials: the same ids, exactly the trial folders Tune had created (+ the rest of
     # the grid), and the unfinished trial's workers restored its checkpoint (their own TensorBoard says so)
