@@ -889,7 +889,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(server):
         t.join(90)
     log = server.log_path.read_text(errors="replace")
     assert code == 0, log[-3000:]
-    assert "stopping" in log and "Traceback" not in log.split("Ctrl-C stops the service.")[-1]
+    # the CLI's own ending (Ray forwards the replicas' logs, which hold the earlier replica-kill test's traces)
+    assert "stopping" in log and 'bin/pretextlab", line' not in log
     statuses = [s for _, s in events if isinstance(s, int)]
     assert [s for s in statuses if s >= 500] == [], "a request got a 5xx during shutdown"
     assert set(statuses) <= {200}, sorted(set(statuses))
