@@ -488,7 +488,7 @@ def run(args: argparse.Namespace) -> int:
     plan.command = " ".join(shlex.quote(a) for a in ["pretextlab", "study", args.config, *args.overrides])
     init_ray(args.address, num_cpus=args.num_cpus)
     previous = read_study(plan.uri, plan.storage_options)
-    done = sum((read_cell(plan.uri, c.id) or {}).get("status") == "complete" for c in plan.cells)
+    done = sum((read_cell(plan.uri, c.id, plan.storage_options) or {}).get("status") == "complete" for c in plan.cells)
     print(
         f"study {cfg.name}: {len(plan.cells)} cells ({done} already finished) -> {plan.uri}"
         + (" (resuming)" if previous else ""),
