@@ -34,7 +34,7 @@ VENV_PY = REPO / ".venv" / "bin" / "python"
 PY = str(VENV_PY) if VENV_PY.exists() else sys.executable
 
 KUSTOMIZATIONS = sorted(p.parent.relative_to(REPO).as_posix() for p in K8S.rglob("kustomization.yaml"))
-JOBS = ["ingest", "pretrain", "sweep", "evaluate", "embed"]
+JOBS = ["ingest", "pretrain", "sweep", "study", "evaluate", "embed"]
 RAY_KINDS = {"RayCluster": "rayclusters", "RayJob": "rayjobs", "RayService": "rayservices"}
 SECRETS = {
     "pretextlab-s3",
@@ -276,7 +276,7 @@ def test_every_kustomization_renders(kdir: str):
 @pytest.mark.parametrize("kdir", KUSTOMIZATIONS)
 def test_ray_objects_validate_against_the_kuberay_crds(kdir: str):
     docs = [d for d in render(kdir) if d["kind"] in RAY_KINDS]
-    assert len(docs) == 7
+    assert len(docs) == 2 + len(JOBS)  # RayCluster, RayService, a RayJob per job
     for d in docs:
         errors = schema_errors(crd_schema(d["kind"]), d)
         assert not errors, f"{kdir}: {d['kind']}/{d['metadata']['name']}:\n" + "\n".join(errors[:20])
@@ -561,7 +561,7 @@ def test_job_configs_validate_and_fit_their_clusters(kdir: str, tmp_path: Path):
 
     docs = render(kdir)
     data = by_kind(docs, "ConfigMap")["pretextlab-jobs"]["data"]
-    assert set(data) == {"ingest.yaml", "pretrain.yaml", "sweep.yaml", "evaluate.yaml", "embed.yaml"}
+    assert set(data) == {"ingest.yaml", "pretrain.yaml", "sweep.yaml", "study.yaml", "evaluate.yaml", "embed.yaml"}
     cfgs = {}
     for key, model in _config_models().items():
         path = tmp_path / key
@@ -617,6 +617,23 @@ def test_job_configs_validate_and_fit_their_clusters(kdir: str, tmp_path: Path):
     trial = sweep.trial_base().train
     assert cpus >= trial.num_workers * trial.cpus_per_worker + trial.data_cpus, f"{kdir}: one trial does not fit"
     assert not trial.use_gpu or gpus >= trial.num_workers, f"{kdir}: one GPU trial does not fit"
+    # The study: every cell's pretraining config builds, reads the store ingest writes, exports where Serve
+    # loads from, writes its report to object storage, and one cell fits the study's Ray cluster.
+    from pretextlab.study import load_study, plan_cells
+    from pretextlab.training.config import PretrainConfig
+    from pretextlab.training.setup import check
+
+    (tmp_path / "study.yaml").write_text(data["study.yaml"])
+    study = load_study(tmp_path / "study.yaml")
+    assert study.storage.startswith("s3://") and study.registry == pre.registry, kdir
+    assert {d.store for d in study.datasets} <= {ing.dest}, f"{kdir}: the study reads what ingest writes"
+    cpus, gpus = _ray_cpus_gpus(by_kind(docs, "RayJob")["pretextlab-study"]["spec"]["rayClusterSpec"])
+    for cell in plan_cells(study, f"{study.storage}/runs"):
+        cfg = PretrainConfig.model_validate(cell.pretrain)
+        check(cfg)
+        t = cfg.train
+        assert cpus >= t.num_workers * t.cpus_per_worker + t.data_cpus, f"{kdir}: study cell {cell.id} does not fit"
+        assert not t.use_gpu or gpus >= t.num_workers, f"{kdir}: study cell {cell.id} does not fit the GPUs"
 
 
 def _walk(node: Any) -> Iterator[tuple[str, Any]]:

@@ -1,12 +1,22 @@
 """Each objective, trained briefly on a tiny generated set with a learnable signal, beats the same
-encoder at random initialisation on kNN accuracy; a collapsed encoder is flagged.
+encoder at random initialisation on kNN accuracy by a stated margin with a paired test; the same steps
+with the loss detached gain nothing (negative control); a collapsed encoder is flagged.
 
 The set: blobs (class 0) vs stripes at a random angle (class 1) under random gain and offset (a
 nuisance the views' gain jitter teaches to ignore); RGB with random colour casts for the
 histopathology variant. Small ViTs (24 px, patch 4, depth 2) keep each run under a minute on 2 cores.
+
+The claim "it learned" is: on 512 test images, the trained encoder's kNN accuracy exceeds its own
+random init's by >= MARGIN, and the exact McNemar test on the paired per-image outcomes (only images
+one of them gets right count) gives p < ALPHA. What these tests do not show: random init is not near
+chance here (0.91 grayscale, 0.77 RGB), and on generated variants where it is (a faint texture over a
+strong random offset or background) SimCLR gains but VICReg and MAE do not at this budget; measured
+figures and the command are in docs/objectives.md ("Does it learn at laptop scale?").
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -14,6 +24,7 @@ import torch
 
 from pretextlab.evaluate.diagnostics import is_collapsed
 from pretextlab.evaluate.knn import knn_predict
+from pretextlab.evaluate.stats import mcnemar_exact
 from pretextlab.modalities import create_views
 from pretextlab.objectives import ScheduleConfig, create_objective
 from pretextlab.training import Trainer
@@ -40,20 +51,6 @@ def make_set(n: int, seed: int, rgb: bool) -> tuple[np.ndarray, np.ndarray]:
         images.append(np.clip(img * 255, 0, 255).astype(np.uint8))
         labels.append(lab)
     return np.stack(images), np.array(labels)
-
-
-def knn_accuracy(model: torch.nn.Module, views, train, test) -> float:
-    mean = torch.tensor(views.config.mean).view(1, -1, 1, 1)
-    std = torch.tensor(views.config.std).view(1, -1, 1, 1)
-
-    def feats(x: np.ndarray) -> torch.Tensor:
-        t = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - mean) / std
-        model.eval()
-        with torch.no_grad():
-            return model(t)
-
-    preds, _ = knn_predict(feats(train[0]), torch.from_numpy(train[1]), feats(test[0]), k=20)
-    return float((np.asarray(preds) == test[1]).mean())
 
 
 # objective -> (modality of the data/views, steps, schedule, extra objective config)
@@ -89,8 +86,10 @@ CASES = {
 }
 
 
-def train_steps(obj, views, train, steps: int, schedule: dict, clip: bool) -> None:
+def train_steps(obj, views, train, steps: int, schedule: dict, clip: bool, detached: bool = False) -> None:
     trainer = Trainer(obj, ScheduleConfig(warmup_steps=20, **schedule), total_steps=steps)
+    if detached:
+        trainer.forward_module = DetachedLoss(obj)
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
         idx = torch.randint(0, len(train[0]), (48,), generator=g).numpy()
@@ -102,13 +101,50 @@ def train_steps(obj, views, train, steps: int, schedule: dict, clip: bool) -> No
         trainer.step(batch)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(CASES))
-def test_objective_beats_random_init_on_knn(name):
+MARGIN = 0.02  # kNN accuracy points over random init, on N_TEST paired test images
+ALPHA = 0.01  # exact McNemar, two-sided
+N_TEST = 512
+#: objectives measured not to pass at this budget: (the measured figures, the command). strict xfail, so a
+#: recipe fix that makes one pass shows up as XPASS and the entry must go.
+LIMITS: dict[str, str] = {
+    "ijepa": "measured 0.768 -> 0.791 after 250 steps (+0.023), McNemar 25 vs 13 discordant, p = 0.073: "
+    "a gain, but not significant at this budget (python /tmp-free: docs/objectives.md, laptop scale)",
+}
+
+
+class DetachedLoss(torch.nn.Module):
+    """The objective with its loss cut from the graph: the optimiser steps, EMA and schedules run as in
+    training, but no gradient reaches a weight (the negative control)."""
+
+    def __init__(self, objective: torch.nn.Module):
+        super().__init__()
+        self.objective = objective
+
+    def forward(self, batch):
+        out = self.objective(batch)
+        return dataclasses.replace(out, loss=out.loss.detach().requires_grad_())
+
+
+def knn_correct(model: torch.nn.Module, views, train, test) -> np.ndarray:
+    mean = torch.tensor(views.config.mean).view(1, -1, 1, 1)
+    std = torch.tensor(views.config.std).view(1, -1, 1, 1)
+
+    def feats(x: np.ndarray) -> torch.Tensor:
+        t = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        model.eval()
+        with torch.no_grad():
+            return model(t)
+
+    preds, _ = knn_predict(feats(train[0]), torch.from_numpy(train[1]), feats(test[0]), k=20)
+    return np.asarray(preds) == test[1]
+
+
+def run_case(name: str, detached: bool = False):
+    """(correct before, correct after, steps) of one objective on its case's data, views and budget."""
     modality, steps, schedule, extra = CASES[name]
     rgb = modality == "histopathology"
     torch.manual_seed(0)
-    train, test = make_set(512, 0, rgb), make_set(256, 1, rgb)
+    train, test = make_set(512, 0, rgb), make_set(N_TEST, 1, rgb)
     obj = create_objective(
         name, backbone={"img_size": SIZE, "patch_size": 4, "in_chans": 3 if rgb else 1, "depth": 2}, **extra
     )
@@ -122,10 +158,34 @@ def test_objective_beats_random_init_on_knn(name):
         n_local=2,
         **({"frames": extra["frames"], "strides": (1,)} if clip else {}),
     )
-    before = knn_accuracy(obj.encoder(), views, train, test)
-    train_steps(obj, views, train, steps, schedule, clip)
-    after = knn_accuracy(obj.encoder(), views, train, test)
-    assert after > before, f"{name}: kNN accuracy {before:.3f} at random init, {after:.3f} after {steps} steps"
+    before = knn_correct(obj.encoder(), views, train, test)
+    train_steps(obj, views, train, steps, schedule, clip, detached)
+    return before, knn_correct(obj.encoder(), views, train, test), steps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=LIMITS[n])) if n in LIMITS else n for n in CASES],
+)
+def test_objective_beats_random_init_on_knn(name):
+    before, after, steps = run_case(name)
+    test = mcnemar_exact(after, before)
+    gain = after.mean() - before.mean()
+    assert gain >= MARGIN and test.p_value < ALPHA, (
+        f"{name}: kNN accuracy {before.mean():.3f} at random init, {after.mean():.3f} after {steps} steps "
+        f"(gain {gain:+.3f}, needs >= {MARGIN}); McNemar {test.a_only} vs {test.b_only} discordant, "
+        f"p = {test.p_value:.2g} (needs < {ALPHA})"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["simclr", "dino"])
+def test_the_same_steps_with_the_loss_detached_gain_nothing(name):
+    """Negative control: the harness itself (views, schedules, EMA teacher, evaluation) cannot produce a
+    gain; only the gradient of the loss can."""
+    before, after, _ = run_case(name, detached=True)
+    np.testing.assert_array_equal(after, before)
 
 
 def test_collapsed_encoder_is_flagged_and_trained_one_is_not():

@@ -4,6 +4,7 @@ the tests check the machinery and the evidence trail, never which objective wins
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ SHARED = {
     "data": {"clip": {"size": 32}},
     "train": {
         "batch_size": 4,
-        "num_workers": 2,
+        "num_workers": 1,  # one Train worker per cell: multi-worker DDP is tested in test_pretrain.py
         "cpus_per_worker": 0.5,
         "data_cpus": 0.25,
         "log_every": 1,
@@ -280,3 +281,90 @@ def test_report_html_opens_offline_in_headless_chromium(killed_and_resumed, tmp_
     assert [u for u in requests if not u.startswith(("file://", "data:"))] == []
     shot = np.asarray(Image.open(tmp_path / "report.png").convert("L"))
     assert shot.std() > 5  # text, tables and plots, not a blank page
+
+
+@pytest.fixture(scope="module")
+def phantom_store(ray_session, tmp_path_factory):
+    """16 local-label ultrasound phantoms at 32 px with ROI masks (catalog column 'roi'), via `bench-data`."""
+    import argparse
+
+    from pretextlab.jobs import bench_data
+
+    tmp = tmp_path_factory.mktemp("phantoms")
+    parser = argparse.ArgumentParser()
+    bench_data.add_arguments(parser)
+    args = parser.parse_args([str(tmp / "store"), "--items", "16", "--size", "32", "--locality", "1", "--seed", "5"])
+    assert bench_data.run(args) == 0
+    return tmp / "store"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_study_on_s3_scores_localisation_and_reports_a_failed_cell(phantom_store, s3_server, tmp_path):
+    """Everything on the loopback S3 server: a dataset with ROI masks gets the localisation table; a copy
+    whose image chunks are corrupt fails its cells with a one-line reason while the other cells complete,
+    and the command's exit code is non-zero."""
+    import argparse
+    import shutil
+
+    from pretextlab.jobs import study as study_job
+    from pretextlab.storage import fs as sfs
+
+    bad = tmp_path / "bad"
+    shutil.copytree(phantom_store, bad)
+    chunks = [p for p in bad.rglob("*") if p.is_file() and "/images/c/" in p.as_posix() and "-roi" not in str(p)]
+    assert chunks, "no image chunk files found to corrupt"
+    for p in chunks:
+        p.write_bytes(b"not a zstd frame" * 4)
+    bucket = s3_server.new_bucket()
+    s3_server.upload(phantom_store, bucket, "good")
+    s3_server.upload(bad, bucket, "bad")
+    uri = f"s3://{bucket}"
+    path = study_yaml(
+        tmp_path,
+        [
+            {"name": "phantom", "store": f"{uri}/good", "modality": "ultrasound"},
+            {"name": "corrupt", "store": f"{uri}/bad", "modality": "ultrasound"},
+        ],
+        name="s3",
+        arms=[ARMS[2]],  # mae: one trained arm (+ random init) per dataset
+        storage=f"{uri}/studies",
+        registry=f"{uri}/registry",
+    )
+    parser = argparse.ArgumentParser()
+    study_job.add_arguments(parser)
+    assert study_job.run(parser.parse_args([str(path)])) == 1  # a failed cell: non-zero exit
+
+    study_uri = f"{uri}/studies/s3"
+    cells = {
+        c: json.loads(sfs.read_bytes(f"{study_uri}/cells/{c}.json"))
+        for c in ("phantom.random-init.s0", "phantom.mae.s0", "corrupt.random-init.s0", "corrupt.mae.s0")
+    }
+    assert cells["phantom.mae.s0"]["status"] == cells["phantom.random-init.s0"]["status"] == "complete"
+    for c in ("corrupt.random-init.s0", "corrupt.mae.s0"):
+        assert cells[c]["status"] == "failed" and cells[c]["error"] and "\n" not in cells[c]["error"], cells[c]
+    # the masked dataset's cells scored their feature maps on the ROI masks
+    for c in ("phantom.mae.s0", "phantom.random-init.s0"):
+        loc = cells[c]["evaluation"]["localisation"]
+        assert loc["with_mask"] >= 1 and "anchor-similarity" in loc["auroc"], loc
+        assert cells[c]["peak_rss_mib"] > 50  # the cost column: a real process's peak memory
+    md = sfs.read_bytes(f"{study_uri}/report.md").decode()
+    assert "Localisation against the ROI masks" in md and "## Failed cells" in md
+    assert "corrupt.mae.s0" in md and md.count("| mae |") >= 2  # the results table and the localisation table
+    table = pd.read_parquet(io.BytesIO(sfs.read_bytes(f"{study_uri}/results.parquet")))
+    row = table.set_index("cell").loc["phantom.mae.s0"]
+    loc = cells["phantom.mae.s0"]["evaluation"]["localisation"]
+    assert row["loc_anchor_auroc"] == pytest.approx(loc["auroc"]["anchor-similarity"]["value"])
+
+
+def test_make_demo_runs_the_shipped_demo_study():
+    """`pretextlab demo` (make demo) writes the study configs/study/demo.yaml describes, so a user can re-run
+    it with more steps or seeds from the shipped file."""
+    from pretextlab.jobs.demo import demo_study
+
+    shipped = yaml.safe_load((REPO / "configs" / "study" / "demo.yaml").read_text())
+    written = demo_study(Path("demo-data"), ["dino", "ijepa", "mae"], 100, 0)
+    for ds in written["datasets"]:
+        ds["store"] = os.path.relpath(ds["store"])
+    written["storage"], written["registry"] = os.path.relpath(written["storage"]), os.path.relpath(written["registry"])
+    assert written == shipped

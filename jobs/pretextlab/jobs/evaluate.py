@@ -52,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fewshot-method", choices=["linear", "knn"], help="few-shot classifier (default: linear)")
     parser.add_argument("--modality", choices=list_modalities(), help="only rows of this modality")
     parser.add_argument("--feature-maps", metavar="DIR", help="write attention/PCA/similarity PNGs of a test image")
+    parser.add_argument(
+        "--no-localisation",
+        dest="localisation",
+        action="store_false",
+        default=None,
+        help="do not score feature maps against the catalog's ROI masks (column 'roi')",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--config", metavar="YAML", help="evaluate config file (fields of EvaluateConfig)")
     parser.add_argument(
@@ -73,6 +80,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "fewshot_method": "fewshot_method",
         "modality": "modality",
         "feature_maps": "feature_maps",
+        "localisation": "localisation",
         "device": "device",
     }
     return {field: getattr(args, attr) for attr, field in names.items() if getattr(args, attr, None) is not None}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import sys
 import time
@@ -209,8 +210,15 @@ def run_cell(
             if test_store is None
             else evaluate_encoder(folder, store, ev_cfg, test_dest=test_store)
         )
+        # cost: the larger of the rank-0 Train worker's peak RSS and this (evaluating) process's, in MiB
+        evaluating = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         record.update(
-            status="complete", encoder=ref.id, train=train, evaluation=result, wall_s=round(time.perf_counter() - t0, 1)
+            status="complete",
+            encoder=ref.id,
+            train=train,
+            evaluation=result,
+            wall_s=round(time.perf_counter() - t0, 1),
+            peak_rss_mib=round(max(float(train.get("peak_rss_mib") or 0.0), evaluating), 1),
         )
     except Exception as exc:  # reported in the study, the other cells go on
         cause = getattr(exc, "__cause__", None) or exc

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import resource
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -273,6 +274,8 @@ class Window:
             "loss": float(np.mean(self.losses)),
             "images_per_s": self.images / elapsed,
             "data_wait_fraction": self.wait / elapsed,
+            # this worker's peak resident memory so far (Linux reports ru_maxrss in KiB): the cost per arm
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
 
 

@@ -28,8 +28,10 @@ from pretextlab.evaluate.features import embed_images
 from pretextlab.evaluate.fewshot import few_shot
 from pretextlab.evaluate.knn import knn_predict
 from pretextlab.evaluate.linear import DEFAULT_CS, linear_probe
+from pretextlab.evaluate.localisation import localise_encoder
 from pretextlab.evaluate.metrics import METRICS, classification_metrics
 from pretextlab.evaluate.resample import group_index
+from pretextlab.evaluate.roi import read_roi_masks
 from pretextlab.evaluate.splits import make_split
 from pretextlab.modalities import ModalityName
 from pretextlab.models import load_encoder
@@ -65,6 +67,11 @@ class EvaluateConfig(BaseModel):
     device: str | None = Field(None, description="cpu, cuda, cuda:1 ... (default: cuda when available)")
     seed: int = 0
     feature_maps: str | None = Field(None, description="folder for attention / PCA / similarity PNGs of one test image")
+    localisation: bool = Field(
+        True,
+        description="score feature maps against the test rows' ROI masks (catalog column 'roi') when there are any",
+    )
+    localisation_images: int = Field(256, ge=1, description="at most this many test images with a mask are scored")
     keep_predictions: bool = Field(
         False,
         description="add each test row's label, group and kNN / linear predictions "
@@ -299,6 +306,12 @@ def evaluate_encoder(
         notes.append(f"{diag['collapse']} collapse: " + "; ".join(diag["collapse_reasons"]))
     timings["diagnostics"] = time.perf_counter() - t
 
+    localisation: dict[str, Any] | None = None
+    if cfg.localisation:
+        t = time.perf_counter()
+        localisation = _localise(model, card, data, te, test_dest or dest, cfg, notes)
+        timings["localisation"] = time.perf_counter() - t
+
     maps: list[str] = []
     if cfg.feature_maps:
         image = preprocess(data.images[te[:1]], card)
@@ -341,6 +354,7 @@ def evaluate_encoder(
         "fewshot": fewshot,
         "diagnostics": diag,
         "feature_maps": maps,
+        "localisation": localisation,
         **(
             {
                 "predictions": {
@@ -361,6 +375,32 @@ def evaluate_encoder(
         "timings_s": {k_: round(v, 3) for k_, v in timings.items()},
     }
     return _jsonable(result)
+
+
+def _localise(
+    model: Any, card: Any, data: EvalSet, test_rows: np.ndarray, store: str, cfg: EvaluateConfig, notes: list[str]
+) -> dict[str, Any] | None:
+    """Pointing game and AUROC of the feature maps on the test rows that have an ROI mask (None: no masks)."""
+    rows = [int(i) for i in test_rows if data.kinds[i] == "image"]
+    found = read_roi_masks(store, [str(data.item_ids[i]) for i in rows])
+    notes += found.notes
+    pairs = [(i, m) for i, m in zip(rows, found.masks, strict=True) if m is not None][: cfg.localisation_images]
+    if not pairs:
+        return None
+    idx = np.array([i for i, _ in pairs])
+    res = localise_encoder(
+        model,
+        card,
+        data.images[idx],
+        [m for _, m in pairs],
+        data.groups[idx],
+        n_boot=cfg.n_bootstrap,
+        ci=cfg.ci,
+        seed=cfg.seed,
+    )
+    out = res.to_dict()
+    out["with_mask"] = len(pairs)
+    return out
 
 
 def _cell(metric: dict[str, Any] | None) -> str:
@@ -418,7 +458,24 @@ def render_table(result: dict[str, Any]) -> str:
     if d.get("alignment_hflip") is not None:
         diag += f", alignment (h-flip) {d['alignment_hflip']:.3f}"
     lines.append(diag)
+    lines += render_localisation(result.get("localisation"))
     for label, block in (("kNN", knn), ("linear", lin)):
         lines += [f"note: {label} {name}: {m['note']}" for name, m in block["metrics"].items() if m.get("note")]
     lines += [f"note: {n}" for n in result.get("notes", [])]
     return "\n".join(lines)
+
+
+def render_localisation(loc: dict[str, Any] | None) -> list[str]:
+    """Lines for the ROI localisation scores (pointing game, AUROC) of the mean attention and anchor maps."""
+    if not loc:
+        return []
+
+    def ci(block: dict[str, Any]) -> str:
+        return f"{block['value']:.3f} [{block['low']:.3f}, {block['high']:.3f}]"
+
+    skipped = len(loc["skipped"])
+    out = [f"localisation on {loc['n_images']} test images with an ROI ({skipped} empty or full masks skipped):"]
+    for name in ("attention-mean", "anchor-similarity"):
+        if name in loc["pointing_game"]:
+            out.append(f"  {name}: pointing game {ci(loc['pointing_game'][name])}, AUROC {ci(loc['auroc'][name])}")
+    return out

@@ -139,6 +139,7 @@ def _table_rows(table: pd.DataFrame, dataset: str) -> tuple[list[str], list[list
         "steps",
         "wall s",
         "images/s",
+        "peak MiB",
     ]
     body = []
     for _, r in table[table["dataset"] == dataset].iterrows():
@@ -156,9 +157,42 @@ def _table_rows(table: pd.DataFrame, dataset: str) -> tuple[list[str], list[list
                 _fmt(r["steps"]),
                 _fmt(r["wall_s"]),
                 _fmt(r["images_per_s"]),
+                _fmt(r["peak_rss_mib"]),
             ]
         )
     return head, body
+
+
+def _localisation_rows(table: pd.DataFrame, dataset: str) -> tuple[list[str], list[list[str]]]:
+    """Pointing game and AUROC against the ROI masks, per arm; no rows when the dataset has no masks."""
+    rows = table[(table["dataset"] == dataset) & table["loc_images"].notna()] if "loc_images" in table else table[:0]
+    head = [
+        "arm",
+        "seed",
+        "images",
+        "pointing game, mean attention",
+        "AUROC, mean attention",
+        "AUROC, anchor similarity",
+    ]
+    body = [
+        [
+            str(r["arm"]),
+            str(r["seed"]),
+            _fmt(int(r["loc_images"])),
+            _with_ci(r, "loc_attn_hit"),
+            _with_ci(r, "loc_attn_auroc"),
+            _with_ci(r, "loc_anchor_auroc"),
+        ]
+        for _, r in rows.iterrows()
+    ]
+    return head, body
+
+
+LOCALISATION_NOTE = (
+    "How well each encoder's feature maps fall on the clinical ROI of the test images (95 % bootstrap CIs): "
+    "pointing game = share of images whose map maximum lies inside the ROI; AUROC = map values inside vs "
+    "outside the ROI (0.5 = no preference). It measures where the features look, not diagnostic accuracy."
+)
 
 
 def markdown(meta: Mapping[str, Any], table: pd.DataFrame, verdicts: Mapping[str, DatasetVerdict]) -> str:
@@ -168,6 +202,11 @@ def markdown(meta: Mapping[str, Any], table: pd.DataFrame, verdicts: Mapping[str
         head, body = _table_rows(table, dataset)
         lines += ["", f"## {dataset}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
+        loc_head, loc_body = _localisation_rows(table, dataset)
+        if loc_body:
+            lines += ["", "Localisation against the ROI masks. " + LOCALISATION_NOTE, ""]
+            lines += ["| " + " | ".join(loc_head) + " |", "|" + "---|" * len(loc_head)]
+            lines += ["| " + " | ".join(row) + " |" for row in loc_body]
         if v.flagged:
             lines += ["", "Collapsed arms (not ranked): " + ", ".join(f"{a} ({k})" for a, k in v.flagged.items())]
         for seed, comps in v.comparisons.items():
@@ -225,6 +264,15 @@ def html_report(
         parts += [f"<h2>{e(dataset)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"]
         parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in body]
         parts.append("</table>")
+        loc_head, loc_body = _localisation_rows(table, dataset)
+        if loc_body:
+            parts += [
+                f"<h3>Localisation against the ROI masks</h3><p>{e(LOCALISATION_NOTE)}</p><table><tr>"
+                + "".join(f"<th>{e(h)}</th>" for h in loc_head)
+                + "</tr>"
+            ]
+            parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in loc_body]
+            parts.append("</table>")
         if v.flagged:
             parts.append(
                 "<p><b>Collapsed arms (not ranked):</b> "

@@ -43,6 +43,24 @@ def _estimate(result: Mapping[str, Any], protocol: str, metric: str) -> dict[str
     return {"value": m.get("value"), "low": m.get("low"), "high": m.get("high")}
 
 
+#: the localisation columns: (column prefix, score, map) for the mean CLS attention and the anchor similarity
+LOCALISATION = (
+    ("loc_attn_hit", "pointing_game", "attention-mean"),
+    ("loc_attn_auroc", "auroc", "attention-mean"),
+    ("loc_anchor_auroc", "auroc", "anchor-similarity"),
+)
+
+
+def _localisation(result: Mapping[str, Any]) -> dict[str, Any]:
+    """Localisation columns (value, low, high each, and the image count); None when the store has no ROI."""
+    loc = result.get("localisation") or {}
+    out: dict[str, Any] = {"loc_images": loc.get("n_images")}
+    for col, score, name in LOCALISATION:
+        est = (loc.get(score) or {}).get(name) or {}
+        out.update({col: est.get("value"), f"{col}_low": est.get("low"), f"{col}_high": est.get("high")})
+    return out
+
+
 def results_table(cells: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per cell: identity, status, probe metrics with CIs, diagnostics, cost."""
     rows = []
@@ -51,6 +69,7 @@ def results_table(cells: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         diag = ev.get("diagnostics") or {}
         knn, lin = _estimate(ev, "knn", METRIC), _estimate(ev, "linear", METRIC)
         lin_acc = _estimate(ev, "linear", "accuracy")
+        loc = _localisation(ev)
         rows.append(
             {
                 "cell": c["id"],
@@ -76,7 +95,8 @@ def results_table(cells: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                 "steps": (c.get("train") or {}).get("step"),
                 "wall_s": c.get("wall_s"),
                 "images_per_s": (c.get("train") or {}).get("images_per_s"),
-                "peak_rss_mb": c.get("peak_rss_mb"),
+                "peak_rss_mib": c.get("peak_rss_mib"),
+                **loc,
             }
         )
     return pd.DataFrame(rows)

@@ -67,6 +67,7 @@ TRAIN_METRICS = (
     "momentum",
     "images_per_s",
     "data_wait_fraction",
+    "peak_rss_mib",
     "train_rankme",
     "train_embedding_std",
     "collapsed",

@@ -25,7 +25,7 @@ from pretextlab.storage import fs as sfs
 from pretextlab.storage.frames import FrameRef, fit_frames, resample_frames
 from pretextlab.storage.item import Item, open_item
 from pretextlab.storage.patches import PatchRef, PatchSpec, group_by_chunks, plan_patches
-from pretextlab.storage.stream import Ref, StreamPlan
+from pretextlab.storage.stream import Ref, StreamPlan, stack_images, stack_row_id, stack_source
 
 Opener = Callable[[str, str, "dict[str, Any] | None"], Item]
 #: Chunks fetched concurrently inside one read task (object storage is latency-bound).
@@ -131,10 +131,13 @@ def read_group(
     for r in group:
         level = r.sample.level if isinstance(r.sample, PatchRef) else 0
         if (r.source, r.item_id, level) not in arrays:
-            key = (r.source, r.item_id)
+            stack = stack_source(r.item_id)  # one split of an image stack: its images read as frames
+            key = (r.source, stack[0] if stack else r.item_id)
             if key not in items:
-                items[key] = opener(plan.sources[r.source].uri, r.item_id, storage_options)
-            arrays[(r.source, r.item_id, level)] = items[key].level(level)
+                items[key] = opener(plan.sources[r.source].uri, key[1], storage_options)
+            arrays[(r.source, r.item_id, level)] = (
+                stack_images(items[key], stack[1]) if stack else items[key].level(level)
+            )
     batch: dict[str, np.ndarray] = {}
     if plan.kind == "patches":
         batch["image"] = np.stack(_patch_pixels(group, arrays))
@@ -143,7 +146,8 @@ def read_group(
         scales = {(i, item): sc for i, src in enumerate(plan.sources) for item, sc in src.scales.items()}
         pixels = _frame_pixels(group, arrays, clip.size, clip.anchor, single=plan.kind == "frames", scales=scales)
         batch["image" if plan.kind == "frames" else "clip"] = np.stack(pixels)
-    batch["item_id"] = np.array([r.item_id for r in group], dtype=object).astype(str)
+    ids = [stack_row_id(r.item_id, r.sample.start) if stack_source(r.item_id) else r.item_id for r in group]
+    batch["item_id"] = np.array(ids, dtype=object).astype(str)
     batch["label"] = np.array(["" if r.label is None else str(r.label) for r in group], dtype=object).astype(str)
     batch["source"] = np.array([r.source for r in group], dtype=np.int32)
     batch["epoch"] = np.full(len(group), epoch, dtype=np.int32)

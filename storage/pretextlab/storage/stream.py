@@ -269,19 +269,45 @@ def _field(index: int, name: str) -> str:
     return f"sources[{index}].{name}"
 
 
+#: what each stream kind reads: slides (patches); cine loops, or single images of image stacks (frames);
+#: cine loops (clips)
+READS = {"patches": ("slide",), "frames": ("cine", "image"), "clips": ("cine",)}
+#: a frames-stream source item that is one split of an image stack (NPZ archive, collection of files):
+#: ``<stack item id>::<split>``. Its images array (N, C, H, W) reads like a cine loop's (T, C, H, W).
+STACK_SEP = "::"
+
+
+def stack_source(item_id: str) -> tuple[str, str] | None:
+    """(stack item id, split) of a stack pseudo-item id, None for a real item id."""
+    if STACK_SEP not in item_id:
+        return None
+    group, split = item_id.split(STACK_SEP, 1)
+    return group, split
+
+
+def stack_row_id(item_id: str, index: int) -> str:
+    """The catalog item id of image ``index`` of a stack pseudo-item (ingest names them so)."""
+    group, split = stack_source(item_id) or (item_id, "")
+    return f"{group}-{split}-{index:06d}"
+
+
 def _catalog_rows(index: int, src: SourceSpec, kind: str, storage_options: dict[str, Any] | None):
-    need = "slide" if kind == "patches" else "cine"
+    need = READS[kind]
     try:
         cat = read_catalog(src.uri, storage_options)
     except UserError as exc:
         raise UserError(f"{_field(index, 'uri')}: {exc}") from None
-    rows = cat[cat["kind"] == need]
+    rows = cat[cat["kind"].isin(need)]
     if src.modality is not None:
         rows = rows[rows["modality"] == src.modality]
+    if "roi" in cat.columns:  # ROI mask images are annotations, not training images
+        masks = set(cat["roi"].dropna().astype(str))
+        rows = rows[~rows["item_id"].isin(masks)]
     if rows.empty:
-        what = f"{need} items" + (f" of modality {src.modality!r}" if src.modality else "")
+        wanted = " or ".join(f"{n}s" for n in need)
+        what = f"{' or '.join(f'{n} items' for n in need)}" + (f" of modality {src.modality!r}" if src.modality else "")
         found = ", ".join(f"{k}: {v}" for k, v in cat.groupby(["kind", "modality"]).size().items()) or "nothing"
-        raise UserError(f"{_field(index, 'uri')}: {src.uri} has no {what}; {kind} need {need}s (found {found})")
+        raise UserError(f"{_field(index, 'uri')}: {src.uri} has no {what}; {kind} need {wanted} (found {found})")
     return rows, ("label" in cat.columns)
 
 
@@ -341,16 +367,9 @@ def _plan_cine(index: int, src: SourceSpec, spec: StreamSpec, storage_options: d
     clip = spec.clip
     shapes: dict[tuple[int, ...], str] = {}
     longest = (0, "")
-    for row in rows.itertuples(index=False):
-        item = _open(index, uri, row.item_id, storage_options)
-        arr = item.level(0)
+    for source_id, item, arr, refs in _frame_sources(index, uri, rows, has_label, spec, storage_options):
         t, c, h, w = (int(v) for v in arr.shape)
-        longest = max(longest, (t, item.item_id))
-        label = _label(row, has_label)
-        if spec.kind == "frames":
-            refs = [FrameRef(item.item_id, i, 1, 1, label) for i in range(t)]
-        else:
-            refs = loop_refs(item.item_id, t, clip.frames, clip.stride, clip.hop or clip.span, label)
+        longest = max(longest, (t, source_id))
         if refs:
             if clip.resolution() is not None:
                 spacing = item.card.get("pixel_spacing_mm")
@@ -359,9 +378,9 @@ def _plan_cine(index: int, src: SourceSpec, spec: StreamSpec, storage_options: d
                         f"clip.spacing_mm: item {item.item_id} of {src.uri} has no pixel spacing "
                         "(no PixelSpacing in its source); use clip.resize, or drop the item"
                     )
-                plan.scales[item.item_id] = clip.scale_for((h, w), spacing)
-            shapes.setdefault((h, w, c) if clip.size is None else (clip.size, clip.size, c), item.item_id)
-            plan.chunks[(item.item_id, 0)] = (int(arr.chunks[0]),)
+                plan.scales[source_id] = clip.scale_for((h, w), spacing)
+            shapes.setdefault((h, w, c) if clip.size is None else (clip.size, clip.size, c), source_id)
+            plan.chunks[(source_id, 0)] = (int(arr.chunks[0]),)
             plan.refs.extend(refs)
     if not plan.refs:
         raise UserError(
@@ -376,6 +395,43 @@ def _plan_cine(index: int, src: SourceSpec, spec: StreamSpec, storage_options: d
             f"{b} is {'x'.join(map(str, s2))} (HxWxC); {hint}"
         )
     return plan, next(iter(shapes))
+
+
+def _frame_sources(
+    index: int, uri: str, rows: Any, has_label: bool, spec: StreamSpec, storage_options: dict[str, Any] | None
+) -> Any:
+    """(source id, item, (T|N, C, H, W) array, refs) per cine loop, and per split of an image stack (frames
+    only: each labelled or unlabelled image row is one frame of its stack split)."""
+    clip = spec.clip
+    stacks: dict[tuple[str, str], list[tuple[int, Any]]] = {}
+    for row in rows.itertuples(index=False):
+        label = _label(row, has_label)
+        if row.kind == "image":
+            group = str(row.group)
+            split = row.item_id[len(group) + 1 :].rsplit("-", 1)[0]
+            stacks.setdefault((group, split), []).append((int(row.index), label))
+            continue
+        item = _open(index, uri, row.item_id, storage_options)
+        arr = item.level(0)
+        t = int(arr.shape[0])
+        if spec.kind == "frames":
+            refs = [FrameRef(item.item_id, i, 1, 1, label) for i in range(t)]
+        else:
+            refs = loop_refs(item.item_id, t, clip.frames, clip.stride, clip.hop or clip.span, label)
+        yield item.item_id, item, arr, refs
+    for (group, split), members in stacks.items():
+        item = _open(index, uri, group, storage_options)
+        source_id = f"{group}{STACK_SEP}{split}"
+        arr = stack_images(item, split)
+        yield source_id, item, arr, [FrameRef(source_id, i, 1, 1, label) for i, label in sorted(members)]
+
+
+def stack_images(item: Item, split: str) -> Any:
+    """The (N, C, H, W) images array of one split of an image-stack item."""
+    try:
+        return item.group[split]["images"]
+    except KeyError:
+        raise UserError(f"item {item.item_id}: no images array for split {split!r} (a damaged stack?)") from None
 
 
 def plan_stream(spec: StreamSpec, storage_options: dict[str, Any] | None = None) -> StreamPlan:
