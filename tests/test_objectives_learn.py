@@ -108,7 +108,7 @@ N_TEST = 512
 #: recipe fix that makes one pass shows up as XPASS and the entry must go.
 LIMITS: dict[str, str] = {
     "ijepa": "measured 0.768 -> 0.791 after 250 steps (+0.023), McNemar 25 vs 13 discordant, p = 0.073: "
-    "a gain, but not significant at this budget (python /tmp-free: docs/objectives.md, laptop scale)",
+    "a gain, not significant at this budget (benchmarks/learning.py --objectives ijepa; docs/objectives.md)",
 }
 
 

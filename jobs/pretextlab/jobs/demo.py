@@ -70,7 +70,9 @@ def demo_study(work: Path, objectives: list[str], steps: int, seed: int) -> dict
             {"name": name, "store": str(work / "bench" / name), "modality": _modality(kind), "kind": "frames"}
             for name, kind, _ in BENCH
         ],
-        "arms": [{"name": o, "objective": o, "overrides": overrides.get(o, {})} for o in objectives],
+        "arms": [
+            {"name": o, "objective": o, **({"overrides": overrides[o]} if o in overrides else {})} for o in objectives
+        ],
         "seeds": [seed],
         "steps": steps,
         "backbone": {"arch": "vit_tiny", "img_size": SIZE, "patch_size": 8, "depth": 3},

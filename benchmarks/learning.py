@@ -1,0 +1,103 @@
+"""Does each objective learn at laptop scale? kNN accuracy before / after a short training run, paired.
+
+Runs the cases of tests/test_objectives_learn.py (same data, views, budgets; the test module is the
+single source of both) and, with ``--variant``, the same on harder generated sets where random init is
+near chance. For each objective: kNN accuracy at random init and after training on the same test
+images, the exact McNemar test of the paired outcomes, and the negative control (the same steps with
+the loss detached). One JSON line per objective on stdout.
+
+    python benchmarks/learning.py                                  # every case, the test's data
+    python benchmarks/learning.py --objectives simclr,mae --variant offset
+    python benchmarks/learning.py --variant background --n-test 512
+
+Variants (a faint texture, the label, over a nuisance that dominates random-init features):
+``offset``: texture amplitude 0.1, random brightness offset up to 0.9 (random init ~0.52);
+``background``: amplitude 0.3 over a strong smooth random background (random init ~0.55).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("learn_cases", ROOT / "tests" / "test_objectives_learn.py")
+assert _spec and _spec.loader
+T = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(T)
+
+VARIANTS = {"offset": (0.1, 0.0, 0.9), "background": (0.3, 0.6, 0.2)}
+
+
+def variant_set(n: int, seed: int, rgb: bool, amp: float, background: float, offset: float):
+    """Blobs vs stripes at amplitude ``amp`` (x a random gain 0.5-1), plus a smooth random background of
+    strength ``background`` and a random brightness offset up to ``offset``."""
+    g = np.random.default_rng(seed)
+    size = T.SIZE
+    yy, xx = np.mgrid[0:size, 0:size]
+    images, labels = [], []
+    for i in range(n):
+        lab = i % 2
+        if lab == 0:
+            img = np.zeros((size, size))
+            for _ in range(6):
+                cy, cx = g.uniform(0, size, 2)
+                img += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 4.0)
+            img = np.clip(img, 0, 1)
+        else:
+            ang = g.uniform(0, np.pi)
+            img = 0.5 + 0.5 * np.sin((np.cos(ang) * xx + np.sin(ang) * yy) * 1.2 + g.uniform(0, 6))
+        img = img * amp * g.uniform(0.5, 1.0)
+        if background:
+            img = img + background * gaussian_filter(g.normal(size=(size, size)), 4) * 8
+        img = img + g.uniform(0, offset)
+        img = img[..., None] * (g.uniform(0.5, 1.0, 3) if rgb else 1.0)
+        images.append(np.clip(img * 255, 0, 255).astype(np.uint8))
+        labels.append(lab)
+    return np.stack(images), np.array(labels)
+
+
+def measure(name: str, n_test: int, detached: bool) -> dict:
+    t0 = time.perf_counter()
+    before, after, steps = T.run_case(name, detached=detached)
+    test = T.mcnemar_exact(after, before)
+    return {
+        "before": round(float(before.mean()), 4),
+        "after": round(float(after.mean()), 4),
+        "gain": round(float(after.mean() - before.mean()), 4),
+        "discordant": [test.a_only, test.b_only],
+        "p_mcnemar": float(f"{test.p_value:.3g}"),
+        "steps": steps,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--objectives", default=",".join(T.CASES), help="comma-separated case names")
+    ap.add_argument("--variant", choices=sorted(VARIANTS), help="a harder generated set (default: the test's)")
+    ap.add_argument("--n-test", type=int, default=T.N_TEST)
+    ap.add_argument("--no-control", action="store_true", help="skip the detached-loss control")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    T.N_TEST = args.n_test
+    if args.variant:
+        amp, bg, off = VARIANTS[args.variant]
+        T.make_set = lambda n, seed, rgb: variant_set(n, seed, rgb, amp, bg, off)
+    for name in args.objectives.split(","):
+        row = {"objective": name, "variant": args.variant or "test", "trained": measure(name, args.n_test, False)}
+        if not args.no_control:
+            row["detached"] = measure(name, args.n_test, True)
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
