@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test lint install bench clean help image
 
 help:
-	@echo "make demo   - generate sample data, ingest, pretrain I-JEPA and MAE on Ray Train, print a kNN table"
+	@echo "make demo   - sample data + ingest, then a study (DINO, I-JEPA, MAE + random init) on the controlled benchmark"
 	@echo "make test   - run the test suite (real Ray, real S3 server on 127.0.0.1)"
 	@echo "make lint   - ruff (lint + format check) and mypy (strict for core, modalities, views)"
 	@echo "make bench  - storage benchmarks (benchmarks/ingest.py)"

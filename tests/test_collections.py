@@ -321,3 +321,34 @@ def test_frozen_evaluation_reads_collection_rows(ray_session, dataset, tmp_path)
     ev = load_eval_set(str(dest), size=16)
     assert len(ev) == 14 and ev.class_names == ["benign", "malignant"] and set(ev.kinds) == {"image"}
     assert ev.images.shape == (14, 16, 16, 3) and np.bincount(ev.labels).tolist() == [7, 7]
+
+
+def test_sixteen_bit_images_stream_and_evaluate_as_their_top_8_bits(ray_session, tmp_path):
+    """One bit-depth policy (storage.pixels): the store keeps the 16 bits, the training stream and
+    evaluation see the top 8 of them, as serving does for uploaded DICOM."""
+    from pretextlab.evaluate.dataset import load_eval_set
+    from pretextlab.storage.datasource import read_group
+    from pretextlab.storage.stream import StreamSpec, plan_stream
+
+    raw = tmp_path / "deep"
+    planes = {}
+    for cls in ("a", "b"):
+        (raw / cls).mkdir(parents=True)
+        for i in range(2):
+            g16 = (np.arange(16 * 16, dtype=np.int64).reshape(16, 16) * (97 + 50 * i + (cls == "b"))) % 65536
+            Image.fromarray(g16.astype(np.uint16)).save(raw / cls / f"{i}.png")
+            planes[f"{cls}/{i}.png"] = g16.astype(np.uint16)
+    dest = tmp_path / "store"
+    assert ingest([raw], dest, labels_from_folders=True).ok
+    df = read_catalog(str(dest)).set_index("item_id")
+    assert set(df["dtype"]) == {"uint16"}
+    plan = plan_stream(StreamSpec(sources=[str(dest)], kind="frames"))
+    for group in plan.epoch_groups(0):
+        batch = read_group(plan, group, 0, 0)
+        assert batch["image"].dtype == np.uint8
+        for item_id, image in zip(batch["item_id"], batch["image"]):
+            np.testing.assert_array_equal(image[..., 0], planes[df.loc[item_id, "relpath"]] >> 8)
+    ev = load_eval_set(str(dest))
+    assert ev.images.dtype == np.uint8
+    for item_id, image in zip(ev.item_ids, ev.images):
+        np.testing.assert_array_equal(image[..., 0], planes[df.loc[item_id, "relpath"]] >> 8)

@@ -83,6 +83,10 @@ CASES = {
             gram_teacher_upscale=1.0,
         ),
     ),  # 1.0: test time
+    # issue 17: LeJEPA (no teacher, no EMA) and SALT with a frozen random-init teacher of the same shape
+    # (SALT's stage 1 is any pretrained encoder; a random one is the weakest teacher it can have)
+    "lejepa": ("ultrasound", 100, dict(lr=5e-4), dict(predictor_depth=2)),
+    "salt": ("ultrasound", 100, dict(lr=5e-4), dict(predictor_depth=2)),
 }
 
 
@@ -148,6 +152,12 @@ def run_case(name: str, detached: bool = False):
     obj = create_objective(
         name, backbone={"img_size": SIZE, "patch_size": 4, "in_chans": 3 if rgb else 1, "depth": 2}, **extra
     )
+    if name == "salt":
+        torch.manual_seed(1)
+        teacher = create_objective(
+            "mae", backbone={"img_size": SIZE, "patch_size": 4, "in_chans": 3 if rgb else 1, "depth": 2}
+        )
+        obj.set_teacher(teacher.encoder())
     clip = obj.views == "clip"
     views = create_views(
         modality,

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from pretextlab.core.errors import UserError
 from pretextlab.storage import open_item, read_catalog
 from pretextlab.storage.frames import working_frame
+from pretextlab.storage.pixels import stored_bits, to_uint8
 
 
 @dataclass
@@ -164,6 +165,7 @@ def load_eval_set(
     images: list[np.ndarray] = []
     meta: list[tuple[int, str, str, str, str]] = []  # label, group, item_id, split, kind
     stacks: dict[tuple[str, str], np.ndarray] = {}
+    bits: dict[str, int] = {}  # stack item -> stored bits (12/16-bit sources are brought to 8 bits)
     for r in labelled.to_dict("records"):
         kind, item_id = r["kind"], r["item_id"]
         label = index[_text(r[label_column])]  # type: ignore[index]
@@ -173,8 +175,11 @@ def load_eval_set(
             sub = _stack_split(item_id, r["group"])
             key = (r["group"], sub)
             if key not in stacks:
-                stacks[key] = open_item(dest, r["group"]).group[sub]["images"][:]
-            new = [np.ascontiguousarray(stacks[key][int(r["index"])].transpose(1, 2, 0))]
+                stack = open_item(dest, r["group"])
+                stacks[key] = stack.group[sub]["images"][:]
+                bits[r["group"]] = stored_bits(stack.card, stacks[key].dtype)
+            plane = np.ascontiguousarray(stacks[key][int(r["index"])].transpose(1, 2, 0))
+            new = [to_uint8(plane, bits[r["group"]])]
         elif kind == "cine":
             item = open_item(dest, item_id)
             frames = int(item.card.get("frames") or item.level(0).shape[0])
@@ -182,6 +187,7 @@ def load_eval_set(
                 new = list(item.frames(0, frames, int(cine_frame_step)))
             else:
                 new = [item.frames(frames // 2, frames // 2 + 1)[0]]
+            new = [to_uint8(f, stored_bits(item.card, f.dtype)) for f in new]
             if resolution is not None:
                 new = [working_frame(f, resolution, item.card.get("pixel_spacing_mm"), size) for f in new]
         elif kind == "slide":

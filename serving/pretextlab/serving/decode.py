@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pretextlab.serving.errors import ApiError, bad_request, invalid, too_large
+from pretextlab.storage.pixels import to_uint8
 
 NPY_MAGIC = b"\x93NUMPY"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -135,12 +136,8 @@ def decode_pil(data: bytes, what: str, limits: ImageLimits) -> np.ndarray:
 
 
 def _to_uint8(frames: np.ndarray, bits: int) -> np.ndarray:
-    if frames.dtype == np.uint8:
-        return frames
-    if frames.dtype.kind not in "ui":
-        raise ValueError(f"pixel data of dtype {frames.dtype}")
-    shift = max(0, bits - 8)
-    return np.clip(frames.astype(np.int64) >> shift, 0, 255).astype(np.uint8)
+    """The one bit-depth rule (storage.pixels): the top 8 of the stored bits."""
+    return to_uint8(frames, bits)
 
 
 def decode_dicom(data: bytes, what: str, limits: ImageLimits) -> np.ndarray:

@@ -25,6 +25,7 @@ from pretextlab.storage import fs as sfs
 from pretextlab.storage.frames import FrameRef, fit_frames, resample_frames
 from pretextlab.storage.item import Item, open_item
 from pretextlab.storage.patches import PatchRef, PatchSpec, group_by_chunks, plan_patches
+from pretextlab.storage.pixels import stored_bits, to_uint8
 from pretextlab.storage.stream import Ref, StreamPlan, stack_images, stack_row_id, stack_source
 
 Opener = Callable[[str, str, "dict[str, Any] | None"], Item]
@@ -89,8 +90,10 @@ def _frame_pixels(
     anchor: str,
     single: bool,
     scales: dict[tuple[int, str], tuple[float, float]] | None = None,
+    bits: dict[tuple[int, str], int] | None = None,
 ) -> list[np.ndarray]:
-    """Each frame or clip assembled from its frame chunks (each fetched once), cropped/padded to size."""
+    """Each frame or clip assembled from its frame chunks (each fetched once), brought to 8 bits,
+    cropped/padded to size."""
 
     def keys(r: Ref) -> set[tuple]:
         ct = arrays[(r.source, r.item_id, 0)].chunks[0]
@@ -108,11 +111,19 @@ def _frame_pixels(
         ct = arrays[(r.source, s.item_id, 0)].chunks[0]
         frames = np.stack([chunks[(r.source, s.item_id, 0, t // ct)][t % ct] for t in s.indices])
         frames = frames.transpose(0, 2, 3, 1)  # (T, Y, X, C)
+        if frames.dtype != np.uint8:  # 12/16-bit sources: their top 8 bits (storage.pixels)
+            frames = to_uint8(frames, (bits or {}).get((r.source, s.item_id), frames.dtype.itemsize * 8))
         if scales:  # the working resolution, when the spec asks for one
             frames = resample_frames(frames, scales.get((r.source, s.item_id), (1.0, 1.0)))
         frames = fit_frames(frames, size, anchor)
         out.append(np.ascontiguousarray(frames[0] if single else frames))
     return out
+
+
+def _item_of(source_id: str) -> str:
+    """The item a stream source id reads from (an image stack's split reads from its stack item)."""
+    stack = stack_source(source_id)
+    return stack[0] if stack else source_id
 
 
 def read_group(
@@ -144,7 +155,13 @@ def read_group(
     else:
         clip = plan.spec.clip
         scales = {(i, item): sc for i, src in enumerate(plan.sources) for item, sc in src.scales.items()}
-        pixels = _frame_pixels(group, arrays, clip.size, clip.anchor, single=plan.kind == "frames", scales=scales)
+        bits = {
+            (src, item_id): stored_bits(items[(src, _item_of(item_id))].card, arr.dtype)
+            for (src, item_id, _level), arr in arrays.items()
+        }
+        pixels = _frame_pixels(
+            group, arrays, clip.size, clip.anchor, single=plan.kind == "frames", scales=scales, bits=bits
+        )
         batch["image" if plan.kind == "frames" else "clip"] = np.stack(pixels)
     ids = [stack_row_id(r.item_id, r.sample.start) if stack_source(r.item_id) else r.item_id for r in group]
     batch["item_id"] = np.array(ids, dtype=object).astype(str)

@@ -303,6 +303,14 @@ def _catalog_rows(index: int, src: SourceSpec, kind: str, storage_options: dict[
     if "roi" in cat.columns:  # ROI mask images are annotations, not training images
         masks = set(cat["roi"].dropna().astype(str))
         rows = rows[~rows["item_id"].isin(masks)]
+    if "dtype" in rows.columns:  # storage.pixels brings 8-16 bit integers to 8 bits; nothing else streams
+        odd = rows[~rows["dtype"].astype(str).isin(["uint8", "uint16", "int16", "None", "nan"])]
+        if len(odd):
+            r = odd.iloc[0]
+            raise UserError(
+                f"{_field(index, 'uri')}: item {r['item_id']} of {src.uri} holds {r['dtype']} pixels "
+                f"({len(odd)} such rows); the stream reads 8- or 16-bit integer pixels"
+            )
     if rows.empty:
         wanted = " or ".join(f"{n}s" for n in need)
         what = f"{' or '.join(f'{n} items' for n in need)}" + (f" of modality {src.modality!r}" if src.modality else "")
