@@ -113,6 +113,8 @@ N_TEST = 512
 LIMITS: dict[str, str] = {
     "ijepa": "measured 0.768 -> 0.791 after 250 steps (+0.023), McNemar 25 vs 13 discordant, p = 0.073: "
     "a gain, not significant at this budget (benchmarks/learning.py --objectives ijepa; docs/objectives.md)",
+    "cine_mae": "measured 0.904 -> 0.916 after 150 steps (+0.012), McNemar 7 vs 1 discordant, p = 0.070 "
+    "(benchmarks/learning.py --objectives cine_mae; docs/objectives.md)",
 }
 
 
