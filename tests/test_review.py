@@ -812,3 +812,85 @@ def test_sessions_expire_and_registry_addresses_work(client_factory, review_inpu
     assert _open_invite(c, link).status_code == 303  # the invite still opens a new one
     names = set(pd.read_csv(io.BytesIO(org.get(f"/api/reviews/{pid}/export.csv", headers=AUTH).content)).columns)
     assert "encoder" in names
+
+
+# ---------------------------------------------------------------- ratings vs automatic localisation
+def test_localisation_agreement_is_spearman_over_rated_units():
+    from scipy.stats import spearmanr
+
+    from pretextlab.review.analysis import localisation_agreement
+
+    rng = np.random.default_rng(0)
+    units = [(e, f"img{i}") for e in ("A", "B") for i in range(8)]
+    auroc = {u: float(rng.uniform(0.3, 1.0)) for u in units}
+    scores = pd.DataFrame(
+        [{"encoder": e, "item_id": i, "map_type": "attention", "auroc": auroc[(e, i)], "hit": 1.0} for e, i in units]
+    )
+    rows = []  # two reviewers; the rating rises with the map's AUROC (plus disagreement between them)
+    for r, shift in (("r1", 0), ("r2", 1)):
+        for e, i in units:
+            rating = int(np.clip(round(1 + 4 * auroc[(e, i)]) - shift * (i == "img3"), 1, 5))
+            rows.append(
+                {"reviewer": r, "kind": "likert", "encoder": e, "item_id": i, "map_type": "attention", "rating": rating}
+            )
+    answers = pd.DataFrame(rows)
+    got = localisation_agreement(answers, scores, seed=0, n_boot=500)
+    mean = answers.groupby(["encoder", "item_id"])["rating"].mean()
+    want = spearmanr([mean[u] for u in units], [auroc[u] for u in units]).statistic
+    assert got["units"] == 16 and got["spearman_rho"] == pytest.approx(want) and want > 0.8
+    assert got["ci_low"] <= got["spearman_rho"] <= got["ci_high"] <= 1.0
+    # a pairwise answer, a map type without a score, and too few units give no correlation, not an error
+    flat = localisation_agreement(answers[answers["item_id"] == "img0"], scores, seed=0, n_boot=50)
+    assert flat["units"] == 2 and flat["spearman_rho"] is None
+
+
+def _roi_store(root: Path) -> str:
+    """16 local-label ultrasound phantoms at 32 px with ROI masks (catalog column 'roi'), written without Ray."""
+    from pretextlab.jobs.bench_data import write_sources
+    from pretextlab.phantoms import generate
+    from pretextlab.storage import discover, write_item
+    from pretextlab.storage.catalog import rebuild_catalog
+
+    ps = generate("ultrasound", n=16, size=32, locality=1.0, noise=0.5, seed=2)
+    npz, roi, csv, _ = write_sources(ps, root / "src", "phantom-ultrasound", 2)
+    dest = root / "store"
+    for plan in discover([str(npz), str(roi)], modality="ultrasound").plans:
+        assert write_item(plan, str(dest)).status == "ingested"
+    rebuild_catalog(str(dest), str(csv))
+    return str(dest)
+
+
+def test_report_correlates_ratings_with_the_maps_localisation_on_roi_masks(review_inputs, tmp_path, capsys):
+    """A review of a store with ROI masks: `review report` scores each rated attention map on its image's
+    ROI and reports Spearman's rho between the mean ratings and those scores."""
+    import yaml
+    from scipy.stats import spearmanr
+
+    from pretextlab.review import service as svc
+    from pretextlab.review.cli import main
+    from pretextlab.review.db import open_database
+    from pretextlab.review.localisation import roi_scores
+    from pretextlab.review.spec import ReviewSpec
+
+    store = _roi_store(tmp_path)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec({**review_inputs, "store": store}, sample=8)))
+    db = str(tmp_path / "roi.sqlite")
+    assert main(["create", "--db", db, str(spec_file)]) == 0
+    review = capsys.readouterr().out.strip()
+    _engine, sm = open_database(db)
+    _reviewer, token = svc.invite(sm, review, "dr roi")
+    ctx = svc.reviewer_context(sm, svc.login(sm, token, 1.0))
+    n = 0
+    while (case := svc.next_case_pid(sm, ctx)) is not None:
+        svc.submit_answer(sm, ctx, case, {"nonce": f"n{n:030d}", "rating": str(1 + n % 5)})
+        n += 1
+    assert main(["report", "--db", db, review, "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    loc = json.loads((tmp_path / "r.json").read_text())["localisation"]
+    scores = roi_scores(ReviewSpec.model_validate(yaml.safe_load(spec_file.read_text())))
+    answers = svc.export_answers(sm, review)
+    units = answers.merge(scores, on=["encoder", "item_id", "map_type"])
+    assert loc["units"] == len(units) >= 3  # the panel images whose mask is neither empty nor full, x 3 encoders
+    assert loc["spearman_rho"] == pytest.approx(spearmanr(units["rating"], units["auroc"]).statistic)
+    assert f"over {loc['units']} encoder x image units" in out

@@ -135,8 +135,41 @@ def icc_2_1(matrix: np.ndarray) -> float:
     return float((bms - ems) / denom) if denom > 0 else math.nan
 
 
-def analyse(answers: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
-    """Every number of the report, as plain lists/dicts (JSON-ready; NaN becomes None)."""
+def localisation_agreement(
+    answers: pd.DataFrame, scores: pd.DataFrame, seed: int = 0, n_boot: int = N_BOOTSTRAP
+) -> dict[str, Any]:
+    """Do clinicians rate higher the maps that fall on the ROI? Spearman's rho between each (encoder, image,
+    map type)'s mean Likert rating and its automatic localisation AUROC, with a percentile bootstrap 95% CI
+    over those units (seeded). Units without a score (no mask, or a map type that is not scored) are left out.
+    """
+    ratings = answers[(answers["kind"] == "likert") & answers["rating"].notna()] if len(answers) else answers
+    out: dict[str, Any] = {"units": 0, "spearman_rho": None, "ci_low": None, "ci_high": None, "score": "auroc"}
+    if ratings is None or not len(ratings) or not len(scores):
+        return out
+    mean = ratings.groupby(["encoder", "item_id", "map_type"], as_index=False)["rating"].mean()
+    units = mean.merge(scores, on=["encoder", "item_id", "map_type"]).dropna(subset=["auroc"])
+    out["units"] = int(len(units))
+    if len(units) < 3 or units["rating"].nunique() < 2 or units["auroc"].nunique() < 2:
+        return out
+    from scipy.stats import spearmanr
+
+    x, y = units["rating"].to_numpy(float), units["auroc"].to_numpy(float)
+    out["spearman_rho"] = float(spearmanr(x, y).statistic)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(x), len(x))
+        if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0:
+            boots.append(spearmanr(x[i], y[i]).statistic)
+    if boots:
+        out["ci_low"], out["ci_high"] = (float(v) for v in np.quantile(boots, [0.025, 0.975]))
+    return out
+
+
+def analyse(answers: pd.DataFrame, seed: int = 0, scores: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Every number of the report, as plain lists/dicts (JSON-ready; NaN becomes None). ``scores``: the
+    automatic localisation scores of the reviewed maps (review.localisation.roi_scores), when the store has
+    ROI masks."""
     scale = int(answers["scale"].iloc[0]) if len(answers) else None
     mat = ratings_matrix(answers) if len(answers) else pd.DataFrame()
     agreement = {
@@ -160,6 +193,7 @@ def analyse(answers: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
         ),
         "pairwise": table(pairwise_strengths(answers)),
         "agreement": {k: _clean(v) for k, v in agreement.items()},
+        "localisation": None if scores is None else localisation_agreement(answers, scores, seed),
     }
 
 
@@ -203,4 +237,12 @@ def render_text(report: dict[str, Any]) -> str:
         f"agreement: {a['reviewers']} reviewers, {a['units']} units; Krippendorff's alpha (ordinal) "
         f"{f(a['krippendorff_alpha_ordinal'])}; ICC(2,1) {f(a['icc_2_1'])}",
     ]
+    loc = report.get("localisation")
+    if loc is not None:
+        lines += [
+            "",
+            f"ratings vs automatic localisation (AUROC of the attention map on the ROI): Spearman rho "
+            f"{f(loc['spearman_rho'])} [{f(loc['ci_low'])}, {f(loc['ci_high'])}] over {loc['units']} "
+            "encoder x image units",
+        ]
     return "\n".join(lines)

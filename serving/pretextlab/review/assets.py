@@ -82,7 +82,8 @@ def load_encoders(spec: ReviewSpec) -> list[LoadedEncoder]:
     return out
 
 
-def _panel(spec: ReviewSpec) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def panel(spec: ReviewSpec) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The review's panel: its images (at display size) and, per image, item id, label and modality."""
     es = load_eval_set(spec.store, label_column=spec.label_column, size=spec.display_size)
     if spec.items:
         idx = []
@@ -127,7 +128,7 @@ def _map_rgb(model: torch.nn.Module, x: torch.Tensor, map_type: str) -> np.ndarr
 def render_review(spec: ReviewSpec, root: str) -> Rendered:
     """Load encoders and panel, write every display image and map overlay under ``root``."""
     encoders = load_encoders(spec)
-    images, meta = _panel(spec)
+    images, meta = panel(spec)
     size = spec.display_size
     out = Rendered(
         encoders=[{"name": e.name, "source": e.source, "objective": e.objective} for e in encoders], images=[]

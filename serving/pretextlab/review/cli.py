@@ -161,9 +161,13 @@ def run(args: argparse.Namespace) -> int:
         import io
 
         from pretextlab.review.analysis import analyse, render_text
+        from pretextlab.review.localisation import roi_scores
+        from pretextlab.review.spec import ReviewSpec
 
         df = svc.export_answers(sm, args.review)
-        report = analyse(df)
+        with sm() as s:
+            stored = ReviewSpec.model_validate(svc.get_review(s, args.review).spec)
+        report = analyse(df, scores=roi_scores(stored))
         print(render_text(report))
         if args.json:
             _write(args.json, json.dumps(report, indent=1, allow_nan=False).encode())
