@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 help:
 	@echo "make demo   - generate sample data, ingest, pretrain I-JEPA and MAE on Ray Train, print a kNN table"
 	@echo "make test   - run the test suite (real Ray, real S3 server on 127.0.0.1)"
-	@echo "make lint   - ruff (lint + format check) and mypy (strict for core, modalities, views)"
+	@echo "make lint   - ruff (lint + format check) and mypy (strict for core, models, objectives, views, modalities; normal elsewhere)"
 	@echo "make bench  - storage benchmarks (benchmarks/ingest.py)"
 
 $(PY):
