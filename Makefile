@@ -36,7 +36,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy -p pretextlab
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) benchmarks/ingest.py
