@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if not report.ok:
         return 1
     print(f"      catalog: {summarize(read_catalog(str(dest)))}")
-    rows = []
+    rows: list[tuple[str, str, float | None]] = []
     cfgs = []
     for i, name in enumerate(args.objectives):
         cfg = PretrainConfig.model_validate(demo_config(name, work, args.steps, args.seed))
@@ -184,7 +184,9 @@ def run(args: argparse.Namespace) -> int:
         alignment_images=0,
         k=10,
     )
-    results = [("random init", evaluate_encoder(_random_init(cfgs[0], work), str(dest), ev), None)]
+    results: list[tuple[str, dict[str, Any], float | None]] = [
+        ("random init", evaluate_encoder(_random_init(cfgs[0], work), str(dest), ev), None)
+    ]
     for name, uri, seconds in rows:
         results.append((name, evaluate_encoder(uri, str(dest), ev), seconds))
     split = results[0][1]["split"]

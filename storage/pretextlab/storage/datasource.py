@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -338,7 +339,7 @@ class ZarrPatchDatasource(Datasource):
             )
             tasks.append(
                 ReadTask(
-                    lambda g=group: _read_patch_group(self.dest, g, self.storage_options),
+                    partial(_read_patch_group, self.dest, group, self.storage_options),
                     meta,
                     per_task_row_limit=per_task_row_limit,
                 )

@@ -39,7 +39,7 @@ def parse_card(zarr_json: bytes) -> dict[str, Any] | None:
 
 def is_complete(card: dict[str, Any] | None) -> bool:
     """True only for a card whose last write (status complete) happened."""
-    return bool(card) and card.get("status") == STATUS_COMPLETE
+    return card is not None and card.get("status") == STATUS_COMPLETE
 
 
 def item_relpath(item_id: str) -> str:
