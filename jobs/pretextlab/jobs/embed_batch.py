@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +221,7 @@ def frame_dataset(
                     )
                     tasks.append(
                         ReadTask(
-                            lambda i=p.item_id, c=chunk: read_frames(dest, i, c, card, storage_options),
+                            partial(read_frames, dest, p.item_id, chunk, card, storage_options),
                             meta,
                             per_task_row_limit=per_task_row_limit,
                         )

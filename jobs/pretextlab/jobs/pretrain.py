@@ -222,7 +222,9 @@ def build_trainer(
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
         ),
-        run_config=ray.train.RunConfig(
+        # mypy resolves ray.train.RunConfig to ray.air's (the first of ray.train's conditional imports); the
+        # one used at run time is Train v2's, which takes logging_config
+        run_config=ray.train.RunConfig(  # type: ignore[call-arg]
             name=run_name,
             storage_path=storage_path,
             storage_filesystem=storage_fs,

@@ -15,7 +15,7 @@ PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 GREY, INK, GRID = "#888888", "#222222", "#e6e6e6"
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow without FreeType
@@ -133,7 +133,9 @@ def scatter(
     ``best`` is drawn larger in red, ``hollow`` marks trials stopped early."""
     numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
     cats = None if numeric else sorted({str(x) for x in xs})
-    pos = list(xs) if numeric else [cats.index(str(x)) for x in xs]  # type: ignore[union-attr]
+    pos: list[float] = (
+        [x for x in xs if isinstance(x, (int, float))] if cats is None else [cats.index(str(x)) for x in xs]
+    )  # numeric: every x is an int or float (so the filter keeps them all)
     ax = _Axes(title, xlabel, ylabel, pos, ys, log_x=log_x and numeric and min(pos) > 0, x_categories=cats)
     for i, (x, y) in enumerate(zip(pos, ys)):
         if i != best:

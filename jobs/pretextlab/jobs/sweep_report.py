@@ -8,6 +8,7 @@ import datetime as _dt
 import json
 import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,11 +223,11 @@ def write_summary(
                 best=next((i for i, p in enumerate(pts) if p[3]), None),
             )
             images.append((f"{metric} vs {path}", name))
-        series = {}
+        series: dict[str, tuple[Sequence[float], Sequence[float]]] = {}
         for r in scored[:top]:
-            pts = [(int(c["step"]), float(c[metric])) for c in curves.get(r["id"], []) if _finite(c.get(metric))]
-            if pts:
-                series[r["id"]] = ([p[0] for p in pts], [p[1] for p in pts])
+            curve = [(int(c["step"]), float(c[metric])) for c in curves.get(r["id"], []) if _finite(c.get(metric))]
+            if curve:
+                series[r["id"]] = ([p[0] for p in curve], [p[1] for p in curve])
         if series:
             sweep_plots.lines(
                 folder / "learning_curves.png",
@@ -236,11 +237,11 @@ def write_summary(
                 ylabel=metric,
             )
             images.append((f"learning curves ({metric}, top {len(series)})", "learning_curves.png"))
-        loss_series = {}
+        loss_series: dict[str, tuple[Sequence[float], Sequence[float]]] = {}
         for r in scored[:top]:
-            pts = [(int(c["step"]), float(c["loss"])) for c in curves.get(r["id"], []) if _finite(c.get("loss"))]
-            if pts:
-                loss_series[r["id"]] = ([p[0] for p in pts], [p[1] for p in pts])
+            curve = [(int(c["step"]), float(c["loss"])) for c in curves.get(r["id"], []) if _finite(c.get("loss"))]
+            if curve:
+                loss_series[r["id"]] = ([p[0] for p in curve], [p[1] for p in curve])
         if loss_series:
             sweep_plots.lines(
                 folder / "loss_curves.png",

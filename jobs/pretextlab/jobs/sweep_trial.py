@@ -83,7 +83,13 @@ class SweepStatus(tune.Callback):
         self._last_table = ""
 
     # -- Tune hooks --------------------------------------------------------------------------
-    def setup(self, **info: Any) -> None:
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
         """Take this driver's settings (print period, dashboard URL) from the status file the driver wrote
         before ``fit``: after ``Tuner.restore`` Tune runs the callback pickled at the sweep's first start."""
         from pretextlab.jobs.sweep_report import read_status
@@ -224,10 +230,10 @@ def reap_orphan_placement_groups(wait_s: float = 0.0) -> int:
         while True:
             live = 0
             for raw in state._connect_and_get_accessor().get_placement_group_table():
-                pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
+                pg = gcs_pb2.PlacementGroupTableData.FromString(raw)  # type: ignore[attr-defined]  # protobuf, no stubs
                 creator = pg.creator_actor_id
                 if (
-                    pg.state == gcs_pb2.PlacementGroupTableData.REMOVED
+                    pg.state == gcs_pb2.PlacementGroupTableData.REMOVED  # type: ignore[attr-defined]  # as above
                     or pg.is_detached
                     or pg.creator_job_id != job
                     or not creator

@@ -88,6 +88,7 @@ class OnlineKNN:
         preds, _ = knn_predict(
             feats[tr], torch.as_tensor(self.data.labels[tr]), feats[te], k=self.k, num_classes=self.data.num_classes
         )
+        preds = torch.as_tensor(preds)  # already a tensor (feats is one): this only narrows knn_predict's union
         acc = float((preds.cpu().numpy() == self.data.labels[te]).mean())
         diag = diagnostics(feats)
         out = {
@@ -202,9 +203,11 @@ def wrap_ddp(worker: Worker, find_unused: bool = True) -> None:
     """Step 3: run the objective's forward through DDP when the group has more than one worker."""
     if worker.world <= 1:
         return
-    kwargs = {"device_ids": [worker.device.index]} if worker.device.type == "cuda" else {}
     worker.trainer.forward_module = torch.nn.parallel.DistributedDataParallel(
-        worker.trainer.objective, broadcast_buffers=False, find_unused_parameters=find_unused, **kwargs
+        worker.trainer.objective,
+        device_ids=[worker.device.index] if worker.device.type == "cuda" else None,
+        broadcast_buffers=False,
+        find_unused_parameters=find_unused,
     )
 
 

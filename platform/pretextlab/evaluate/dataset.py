@@ -154,7 +154,7 @@ def load_eval_set(
         what = "labels" if label_column == "label" else f"labels in column {label_column!r}"
         where = f" for modality {modality!r}" if modality else ""
         raise UserError(f"catalog at {dest} has no {what}{where}: {hint}")
-    names = _class_order(sorted({_text(v) for v in labelled[label_column]}))  # type: ignore[arg-type]
+    names = _class_order(sorted({t for v in labelled[label_column] if (t := _text(v)) is not None}))
     if len(names) < 2:
         raise UserError(
             f"catalog at {dest}: column {label_column!r} has only one class ({names[0]!r}); evaluation needs at least 2"

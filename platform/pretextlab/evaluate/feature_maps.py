@@ -10,12 +10,16 @@ NumPy, upsampled to the image size with nearest-neighbour so each patch stays a 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+if TYPE_CHECKING:  # for the casts only: the functions are duck-typed over timm ViTs
+    from timm.layers import Attention
+    from timm.models.vision_transformer import Block, VisionTransformer
 
 #: Viridis sampled at 0, 1/8, ..., 1 (matplotlib's values, rounded); colours in between are linear.
 _VIRIDIS = np.array(
@@ -54,14 +58,21 @@ def _batch(image: torch.Tensor) -> torch.Tensor:
     return image.float()
 
 
+def _vit(model: torch.nn.Module) -> VisionTransformer:
+    """``model`` seen as the timm ViT whose internals this module reads. Static only: the functions
+    here are duck-typed (any timm ViT-like model with these attributes works), nothing is checked."""
+    return cast("VisionTransformer", model)
+
+
 def grid_size(model: torch.nn.Module, image: torch.Tensor) -> tuple[int, int]:
     """(rows, cols) of the patch grid for this image."""
-    patch = model.patch_embed.patch_size
+    patch = _vit(model).patch_embed.patch_size
     ph, pw = (patch, patch) if isinstance(patch, int) else patch
     return int(image.shape[-2]) // ph, int(image.shape[-1]) // pw
 
 
 def _tokens_before_last_block(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    model = _vit(model)
     x = model.patch_embed(x)
     x = model._pos_embed(x)
     x = model.patch_drop(x)
@@ -76,10 +87,10 @@ def last_block_attention(model: torch.nn.Module, image: torch.Tensor) -> torch.T
     model.eval()
     with torch.inference_mode():
         x = _tokens_before_last_block(model, _batch(image).to(next(model.parameters()).device))
-        blk = model.blocks[-1]
-        attn = blk.attn
-        if not isinstance(getattr(attn, "qkv", None), torch.nn.Linear):
-            raise ValueError(f"last block attention {type(attn).__name__} has no fused qkv projection")
+        blk = cast("Block", _vit(model).blocks[-1])
+        if not isinstance(getattr(blk.attn, "qkv", None), torch.nn.Linear):
+            raise ValueError(f"last block attention {type(blk.attn).__name__} has no fused qkv projection")
+        attn = cast("Attention", blk.attn)  # fused qkv, as timm's Attention: its attributes are read below
         h = blk.norm1(x)
         b, n, _ = h.shape
         head_dim = getattr(attn, "head_dim", h.shape[-1] // attn.num_heads)
@@ -94,7 +105,7 @@ def cls_attention_maps(model: torch.nn.Module, image: torch.Tensor) -> torch.Ten
     if getattr(model, "cls_token", None) is None:
         raise ValueError("the model has no CLS token: no CLS attention maps")
     attn = last_block_attention(model, image)
-    npt = int(model.num_prefix_tokens)
+    npt = int(_vit(model).num_prefix_tokens)
     rows, cols = grid_size(model, _batch(image))
     return attn[:, 0, npt:].reshape(attn.shape[0], rows, cols)
 
@@ -104,7 +115,8 @@ def patch_tokens(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
     model.eval()
     x = _batch(image)
     with torch.inference_mode():
-        tokens = model.forward_features(x.to(next(model.parameters()).device))[0, int(model.num_prefix_tokens) :]
+        vit = _vit(model)
+        tokens = vit.forward_features(x.to(next(vit.parameters()).device))[0, int(vit.num_prefix_tokens) :]
     rows, cols = grid_size(model, x)
     return tokens.float().cpu().reshape(rows, cols, -1)
 

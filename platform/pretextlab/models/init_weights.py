@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models import adapt_input_conv
 
 from pretextlab.core.config import ConfigError
+from pretextlab.models.vit import VisionTransformer
 
 #: environment variable naming a folder of pretrained weights (checked before the Hugging Face cache)
 WEIGHTS_DIR_ENV = "PRETEXTLAB_WEIGHTS_DIR"
@@ -70,7 +72,7 @@ def _hub_ids(model_name: str) -> list[str]:
         import timm
 
         cfg = timm.models.get_pretrained_cfg(model_name)
-        if cfg is not None and getattr(cfg, "hf_hub_id", None):
+        if cfg is not None and cfg.hf_hub_id:
             ids.append(cfg.hf_hub_id.split("@")[0])
     except Exception:  # an unknown name: fall back to timm's naming convention
         pass
@@ -104,9 +106,9 @@ def timm_weights_file(model_name: str) -> Path:
     roots += hf_cache_dirs()
     for root in roots:
         for repo_id in _hub_ids(model_name):
-            f = _snapshot_file(root / ("models--" + repo_id.replace("/", "--")))
-            if f is not None:
-                return f
+            snapshot = _snapshot_file(root / ("models--" + repo_id.replace("/", "--")))
+            if snapshot is not None:
+                return snapshot
     where = ", ".join(str(r) for r in roots)
     raise ConfigError(
         f"objective.init: timm:{model_name}: no local weights (looked in {where}; pretextlab never "
@@ -115,12 +117,13 @@ def timm_weights_file(model_name: str) -> Path:
     )
 
 
-def _grid(model: torch.nn.Module) -> tuple[int, int]:
-    return tuple(int(x) for x in model.patch_embed.grid_size)
+def _grid(model: VisionTransformer) -> tuple[int, int]:
+    rows, cols = model.patch_embed.grid_size
+    return int(rows), int(cols)
 
 
 def fit_state(
-    state: dict[str, torch.Tensor], model: torch.nn.Module, source: str, field: str = "objective.init"
+    state: dict[str, torch.Tensor], model: VisionTransformer, source: str, field: str = "objective.init"
 ) -> dict[str, torch.Tensor]:
     """``state`` adapted to ``model`` (a timm ViT); a one-line ConfigError when it cannot fit."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -165,7 +168,7 @@ def fit_state(
 
 
 def load_backbone_state(
-    models: list[torch.nn.Module], state: dict[str, torch.Tensor], source: str, field: str = "objective.init"
+    models: Sequence[VisionTransformer], state: dict[str, torch.Tensor], source: str, field: str = "objective.init"
 ) -> None:
     """Fit ``state`` to the first model and load it into every one of them (backbone and its twins)."""
     fitted = fit_state(state, models[0], source, field)

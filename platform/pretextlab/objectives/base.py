@@ -14,7 +14,7 @@ from typing import ClassVar, TypeVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from pretextlab.models.vit import BackboneConfig, create_backbone
+from pretextlab.models.vit import BackboneConfig, VisionTransformer, create_backbone
 
 
 @dataclass
@@ -48,6 +48,11 @@ class Objective(torch.nn.Module):
     config_class: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
     #: global pool the kept encoder uses for embeddings when the config does not say
     default_pool: ClassVar[str] = "token"
+    #: objectives that train against a frozen teacher (training setup resolves it and calls :meth:`set_teacher`)
+    needs_teacher: ClassVar[bool] = False
+    #: frames per clip: declared for the clip objectives (``views == "clip"``), which set it from their
+    #: config; the others do not have it
+    frames: int
 
     def __init__(self, cfg: ObjectiveConfig):
         super().__init__()
@@ -59,11 +64,11 @@ class Objective(torch.nn.Module):
     def forward(self, batch: dict) -> ObjectiveOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def encoder(self) -> torch.nn.Module:
+    def encoder(self) -> VisionTransformer:
         """The backbone to keep (a timm ViT)."""
         return self.backbone
 
-    def backbone_twins(self) -> list[torch.nn.Module]:
+    def backbone_twins(self) -> list[VisionTransformer]:
         """Copies of the backbone that start equal to it (EMA teacher/target): ``init`` weights go to
         the backbone and to each of these."""
         return []
@@ -75,6 +80,13 @@ class Objective(torch.nn.Module):
     @torch.no_grad()
     def update_ema(self, momentum: float) -> None:
         """Teacher/target <- momentum * teacher + (1 - momentum) * student. Default: nothing to do."""
+
+    def set_progress(self, fraction: float) -> None:
+        """The fraction of training done, before each step (schedules inside the loss). Default: nothing to do."""
+
+    def set_teacher(self, teacher: torch.nn.Module) -> None:
+        """Objectives with ``needs_teacher`` take their frozen teacher here; the others have none."""
+        raise NotImplementedError(f"objective {self.name} takes no teacher")
 
 
 M = TypeVar("M", bound=torch.nn.Module)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from pretextlab.models.vit import encode_tokens
+from pretextlab.models.vit import VisionTransformer, encode_tokens
 from pretextlab.objectives.base import Objective, ObjectiveConfig, ObjectiveOutput, ema_copy, ema_update
 from pretextlab.objectives.distributed import all_reduce_mean
 from pretextlab.objectives.heads import DINOHead
@@ -72,10 +72,10 @@ class DINO(Objective):
             self.teacher_ibot_head = ema_copy(self.ibot_head)
             self.register_buffer("patch_center", torch.zeros(1, cfg.out_dim))
 
-    def encoder(self) -> torch.nn.Module:
+    def encoder(self) -> VisionTransformer:
         return self.teacher_backbone
 
-    def backbone_twins(self) -> list[torch.nn.Module]:
+    def backbone_twins(self) -> list[VisionTransformer]:
         return [self.teacher_backbone]
 
     def set_progress(self, fraction: float) -> None:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from pretextlab.models.vit import encode_tokens
+from pretextlab.models.vit import VisionTransformer, encode_tokens
 from pretextlab.objectives.base import ObjectiveOutput, ema_copy
 from pretextlab.objectives.dino import DINO, DINOConfig
 from pretextlab.objectives.losses import gram_loss
@@ -109,7 +109,7 @@ class DINOv3(DINO):
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.int64))
         self.register_buffer("gram_snapshots", torch.zeros((), dtype=torch.int64))
 
-    def backbone_twins(self) -> list[torch.nn.Module]:
+    def backbone_twins(self) -> list[VisionTransformer]:
         return [self.teacher_backbone, self.gram_teacher]
 
     def gram_active(self) -> bool:

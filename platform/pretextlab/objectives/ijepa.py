@@ -4,11 +4,13 @@ The target encoder is the one kept (as in the I-JEPA evaluations)."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from pretextlab.models.vit import encode_clip_tokens, encode_tokens, sincos_1d
+from pretextlab.models.vit import VisionTransformer, encode_clip_tokens, encode_tokens, sincos_1d
 from pretextlab.objectives.base import Objective, ObjectiveConfig, ObjectiveOutput, ema_copy, ema_update
 from pretextlab.objectives.losses import latent_regression_loss
 from pretextlab.objectives.masks import MultiBlockMasks, tube_indices
@@ -32,6 +34,17 @@ def _predictor(cfg: IJEPAConfig, embed_dim: int, grid: tuple[int, int], frames: 
     dim = cfg.predictor_dim or max(32, embed_dim // 2)
     heads = cfg.predictor_heads or max(1, dim // 32)
     return Predictor(embed_dim, dim, cfg.predictor_depth, heads, grid, frames)
+
+
+class _MaskedLatentPrediction(Protocol):
+    """What I-JEPA's mask sampling and per-block loss read: ``lejepa`` and ``salt`` bind the same two
+    methods (``_sample_masks = IJEPA._sample_masks``), so they are typed against this, not IJEPA."""
+
+    masks: MultiBlockMasks
+    predictor: Predictor
+
+    @property
+    def cfg(self) -> IJEPAConfig: ...
 
 
 @register_objective
@@ -70,20 +83,26 @@ class IJEPA(Objective):
         self.predictor = _predictor(cfg, self.backbone.embed_dim, grid)
         self.target_backbone = ema_copy(self.backbone)
 
-    def encoder(self) -> torch.nn.Module:
+    def encoder(self) -> VisionTransformer:
         return self.target_backbone
 
-    def backbone_twins(self) -> list[torch.nn.Module]:
+    def backbone_twins(self) -> list[VisionTransformer]:
         return [self.target_backbone]
 
-    def _sample_masks(self, batch: dict, b: int, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _sample_masks(
+        self: _MaskedLatentPrediction, batch: dict, b: int, device: torch.device
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if "context_idx" in batch:  # masks made by the data pipeline (as the reference collator)
             return batch["context_idx"].to(device), [t.to(device) for t in batch["target_idx"]]
         ctx, tgts = self.masks.sample(b)
         return ctx.to(device), [t.to(device) for t in tgts]
 
     def _predict_loss(
-        self, ctx_tokens: torch.Tensor, ctx_idx: torch.Tensor, targets: torch.Tensor, tgt_idx: list[torch.Tensor]
+        self: _MaskedLatentPrediction,
+        ctx_tokens: torch.Tensor,
+        ctx_idx: torch.Tensor,
+        targets: torch.Tensor,
+        tgt_idx: list[torch.Tensor],
     ) -> torch.Tensor:
         m = len(tgt_idx)
         losses = []

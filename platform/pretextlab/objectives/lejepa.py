@@ -115,7 +115,7 @@ class LeJEPA(Objective):
             if tokens.shape[0] > c.sigreg_max_tokens:
                 tokens = tokens[torch.randperm(tokens.shape[0], device=tokens.device)[: c.sigreg_max_tokens]]
             stats.append(sigreg(tokens, knots=c.sigreg_knots, t_max=c.sigreg_t_max, directions=directions))
-        reg = sum(stats) / len(stats)
+        reg = torch.stack(stats).sum() / len(stats)
         loss = (1 - c.sigreg_weight) * pred + c.sigreg_weight * reg
         return ObjectiveOutput(loss=loss, metrics={"loss_latent": pred.detach(), "loss_sigreg": reg.detach()})
 

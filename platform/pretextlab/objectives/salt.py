@@ -21,13 +21,16 @@ the student's (same patch size); its width may differ (the predictor projects to
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, Self, cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
 from pretextlab.core.config import ConfigError
-from pretextlab.models.vit import encode_clip_tokens, encode_tokens, sincos_1d
+from pretextlab.models.vit import VisionTransformer, encode_clip_tokens, encode_tokens, sincos_1d
 from pretextlab.objectives.base import Objective, ObjectiveOutput
 from pretextlab.objectives.ijepa import IJEPA, CineJEPAConfig, IJEPAConfig, _predictor
 from pretextlab.objectives.masks import MultiBlockMasks, tube_indices
@@ -72,6 +75,8 @@ class SALT(Objective):
     default_pool = "avg"
     #: training setup resolves ``cfg.teacher`` and calls :meth:`set_teacher`
     needs_teacher = True
+    #: the frozen teacher, held outside the submodules (set with ``object.__setattr__``)
+    _teacher: VisionTransformer | None
 
     _sample_masks = IJEPA._sample_masks
     _predict_loss = IJEPA._predict_loss
@@ -93,7 +98,7 @@ class SALT(Objective):
         object.__setattr__(self, "_teacher", None)  # deliberately not a submodule (see the module doc)
 
     @property
-    def teacher(self) -> nn.Module | None:
+    def teacher(self) -> VisionTransformer | None:
         return self._teacher
 
     def set_teacher(self, teacher: nn.Module) -> None:
@@ -115,18 +120,21 @@ class SALT(Objective):
         for p in teacher.parameters():
             p.requires_grad_(False)
         device = next(self.backbone.parameters()).device
-        teacher = teacher.to(device).eval()
-        object.__setattr__(self, "_teacher", teacher)
-        if teacher.embed_dim != self.predictor.proj.out_features:
-            self.predictor.proj = nn.Linear(self.predictor.proj.in_features, teacher.embed_dim).to(device)
+        # a timm ViT by the checks above, read the way encode_tokens reads one
+        vit = cast(VisionTransformer, teacher.to(device).eval())
+        object.__setattr__(self, "_teacher", vit)
+        if vit.embed_dim != self.predictor.proj.out_features:
+            self.predictor.proj = nn.Linear(self.predictor.proj.in_features, vit.embed_dim).to(device)
 
-    def _apply(self, fn, *args, **kwargs):  # .to(device) / .cuda() move the teacher too
-        super()._apply(fn, *args, **kwargs)
-        if getattr(self, "_teacher", None) is not None:
-            self._teacher._apply(fn, *args, **kwargs)
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], *args: Any, **kwargs: Any) -> Self:
+        """``.to(device)`` / ``.cuda()`` move the teacher too."""
+        super()._apply(fn, *args, **kwargs)  # type: ignore[no-untyped-call]  # torch's Module._apply is unannotated
+        teacher: VisionTransformer | None = getattr(self, "_teacher", None)
+        if teacher is not None:
+            teacher._apply(fn, *args, **kwargs)  # type: ignore[no-untyped-call]  # as above
         return self
 
-    def _teacher_context(self, x: torch.Tensor):
+    def _teacher_context(self, x: torch.Tensor) -> torch.autocast:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda)
 
     def _targets(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,8 @@ def _unb64(s: str) -> torch.Tensor:
 
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
+    # the legacy global RandomState is always MT19937, whose state is a tuple (a dict only for other bit generators)
+    assert isinstance(np_state, tuple), type(np_state)
     return {
         "torch": _b64(torch.get_rng_state()),
         "cuda": [_b64(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],

@@ -5,12 +5,12 @@ configs whose parts disagree, before any worker starts."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from pretextlab.core.config import ConfigError
 from pretextlab.modalities import get_modality
 from pretextlab.models.encoder_io import EncoderCard
-from pretextlab.objectives.base import Objective
+from pretextlab.objectives.base import Objective, ObjectiveConfig
 from pretextlab.objectives.registry import create_objective, get_objective_class
 from pretextlab.training.config import PretrainConfig
 from pretextlab.training.weights import apply_weights
@@ -35,7 +35,21 @@ def make_objective(cfg: PretrainConfig) -> Objective:
     return apply_weights(create_objective(cfg.objective.name, **objective_kwargs(cfg)), cfg.registry)
 
 
-def view_overrides(cfg: PretrainConfig, objective: Objective) -> dict[str, Any]:
+class ViewSource(Protocol):
+    """What :func:`view_overrides` reads: an objective, or a stand-in built from validated configs
+    (``sweep_config`` checks trial values without building models). ``frames`` is read for clip views only."""
+
+    @property
+    def cfg(self) -> ObjectiveConfig: ...
+
+    @property
+    def views(self) -> str: ...
+
+    @property
+    def frames(self) -> int: ...
+
+
+def view_overrides(cfg: PretrainConfig, objective: ViewSource) -> dict[str, Any]:
     """View config: the user's overrides over sizes derived from the backbone (and clip length)."""
     bb = objective.cfg.backbone
     patch = bb.patch_size

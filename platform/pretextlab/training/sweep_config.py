@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace, UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -27,6 +28,9 @@ from pretextlab.core.config import ConfigError, deep_merge, format_validation_er
 from pretextlab.core.names import Name
 from pretextlab.modalities import ModalityName
 from pretextlab.training.config import PretrainConfig
+
+if TYPE_CHECKING:  # torch-free at import: the objectives are imported where trials are checked
+    from pretextlab.objectives.base import ObjectiveConfig
 
 #: distributions a search dimension may name (exactly one per hyperparameter)
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
@@ -417,6 +421,15 @@ def trial_config(base: PretrainConfig, values: dict[str, Any]) -> PretrainConfig
     return PretrainConfig.model_validate(apply_hyperparameters(base.model_dump(mode="json"), values))
 
 
+@dataclass(frozen=True)
+class _ObjectiveStandIn:
+    """What ``training.setup.view_overrides`` reads of an objective, from its validated config alone."""
+
+    cfg: ObjectiveConfig
+    views: str
+    frames: int
+
+
 def check_value(base: PretrainConfig, path: str, value: Any, where: str) -> None:
     """A trial with ``path = value`` must validate: PretrainConfig, the objective's config and its views.
     (Pydantic only: building models is left to the trials; the base config was built once.)"""
@@ -431,7 +444,7 @@ def check_value(base: PretrainConfig, path: str, value: Any, where: str) -> None
         kwargs = objective_kwargs(cfg)
         kwargs["backbone"] = {"global_pool": cls.default_pool, **kwargs["backbone"]}
         ocfg = cls.config_class.model_validate(kwargs)
-        stand_in = SimpleNamespace(cfg=ocfg, views=cls.views, frames=getattr(ocfg, "frames", 1))
+        stand_in = _ObjectiveStandIn(cfg=ocfg, views=cls.views, frames=getattr(ocfg, "frames", 1))
         create_views(cfg.modality, cls.views, **view_overrides(cfg, stand_in))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, what).replace(": <root>: ", ": ")) from None

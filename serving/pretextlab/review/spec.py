@@ -48,7 +48,7 @@ class ReviewSpec(BaseModel):
     items: list[str] | None = Field(None, description="item ids of the panel")
     sample: int | None = Field(None, ge=1, le=500, description="or: this many images drawn with `seed`")
     seed: int = 0
-    map_types: list[MapType] = Field(default_factory=lambda: ["attention"], min_length=1)
+    map_types: list[MapType] = Field(default_factory=lambda: list[MapType](["attention"]), min_length=1)
     questions: Questions = Field(default_factory=Questions)
     display_size: int = Field(320, ge=64, le=1024)
 

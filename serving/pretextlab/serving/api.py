@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -127,7 +128,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal", "internal error (logged on the server)")
 
 
-def _format_errors(errors: list[dict[str, Any]]) -> str:
+def _format_errors(errors: Sequence[Mapping[str, Any]]) -> str:
     parts = []
     for err in errors:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"

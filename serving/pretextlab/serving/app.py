@@ -78,7 +78,8 @@ def build_app(args: dict[str, Any]) -> Application:
     handles = {}
     for m in cfg.models:
         threads = m.torch_threads or max(1, math.ceil(m.num_cpus))
-        handles[m.name] = EncoderReplica.options(
+        # @serve.deployment turns the class into a Deployment; mypy still sees the class (Ray's typing)
+        handles[m.name] = EncoderReplica.options(  # type: ignore[attr-defined]
             name=f"encoder-{m.name}",
             max_ongoing_requests=m.max_ongoing_requests,
             autoscaling_config=m.autoscaling.to_serve(),
@@ -116,7 +117,7 @@ def build_app(args: dict[str, Any]) -> Application:
             for m in cfg.models
         },
     )
-    return EmbeddingAPI.options(
+    return EmbeddingAPI.options(  # type: ignore[attr-defined]  # a Deployment at run time, as above
         max_ongoing_requests=cfg.ingress.max_ongoing_requests,
         autoscaling_config=cfg.ingress.autoscaling.to_serve(),
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus},

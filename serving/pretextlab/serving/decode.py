@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -47,7 +48,16 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def _check_shape(images: np.ndarray, what: str, limits: ImageLimits) -> np.ndarray:
+class _HasShape(Protocol):
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+
+#: an array, or a :class:`_Shape` stand-in checked before the array exists
+_S = TypeVar("_S", bound=_HasShape)
+
+
+def _check_shape(images: _S, what: str, limits: ImageLimits) -> _S:
     n, h, w, c = images.shape
     if h < 1 or w < 1 or n < 1:
         raise invalid(f"{what}: empty image (shape {tuple(images.shape)})")
@@ -96,6 +106,8 @@ def decode_npy(data: bytes, what: str, limits: ImageLimits) -> np.ndarray:
 
 class _Shape:
     """A stand-in with a ``.shape`` so sizes can be checked before an array exists."""
+
+    shape: tuple[int, ...]
 
     def __init__(self, shape: tuple[int, ...]):
         self.shape = shape

@@ -44,8 +44,9 @@ class EncoderReplica:
         model, self.card, self.ref = reg.load(args.ref_id, map_location="cpu")
         self.model = model.eval().to(self.device)
         self.max_batch_images = args.max_batch_images
-        self._embed_batch.set_max_batch_size(args.max_batch_images)
-        self._embed_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
+        # @serve.batch adds these setters at run time; Ray's annotation of the decorator does not show them
+        self._embed_batch.set_max_batch_size(args.max_batch_images)  # type: ignore[attr-defined]
+        self._embed_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self.stats = {"forwards": 0, "images": 0, "forward_s": 0.0}
         size = int(self.card.img_size)
         self._forward(torch.zeros(2, int(self.card.in_chans), size, size))  # warm up kernels before traffic

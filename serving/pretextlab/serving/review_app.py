@@ -74,9 +74,8 @@ def build_review_app(args: dict[str, Any]) -> Application:
         err = exc.errors()[0]
         raise UserError(f"review app args: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
     return serve.deployment(
-        ReviewIngress,
         name="review",
         num_replicas=cfg.num_replicas,
         ray_actor_options={"num_cpus": cfg.num_cpus},
         logging_config={"enable_access_log": False},  # invite links carry a secret
-    ).bind(review_settings(cfg))
+    )(ReviewIngress).bind(review_settings(cfg))

@@ -144,7 +144,11 @@ def rows_for_card(card: dict[str, Any], dest: str, storage_options: dict[str, An
     )
     rows = []
     for split, meta in card.get("splits", {}).items():
-        labels = group[split]["labels"][:] if "labels" in group[split] else None
+        split_group = group[split]
+        assert isinstance(split_group, zarr.Group)  # the writer makes <split>/images and <split>/labels
+        node = split_group["labels"] if "labels" in split_group else None
+        assert node is None or isinstance(node, zarr.Array)
+        labels = None if node is None else np.asarray(node[:])
         for i in range(int(meta["count"])):
             row = dict(base)
             row.update(

@@ -14,7 +14,8 @@ import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
 import numpy as np
 import ray.data
@@ -43,6 +44,18 @@ def _fetch_all(jobs: dict[tuple, Callable[[], np.ndarray]]) -> dict[tuple, np.nd
         return dict(zip(jobs, pool.map(lambda f: f(), jobs.values()), strict=True))
 
 
+def _patch(r: Ref) -> PatchRef:
+    """The sample of a ref in a patch stream (``plan.kind == "patches"``)."""
+    assert isinstance(r.sample, PatchRef), type(r.sample)
+    return r.sample
+
+
+def _frame(r: Ref) -> FrameRef:
+    """The sample of a ref in a frame or clip stream."""
+    assert isinstance(r.sample, FrameRef), type(r.sample)
+    return r.sample
+
+
 def _patch_pixels(refs: list[Ref], arrays: dict[tuple, Any]) -> list[np.ndarray]:
     """Each patch cut from its chunks; every chunk any patch touches is fetched exactly once."""
 
@@ -52,7 +65,7 @@ def _patch_pixels(refs: list[Ref], arrays: dict[tuple, Any]) -> list[np.ndarray]
         return cy * hy, min((cy + 1) * hy, arr.shape[-2]), cx * wx, min((cx + 1) * wx, arr.shape[-1])
 
     def touched(r: Ref) -> list[tuple]:
-        s: PatchRef = r.sample
+        s = _patch(r)
         arr = arrays[(r.source, s.item_id, s.level)]
         hy, wx = arr.chunks[-2], arr.chunks[-1]
         return [
@@ -70,7 +83,7 @@ def _patch_pixels(refs: list[Ref], arrays: dict[tuple, Any]) -> list[np.ndarray]
     chunks = _fetch_all({k: fetch(k) for k in sorted(needed)})
     out = []
     for r in refs:
-        s: PatchRef = r.sample
+        s = _patch(r)
         patch = None
         for key in touched(r):
             y0, y1, x0, x1 = chunk_box(*key)
@@ -79,6 +92,7 @@ def _patch_pixels(refs: list[Ref], arrays: dict[tuple, Any]) -> list[np.ndarray]
                 patch = np.empty((s.size, s.size, block.shape[-1]), dtype=block.dtype)
             ya, yb, xa, xb = max(s.y, y0), min(s.y + s.size, y1), max(s.x, x0), min(s.x + s.size, x1)
             patch[ya - s.y : yb - s.y, xa - s.x : xb - s.x] = block[ya - y0 : yb - y0, xa - x0 : xb - x0]
+        assert patch is not None  # a patch touches at least one chunk
         out.append(patch)
     return out
 
@@ -87,7 +101,7 @@ def _frame_pixels(
     refs: list[Ref],
     arrays: dict[tuple, Any],
     size: int | None,
-    anchor: str,
+    anchor: Literal["center", "top"],
     single: bool,
     scales: dict[tuple[int, str], tuple[float, float]] | None = None,
     bits: dict[tuple[int, str], int] | None = None,
@@ -97,7 +111,7 @@ def _frame_pixels(
 
     def keys(r: Ref) -> set[tuple]:
         ct = arrays[(r.source, r.item_id, 0)].chunks[0]
-        return {(r.source, r.item_id, 0, t // ct) for t in r.sample.indices}
+        return {(r.source, r.item_id, 0, t // ct) for t in _frame(r).indices}
 
     def fetch(key: tuple) -> Callable[[], np.ndarray]:
         arr = arrays[key[:3]]
@@ -107,7 +121,7 @@ def _frame_pixels(
     chunks = _fetch_all({k: fetch(k) for k in sorted(set().union(*(keys(r) for r in refs)))})
     out = []
     for r in refs:
-        s: FrameRef = r.sample
+        s = _frame(r)
         ct = arrays[(r.source, s.item_id, 0)].chunks[0]
         frames = np.stack([chunks[(r.source, s.item_id, 0, t // ct)][t % ct] for t in s.indices])
         frames = frames.transpose(0, 2, 3, 1)  # (T, Y, X, C)
@@ -163,18 +177,23 @@ def read_group(
             group, arrays, clip.size, clip.anchor, single=plan.kind == "frames", scales=scales, bits=bits
         )
         batch["image" if plan.kind == "frames" else "clip"] = np.stack(pixels)
-    ids = [stack_row_id(r.item_id, r.sample.start) if stack_source(r.item_id) else r.item_id for r in group]
+    ids = [
+        stack_row_id(r.item_id, r.sample.start)
+        if isinstance(r.sample, FrameRef) and stack_source(r.item_id)
+        else r.item_id
+        for r in group
+    ]
     batch["item_id"] = np.array(ids, dtype=object).astype(str)
     batch["label"] = np.array(["" if r.label is None else str(r.label) for r in group], dtype=object).astype(str)
     batch["source"] = np.array([r.source for r in group], dtype=np.int32)
     batch["epoch"] = np.full(len(group), epoch, dtype=np.int32)
     batch["index"] = np.arange(first_index, first_index + len(group), dtype=np.int64)
     if plan.kind == "patches":
-        batch["level"] = np.array([r.sample.level for r in group], dtype=np.int32)
-        batch["x"] = np.array([r.sample.x for r in group], dtype=np.int64)
-        batch["y"] = np.array([r.sample.y for r in group], dtype=np.int64)
+        batch["level"] = np.array([_patch(r).level for r in group], dtype=np.int32)
+        batch["x"] = np.array([_patch(r).x for r in group], dtype=np.int64)
+        batch["y"] = np.array([_patch(r).y for r in group], dtype=np.int64)
     else:
-        batch["frame"] = np.array([r.sample.start for r in group], dtype=np.int64)
+        batch["frame"] = np.array([_frame(r).start for r in group], dtype=np.int64)
     return batch
 
 
@@ -359,7 +378,7 @@ class ZarrPatchDatasource(Datasource):
             )
             tasks.append(
                 ReadTask(
-                    lambda g=group: _read_patch_group(self.dest, g, self.storage_options),
+                    partial(_read_patch_group, self.dest, group, self.storage_options),
                     meta,
                     per_task_row_limit=per_task_row_limit,
                 )

@@ -137,6 +137,7 @@ def _inspect(f: _File, storage_options: dict[str, Any] | None, collect: bool = F
                 f.skip = True  # a CSV, README, JSON... beside the images in a walked folder
             f.error = "not a recognised image format (supported: SVS/TIFF, DICOM, PNG/JPEG, MP4/AVI, NPZ)"
         elif f.reader == "dicom-wsi":
+            assert header is not None  # the dicom-wsi sniff matches only a parsed DICOM header
             f.series = str(header.get("SeriesInstanceUID", "")) or f.url
     except Exception as exc:
         f.error = one_line(exc)

@@ -14,7 +14,7 @@ DEST/
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeGuard
 
 from pretextlab.storage import fs as sfs
 from pretextlab.storage.fs import join
@@ -37,9 +37,9 @@ def parse_card(zarr_json: bytes) -> dict[str, Any] | None:
     return card if isinstance(card, dict) else None
 
 
-def is_complete(card: dict[str, Any] | None) -> bool:
+def is_complete(card: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
     """True only for a card whose last write (status complete) happened."""
-    return bool(card) and card.get("status") == STATUS_COMPLETE
+    return card is not None and card.get("status") == STATUS_COMPLETE
 
 
 def item_relpath(item_id: str) -> str:

@@ -52,6 +52,8 @@ class PatchRef:
 
 def choose_level(item: Item, spec: PatchSpec) -> int:
     if spec.mpp is None:
+        if spec.level is None:
+            raise UserError("patch spec: level is null and no mpp is set; give one of them")
         if spec.level >= item.num_levels:
             raise UserError(f"item {item.item_id} has {item.num_levels} levels; level {spec.level} does not exist")
         return spec.level
@@ -86,13 +88,20 @@ def item_patches(item: Item, spec: PatchSpec, label: Any = None) -> list[PatchRe
     if size > height or size > width:
         return []
     stride = size - spec.overlap
-    ys, xs = np.meshgrid(np.arange(0, height - size + 1, stride), np.arange(0, width - size + 1, stride), indexing="ij")
-    xs, ys = xs.ravel(), ys.ravel()
+    grid_y, grid_x = np.meshgrid(
+        np.arange(0, height - size + 1, stride), np.arange(0, width - size + 1, stride), indexing="ij"
+    )
+    xs, ys = grid_x.ravel(), grid_y.ravel()
     keep = _tissue_share(item, level, xs, ys, size) >= spec.min_tissue
     xs, ys = xs[keep], ys[keep]
     if spec.sampling == "random":
         rng = np.random.default_rng([spec.seed, zlib.crc32(item.item_id.encode())])  # same in every process
-        pick = rng.choice(len(xs), size=min(spec.patches_per_item, len(xs)), replace=False) if len(xs) else []
+        assert spec.patches_per_item is not None  # PatchSpec requires it for random sampling
+        pick = (
+            rng.choice(len(xs), size=min(spec.patches_per_item, len(xs)), replace=False)
+            if len(xs)
+            else np.zeros(0, dtype=np.intp)
+        )
         xs, ys = xs[pick], ys[pick]
     return [PatchRef(item.item_id, level, int(x), int(y), size, label) for x, y in zip(xs, ys, strict=True)]
 

@@ -66,7 +66,7 @@ def tissue_mask(level: da.Array) -> tuple[da.Array, int]:
     intensity, tissue darker than the threshold.
     """
     if level.shape[0] >= 3:
-        signal = level.map_blocks(_saturation, drop_axis=0, dtype=np.uint8)
+        signal = da.map_blocks(_saturation, level, drop_axis=0, dtype=np.uint8)
         hist, _ = da.histogram(signal, bins=256, range=(0, 256))
         thr = max(otsu_threshold(hist.compute()), MIN_SATURATION)
         return (signal > thr).astype(np.uint8), thr

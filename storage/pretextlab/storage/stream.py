@@ -5,7 +5,7 @@ task fetches each chunk once. Pure planning: no Ray (the Ray Data source is stor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -437,7 +437,7 @@ def _frame_sources(
 def stack_images(item: Item, split: str) -> Any:
     """The (N, C, H, W) images array of one split of an image-stack item."""
     try:
-        return item.group[split]["images"]
+        return cast(Any, item.group)[split]["images"]  # zarr's stub types a group's items as arrays
     except KeyError:
         raise UserError(f"item {item.item_id}: no images array for split {split!r} (a damaged stack?)") from None
 

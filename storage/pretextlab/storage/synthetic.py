@@ -12,6 +12,7 @@ import datetime as _dt
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ def write_slide_tiff(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     shapes = [(height >> i, width >> i) for i in range(levels) if min(height >> i, width >> i) >= 16]
-    common = {
+    common: dict[str, Any] = {  # TiffWriter.write keywords, shared by every level
         "dtype": np.uint8,
         "tile": (tile, tile),
         "photometric": "rgb",
@@ -297,6 +298,7 @@ def write_video(
     data = ultrasound_frames(frames, rows, cols, seed)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
+        assert isinstance(stream, av.VideoStream)  # a video codec
         stream.width, stream.height = cols, rows
         if gray:
             stream.pix_fmt = "gray"
@@ -347,7 +349,7 @@ def write_npz(path: str | Path, per_split: int = 32, size: int = 28, channels: i
         arrays[f"{split}_labels"] = labels
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **arrays)
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]  # numpy's stub matches **arrays to allow_pickle
     return path
 
 

@@ -13,7 +13,7 @@ import time
 import traceback
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import dask
 import dask.array as da
@@ -214,11 +214,20 @@ def _create(root: zarr.Group, name: str, shape, chunks, dtype, dims, options: Za
     )
 
 
+class LevelMeta(TypedDict):
+    """One pyramid level in the card's ``levels``."""
+
+    path: str
+    shape: list[int]
+    downsample: float
+    from_source: bool
+
+
 def _write_slide(root: zarr.Group, source: SlideSource, item_id: str, options: ZarrOptions):
     chunk = options.chunk
     paths: list[str] = []
     downsamples: list[float] = []
-    levels_meta = []
+    levels_meta: list[LevelMeta] = []
     src_ds = source.downsamples or [1.0] * len(source.levels)
     last: zarr.Array | None = None
     for i, (level, ds) in enumerate(zip(source.levels, src_ds, strict=True)):
@@ -228,7 +237,7 @@ def _write_slide(root: zarr.Group, source: SlideSource, item_id: str, options: Z
         # ~15 % faster than one chunk per task), still aligned, so no two tasks touch one chunk.
         cyx = cyx.rechunk((c, 2 * chunk, 2 * chunk))
         arr = _create(root, str(i), cyx.shape, (c, chunk, chunk), cyx.dtype, ["c", "y", "x"], options)
-        da.store(cyx, arr, lock=False)
+        da.store(cyx, arr, lock=False)  # type: ignore[arg-type]  # dask types targets as ndarrays; zarr arrays work
         paths.append(str(i))
         downsamples.append(float(ds))
         levels_meta.append({"path": str(i), "shape": list(arr.shape), "downsample": float(ds), "from_source": True})
@@ -240,7 +249,7 @@ def _write_slide(root: zarr.Group, source: SlideSource, item_id: str, options: Z
         i = len(paths)
         nxt = downsample2(da.from_zarr(last), chunk)
         arr = _create(root, str(i), nxt.shape, (nxt.shape[0], chunk, chunk), nxt.dtype, ["c", "y", "x"], options)
-        da.store(nxt, arr, lock=False)
+        da.store(nxt, arr, lock=False)  # type: ignore[arg-type]  # as above
         ds = downsamples[-1] * 2.0
         paths.append(str(i))
         downsamples.append(ds)
@@ -254,7 +263,7 @@ def _write_slide(root: zarr.Group, source: SlideSource, item_id: str, options: Z
     mask, thr = tissue_mask(da.from_zarr(root[paths[mask_level]]))
     mask = mask.rechunk((chunk, chunk))
     marr = _create(root, "tissue_mask", mask.shape, (chunk, chunk), np.uint8, ["y", "x"], options)
-    da.store(mask, marr, lock=False)
+    da.store(mask, marr, lock=False)  # type: ignore[arg-type]  # as above
     fraction = float(da.from_zarr(marr).mean().compute())
     ome = ngff_multiscales(item_id, "cyx", paths, downsamples, source.mpp)
     level0 = levels_meta[0]["shape"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pydicom
@@ -25,7 +25,15 @@ def read_header(path: str) -> pydicom.Dataset:
         raise ReaderError(f"not a readable DICOM file: {type(exc).__name__}: {exc}") from None
 
 
-def ids(ds: pydicom.Dataset) -> dict[str, str | None]:
+class DicomIds(TypedDict):
+    """The identifiers :class:`~pretextlab.storage.readers.base.SourceInfo` takes (``**ids(ds)``)."""
+
+    patient_id: str | None
+    study_id: str | None
+    series_id: str | None
+
+
+def ids(ds: pydicom.Dataset) -> DicomIds:
     """Patient, study and series identifiers when the file has them."""
 
     def get(name: str) -> str | None:

@@ -45,7 +45,7 @@ def _tile_positions(ds: pydicom.Dataset, nx: int, ny: int, tw: int, th: int) -> 
         if n < nx * ny:
             raise ReaderError(f"TILED_FULL level has {n} frames, needs {nx * ny} ({ny}x{nx} tiles)")
         return {(r, c): r * nx + c for r in range(ny) for c in range(nx)}
-    out = {}
+    out: dict[tuple[int, int], int] = {}
     for i, fg in enumerate(ds.PerFrameFunctionalGroupsSequence):
         pos = fg.PlanePositionSlideSequence[0]
         r = (int(pos.RowPositionInTotalImagePixelMatrix) - 1) // th
@@ -59,10 +59,11 @@ def _level_array(path: str, ds: pydicom.Dataset) -> da.Array:
     th, tw = int(ds.Rows), int(ds.Columns)
     photometric = str(ds.get("PhotometricInterpretation", ""))
     channels = 3 if int(ds.get("SamplesPerPixel", 1)) == 3 or photometric == "PALETTE COLOR" else 1
-    dtype = np.dtype(np.uint8 if int(ds.BitsAllocated) <= 8 else np.uint16)
+    int_type = np.uint8 if int(ds.BitsAllocated) <= 8 else np.uint16
+    dtype = np.dtype(int_type)
     nx, ny = -(-W // tw), -(-H // th)
     positions = _tile_positions(ds, nx, ny, tw, th)
-    fill = np.iinfo(dtype).max  # missing sparse tiles are background (white)
+    fill = np.iinfo(int_type).max  # missing sparse tiles are background (white)
     rows = []
     for r in range(ny):
         row = []

@@ -29,7 +29,7 @@ _OME_UNITS_UM = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1
 
 def _svs_mpp(tf: tifffile.TiffFile) -> tuple[float | None, float | None]:
     try:
-        meta = tifffile.tifffile.svs_description_metadata(tf.pages[0].description or "")
+        meta = tifffile.tifffile.svs_description_metadata(tf.pages.first.description or "")
     except ValueError:
         meta = {}
     mpp = meta.get("MPP")
@@ -45,12 +45,19 @@ def _ome_mpp(tf: tifffile.TiffFile) -> tuple[float | None, float | None]:
     mpp = mag = None
     for el in root.iter():
         tag = el.tag.rsplit("}", 1)[-1]
-        if tag == "Pixels" and mpp is None and el.get("PhysicalSizeX"):
+        if tag == "Pixels" and mpp is None and (size_x := el.get("PhysicalSizeX")):
             unit = el.get("PhysicalSizeXUnit", "µm")
-            mpp = float(el.get("PhysicalSizeX")) * _OME_UNITS_UM.get(unit, 1.0)
-        if tag == "Objective" and el.get("NominalMagnification"):
-            mag = float(el.get("NominalMagnification"))
+            mpp = float(size_x) * _OME_UNITS_UM.get(unit, 1.0)
+        if tag == "Objective" and (nominal := el.get("NominalMagnification")):
+            mag = float(nominal)
     return mpp, mag
+
+
+def _page(page: tifffile.TiffPage | tifffile.TiffFrame | None) -> tifffile.TiffPage:
+    """A series' first page, which tifffile reads as a full TiffPage (frames only follow a keyframe)."""
+    if not isinstance(page, tifffile.TiffPage):
+        raise ReaderError(f"TIFF series starts with a {type(page).__name__}, not a page")
+    return page
 
 
 def _tag_mpp(page: tifffile.TiffPage) -> float | None:
@@ -107,7 +114,7 @@ class TiffReader(Reader):
         elif tf.is_ome:
             fmt, (mpp, mag) = "ome-tiff", _ome_mpp(tf)
         else:
-            fmt, mpp, mag = "tiff", _tag_mpp(series.pages[0] if series.pages else tf.pages[0]), None
+            fmt, mpp, mag = "tiff", _tag_mpp(_page(series.pages[0]) if series.pages else tf.pages.first), None
         pyramidal = len(series.levels) > 1
         info = SourceInfo(
             reader=self.name,
@@ -117,11 +124,11 @@ class TiffReader(Reader):
                 "axes": axes,
                 "series": [s.name for s in tf.series],
                 "source_levels": [list(lv.shape) for lv in series.levels],
-                "compression": str(series.pages[0].compression.name) if series.pages else None,
+                "compression": tifffile.COMPRESSION(_page(series.pages[0]).compression).name if series.pages else None,
             },
         )
         if fmt == "svs":
-            desc = tf.pages[0].description or ""
+            desc = tf.pages.first.description or ""
             info.metadata["description"] = desc[:2000]
         info.closers.append(tf.close)
         if get_modality(info.modality).reader.still == "cine" and not pyramidal:

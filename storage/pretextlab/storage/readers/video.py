@@ -16,7 +16,7 @@ BATCH = 16
 
 
 def _is_gray(pix_fmt: str | None) -> bool:
-    return bool(pix_fmt) and pix_fmt.startswith(("gray", "y400", "ya"))
+    return pix_fmt is not None and pix_fmt.startswith(("gray", "y400", "ya"))
 
 
 def decode_frames(path: str) -> Iterator[np.ndarray]:
@@ -54,7 +54,7 @@ class VideoReader(Reader):
                     raise ReaderError("file has no video stream")
                 stream = container.streams.video[0]
                 rate = stream.average_rate or stream.guessed_rate
-                meta = {
+                meta: dict[str, Any] = {
                     "format": "video",
                     "container": container.format.name,
                     "codec": stream.codec_context.name,
