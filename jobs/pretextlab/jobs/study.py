@@ -308,6 +308,9 @@ def run_cells(plan: StudyPlan) -> list[dict[str, Any]]:
         )
         from pretextlab.jobs.pretrain import ray_storage
 
+        # Tune's console output (an experiment box, result paths) stays off: the study prints its own lines
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
         storage_path, storage_fs = ray_storage(sfs.join(plan.uri, "tune"), so)
         tuner = tune.Tuner(
             trainable,
