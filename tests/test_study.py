@@ -207,6 +207,11 @@ def test_bad_studies_fail_before_ray_and_leave_nothing(stores, tmp_path):
     shutil.copytree(stores["a"], other)
     (tmp_path / "other.csv").write_text("item_id,label\n" + "".join(f"us{i},class{i % 2}\n" for i in range(8)))
     rebuild_catalog(str(other), str(tmp_path / "other.csv"))
+    masked = tmp_path / "masked"  # an ROI column that points at mask items the store does not hold
+    shutil.copytree(stores["a"], masked)
+    rows = "".join(f"us{i},{'lesion' if i % 2 == 0 else 'band'},us{i}-mask\n" for i in range(8))
+    (tmp_path / "roi.csv").write_text("item_id,label,roi\n" + rows)
+    rebuild_catalog(str(masked), str(tmp_path / "roi.csv"))
     liver = {"name": "liver-a", "store": str(stores["a"]), "modality": "ultrasound"}
     cases = [
         ({"arms": [{"objective": "byol9"}]}, "unknown objective 'byol9'"),
@@ -214,6 +219,7 @@ def test_bad_studies_fail_before_ray_and_leave_nothing(stores, tmp_path):
         ({"datasets": [{**liver, "modality": "mri"}]}, "unknown modality 'mri'"),
         ({"datasets": [{**liver, "test_store": str(other)}]}, "share no label"),
         ({"steps": 0}, "steps"),
+        ({"datasets": [{**liver, "store": str(masked)}]}, "names 8 mask item(s) the catalog does not hold"),
     ]
     for change, message in cases:
         cfg = {**yaml.safe_load(study_yaml(tmp_path, [liver], name="bad").read_text()), **change}

@@ -57,6 +57,7 @@ class StudyPlan:
 
 
 def _labels(store: str, column: str, storage_options: dict[str, Any] | None) -> set[str]:
+    from pretextlab.evaluate.roi import ROI_COLUMN
     from pretextlab.storage.catalog import read_catalog
 
     cat = read_catalog(store, storage_options)
@@ -65,6 +66,14 @@ def _labels(store: str, column: str, storage_options: dict[str, Any] | None) -> 
             f"{store}: the catalog has no {column!r} labels; a study needs labelled stores "
             f"(pretextlab catalog {store} --labels labels.csv)"
         )
+    if ROI_COLUMN in cat.columns:  # every ROI mask a row names must be an item of the store
+        named = cat[ROI_COLUMN].dropna().astype(str)
+        missing = sorted(set(named) - set(cat["item_id"].astype(str)))
+        if missing:
+            raise UserError(
+                f"{store}: column {ROI_COLUMN!r} names {len(missing)} mask item(s) the catalog does not hold "
+                f"({', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); ingest the masks or fix the column"
+            )
     return set(cat[column].dropna().astype(str))
 
 
