@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import run_cli
 from pretextlab.jobs.bench_data import write_sources
 from pretextlab.jobs.recommend import profile_store, write_outputs
 from pretextlab.phantoms import generate
 from pretextlab.storage import rebuild_catalog
 from pretextlab.storage.writer import ItemPlan, write_item
-from conftest import run_cli
 
 N = 160  # items per store: enough for 5-fold CV with a CI, seconds to profile
 

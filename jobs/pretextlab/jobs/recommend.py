@@ -80,7 +80,9 @@ def choose_rows(cat: Any, store: str, modality: str | None, seed: int) -> tuple[
         usable = usable[~usable["item_id"].isin(masks)]
     if len(usable) == 0:
         kinds = ", ".join(sorted(set(cat["kind"].astype(str))))
-        raise UserError(f"{store}: no stack images or cine loops to profile (items: {kinds}); slides are not profiled yet")
+        raise UserError(
+            f"{store}: no stack images or cine loops to profile (items: {kinds}); slides are not profiled yet"
+        )
     if modality is not None:
         modality = get_modality(modality).name
         usable = usable[usable["modality"] == modality]
@@ -159,7 +161,9 @@ def noise_summary(modality: str, images: list[np.ndarray], dynamic_range_db: flo
     except UserError as exc:
         return NoiseSummary(model=model, measured=False, note=str(exc))
     return NoiseSummary(
-        model=model, measured=False, note=f"no profile for the {model!r} noise model of {modality} yet (noise not assessed)"
+        model=model,
+        measured=False,
+        note=f"no profile for the {model!r} noise model of {modality} yet (noise not assessed)",
     )
 
 
@@ -215,7 +219,8 @@ def profile_store(
     locality = None
     if not labelled:
         notes.append(
-            f"no labels in column {label_column!r} of the sampled rows: signal locality not measured, noise profile only"
+            f"no labels in column {label_column!r} of the sampled rows: "
+            "signal locality not measured, noise profile only"
         )
     else:
         if len(labelled) < len(labels):

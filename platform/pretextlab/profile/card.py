@@ -34,7 +34,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"locality index {loc['index']:.2f} (95 % CI {_fmt_ci(loc['index_ci'])}), 0 = global, 1 = local")
     n = report["noise"]
     if n["measured"]:
-        lines.append(f"noise ({n['model']}): {n['statistic']} {n['value']:.3g} -> {'strong' if n['strong'] else 'weak'}")
+        lines.append(
+            f"noise ({n['model']}): {n['statistic']} {n['value']:.3g} -> {'strong' if n['strong'] else 'weak'}"
+        )
     else:
         lines.append(f"noise ({n['model']}): not assessed: {n['note']}")
     extra = " (borderline)" if rec["borderline"] else ""
@@ -69,7 +71,11 @@ def markdown_card(report: dict[str, Any]) -> str:
     )
     loc = report.get("locality")
     if loc is not None:
-        out += ["", "| window (fraction of side) | px | balanced acc. (95 % CI) | informedness (95 % CI) |", "|---|---|---|---|"]
+        out += [
+            "",
+            "| window (fraction of side) | px | balanced acc. (95 % CI) | informedness (95 % CI) |",
+            "|---|---|---|---|",
+        ]
         for sc in [*loc["scales"], loc["whole_image"]]:
             name = "whole image" if sc["fraction"] == 1.0 else f"{sc['fraction']:g}"
             out.append(
@@ -81,7 +87,15 @@ def markdown_card(report: dict[str, Any]) -> str:
     else:
         out += ["", "**Partial profile: no labels, so the signal's locality was not measured (noise only).**"]
     n = report["noise"]
-    out += ["", f"Noise ({n['model']}): " + (f"{n['statistic']} = {n['value']:.3g} (strong at >= {n['threshold']:g})" if n["measured"] else f"not assessed: {n['note']}")]
+    out += [
+        "",
+        f"Noise ({n['model']}): "
+        + (
+            f"{n['statistic']} = {n['value']:.3g} (strong at >= {n['threshold']:g})"
+            if n["measured"]
+            else f"not assessed: {n['note']}"
+        ),
+    ]
     if n.get("note") and n["measured"]:
         out.append(f"({n['note']})")
     if report.get("notes"):

@@ -1,19 +1,22 @@
 """Signal-locality profile: how much of a label can be read from an image seen only through small windows.
 
-**What it measures.** For each window size s (a fraction of the image side: 1/8, 1/4, 1/2) every
-image is described *only* by statistics of windows of s x s pixels tiling it (stride s / 2): per
-window, the mean and standard deviation of a fixed bank of filter responses (Gaussian smoothing,
-Laplacian-of-Gaussian blob responses and gradient magnitude, at scales no larger than s / 4 so that a
-filter cannot reach far outside its window), then the max, min and mean of each window statistic over
-all windows. Spatial layout is discarded: nothing in these features can see a structure larger than
-the window or where windows lie relative to each other. A focal lesion or a few atypical nuclei fit in
-a small window (the max over windows finds them); the outline of an organ does not. The *whole-image*
-probe gets the same statistics with the image as one window, larger filter scales and an 8 x 8
-thumbnail of the smoothed image (the global layout).
+**What it measures.** Images are brought to a working side of at most 64 px (area averaging; the
+index is about fractions of the image, not pixels) and normalised per image and channel (median,
+interquartile range: gain and illumination carry no locality). For each window size s (a fraction of
+the image side: 1/8, 1/4, 1/2) every image is described *only* by statistics of s x s windows tiling
+it (stride s / 2): per window, the mean and standard deviation of a fixed bank of filter responses
+(Gaussian smoothing, scale-normalised Laplacian-of-Gaussian blob responses and gradient magnitude, at
+scales no larger than s / 4 so that a filter cannot reach far outside its window), then over all
+windows of the image their median and how far the max, 95th and 5th percentiles and min stand out
+from it. Spatial layout is discarded: nothing in these features can see a structure larger than the
+window or where windows lie relative to each other. A focal lesion or a few atypical nuclei fit in a
+small window (an extreme window finds them); the outline of an organ does not. The *whole-image* probe
+gets global statistics of the filter bank (scales up to 8 px) and an 8 x 8 thumbnail (the layout).
 
-The probe is a ridge classifier (standardised features, penalty chosen by leave-one-out) scored by grouped, stratified 5-fold
-cross-validation (items of one patient never straddle folds); the out-of-fold predictions give the
-balanced accuracy and its bootstrap CI (resampling patients when the catalog has them, else items).
+The probe is a ridge classifier (standardised features, penalty chosen by leave-one-out inside each
+training fold) scored by grouped, stratified 5-fold cross-validation (items of one patient never
+straddle folds); the out-of-fold predictions give the balanced accuracy and its bootstrap CI
+(resampling patients or cine loops when the catalog has them, else items).
 
 **The index.** Each balanced accuracy b (K classes) becomes the *informedness* (Youden's J)
 J = (b - 1/K) / (1 - 1/K): 0 at chance, 1 when perfect. The locality index is J of the 1/4-side

@@ -174,7 +174,10 @@ def _noise_reasons(noise: NoiseSummary) -> tuple[list[str], list[Reason]]:
         ]
     return [], [
         Reason(
-            text=f"weak {noise.model} noise ({noise.statistic} {noise.value:.3g} < {noise.threshold:g}): MAE is not ruled out",
+            text=(
+                f"weak {noise.model} noise ({noise.statistic} {noise.value:.3g} < {noise.threshold:g}): "
+                "MAE is not ruled out"
+            ),
             measure=noise.statistic,
             value=noise.value,
         )
