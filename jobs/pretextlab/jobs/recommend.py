@@ -243,6 +243,7 @@ def profile_store(
             "rows_in_store": int(len(rows)),
             "seed": seed,
             "image_shape": list(shape),
+            "kinds": sorted(set(rows["kind"].astype(str))),
             "read_seconds": round(t_read, 2),
         },
         "noise": noise.model_dump(mode="json"),
@@ -276,10 +277,9 @@ def family_of(arm: str, objective: str) -> str:
     return back.get(get_objective_class(objective).family, objective)
 
 
-def run_pilot(report: dict[str, Any], out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """A tiny study on the store (one objective per family + random init); does its winner's family agree?"""
-    from pretextlab.cluster import init_ray
-    from pretextlab.jobs.study import plan_study, run_study
+def pilot_config(report: dict[str, Any], out: Path, args: argparse.Namespace) -> Any:
+    """The pilot's StudyConfig: the study's default arms (one per family) + random init, a 2-block ViT-Tiny,
+    ``--pilot-steps`` steps, tiny evaluation; ``--pilot-set`` overrides any field."""
     from pretextlab.study import load_study
 
     side = int(min(report["sample"]["image_shape"][:2]))
@@ -296,7 +296,15 @@ def run_pilot(report: dict[str, Any], out: Path, args: argparse.Namespace) -> di
         f"registry={json.dumps(str(out / 'pilot' / 'registry'))}",
         *args.pilot_set,
     ]
-    cfg = load_study(None, overrides)
+    return load_study(None, overrides)
+
+
+def run_pilot(report: dict[str, Any], out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """A tiny study on the store (one objective per family + random init); does its winner's family agree?"""
+    from pretextlab.cluster import init_ray
+    from pretextlab.jobs.study import plan_study, run_study
+
+    cfg = pilot_config(report, out, args)
     plan = plan_study(cfg, "recommend --pilot")
     init_ray(args.address, num_cpus=args.num_cpus)
     result = run_study(plan)
@@ -358,6 +366,11 @@ def run(args: argparse.Namespace) -> int:
     report["sample"]["sha256"] = hashlib.sha256(json.dumps(report["sample"], sort_keys=True).encode()).hexdigest()[:12]
     print("\n".join(summary_lines(report)), flush=True)
     if args.pilot:
+        if report["sample"].get("kinds") == ["image"]:
+            raise UserError(
+                f"{args.store}: --pilot needs cine loops or slides (the study runner streams frames and patches); "
+                "this store holds stack images only (e.g. bench-data stills)"
+            )
         if report["locality"] is None:
             raise UserError(f"{args.store}: --pilot needs labels (column {args.label_column!r}) to compare arms")
         report["pilot"] = run_pilot(report, out, args)
