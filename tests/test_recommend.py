@@ -103,8 +103,9 @@ def test_recommend_gives_the_family_each_extreme_was_built_for(reports):
         assert all(r["value"] is not None for r in rec["reasons"])  # every reason rests on a number
     assert reports["us-0"]["noise"]["model"] == "speckle" and reports["us-0"]["noise"]["measured"]
     assert reports["histo-1"]["noise"]["model"] == "stain" and reports["histo-1"]["noise"]["measured"]
-    lo = local["config"]["overrides"]["views.local_scale"][0]
+    lo = local["config"]["overrides"]["views.local_scale"][0]  # histopathology views take crop scales
     assert 0.0 < lo < 0.32
+    assert "views.local_scale" not in glob["config"]["overrides"]
 
 
 def test_cards_are_written_and_self_contained(reports, tmp_path):

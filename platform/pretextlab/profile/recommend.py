@@ -122,26 +122,28 @@ def _view_scale_for(locality: LocalityProfile) -> float:
     return locality.index_fraction
 
 
-def starting_config(family: Family, locality: LocalityProfile | None) -> StartingConfig:
-    """The objective's starting overrides: the study's defaults, with DINO's local crops sized by the profile."""
+def starting_config(family: Family, locality: LocalityProfile | None, modality: str = "") -> StartingConfig:
+    """The objective's starting overrides: the study's defaults, with DINO's local crops sized by the profile
+    where the modality's views take crop scales (histopathology; ultrasound crops at native resolution)."""
     name = OBJECTIVE[family]
     if family == "JEA":
         frac = _view_scale_for(locality) if locality is not None else 0.25
         lo = round(max(0.05, frac**2), 4)
-        return StartingConfig(
-            objective=name,
-            overrides={
-                "objective.out_dim": 1024,
-                "objective.hidden_dim": 512,
-                "views.n_local": 4,
-                "views.local_scale": [lo, 0.32],
-                "views.scale": [0.32, 1.0],
-            },
-            why=(
-                f"DINO's multi-crop (global crops 0.32-1 of the area); local crops cover >= {lo:g} of the area, "
-                f"the square of the smallest window fraction ({frac:g}) at which the probe reads the label"
-            ),
-        )
+        overrides: dict[str, float | int | list[float] | str] = {
+            "objective.out_dim": 1024,
+            "objective.hidden_dim": 512,
+            "views.n_local": 4,
+        }
+        why = "DINO's multi-crop with 4 local crops (the study's arm)"
+        if modality == "histopathology":
+            overrides.update({"views.local_scale": [lo, 0.32], "views.scale": [0.32, 1.0]})
+            why += (
+                f"; global crops 0.32-1 of the area, local crops >= {lo:g} of the area: the square of the "
+                f"smallest window fraction ({frac:g}) at which the probe reads the label"
+            )
+        else:
+            why += f"; local crops should hold >= {frac:g} of the image side, where the probe reads the label"
+        return StartingConfig(objective=name, overrides=overrides, why=why)
     if family == "JEPA":
         return StartingConfig(
             objective=name,
@@ -251,7 +253,7 @@ def recommend(locality: LocalityProfile | None, noise: NoiseSummary, modality: s
         borderline=borderline,
         alternative=alternative,
         avoid=avoid,
-        config=starting_config(family, locality),
+        config=starting_config(family, locality, modality),
         reasons=reasons,
     )
 
