@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import sys
 import time
 from collections import Counter
@@ -362,7 +363,8 @@ def run(args: argparse.Namespace) -> int:
         args.store, args.sample, args.seed, args.modality, args.label_column, args.dynamic_range_db, so
     )
     out = Path(args.out) if args.out else default_out(args.store)
-    report["command"] = " ".join(["pretextlab", "recommend", *sys.argv[2:]]) if len(sys.argv) > 1 else "recommend"
+    argv = sys.argv[sys.argv.index("recommend") + 1 :] if "recommend" in sys.argv else sys.argv[1:]
+    report["command"] = " ".join(["pretextlab", "recommend", *(shlex.quote(a) for a in argv)])
     report["sample"]["sha256"] = hashlib.sha256(json.dumps(report["sample"], sort_keys=True).encode()).hexdigest()[:12]
     print("\n".join(summary_lines(report)), flush=True)
     if args.pilot:

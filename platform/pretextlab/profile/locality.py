@@ -252,7 +252,7 @@ def check_labels(labels: Sequence[Any]) -> tuple[np.ndarray, list[str], dict[str
     counts = {str(c): int((names == c).sum()) for c in classes}
     if len(classes) < 2:
         raise UserError(
-            f"locality profile: every sampled item has the label {classes[0]!r} if any; "
+            f"locality profile: every sampled item has the label {classes[0]!r}: "
             "a one-class store carries no label signal to localise"
             if len(classes)
             else "locality profile: no labelled items"
