@@ -156,9 +156,31 @@ def test_bad_input_is_one_line_exit_2(stores, tmp_path, store, extra, message):
     assert not (tmp_path / "o" / "recommendation.json").exists()  # never a recommendation without evidence
 
 
-@pytest.mark.skip(reason="--pilot pretrains three arms + random init on Ray: minutes on 2 cores (run by hand)")
-def test_pilot_reports_agreement(stores, tmp_path):
-    res = run_cli("recommend", str(stores["histo-1"]), "--out", str(tmp_path / "p"), "--pilot", "--pilot-steps", "4")
+def test_pilot_refuses_a_store_of_stills(stores, tmp_path):
+    """The study runner streams cine frames and slide patches: --pilot on bench-data stills says so."""
+    cmd = [sys.executable, "-m", "pretextlab.jobs.recommend", str(stores["histo-1"]), "--out", str(tmp_path / "o")]
+    res = subprocess.run([*cmd, "--pilot", "--sample", "40"], capture_output=True, text=True, timeout=240)
+    assert res.returncode == 2 and "--pilot needs cine loops or slides" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.skip(reason="--pilot pretrains three arms + random init on Ray: ~10 min on 2 shared cores (run by hand)")
+def test_pilot_reports_agreement(tmp_path):
+    from pretextlab.storage import synthetic as syn
+
+    raw, rows = tmp_path / "raw", ["item_id,label,patient_id"]
+    raw.mkdir()
+    for i in range(12):
+        syn.write_us_dicom(raw / f"us{i}.dcm", frames=6, rows=64, cols=64, seed=i, label=i % 2)
+        plan = ItemPlan(item_id=f"us{i}", sources=[str(raw / f"us{i}.dcm")], reader="dicom", fingerprint=str(i))
+        assert write_item(plan, str(tmp_path / "cine")).status == "ingested"
+        rows.append(f"us{i},{'lesion' if i % 2 == 0 else 'band'},P{i}")
+    (raw / "labels.csv").write_text("\n".join(rows) + "\n")
+    rebuild_catalog(str(tmp_path / "cine"), str(raw / "labels.csv"))
+    res = run_cli(
+        "recommend", str(tmp_path / "cine"), "--out", str(tmp_path / "p"), "--pilot", "--pilot-steps", "2", timeout=1200
+    )
     assert res.returncode == 0, res.stderr
     data = json.loads((tmp_path / "p" / "recommendation.json").read_text())
     assert data["pilot"]["agrees"] in (True, False, None) and "pilot:" in res.stdout
+    assert data["pilot"]["winner_family"] in (None, "JEA", "JEPA", "MAE")

@@ -315,20 +315,19 @@ def run_pilot(report: dict[str, Any], out: Path, args: argparse.Namespace) -> di
     fam = None if winner is None or winner not in arms else family_of(winner, arms[winner])
     rec_family = report["recommendation"]["family"]
     agrees = None if fam is None else fam == rec_family
+    if winner is None:
+        outcome = "no single winner (a tie at this budget): the pilot neither confirms nor contradicts"
+    elif fam is None:
+        outcome = f"{winner} wins: no pretrained arm beats it at this budget, too small to judge"
+    else:
+        outcome = ("agrees with" if agrees else "DISAGREES with") + f" the recommendation ({rec_family})"
     return {
         "steps": args.pilot_steps,
         "winner": winner,
         "winner_family": fam,
         "verdict": verdict.sentence,
         "agrees": agrees,
-        "summary": (
-            f"pilot: {verdict.sentence} -> "
-            + (
-                "no single winner (a tie at this budget): the pilot neither confirms nor contradicts"
-                if fam is None
-                else ("agrees with" if agrees else "DISAGREES with") + f" the recommendation ({rec_family})"
-            )
-        ),
+        "summary": f"pilot: {verdict.sentence} -> {outcome}",
         "report": result.files["report.html"],
     }
 
