@@ -80,7 +80,8 @@ def grid(localities: list[float], noises: list[float], items: int, pilot_steps: 
     from pretextlab.storage import rebuild_catalog
     from pretextlab.storage.writer import ItemPlan, write_item
 
-    cells, confusion = [], Counter()
+    cells: list[dict] = []
+    confusion: Counter[tuple[str, str]] = Counter()
     with tempfile.TemporaryDirectory() as tmp:
         for modality in modalities:
             gen = "histology" if modality == "histopathology" else modality
