@@ -327,7 +327,7 @@ def run_pilot(report: dict[str, Any], out: Path, args: argparse.Namespace) -> di
         "winner_family": fam,
         "verdict": verdict.sentence,
         "agrees": agrees,
-        "summary": f"pilot: {verdict.sentence} -> {outcome}",
+        "summary": f"pilot study {verdict.sentence} -> {outcome}",
         "report": result.files["report.html"],
     }
 
