@@ -182,5 +182,5 @@ def test_pilot_reports_agreement(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     data = json.loads((tmp_path / "p" / "recommendation.json").read_text())
-    assert data["pilot"]["agrees"] in (True, False, None) and "pilot:" in res.stdout
+    assert data["pilot"]["agrees"] in (True, False, None) and "pilot study" in res.stdout
     assert data["pilot"]["winner_family"] in (None, "JEA", "JEPA", "MAE")
