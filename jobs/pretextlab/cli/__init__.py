@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pretextlab.jobs.bench_data",
         "generate the controlled benchmark (phantoms with known signal layout) as a store",
     ),
+    "recommend": ("pretextlab.jobs.recommend", "profile a store and recommend a pretext objective, with the evidence"),
     "study": ("pretextlab.jobs.study", "compare objectives per dataset: a grid of pretrain + evaluate cells, a report"),
     "review": (
         "pretextlab.review.cli",

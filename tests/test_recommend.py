@@ -1,0 +1,186 @@
+"""`pretextlab recommend`: the locality profile, the rule and the CLI on small controlled-benchmark stores.
+
+Stores are written with the ingest writer (``write_item`` + ``rebuild_catalog``, what each ingest Ray
+task runs) from ``pretextlab.phantoms`` through bench-data's NPZ layout, without starting Ray. The
+rule is checked on the benchmark's design inputs (the extreme settings); nothing here asserts which
+objective wins a study.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from pretextlab.jobs.bench_data import write_sources
+from pretextlab.jobs.recommend import profile_store, write_outputs
+from pretextlab.phantoms import generate
+from pretextlab.storage import rebuild_catalog
+from pretextlab.storage.writer import ItemPlan, write_item
+
+N = 160  # items per store: enough for 5-fold CV with a CI, seconds to profile
+
+
+def _ingest(dest: Path, sources: list[Path], modality: str, labels_csv: Path | None = None) -> Path:
+    for src in sources:
+        r = write_item(
+            ItemPlan(item_id=src.stem, sources=[str(src)], reader="npz", fingerprint=src.stem, modality=modality),
+            str(dest),
+        )
+        assert r.status == "ingested", r
+    rebuild_catalog(str(dest), None if labels_csv is None else str(labels_csv))
+    return dest
+
+
+def phantom_store(base: Path, modality: str, locality: float, n: int = N) -> Path:
+    gen = "histology" if modality == "histopathology" else modality
+    ps = generate(gen, n=n, size=64, locality=locality, noise=0.5, seed=0)
+    raw = base / f"raw-{modality}-{locality:g}"
+    npz, roi, csv, _ = write_sources(ps, raw, f"phantom-{modality}", 0)
+    return _ingest(base / f"{modality}-{locality:g}", [npz, roi], modality, csv)
+
+
+def npz_store(base: Path, name: str, images: np.ndarray, labels: np.ndarray | None, modality: str) -> Path:
+    raw = base / f"raw-{name}"
+    raw.mkdir(parents=True)
+    arrays = {"train_images": images}
+    if labels is not None:
+        arrays["train_labels"] = labels.reshape(-1, 1).astype(np.uint8)
+    np.savez(raw / f"{name}.npz", **arrays)
+    return _ingest(base / name, [raw / f"{name}.npz"], modality)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("recommend")
+    out = {f"histo-{loc:g}": phantom_store(base, "histopathology", loc) for loc in (0.0, 0.5, 1.0)}
+    out["us-0"] = phantom_store(base, "ultrasound", 0.0)
+    rng = np.random.default_rng(0)
+    us = generate("ultrasound", n=24, size=64, locality=0.0, noise=1.0, seed=1).images
+    out["unlabelled"] = npz_store(base, "unlabelled", us, None, "ultrasound")
+    out["one-class"] = npz_store(base, "oneclass", us, np.zeros(len(us)), "ultrasound")
+    tiny = rng.integers(0, 255, size=(24, 24, 24, 1), dtype=np.uint8)
+    out["tiny"] = npz_store(base, "tiny", tiny, np.arange(24) % 2, "ultrasound")
+    empty = base / "empty"
+    empty.mkdir()
+    rebuild_catalog(str(empty))
+    out["empty"] = empty
+    return out
+
+
+@pytest.fixture(scope="module")
+def reports(stores) -> dict[str, dict]:
+    return {k: profile_store(str(v), sample=N) for k, v in stores.items() if k.startswith(("histo", "us-"))}
+
+
+def test_locality_index_orders_global_mixed_local(reports):
+    """Histology phantoms at locality 0, 0.5, 1: the index rises with the share of local labels."""
+    idx = [reports[f"histo-{loc:g}"]["locality"]["index"] for loc in (0.0, 0.5, 1.0)]
+    assert idx[0] < idx[1] < idx[2], idx
+    lo_local = reports["histo-1"]["locality"]["index_ci"][0]
+    hi_global = reports["histo-0"]["locality"]["index_ci"][1]
+    assert lo_local > hi_global, (lo_local, hi_global)  # the extremes' CIs do not overlap
+    for r in reports.values():
+        assert r["sample"]["profiled"] == N and r["locality"]["items"] == N
+
+
+def test_recommend_gives_the_family_each_extreme_was_built_for(reports):
+    """Local signal (histology, every label in atypical nuclei) -> JEA; global anatomy (ultrasound organ
+    outline) -> JEPA, each with its reasons tied to measured numbers."""
+    local, glob = reports["histo-1"]["recommendation"], reports["us-0"]["recommendation"]
+    assert (local["family"], local["objective"]) == ("JEA", "dino")
+    assert (glob["family"], glob["objective"]) == ("JEPA", "ijepa")
+    for rec, rep in ((local, reports["histo-1"]), (glob, reports["us-0"])):
+        assert rec["basis"] == "locality"
+        first = rec["reasons"][0]
+        assert first["measure"] == "locality_index" and first["value"] == rep["locality"]["index"]
+        assert f"{first['value']:.2f}" in first["text"]
+        assert all(r["value"] is not None for r in rec["reasons"])  # every reason rests on a number
+    assert reports["us-0"]["noise"]["model"] == "speckle" and reports["us-0"]["noise"]["measured"]
+    assert reports["histo-1"]["noise"]["model"] == "stain" and reports["histo-1"]["noise"]["measured"]
+    lo = local["config"]["overrides"]["views.local_scale"][0]  # histopathology views take crop scales
+    assert 0.0 < lo < 0.32
+    assert "views.local_scale" not in glob["config"]["overrides"]
+
+
+def test_cards_are_written_and_self_contained(reports, tmp_path):
+    rep = json.loads(json.dumps(reports["histo-1"], default=lambda o: None))  # a copy without the arrays
+    rep["_examples"] = reports["histo-1"]["_examples"]
+    files = write_outputs(rep, tmp_path / "card")
+    data = json.loads(files["json"].read_text())
+    assert data["recommendation"]["family"] == "JEA" and "_examples" not in data
+    md = files["md"].read_text()
+    assert "JEA -> `dino`" in md and "whole image" in md
+    page = files["html"].read_text()
+    assert page.count("data:image/png;base64,") == 2  # the profile plot and the examples
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+
+
+def test_unlabelled_store_profiles_noise_only_and_says_why(stores, tmp_path):
+    res = run_cli("recommend", str(stores["unlabelled"]), "--out", str(tmp_path / "u"), timeout=240)
+    assert res.returncode == 0, res.stderr
+    assert "not measured (no labels)" in res.stdout
+    data = json.loads((tmp_path / "u" / "recommendation.json").read_text())
+    assert data["locality"] is None and data["noise"]["measured"] and data["noise"]["model"] == "speckle"
+    rec = data["recommendation"]
+    assert rec["basis"] == "modality default" and rec["borderline"]
+    assert "no labels" in rec["reasons"][0]["text"]
+    assert "Partial profile" in (tmp_path / "u" / "recommendation.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "store,extra,message",
+    [
+        ("empty", [], "empty store"),
+        ("one-class", [], "one-class store"),
+        ("tiny", [], "too small for windows"),
+        ("unlabelled", ["--modality", "sonar"], "sonar"),
+        ("missing", [], "no catalog here"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(stores, tmp_path, store, extra, message):
+    """Through ``python -m pretextlab.jobs.recommend`` (the same dispatch as the ``pretextlab`` command,
+    without importing every other subcommand: seconds instead of half a minute on 2 shared cores)."""
+    path = str(stores.get(store, tmp_path / "nowhere"))
+    cmd = [sys.executable, "-m", "pretextlab.jobs.recommend", path, "--out", str(tmp_path / "o"), *extra]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and message in err[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "o" / "recommendation.json").exists()  # never a recommendation without evidence
+
+
+def test_pilot_refuses_a_store_of_stills(stores, tmp_path):
+    """The study runner streams cine frames and slide patches: --pilot on bench-data stills says so."""
+    cmd = [sys.executable, "-m", "pretextlab.jobs.recommend", str(stores["histo-1"]), "--out", str(tmp_path / "o")]
+    res = subprocess.run([*cmd, "--pilot", "--sample", "40"], capture_output=True, text=True, timeout=240)
+    assert res.returncode == 2 and "--pilot needs cine loops or slides" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.skip(reason="--pilot pretrains three arms + random init on Ray: ~10 min on 2 shared cores (run by hand)")
+def test_pilot_reports_agreement(tmp_path):
+    from pretextlab.storage import synthetic as syn
+
+    raw, rows = tmp_path / "raw", ["item_id,label,patient_id"]
+    raw.mkdir()
+    for i in range(12):
+        syn.write_us_dicom(raw / f"us{i}.dcm", frames=6, rows=64, cols=64, seed=i, label=i % 2)
+        plan = ItemPlan(item_id=f"us{i}", sources=[str(raw / f"us{i}.dcm")], reader="dicom", fingerprint=str(i))
+        assert write_item(plan, str(tmp_path / "cine")).status == "ingested"
+        rows.append(f"us{i},{'lesion' if i % 2 == 0 else 'band'},P{i}")
+    (raw / "labels.csv").write_text("\n".join(rows) + "\n")
+    rebuild_catalog(str(tmp_path / "cine"), str(raw / "labels.csv"))
+    res = run_cli(
+        "recommend", str(tmp_path / "cine"), "--out", str(tmp_path / "p"), "--pilot", "--pilot-steps", "2", timeout=1200
+    )
+    assert res.returncode == 0, res.stderr
+    data = json.loads((tmp_path / "p" / "recommendation.json").read_text())
+    assert data["pilot"]["agrees"] in (True, False, None) and "pilot study" in res.stdout
+    assert data["pilot"]["winner_family"] in (None, "JEA", "JEPA", "MAE")
