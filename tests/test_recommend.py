@@ -156,12 +156,17 @@ def test_bad_input_is_one_line_exit_2(stores, tmp_path, store, extra, message):
     assert not (tmp_path / "o" / "recommendation.json").exists()  # never a recommendation without evidence
 
 
-def test_pilot_refuses_a_store_of_stills(stores, tmp_path):
-    """The study runner streams cine frames and slide patches: --pilot on bench-data stills says so."""
-    cmd = [sys.executable, "-m", "pretextlab.jobs.recommend", str(stores["histo-1"]), "--out", str(tmp_path / "o")]
-    res = subprocess.run([*cmd, "--pilot", "--sample", "40"], capture_output=True, text=True, timeout=240)
-    assert res.returncode == 2 and "--pilot needs cine loops or slides" in res.stderr, res.stderr
-    assert "Traceback" not in res.stderr
+def test_pilot_plans_stills_as_frames(stores, tmp_path):
+    """bench-data stills (image stacks) stream as frames in the pilot study, whatever the modality's default."""
+    import argparse
+
+    from pretextlab.jobs.recommend import pilot_config
+    from pretextlab.study import plan_cells
+
+    args = argparse.Namespace(store=str(stores["histo-1"]), label_column="label", pilot_steps=2, pilot_set=[])
+    report = {"modality": "histopathology", "sample": {"kinds": ["image"], "image_shape": [32, 32, 3]}}
+    cells = plan_cells(pilot_config(report, tmp_path, args), str(tmp_path / "runs"))
+    assert {c.pretrain["data"]["kind"] for c in cells} == {"frames"} and len(cells) == 4
 
 
 @pytest.mark.skip(reason="--pilot pretrains three arms + random init on Ray: ~10 min on 2 shared cores (run by hand)")

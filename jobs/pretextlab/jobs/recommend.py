@@ -283,13 +283,15 @@ def pilot_config(report: dict[str, Any], out: Path, args: argparse.Namespace) ->
     ``--pilot-steps`` steps, tiny evaluation; ``--pilot-set`` overrides any field."""
     from pretextlab.study import load_study
 
+    # stills and tiles (image stacks) stream as frames whatever the modality's default sampling
+    kind = ", kind: frames" if "image" in (report["sample"].get("kinds") or []) else ""
     side = int(min(report["sample"]["image_shape"][:2]))
     img = 32 if side < 64 else 64
     overrides = [
         "name=pilot",
         f"steps={args.pilot_steps}",
         f"datasets=[{{name: pilot, store: {json.dumps(args.store)}, modality: {report['modality']}, "
-        f"label_column: {args.label_column}}}]",
+        f"label_column: {args.label_column}{kind}}}]",
         f"backbone={{arch: vit_tiny, img_size: {img}, patch_size: 8, depth: 2}}",
         f"pretrain={{data: {{clip: {{size: {img}}}}}, train: {{batch_size: 16, num_workers: 1, cpus_per_worker: 1}}}}",
         "evaluate={n_bootstrap: 500, shots: [1], fewshot_repeats: 1, alignment_images: 0}",
@@ -367,11 +369,6 @@ def run(args: argparse.Namespace) -> int:
     report["sample"]["sha256"] = hashlib.sha256(json.dumps(report["sample"], sort_keys=True).encode()).hexdigest()[:12]
     print("\n".join(summary_lines(report)), flush=True)
     if args.pilot:
-        if report["sample"].get("kinds") == ["image"]:
-            raise UserError(
-                f"{args.store}: --pilot needs cine loops or slides (the study runner streams frames and patches); "
-                "this store holds stack images only (e.g. bench-data stills)"
-            )
         if report["locality"] is None:
             raise UserError(f"{args.store}: --pilot needs labels (column {args.label_column!r}) to compare arms")
         report["pilot"] = run_pilot(report, out, args)
