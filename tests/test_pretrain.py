@@ -258,7 +258,8 @@ def test_stop_and_restart_continues_schedules(store, tmp_path):
 
     from pretextlab.objectives.schedules import ScheduleConfig, Schedules
 
-    cfg = config(tmp_path, store, "dino", steps=10, checkpoint_every=3)
+    steps = 24  # long enough that the stop lands mid-run on a loaded machine (seen: a 10-step run finished first)
+    cfg = config(tmp_path, store, "dino", steps=steps, checkpoint_every=3)
     cfg["train"]["schedule"] = {"lr": 1e-3, "warmup_steps": 4, "momentum": 0.9}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -269,7 +270,8 @@ def test_stop_and_restart_continues_schedules(store, tmp_path):
     )
     run_dir = tmp_path / "runs" / cfg["name"]
     deadline = time.time() + 600
-    while time.time() < deadline and not _registered_checkpoints(run_dir) and proc.poll() is None:
+    # the first checkpoint folder on disk (Train's snapshot file, read below, is written later)
+    while time.time() < deadline and not list(run_dir.glob("checkpoint-*")) and proc.poll() is None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)  # the main process only, as an orchestrator does
     out = proc.communicate(timeout=120)[0].decode(errors="replace")
@@ -277,7 +279,7 @@ def test_stop_and_restart_continues_schedules(store, tmp_path):
     # the CLI's own ending: one line, no traceback of its own (Ray may forward its workers' shutdown logs)
     assert "pretextlab: interrupted" in out and 'bin/pretextlab", line' not in out
     first = int(sorted(_registered_checkpoints(run_dir))[-1].split("-")[1])
-    assert 3 <= first < 10
+    assert 3 <= first < steps, f"the run ended at step {first} before the stop landed: nothing to resume"
     before = set((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     again = run_cli("pretrain", str(path), "--num-cpus", "4", env=env, timeout=400)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -289,11 +291,11 @@ def test_stop_and_restart_continues_schedules(store, tmp_path):
     assert min(e.step for e in own.Scalars("loss")) > first  # no step redone
     acc = EventAccumulator(str(run_dir / "tensorboard"))
     acc.Reload()
-    sched = Schedules(ScheduleConfig(lr=1e-3, warmup_steps=4, momentum=0.9), total_steps=10)
+    sched = Schedules(ScheduleConfig(lr=1e-3, warmup_steps=4, momentum=0.9), total_steps=steps)
     lrs = {e.step: e.value for e in acc.Scalars("lr")}
     moms = {e.step: e.value for e in acc.Scalars("momentum")}
-    assert max(lrs) == 10
-    for step in range(first + 1, 11):  # logged after step s ran with the schedule's value at s - 1
+    assert max(lrs) == steps
+    for step in range(first + 1, steps + 1):  # logged after step s ran with the schedule's value at s - 1
         assert lrs[step] == pytest.approx(sched.lr(step - 1), rel=1e-6)
         assert moms[step] == pytest.approx(sched.momentum(step - 1), rel=1e-6)
     again2 = run_cli("pretrain", str(path), "--num-cpus", "4", env=env, timeout=200)
