@@ -53,6 +53,10 @@ def measure_child(
     out = proc.stdout.read() if proc.stdout else ""
     if proc.returncode != 0:
         raise RuntimeError(f"child {args} failed:\n{out[-4000:]}")
-    result = json.loads(out.strip().splitlines()[-1])
+    # the child's result is its last JSON line (Ray may forward worker log lines after it)
+    line = next((ln for ln in reversed(out.strip().splitlines()) if ln.startswith("{")), None)
+    if line is None:
+        raise RuntimeError(f"child {args} printed no JSON result:\n{out[-4000:]}")
+    result = json.loads(line)
     result["peak_pss_mb"] = peak / MB
     return result
