@@ -25,6 +25,7 @@ from pretextlab.core.errors import UserError
 from pretextlab.storage import open_item, read_catalog
 from pretextlab.storage.frames import working_frame
 from pretextlab.storage.pixels import stored_bits, to_uint8
+from pretextlab.storage.stream import stack_split
 
 
 @dataclass
@@ -75,11 +76,6 @@ def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
     x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def _stack_split(item_id: str, group: str) -> str:
-    """The stack subgroup of an image row: item ids are ``<stack>-<split>-<index:06d>``."""
-    return item_id[len(group) + 1 :].rsplit("-", 1)[0]
 
 
 def tissue_patch_origins(
@@ -172,7 +168,7 @@ def load_eval_set(
         group = _text(r.get("patient_id")) or item_id
         split = _text(r.get("split")) or ""
         if kind == "image":
-            sub = _stack_split(item_id, r["group"])
+            sub = stack_split(item_id, r["group"])
             key = (r["group"], sub)
             if key not in stacks:
                 stack = open_item(dest, r["group"])

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from pretextlab.core.errors import UserError
+from pretextlab.evaluate.dataset import _text
 from pretextlab.storage import open_item, read_catalog
+from pretextlab.storage.stream import stack_split
 
 ROI_COLUMN = "roi"
 
@@ -29,18 +31,6 @@ class RoiMasks:
 
     masks: list[np.ndarray | None]
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def found(self) -> int:
-        """How many of the requested items have a mask."""
-        return sum(m is not None for m in self.masks)
-
-
-def _text(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    s = str(value).strip()
-    return s or None
 
 
 def read_roi_masks(dest: str, item_ids: Sequence[str]) -> RoiMasks:
@@ -73,7 +63,7 @@ def read_roi_masks(dest: str, item_ids: Sequence[str]) -> RoiMasks:
             masks.append(None)
             continue
         group = str(r["group"])
-        sub = roi[len(group) + 1 :].rsplit("-", 1)[0]
+        sub = stack_split(roi, group)
         key = (group, sub)
         if key not in stacks:
             stacks[key] = open_item(dest, group).group[sub]["images"]

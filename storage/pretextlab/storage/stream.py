@@ -285,6 +285,11 @@ def stack_source(item_id: str) -> tuple[str, str] | None:
     return group, split
 
 
+def stack_split(row_item_id: str, group: str) -> str:
+    """The split subgroup of an image-stack row: ingest names rows ``<stack>-<split>-<index:06d>``."""
+    return row_item_id[len(group) + 1 :].rsplit("-", 1)[0]
+
+
 def stack_row_id(item_id: str, index: int) -> str:
     """The catalog item id of image ``index`` of a stack pseudo-item (ingest names them so)."""
     group, split = stack_source(item_id) or (item_id, "")
@@ -416,7 +421,7 @@ def _frame_sources(
         label = _label(row, has_label)
         if row.kind == "image":
             group = str(row.group)
-            split = row.item_id[len(group) + 1 :].rsplit("-", 1)[0]
+            split = stack_split(row.item_id, group)
             stacks.setdefault((group, split), []).append((int(row.index), label))
             continue
         item = _open(index, uri, row.item_id, storage_options)
