@@ -121,8 +121,11 @@ def ray_session(s3_server):
     """One local Ray cluster for the whole session (starting one costs ~10 s)."""
     import ray
 
+    from pretextlab.cluster import start_local_ray
+
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # Train's fixed cost per fit: ~20 s -> ~15 s
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    # its tasks and actors know its address: CLI runs started beside it (and other sessions) do not confuse them
+    start_local_ray(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -284,6 +284,9 @@ def test_stop_and_restart_continues_schedules(store, tmp_path):
     again = run_cli("pretrain", str(path), "--num-cpus", "4", env=env, timeout=400)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resumed from step" in again.stdout
+    # the test session's cluster is up beside this run's own: Ray Train's placement-group cleaner must
+    # still find this run's cluster (issue 13: two runs on one machine), not fail on two candidates
+    assert "multiple active Ray instances" not in again.stdout + again.stderr
     (second,) = set((run_dir / "tensorboard").glob("events.out.tfevents.*")) - before  # the re-run's own file
     own = EventAccumulator(str(second))
     own.Reload()

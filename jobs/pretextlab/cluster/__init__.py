@@ -3,12 +3,20 @@
 Shared by jobs and serving (which never import each other). After ``ray.init`` the process's SIGTERM
 handler is put back to "behave like Ctrl-C": Ray's driver handler exits abruptly (seen: exit 134 with a
 native stack dump), while systemd, ``docker stop`` and Kubernetes all stop a process with SIGTERM.
+
+A local cluster is started on a GCS port chosen here, and every task and actor of the run is told its
+address (``RAY_ADDRESS`` through the job's runtime env). Without that, Ray code that looks the cluster
+up by itself from inside a worker (Ray Train's placement-group cleaner calls the State API with no
+address) scans the host for GCS processes and fails with "Found multiple active Ray instances" as soon
+as a second run, or anyone's ``ray start``, is up on the same machine.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+from contextlib import closing
 from typing import Any
 
 import ray
@@ -31,5 +39,38 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
             params["num_cpus"] = num_cpus
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     configure_ray_data_progress()  # Ray Data's bars only on a TTY or with --verbose
-    ray.init(**params)
+    if address:
+        ray.init(**params)
+    else:
+        start_local_ray(**params)
     sigterm_as_interrupt()  # Ray's driver handler replaced: SIGTERM stops a command as Ctrl-C does
+
+
+def _free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def start_local_ray(**params: Any) -> str:
+    """Start a local cluster whose tasks and actors all know its address; returns ``host:port`` of its GCS.
+
+    The GCS port is chosen before the start (``RAY_GCS_SERVER_PORT``, read by Ray's node startup; set only
+    for the duration of the call), and ``RAY_ADDRESS`` goes to the job's runtime env, not to this
+    process's environment: subprocesses started from here (another CLI run, a test's child) still start
+    their own cluster.
+    """
+    port = _free_port()
+    gcs = f"{ray.util.get_node_ip_address()}:{port}"
+    runtime_env = dict(params.pop("runtime_env", None) or {})
+    runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), "RAY_ADDRESS": gcs}
+    previous = os.environ.get("RAY_GCS_SERVER_PORT")
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(address="local", runtime_env=runtime_env, **params)
+    finally:
+        if previous is None:
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
+        else:
+            os.environ["RAY_GCS_SERVER_PORT"] = previous
+    return gcs

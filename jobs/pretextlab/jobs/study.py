@@ -324,7 +324,7 @@ def run_cells(plan: StudyPlan) -> list[dict[str, Any]]:
         tuner = tune.Tuner(
             trainable,
             param_space={"cell": tune.grid_search([c.id for c in todo])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=_concurrency(plan), reuse_actors=False),
+            tune_config=tune.TuneConfig(max_concurrent_trials=_concurrency(plan), reuse_actors=True),
             run_config=tune.RunConfig(
                 name=f"run-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=storage_path,
