@@ -5,7 +5,7 @@ handler is put back to "behave like Ctrl-C": Ray's driver handler exits abruptly
 native stack dump), while systemd, ``docker stop`` and Kubernetes all stop a process with SIGTERM.
 
 A local cluster is started on a GCS port chosen here, and every task and actor of the run is told its
-address (``RAY_ADDRESS`` through the job's runtime env). Without that, Ray code that looks the cluster
+address (``RAY_ADDRESS`` in the environment its processes inherit). Without that, Ray code that looks the cluster
 up by itself from inside a worker (Ray Train's placement-group cleaner calls the State API with no
 address) scans the host for GCS processes and fails with "Found multiple active Ray instances" as soon
 as a second run, or anyone's ``ray start``, is up on the same machine.
@@ -55,22 +55,22 @@ def _free_port() -> int:
 def start_local_ray(**params: Any) -> str:
     """Start a local cluster whose tasks and actors all know its address; returns ``host:port`` of its GCS.
 
-    The GCS port is chosen before the start (``RAY_GCS_SERVER_PORT``, read by Ray's node startup; set only
-    for the duration of the call), and ``RAY_ADDRESS`` goes to the job's runtime env, not to this
-    process's environment: subprocesses started from here (another CLI run, a test's child) still start
-    their own cluster.
+    The GCS port is chosen before the start (``RAY_GCS_SERVER_PORT``, read by Ray's node startup) and
+    ``RAY_ADDRESS`` names it while Ray starts its processes, which pass their environment on to every
+    worker. Both are set only for the duration of the call: this process's environment is left as it
+    was, so subprocesses started from here (another CLI run, a test's child) still start their own
+    cluster. (A job-level ``runtime_env`` would do the same but costs ~1 s: prestarted workers go unused.)
     """
     port = _free_port()
     gcs = f"{ray.util.get_node_ip_address()}:{port}"
-    runtime_env = dict(params.pop("runtime_env", None) or {})
-    runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), "RAY_ADDRESS": gcs}
-    previous = os.environ.get("RAY_GCS_SERVER_PORT")
-    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    saved = {k: os.environ.get(k) for k in ("RAY_GCS_SERVER_PORT", "RAY_ADDRESS")}
+    os.environ.update(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=gcs)
     try:
-        ray.init(address="local", runtime_env=runtime_env, **params)
+        ray.init(address="local", **params)
     finally:
-        if previous is None:
-            os.environ.pop("RAY_GCS_SERVER_PORT", None)
-        else:
-            os.environ["RAY_GCS_SERVER_PORT"] = previous
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return gcs
