@@ -205,6 +205,10 @@ def build_trainer(
     from pretextlab.storage import fs as sfs
 
     cfg, t = prep.cfg, prep.cfg.train
+    # Train's controller polls its workers every 2 s by default, and each phase of a run (group started,
+    # training, finished) waits for a poll: a short run spent seconds idle. Train hands RAY_TRAIN_*
+    # variables to its controller; a value set by the user wins.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     storage_path, storage_fs = ray_storage(storage or cfg.storage, prep.storage_options)
     run_name = name or cfg.name
     resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
