@@ -251,8 +251,16 @@ def _trial(
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Tune function trainable: one cell."""
+    import torch
+
+    from pretextlab.training.config import PretrainConfig
+
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     cell = cells[config["cell"]]
+    # the trial actor holds 0.01 CPU, so Ray gave it one thread; it evaluates once its cell's training has
+    # finished and released the CPUs that the cell was counted for (the concurrency below), so it uses them
+    t = PretrainConfig.model_validate(cell["pretrain"]).train
+    torch.set_num_threads(max(1, int(t.num_workers * t.cpus_per_worker + t.data_cpus)))
     record = run_cell(cell, study_uri, evaluate, test_stores.get(cell["dataset"]), storage_options)
     return {"status": record["status"], "done": 1}
 
