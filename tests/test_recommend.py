@@ -121,6 +121,23 @@ def test_cards_are_written_and_self_contained(reports, tmp_path):
     assert "<script" not in page and "http://" not in page and "https://" not in page
 
 
+def test_recommend_reads_a_store_on_s3(stores, reports, s3_server, tmp_path):
+    """The same store from the loopback S3 server (the AWS environment a user sets): the same sample,
+    the same profile and recommendation as read from disk."""
+    bucket = s3_server.new_bucket()
+    s3_server.upload(stores["histo-1"], bucket, "stores/histo")
+    url = f"s3://{bucket}/stores/histo"
+    res = run_cli("recommend", url, "--sample", str(N), "--out", str(tmp_path / "s3"), timeout=240)
+    assert res.returncode == 0, res.stderr
+    data = json.loads((tmp_path / "s3" / "recommendation.json").read_text())
+    local = reports["histo-1"]
+    assert data["store"].startswith("s3://") and data["sample"]["profiled"] == N
+    assert data["locality"]["index"] == pytest.approx(local["locality"]["index"])
+    assert data["locality"]["index_ci"] == pytest.approx(local["locality"]["index_ci"])
+    assert data["recommendation"]["objective"] == local["recommendation"]["objective"]
+    assert data["noise"] == json.loads(json.dumps(local["noise"]))  # the same pixels were read
+
+
 def test_unlabelled_store_profiles_noise_only_and_says_why(stores, tmp_path):
     res = run_cli("recommend", str(stores["unlabelled"]), "--out", str(tmp_path / "u"), timeout=240)
     assert res.returncode == 0, res.stderr
