@@ -3,6 +3,7 @@
     python benchmarks/run_all.py                       # quick: small sizes, 1 repeat
     python benchmarks/run_all.py --full                # the long versions (medians of >= 3 where they repeat)
     python benchmarks/run_all.py --only ingest,dicom_wsi
+    python benchmarks/run_all.py --docs docs/performance.md   # only rewrite the doc's table from .bench/summary.md
 
 Each benchmark runs as its own process with the arguments below and writes ``.bench/<name>.json``
 through benchmarks/harness.py; this script gathers each one's figures (value, named anchor, ratio =
@@ -209,12 +210,30 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def update_docs(doc: Path, table: str) -> None:
+    """Replace what lies between the two markers in ``doc`` with ``table``."""
+    text = doc.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{doc} has no {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    doc.write_text(f"{head}{START}\n{table}{END}{tail}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="the long versions")
     ap.add_argument("--only", default="", help="comma-separated benchmark names")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per benchmark (quick 1800, full 7200)")
+    ap.add_argument("--docs", type=Path, help="write the last .bench/summary.md into this doc's marked table")
     args = ap.parse_args()
+    if args.docs:
+        update_docs(args.docs, (BENCH / "summary.md").read_text())
+        print(f"-> {args.docs}")
+        return 0
     names = [b.name for b in BENCHMARKS]
     only = [n for n in args.only.split(",") if n]
     unknown = set(only) - set(names)

@@ -131,3 +131,10 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     for r in doc["results"].values():
         assert r["images_per_s"] > 0 and r["flops_per_step"] > 0 and 0 < r["mfu"]
     assert sum("MFU" in f["figure"] for f in doc["figures"]) == len(names)
+
+
+def test_update_docs_rewrites_only_the_marked_table(tmp_path):
+    doc = tmp_path / "perf.md"
+    doc.write_text(f"# title\nkeep\n{run_all.START}\nold table\n{run_all.END}\nafter\n")
+    run_all.update_docs(doc, "| new |\n")
+    assert doc.read_text() == f"# title\nkeep\n{run_all.START}\n| new |\n{run_all.END}\nafter\n"
