@@ -5,6 +5,9 @@ Memory, one unit everywhere: ``peak_mib``, the peak PSS (proportional set size) 
 (2**20 bytes). PSS counts a shared page (the object store, torch's libraries) once across the tree,
 where RSS would count it in every worker.
 
+Sampling PSS reads every process's smaps (a few ms each): the default interval is 0.5 s so the sampler
+does not load the machine it measures; pass a shorter one for short runs.
+
 Time: ``timed`` (wall seconds of a call, ``time.perf_counter``); a child run's ``wall_s``.
 
 Figures against anchors: ``compare(...)`` makes one figure dict: the project's value and the named
@@ -65,7 +68,7 @@ class PeakPss:
     starts a new peak (e.g. after a warm-up), ``now_mib()`` is one sample.
     """
 
-    def __init__(self, pid: int | None = None, interval_s: float = 0.2):
+    def __init__(self, pid: int | None = None, interval_s: float = 0.5):
         self.root = psutil.Process(pid or os.getpid())
         self.interval_s = interval_s
         self._peak = 0
@@ -134,7 +137,7 @@ def measure_child(
     script: Path | str,
     args: Sequence[str],
     env: dict[str, str] | None = None,
-    interval_s: float = 0.2,
+    interval_s: float = 0.5,
     timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """Run ``python script _child ARGS`` in a fresh process; its result is the last JSON line it prints.
