@@ -243,25 +243,31 @@ def main() -> int:
     start_machine = machine()
     t0 = time.time()
     cuda = has_cuda()
-    rows = []
+    rows: list[dict[str, Any]] = []
+
+    def write_summary() -> dict[str, Any]:  # after every benchmark: a stopped run keeps what it measured
+        summary = {
+            "mode": "full" if args.full else "quick",
+            "command": " ".join(["python", "benchmarks/run_all.py", *sys.argv[1:]]),
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "seconds": round(time.time() - t0, 1),
+            "uptime_at_start": start_machine["uptime"],
+            "machine": machine(),
+            "benchmarks": rows,
+        }
+        (BENCH / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        (BENCH / "summary.md").write_text(markdown(summary))
+        return summary
+
+    summary = write_summary()
     for b in BENCHMARKS:
         if only and b.name not in only:
             continue
         if b.gpu and not cuda:
             rows.append({"name": b.name, "status": "skipped (no CUDA)", "command": "", "seconds": 0, "figures": []})
-            continue
-        rows.append(run_one(b, args.full, args.timeout or (7200 if args.full else 1800)))
-    summary = {
-        "mode": "full" if args.full else "quick",
-        "command": " ".join(["python", "benchmarks/run_all.py", *sys.argv[1:]]),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "seconds": round(time.time() - t0, 1),
-        "uptime_at_start": start_machine["uptime"],
-        "machine": machine(),
-        "benchmarks": rows,
-    }
-    (BENCH / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    (BENCH / "summary.md").write_text(markdown(summary))
+        else:
+            rows.append(run_one(b, args.full, args.timeout or (7200 if args.full else 1800)))
+        summary = write_summary()
     print(f"\n-> {BENCH / 'summary.json'}, {BENCH / 'summary.md'} ({summary['seconds'] / 60:.1f} min)")
     failed = [r["name"] for r in rows if r["status"] == "failed"]
     if failed:
