@@ -228,6 +228,11 @@ def main() -> int:
     ap.add_argument("--full", action="store_true", help="the long versions")
     ap.add_argument("--only", default="", help="comma-separated benchmark names")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per benchmark (quick 1800, full 7200)")
+    ap.add_argument(
+        "--collect",
+        action="store_true",
+        help="run nothing: gather the figures of the .bench/<name>.json already there (each with its own command)",
+    )
     ap.add_argument("--docs", type=Path, help="write the last .bench/summary.md into this doc's marked table")
     args = ap.parse_args()
     if args.docs:
@@ -247,7 +252,7 @@ def main() -> int:
 
     def write_summary() -> dict[str, Any]:  # after every benchmark: a stopped run keeps what it measured
         summary = {
-            "mode": "full" if args.full else "quick",
+            "mode": "collected" if args.collect else ("full" if args.full else "quick"),
             "command": " ".join(["python", "benchmarks/run_all.py", *sys.argv[1:]]),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "seconds": round(time.time() - t0, 1),
@@ -263,7 +268,24 @@ def main() -> int:
     for b in BENCHMARKS:
         if only and b.name not in only:
             continue
-        if b.gpu and not cuda:
+        if args.collect:
+            path = BENCH / f"{b.name}.json"
+            if not path.exists():
+                rows.append({"name": b.name, "status": "not run", "command": "", "seconds": 0, "figures": []})
+                continue
+            doc = json.loads(path.read_text())
+            rows.append(
+                {
+                    "name": b.name,
+                    "status": "ok",
+                    "command": doc.get("command", ""),
+                    "seconds": 0,
+                    "date": doc.get("machine", {}).get("date"),
+                    "results": str(path.relative_to(REPO)),
+                    "figures": doc.get("figures", []),
+                }
+            )
+        elif b.gpu and not cuda:
             rows.append({"name": b.name, "status": "skipped (no CUDA)", "command": "", "seconds": 0, "figures": []})
         else:
             rows.append(run_one(b, args.full, args.timeout or (7200 if args.full else 1800)))
