@@ -14,7 +14,7 @@ help:
 	@echo "make demo   - sample data + ingest, then a study (DINO, I-JEPA, MAE + random init) on the controlled benchmark"
 	@echo "make test   - run the test suite (real Ray, real S3 server on 127.0.0.1)"
 	@echo "make lint   - ruff (lint + format check) and mypy (strict for core, models, objectives, views, modalities; normal elsewhere)"
-	@echo "make bench  - storage benchmarks (benchmarks/ingest.py)"
+	@echo "make bench  - every benchmark in quick mode -> .bench/summary.json (FULL=1: the long versions; docs/performance.md)"
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (pretextlab needs Python 3.11)"; exit 2; }
@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
-	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/run_all.py $(if $(FULL),--full,)
 
 clean:
 	rm -rf demo-data .bench .pytest_cache

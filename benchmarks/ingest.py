@@ -3,13 +3,14 @@
     .venv/bin/python benchmarks/ingest.py                 # 40,000 x 40,000 RGB slide (generated once)
     .venv/bin/python benchmarks/ingest.py --size 8192     # quick run
 
-Measures, each in a fresh subprocess whose whole process tree's RSS is sampled every 50 ms:
+Measures, each in a fresh subprocess whose whole process tree's PSS is sampled every 50 ms
+(benchmarks/harness.py: ``peak_mib``), the anchor and pretextlab alternating per repeat:
   1. tifffile: decode every level-0 tile of the slide (``TiffPage.segments``), nothing kept: the anchor.
   2. pretextlab: ``write_item`` of the same slide (level 0 + 2x pyramid + tissue mask into Zarr).
   3. Ray scaling: ``run_ingest`` of N smaller slides on a local Ray cluster with 1 and with 2 CPUs,
      one dask thread per item, so the figure is Ray's task parallelism alone.
-MB/s counts level-0 RGB pixel bytes (height * width * 3). Medians of --repeats runs; figures go to
-stdout and to .bench/ingest.json.
+MB/s counts level-0 RGB pixel bytes (height * width * 3, MB = 10**6 bytes). Medians of --repeats runs;
+figures go to stdout and to .bench/ingest.json (ratios per repeat, then the median).
 
     .venv/bin/python benchmarks/ingest.py --part collection   # 224 px JPEG folder vs a plain decode loop
 (the collection part: benchmarks/ingest_collection.py, figures in .bench/ingest-collection.json)
@@ -19,53 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import BENCH, compare, measure_child, median, print_figures, write_results
 
 HERE = Path(__file__).resolve()
-BENCH = HERE.parents[1] / ".bench"
 
 
 def measure(args: list[str]) -> dict:
-    """Run ``this_script _child ARGS`` and sample the peak RSS of its process tree."""
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE), "_child", *args],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "RAY_ADDRESS": ""},
-    )
-    parent = psutil.Process(proc.pid)
-    peak = 0
-    cpu: dict[int, float] = {}  # pid -> last seen user+system CPU seconds (the tree's CPU time)
-    while proc.poll() is None:
-        try:
-            procs = [parent, *parent.children(recursive=True)]
-            total = 0
-            for p in procs:
-                try:
-                    total += p.memory_info().rss
-                    t = p.cpu_times()
-                    cpu[p.pid] = t.user + t.system
-                except psutil.NoSuchProcess:
-                    pass
-            peak = max(peak, total)
-        except psutil.NoSuchProcess:
-            pass
-        time.sleep(0.05)
-    out = proc.stdout.read()
-    if proc.returncode != 0:
-        raise RuntimeError(f"child {args} failed:\n{out}")
-    result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_mb"] = peak / 1e6
-    result["cpu_seconds"] = sum(cpu.values())  # sampled every 50 ms: a lower bound
-    return result
+    """Run ``this_script _child ARGS`` in a fresh process (benchmarks/harness.py: ``peak_mib``, ``cpu_s``)."""
+    return measure_child(HERE, args, interval_s=0.05)
 
 
 def child(argv: list[str]) -> None:
@@ -137,11 +105,13 @@ def main() -> None:
     ap.add_argument("--collection-cpus", type=int, default=2)
     ap.add_argument("--collection-shard-size", type=int, default=1024)
     args = ap.parse_args()
+    collection = None
     if args.part in ("all", "collection"):
-        sys.path.insert(0, str(HERE.parent))
         from ingest_collection import run_part
 
-        run_part(args.collection_images, args.collection_cpus, args.collection_shard_size, args.repeats, measure)
+        collection = run_part(
+            args.collection_images, args.collection_cpus, args.collection_shard_size, args.repeats, measure
+        )
         if args.part == "collection":
             return
 
@@ -159,24 +129,42 @@ def main() -> None:
 
     results: dict = {"size": args.size, "raw_mb": raw_mb, "file_mb": big.stat().st_size / 1e6}
     base = measure(["baseline", str(big)])
-    results["baseline_rss_mb"] = base["peak_rss_mb"]
+    results["baseline_peak_mib"] = base["peak_mib"]
 
-    def runs(make_args, repeats):
-        out = []
-        for _ in range(repeats):
-            with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
-                out.append(measure(make_args(tmp)))
-        return {
-            "seconds": statistics.median(r["seconds"] for r in out),
-            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in out),
-            "runs": out,
+    def one(make_args) -> dict:
+        with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
+            return measure(make_args(tmp))
+
+    # the anchor and pretextlab alternate per repeat: each pair saw the same machine load
+    runs: dict[str, list[dict]] = {"tifffile": [], "pretextlab": []}
+    for _ in range(args.repeats):
+        runs["tifffile"].append(one(lambda tmp: ["tifffile", str(big)]))
+        runs["pretextlab"].append(one(lambda tmp: ["write_item", str(big), tmp + "/store"]))
+    for key, rs in runs.items():
+        results[key] = {
+            "seconds": median([r["seconds"] for r in rs]),
+            "mb_per_s": median([raw_mb / r["seconds"] for r in rs]),
+            "peak_mib": median([r["peak_mib"] for r in rs]),
+            "runs": rs,
         }
-
-    results["tifffile"] = runs(lambda tmp: ["tifffile", str(big)], args.repeats)
-    results["pretextlab"] = runs(lambda tmp: ["write_item", str(big), tmp + "/store"], args.repeats)
-    for key in ("tifffile", "pretextlab"):
-        results[key]["mb_per_s"] = raw_mb / results[key]["seconds"]
-    results["ratio_vs_tifffile"] = results["pretextlab"]["mb_per_s"] / results["tifffile"]["mb_per_s"]
+    figures = [
+        compare(
+            f"ingest write_item {args.size}^2 RGB (level 0 + pyramid + mask), level-0 MB/s",
+            "MB/s",
+            [raw_mb / r["seconds"] for r in runs["pretextlab"]],
+            "tifffile raw decode of level 0",
+            [raw_mb / r["seconds"] for r in runs["tifffile"]],
+        ),
+        compare(
+            f"ingest write_item {args.size}^2 peak PSS",
+            "MiB",
+            [r["peak_mib"] for r in runs["pretextlab"]],
+            "tifffile raw decode of level 0",
+            [r["peak_mib"] for r in runs["tifffile"]],
+            better="lower",
+        ),
+    ]
+    results["ratio_vs_tifffile"] = figures[0]["ratio"]
 
     scale_dir = BENCH / f"scaling-{args.scaling_size}x{args.scaling_slides}"
     scale_dir.mkdir(exist_ok=True)
@@ -185,23 +173,40 @@ def main() -> None:
         if not p.exists():
             write_slide_tiff(p, args.scaling_size, args.scaling_size, tile=512, levels=1, seed=10 + i)
     scale_mb = args.scaling_slides * args.scaling_size**2 * 3 / 1e6
-    for cpus in (1, 2):
-        r = runs(lambda tmp, c=cpus: ["ray", str(scale_dir), str(c), tmp + "/store"], args.scaling_repeats)
-        r["mb_per_s"] = scale_mb / r["seconds"]
-        results[f"ray_{cpus}_workers"] = r
-    results["ray_2_vs_1"] = results["ray_2_workers"]["mb_per_s"] / results["ray_1_workers"]["mb_per_s"]
-
-    (BENCH / "ingest.json").write_text(json.dumps(results, indent=1))
+    scaling: dict[int, list[dict]] = {1: [], 2: []}
+    for _ in range(args.scaling_repeats):  # 1 and 2 CPUs alternate per repeat
+        for cpus in (1, 2):
+            scaling[cpus].append(one(lambda tmp, c=cpus: ["ray", str(scale_dir), str(c), tmp + "/store"]))
+    for cpus, rs in scaling.items():
+        results[f"ray_{cpus}_workers"] = {
+            "seconds": median([r["seconds"] for r in rs]),
+            "mb_per_s": median([scale_mb / r["seconds"] for r in rs]),
+            "peak_mib": median([r["peak_mib"] for r in rs]),
+            "runs": rs,
+        }
+    figures.append(
+        compare(
+            f"Ray ingest of {args.scaling_slides} slides {args.scaling_size}^2 on 2 CPUs, MB/s",
+            "MB/s",
+            [scale_mb / r["seconds"] for r in scaling[2]],
+            "the same on 1 CPU",
+            [scale_mb / r["seconds"] for r in scaling[1]],
+        )
+    )
+    results["ray_2_vs_1"] = figures[-1]["ratio"]
+    if collection:
+        figures += collection["figures"]
+    write_results("ingest", figures, **results)
     print(
         f"\nslide {args.size}x{args.size} RGB: {raw_mb:.0f} MB of pixels, {results['file_mb']:.0f} MB JPEG-tiled TIFF"
     )
-    print(f"{'':28}{'seconds':>10}{'MB/s':>10}{'peak RSS MB':>14}")
+    print(f"{'':28}{'seconds':>10}{'MB/s':>10}{'peak MiB':>14}")
     for key, label in (("tifffile", "tifffile raw read (anchor)"), ("pretextlab", "pretextlab write_item")):
         r = results[key]
-        print(f"{label:28}{r['seconds']:10.1f}{r['mb_per_s']:10.1f}{r['peak_rss_mb']:14.0f}")
+        print(f"{label:28}{r['seconds']:10.1f}{r['mb_per_s']:10.1f}{r['peak_mib']:14.0f}")
     print(
         f"ratio pretextlab / tifffile: {results['ratio_vs_tifffile']:.2f}x   "
-        f"(interpreter + imports alone: {results['baseline_rss_mb']:.0f} MB)"
+        f"(interpreter + imports alone: {results['baseline_peak_mib']:.0f} MiB)"
     )
     print(
         f"\nRay ingest of {args.scaling_slides} slides {args.scaling_size}^2 ({scale_mb:.0f} MB), "
@@ -211,9 +216,10 @@ def main() -> None:
         r = results[f"ray_{cpus}_workers"]
         print(
             f"  {cpus} worker(s): {r['seconds']:6.1f} s  {r['mb_per_s']:6.1f} MB/s  "
-            f"peak RSS (tree) {r['peak_rss_mb']:.0f} MB"
+            f"peak PSS (tree) {r['peak_mib']:.0f} MiB"
         )
     print(f"  2 vs 1 workers: {results['ray_2_vs_1']:.2f}x")
+    print_figures(figures)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ would save (not a store option yet: see docs/storage.md). Figures go to .bench/i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,8 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import BENCH, compare, measure_child, print_figures, tree_cpu_seconds, write_results
+
 HERE = Path(__file__).resolve()
-BENCH = HERE.parents[1] / ".bench"
 
 
 def make_tiles(folder: Path, n: int, size: int = 224) -> Path:
@@ -72,16 +73,7 @@ def collection_ingest(folder: str, dest: str, cpus: int, shard_size: int) -> dic
 
     from pretextlab.jobs.ingest import IngestConfig, run_ingest
 
-    def tree_cpu() -> float:
-        me = psutil.Process()
-        total = 0.0
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
+    tree_cpu = lambda: tree_cpu_seconds(psutil.Process())
 
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
     ray.get([ray.remote(lambda: 0).remote() for _ in range(cpus)])  # workers up: not counted
@@ -145,9 +137,9 @@ def run_part(images: int, cpus: int, shard_size: int, repeats: int, measure) -> 
     BENCH.mkdir(exist_ok=True)
     folder = make_tiles(BENCH / f"tiles-224x{images}", images)
     source_bytes = sum(p.stat().st_size for p in folder.rglob("*.jpg"))
-    plain = [measure(["plain_loop", str(folder)]) for _ in range(repeats)]
-    ours = []
-    for _ in range(repeats):
+    plain, ours = [], []
+    for _ in range(repeats):  # the anchor and the ingest alternate per repeat
+        plain.append(measure(["plain_loop", str(folder)]))
         with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
             ours.append(measure(["collection", str(folder), tmp + "/store", str(cpus), str(shard_size)]))
     p_s = statistics.median(r["seconds"] for r in plain)
@@ -175,12 +167,29 @@ def run_part(images: int, cpus: int, shard_size: int, repeats: int, measure) -> 
     # CPU time of each process tree: on a shared (loaded) machine wall time says little; CPU time per
     # image says what the same work costs on idle cores. The Ray tree's includes cluster start-up.
     for key, runs in (("plain_loop", plain), ("collection", ours)):
-        cpu = statistics.median(r["cpu_seconds"] for r in runs)
+        cpu = statistics.median(r["cpu_s"] for r in runs)
         res[key]["cpu_seconds"] = cpu
         res[key]["images_per_cpu_s"] = images / cpu if cpu else None
     res["store_vs_source"] = res["collection"]["store_bytes"] / source_bytes
     res["lossy"] = lossy_sizes(str(folder))
-    (BENCH / "ingest-collection.json").write_text(json.dumps(res, indent=1))
+    res["figures"] = [
+        compare(
+            f"collection ingest of {images} JPEG tiles on {cpus} CPUs (cold Ray workers), images/s",
+            "images/s",
+            [images / r["seconds"] for r in ours],
+            "plain decode loop (1 process)",
+            [images / r["seconds"] for r in plain],
+        ),
+        compare(
+            f"collection ingest of {images} JPEG tiles, peak PSS",
+            "MiB",
+            [r["peak_mib"] for r in ours],
+            "plain decode loop (1 process)",
+            [r["peak_mib"] for r in plain],
+            better="lower",
+        ),
+    ]
+    write_results("ingest-collection", res["figures"], **{k: v for k, v in res.items() if k != "figures"})
     lossy = res["lossy"]["bytes_per_image"]
     print(
         f"\ncollection: {images:,} JPEG tiles 224x224 q90 ({source_bytes / 1e6:.1f} MB), {cpus} CPUs, "
@@ -232,10 +241,10 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
-    sys.path.insert(0, str(HERE.parent))
-    from ingest import measure  # type: ignore[import-not-found]
-
-    run_part(args.images, args.cpus, args.shard_size, args.repeats, measure)
+    res = run_part(
+        args.images, args.cpus, args.shard_size, args.repeats, lambda a: measure_child(HERE.parent / "ingest.py", a)
+    )
+    print_figures(res["figures"])
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import argparse
 import importlib.util
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,9 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from harness import compare, print_figures, timed, write_results  # noqa: E402
+
 _spec = importlib.util.spec_from_file_location("learn_cases", ROOT / "tests" / "test_objectives_learn.py")
 assert _spec and _spec.loader
 T = importlib.util.module_from_spec(_spec)
@@ -66,8 +68,7 @@ def variant_set(n: int, seed: int, rgb: bool, amp: float, background: float, off
 
 
 def measure(name: str, n_test: int, detached: bool) -> dict:
-    t0 = time.perf_counter()
-    before, after, steps = T.run_case(name, detached=detached)
+    (before, after, steps), seconds = timed(lambda: T.run_case(name, detached=detached))
     test = T.mcnemar_exact(after, before)
     return {
         "before": round(float(before.mean()), 4),
@@ -76,7 +77,7 @@ def measure(name: str, n_test: int, detached: bool) -> dict:
         "discordant": [test.a_only, test.b_only],
         "p_mcnemar": float(f"{test.p_value:.3g}"),
         "steps": steps,
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": round(seconds, 1),
     }
 
 
@@ -92,11 +93,26 @@ def main() -> None:
     if args.variant:
         amp, bg, off = VARIANTS[args.variant]
         T.make_set = lambda n, seed, rgb: variant_set(n, seed, rgb, amp, bg, off)
+    rows, figures = [], []
     for name in args.objectives.split(","):
         row = {"objective": name, "variant": args.variant or "test", "trained": measure(name, args.n_test, False)}
         if not args.no_control:
             row["detached"] = measure(name, args.n_test, True)
         print(json.dumps(row), flush=True)
+        rows.append(row)
+        t = row["trained"]
+        figures.append(
+            compare(
+                f"{name} kNN accuracy after {t['steps']} steps ({row['variant']} set)",
+                "accuracy",
+                [t["after"]],
+                "the same encoder at random init",
+                [t["before"]],
+                note=f"McNemar p = {t['p_mcnemar']}",
+            )
+        )
+    write_results("learning", figures, rows=rows)
+    print_figures(figures)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ the same objective (same timm backbone, same views, same head sizes, same batch)
         --objectives dino,dinov3_nogram,dinov3,ijepa,salt,lejepa,cine_jepa,cine_salt
     .venv/bin/python benchmarks/objectives.py --paired 7 --objectives ijepa,salt      # loaded machine: see run_paired()
 
-Each (implementation, objective) runs in its own subprocess (peak RSS per run). Medians over
---repeats; ratio = ours / lightly steps/s (>= 1 means ours is not slower). Figures also go to
-.bench/objectives.json. lightly has no cine variants; those rows report ours alone.
+Each (implementation, objective) runs in its own subprocess (peak PSS of its tree, MiB: benchmarks/
+harness.py), ours and lightly back to back, repeats outermost. Ratio = the median over repeats of ours /
+lightly steps/s (>= 1 means ours is not slower). Figures also go to .bench/objectives.json. lightly has
+no cine variants; those rows report ours alone.
 
 Issue 17's rows (ours alone; lightly has none of them): ``dinov3`` with Gram anchoring on from the
 first step (DINOv3 defaults: iBOT, KoLeo, Sinkhorn-Knopp, Gram teacher at 2x), ``dinov3_nogram`` the
@@ -22,15 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import compare, measure_child, print_figures, write_results
+
 HERE = Path(__file__).resolve()
-BENCH = HERE.parents[1] / ".bench"
 OBJECTIVES = [
     "dino",
     "simclr",
@@ -193,9 +194,7 @@ def child(impl: str, name: str, batch: int, size: int, patch: int, steps: int) -
     for _ in range(steps):
         step(data)
     dt = time.perf_counter() - t0
-    print(
-        json.dumps({"steps_per_s": steps / dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3})
-    )
+    print(json.dumps({"steps_per_s": steps / dt}))
 
 
 def run_paired(names: list[str], batch: int, size: int, patch: int, rounds: int) -> None:
@@ -252,60 +251,52 @@ def main() -> None:
             for impl in ("pretextlab", "lightly"):
                 if impl == "lightly" and name not in LIGHTLY:
                     continue
-                out = subprocess.run(
-                    [
-                        sys.executable,
-                        str(HERE),
-                        "_child",
-                        impl,
-                        name,
-                        str(args.batch),
-                        str(args.size),
-                        str(args.patch),
-                        str(args.steps),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
-                runs.setdefault((name, impl), []).append(json.loads(out.stdout.strip().splitlines()[-1]))
+                args_ = [impl, name, str(args.batch), str(args.size), str(args.patch), str(args.steps)]
+                runs.setdefault((name, impl), []).append(measure_child(HERE, args_))
     for (name, impl), rs in runs.items():
         results.setdefault(name, {})[impl] = {
             "steps_per_s": statistics.median(r["steps_per_s"] for r in rs),
-            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rs),
+            "peak_mib": statistics.median(r["peak_mib"] for r in rs),
         }
         print(f"  {name:10} {impl:10} {results[name][impl]['steps_per_s']:.2f} steps/s", flush=True)
-    BENCH.mkdir(exist_ok=True)
-    (BENCH / "objectives.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     print(
         f"\nViT-Tiny, {args.size} px, patch {args.patch}, batch {args.batch}, CPU; "
         f"median of {args.repeats} x {args.steps} steps"
     )
-    print(f"{'objective':12}{'ours steps/s':>14}{'lightly':>10}{'ratio':>8}{'ours RSS MB':>13}{'lightly RSS':>13}")
+    print(f"{'objective':12}{'ours steps/s':>14}{'lightly':>10}{'ratio':>8}{'ours MiB':>13}{'lightly MiB':>13}")
     for name, r in results.items():
         o, lt = r["pretextlab"], r.get("lightly")
         ratio = f"{o['steps_per_s'] / lt['steps_per_s']:.2f}" if lt else "-"
         print(
             f"{name:12}{o['steps_per_s']:14.2f}{(lt or {}).get('steps_per_s', float('nan')):10.2f}{ratio:>8}"
-            f"{o['peak_rss_mb']:13.0f}{(lt or {}).get('peak_rss_mb', float('nan')):13.0f}"
+            f"{o['peak_mib']:13.0f}{(lt or {}).get('peak_mib', float('nan')):13.0f}"
         )
+    desc = f"ViT-Tiny {args.size} px patch {args.patch}, batch {args.batch}, {args.steps} steps"
+    figures = []
+    for name in names:
+        ours_sps = [r["steps_per_s"] for r in runs[(name, "pretextlab")]]
+        if (name, "lightly") in runs:
+            lightly = [r["steps_per_s"] for r in runs[(name, "lightly")]]
+            figures.append(
+                compare(f"{name} training steps/s ({desc})", "steps/s", ours_sps, f"lightly {name}", lightly)
+            )
+        else:
+            figures.append(compare(f"{name} training steps/s ({desc})", "steps/s", ours_sps, None))
     ratios = {}
     for label, a, b in RATIOS:  # paired by repeat (the two ran back to back), then the median
         if (a, "pretextlab") in runs and (b, "pretextlab") in runs:
-            paired = [
-                x["steps_per_s"] / y["steps_per_s"]
-                for x, y in zip(runs[(a, "pretextlab")], runs[(b, "pretextlab")], strict=True)
-            ]
-            r = statistics.median(paired)
-            ratios[label] = {"median": r, "min": min(paired), "max": max(paired)}
-            print(
-                f"{label}: steps/s ratio {r:.2f} (repeats {min(paired):.2f}-{max(paired):.2f}); "
-                f"step time ratio {1 / r:.2f}"
+            f = compare(
+                f"{label} steps/s",
+                "steps/s",
+                [x["steps_per_s"] for x in runs[(a, "pretextlab")]],
+                f"ours {b}",
+                [y["steps_per_s"] for y in runs[(b, "pretextlab")]],
             )
-    if ratios:
-        (BENCH / "objectives.json").write_text(
-            json.dumps({"args": vars(args), "results": results, "ratios": ratios}, indent=1)
-        )
+            figures.append(f)
+            ratios[label] = {"median": f["ratio"], "min": min(f["runs"]), "max": max(f["runs"])}
+            print(f"{label}: steps/s ratio {f['ratio']:.2f}; step time ratio {1 / f['ratio']:.2f}")
+    write_results("objectives", figures, args=vars(args), results=results, ratios=ratios)
+    print_figures(figures)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,9 @@ import torch
 
 from pretextlab.evaluate.controls import random_init_knn, supervised_cnn
 from pretextlab.phantoms import generate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import compare, print_figures, write_results
 
 
 def _floats(text: str) -> list[float]:
@@ -86,6 +90,19 @@ def main() -> None:
                     flush=True,
                 )
                 out.write_text(json.dumps(rows, indent=1))
+    first = f"d{depths[0]}-token"
+    figures = [
+        compare(
+            f"{r['modality']} locality {r['locality']:g} noise {r['noise']:g}: supervised CNN balanced accuracy",
+            "balanced accuracy",
+            [r["cnn"]["value"]],
+            f"random-init kNN (ViT-Ti {first})",
+            [r["knn"][first]["value"]],
+        )
+        for r in rows
+    ]
+    write_results("phantom_controls", figures, out, rows=rows)
+    print_figures(figures)
 
 
 if __name__ == "__main__":

@@ -35,10 +35,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -47,9 +45,11 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import BENCH, MIB, PeakPss, compare, machine, measure_child, print_figures, tree_pss, write_results
+
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
-BENCH = REPO / ".bench"
 DATA = BENCH / "pipeline-data"
 
 
@@ -209,15 +209,6 @@ def dataloader(folder: Path, batch_size: int = 64, workers: int = 2) -> int:
     return sum(len(b) for b in loader)
 
 
-def timed(fn, repeats: int) -> dict:
-    rates, n = [], 0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        n = fn()
-        rates.append(n / (time.perf_counter() - t0))
-    return {"patches": n, "patches_per_s": statistics.median(rates), "runs": [round(r, 1) for r in rates]}
-
-
 def part_a(args) -> dict:
     import ray
 
@@ -238,53 +229,69 @@ def part_a(args) -> dict:
         "patches": plan.samples_per_epoch,
         "read_tasks": len(plan.epoch_groups(0)),
     }
-    out["zarr_numpy_loop"] = timed(lambda: plain_loop(plan), args.repeats)
-    out["read_group_in_process"] = timed(lambda: in_process(plan), args.repeats)
-    out["torch_dataloader_png_2_workers"] = timed(lambda: dataloader(folder), args.repeats)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
     ray_stream(plan)  # warm-up: worker processes start, imports
-    out["ray_read_stream"] = timed(lambda: ray_stream(plan), args.repeats)
-    out["ray_read_stream_1cpu_tasks"] = timed(lambda: ray_stream(plan, num_cpus=1.0), args.repeats)
+    ways = {
+        "zarr_numpy_loop": lambda: plain_loop(plan),
+        "read_group_in_process": lambda: in_process(plan),
+        "torch_dataloader_png_2_workers": lambda: dataloader(folder),
+        "ray_read_stream": lambda: ray_stream(plan),
+        "ray_read_stream_1cpu_tasks": lambda: ray_stream(plan, num_cpus=1.0),
+    }
+    rates: dict[str, list[float]] = {k: [] for k in ways}
+    peaks: dict[str, list[float]] = {k: [] for k in ways}
+    for _ in range(args.repeats):  # every way once per repeat: a change in load hits them alike
+        for k, fn in ways.items():
+            with PeakPss(interval_s=0.05) as mem:
+                t0 = time.perf_counter()
+                n = fn()
+                rates[k].append(n / (time.perf_counter() - t0))
+            peaks[k].append(mem.peak_mib)
     ray.shutdown()
-    limit = out["zarr_numpy_loop"]["patches_per_s"]
-    png = out["torch_dataloader_png_2_workers"]["patches_per_s"]
-    rs = out["ray_read_stream"]["patches_per_s"]
-    out["ratio_ray_vs_zarr_loop"] = rs / limit
-    out["ratio_ray_vs_png_dataloader"] = rs / png
-    for k in (
-        "zarr_numpy_loop",
-        "read_group_in_process",
-        "torch_dataloader_png_2_workers",
-        "ray_read_stream",
-        "ray_read_stream_1cpu_tasks",
-    ):
-        print(f"  {k:32s} {out[k]['patches_per_s']:9.0f} patches/s   runs {out[k]['runs']}")
-    print(
-        f"  read_stream / zarr loop = {out['ratio_ray_vs_zarr_loop']:.2f}x; "
-        f"read_stream / PNG DataLoader = {out['ratio_ray_vs_png_dataloader']:.2f}x",
-        flush=True,
-    )
+    for k in ways:
+        out[k] = {
+            "patches_per_s": statistics.median(rates[k]),
+            "runs": [round(r, 1) for r in rates[k]],
+            "peak_mib": statistics.median(peaks[k]),
+        }
+    out["figures"] = [
+        compare(
+            "(a) read_stream patches/s (0.5-CPU read tasks, the training default)",
+            "patches/s",
+            rates["ray_read_stream"],
+            "plain zarr + numpy loop (1 process)",
+            rates["zarr_numpy_loop"],
+        ),
+        compare(
+            "(a) read_stream patches/s (1-CPU read tasks)",
+            "patches/s",
+            rates["ray_read_stream_1cpu_tasks"],
+            "plain zarr + numpy loop (1 process)",
+            rates["zarr_numpy_loop"],
+        ),
+        compare(
+            "(a) read_stream patches/s (0.5-CPU read tasks) vs PNG DataLoader",
+            "patches/s",
+            rates["ray_read_stream"],
+            "torch DataLoader, 2 workers, PNG folder",
+            rates["torch_dataloader_png_2_workers"],
+        ),
+    ]
+    out["ratio_ray_vs_zarr_loop"] = out["figures"][0]["ratio"]
+    out["ratio_ray_vs_png_dataloader"] = out["figures"][2]["ratio"]
+    for k in ways:
+        print(
+            f"  {k:32s} {out[k]['patches_per_s']:9.0f} patches/s   runs {out[k]['runs']}   "
+            f"peak PSS (tree) {out[k]['peak_mib']:.0f} MiB"
+        )
+    print_figures(out["figures"])
     return out
 
 
 # --- (b) peak memory vs dataset size ---------------------------------------------------------------------
-
-
-def tree_memory(root: psutil.Process) -> tuple[int, int, int]:
-    """(sum of RSS, sum of PSS, number of processes) of ``root`` and its descendants (GCS, raylet, workers)."""
-    rss = pss = n = 0
-    for p in [root, *root.children(recursive=True)]:
-        try:
-            info = p.memory_full_info()
-            rss += info.rss
-            pss += getattr(info, "pss", info.rss)
-            n += 1
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return rss, pss, n
 
 
 #: (b) read groups of >= 16 rows: the 2-slide store then also has enough read tasks to keep the 4 read
@@ -292,9 +299,10 @@ def tree_memory(root: psutil.Process) -> tuple[int, int, int]:
 MEMORY_MIN_ROWS = 16
 
 
-def memory_child(store: str, patch: int) -> None:
+def memory_child(store: str, patch: int) -> dict:
     """In a fresh process: start Ray, stream epoch 1 (warm-up: the worker pool grows to what this stream
-    runs at once and imports what it needs), then epoch 0 batch by batch while sampling memory."""
+    runs at once and imports what it needs), then epoch 0 batch by batch while sampling memory (PSS of
+    this process tree, MiB, and the object store's bytes in use)."""
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -306,20 +314,18 @@ def memory_child(store: str, patch: int) -> None:
     from pretextlab.storage.stream import plan_stream
 
     me = psutil.Process()
-    peak = {"rss": 0, "pss": 0, "procs": 0, "store": 0}
+    peak_store = 0
     stop = threading.Event()
 
-    def sample() -> None:
+    def sample_store() -> None:
+        nonlocal peak_store
         address = ray.get_runtime_context().gcs_address
         while not stop.is_set():
-            rss, pss, n = tree_memory(me)
             try:
-                store = get_memory_info_reply(get_state_from_address(address)).store_stats.object_store_bytes_used
+                used = get_memory_info_reply(get_state_from_address(address)).store_stats.object_store_bytes_used
             except Exception:
-                store = 0
-            if pss > peak["pss"]:
-                peak.update(pss=pss, procs=n)
-            peak["rss"], peak["store"] = max(peak["rss"], rss), max(peak["store"], store)
+                used = 0
+            peak_store = max(peak_store, used)
             time.sleep(0.05)
 
     def stream(epoch: int, limit: int | None = None) -> int:
@@ -330,85 +336,89 @@ def memory_child(store: str, patch: int) -> None:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     DataContext.get_current().enable_progress_bars = False
     plan = plan_stream(spec_for(store, patch, min_rows_per_group=MEMORY_MIN_ROWS))
-    idle = tree_memory(me)
+    idle = tree_pss(me) / MIB
     stream(1, limit=512)
-    warm = tree_memory(me)
-    thread = threading.Thread(target=sample, daemon=True)
+    warm = tree_pss(me) / MIB
+    thread = threading.Thread(target=sample_store, daemon=True)
     thread.start()
-    t0 = time.perf_counter()
-    n = stream(0)
-    seconds = time.perf_counter() - t0
+    with PeakPss(interval_s=0.05) as mem:
+        t0 = time.perf_counter()
+        n = stream(0)
+        seconds = time.perf_counter() - t0
     stop.set()
     thread.join()
+    processes = len(me.children(recursive=True)) + 1
     ray.shutdown()
-    print(
-        json.dumps(
-            {
-                "patches": n,
-                "seconds": seconds,
-                "pixel_mb": n * plan.sample_bytes / 1e6,
-                "idle_rss_mb": idle[0] / 1e6,
-                "idle_pss_mb": idle[1] / 1e6,
-                "warm_rss_mb": warm[0] / 1e6,
-                "warm_pss_mb": warm[1] / 1e6,
-                "stream_growth_pss_mb": (peak["pss"] - warm[1]) / 1e6,
-                "peak_rss_mb": peak["rss"] / 1e6,
-                "peak_pss_mb": peak["pss"] / 1e6,
-                "processes_at_peak": peak["procs"],
-                "peak_object_store_mb": peak["store"] / 1e6,
-            }
-        )
-    )
+    return {
+        "patches": n,
+        "seconds": seconds,
+        "pixel_mb": n * plan.sample_bytes / 1e6,
+        "idle_mib": idle,
+        "warm_mib": warm,
+        "epoch_peak_mib": mem.peak_mib,
+        "stream_growth_mib": mem.peak_mib - warm,
+        "processes": processes,
+        "peak_object_store_mib": peak_store / MIB,
+    }
 
 
 def measure_memory(store: str, patch: int, tries: int = 2) -> dict:
     """One fresh-process measurement; retried once (a loaded machine can time out Ray's start)."""
     for attempt in range(tries):
-        proc = subprocess.run(
-            [sys.executable, str(HERE), "_memory", store, str(patch)],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "RAY_ADDRESS": ""},
-            timeout=900,
-        )
-        if proc.returncode == 0:
-            return json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"  memory child failed (try {attempt + 1}): {proc.stderr.strip().splitlines()[-1:]}", flush=True)
-    raise RuntimeError(f"memory child failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
+        try:
+            return measure_child(HERE, ["_memory", store, str(patch)], interval_s=0.1, timeout_s=900)
+        except RuntimeError as exc:
+            if attempt + 1 == tries:
+                raise
+            print(f"  memory child failed (try {attempt + 1}): {str(exc).strip().splitlines()[-1:]}", flush=True)
+    raise AssertionError("unreachable")
 
 
 def part_b(args) -> dict:
     out: dict = {"patch": args.patch, "slide_size": args.size}
-    for label, n in (("small", args.small), ("large", args.large)):
-        store = slide_store(n, args.size)
-        runs = [measure_memory(store, args.patch) for _ in range(args.repeats)]
-        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    sizes = {"small": args.small, "large": args.large}
+    runs: dict[str, list[dict]] = {k: [] for k in sizes}
+    stores = {label: slide_store(n, args.size) for label, n in sizes.items()}
+    for _ in range(args.repeats):  # small and large alternate per repeat
+        for label in sizes:
+            runs[label].append(measure_memory(stores[label], args.patch))
+    for label, n in sizes.items():
+        med = {k: statistics.median(r[k] for r in runs[label]) for k in runs[label][0]}
         out[label] = {
             "slides": n,
             **{k: round(v, 1) for k, v in med.items()},
-            "runs_peak_rss_mb": [round(r["peak_rss_mb"]) for r in runs],
-            "runs_peak_pss_mb": [round(r["peak_pss_mb"]) for r in runs],
+            "runs_epoch_peak_mib": [round(r["epoch_peak_mib"]) for r in runs[label]],
         }
         print(
             f"(b) {n:3d} slides: {med['patches']:.0f} patches ({med['pixel_mb']:.0f} MB of pixels) in "
-            f"{med['seconds']:.1f} s; peak RSS {med['peak_rss_mb']:.0f} MB (idle {med['idle_rss_mb']:.0f}), "
-            f"peak PSS {med['peak_pss_mb']:.0f} MB (idle {med['idle_pss_mb']:.0f}, {med['processes_at_peak']:.0f} "
-            f"processes), object store {med['peak_object_store_mb']:.0f} MB; PSS growth over the warm pool "
-            f"{med['stream_growth_pss_mb']:.0f} MB",
+            f"{med['seconds']:.1f} s; peak PSS (tree) during the epoch {med['epoch_peak_mib']:.0f} MiB "
+            f"(idle {med['idle_mib']:.0f}, warm {med['warm_mib']:.0f}, {med['processes']:.0f} processes), object "
+            f"store {med['peak_object_store_mib']:.0f} MiB; growth over the warm pool "
+            f"{med['stream_growth_mib']:.0f} MiB; whole child {med['peak_mib']:.0f} MiB",
             flush=True,
         )
     s, b = out["small"], out["large"]
     out["data_ratio"] = b["pixel_mb"] / s["pixel_mb"]
-    out["peak_rss_ratio"] = b["peak_rss_mb"] / s["peak_rss_mb"]
-    out["peak_pss_ratio"] = b["peak_pss_mb"] / s["peak_pss_mb"]
-    out["peak_object_store_ratio"] = b["peak_object_store_mb"] / max(s["peak_object_store_mb"], 1e-9)
-    out["stream_growth_pss_ratio"] = b["stream_growth_pss_mb"] / max(s["stream_growth_pss_mb"], 1e-9)
-    print(
-        f"  data x{out['data_ratio']:.1f} -> peak RSS x{out['peak_rss_ratio']:.2f}, "
-        f"peak PSS x{out['peak_pss_ratio']:.2f}, peak object store x{out['peak_object_store_ratio']:.2f}, "
-        f"PSS growth over the warm pool x{out['stream_growth_pss_ratio']:.2f}",
-        flush=True,
-    )
+    out["figures"] = [
+        compare(
+            f"(b) peak PSS streaming one epoch, {args.large} slides (data x{out['data_ratio']:.1f})",
+            "MiB",
+            [r["epoch_peak_mib"] for r in runs["large"]],
+            f"the same with {args.small} slides",
+            [r["epoch_peak_mib"] for r in runs["small"]],
+            better="lower",
+            note="flat (ratio ~1) is the goal",
+        ),
+        compare(
+            f"(b) peak object store bytes in use, {args.large} slides",
+            "MiB",
+            [r["peak_object_store_mib"] for r in runs["large"]],
+            f"the same with {args.small} slides",
+            [r["peak_object_store_mib"] for r in runs["small"]],
+            better="lower",
+        ),
+    ]
+    print_figures(out["figures"])
     return out
 
 
@@ -416,28 +426,15 @@ def part_b(args) -> dict:
 
 
 def _train(prep, name: str, dataset=None) -> dict:
-    """Fit one run; images/s = median of its log windows after the first; peak RSS+PSS of the tree."""
+    """Fit one run; images/s = median of its log windows after the first; peak PSS of the tree (MiB)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from pretextlab.jobs.pretrain import build_trainer
 
-    peak = {"rss": 0, "pss": 0}
-    stop = threading.Event()
-
-    def sample() -> None:
-        me = psutil.Process()
-        while not stop.is_set():
-            rss, pss, _ = tree_memory(me)
-            peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
-            time.sleep(0.1)
-
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
-    t0 = time.perf_counter()
-    result = build_trainer(prep, name=name, dataset=dataset).fit()
-    seconds = time.perf_counter() - t0
-    stop.set()
-    watcher.join()
+    with PeakPss(interval_s=0.1) as mem:
+        t0 = time.perf_counter()
+        result = build_trainer(prep, name=name, dataset=dataset).fit()
+        seconds = time.perf_counter() - t0
     acc = EventAccumulator(str(Path(prep.cfg.storage) / name / "tensorboard"))
     acc.Reload()
     windows = [e.value for e in acc.Scalars("images_per_s")][1:]  # the first window holds the warm-up
@@ -446,8 +443,7 @@ def _train(prep, name: str, dataset=None) -> dict:
         "windows": [round(w, 1) for w in windows],
         "fit_seconds": round(seconds, 1),
         "loss": float(result.metrics["loss"]),
-        "peak_rss_mb": peak["rss"] / 1e6,
-        "peak_pss_mb": peak["pss"] / 1e6,
+        "peak_mib": mem.peak_mib,
     }
 
 
@@ -502,15 +498,23 @@ def part_c(args) -> dict:
             out["runs"][kind].append(res)
             print(
                 f"  (c) {kind:6s} run {r}: {res['images_per_s']:.1f} images/s, fit {res['fit_seconds']:.0f} s, "
-                f"peak RSS {res['peak_rss_mb']:.0f} MB",
+                f"peak PSS (tree) {res['peak_mib']:.0f} MiB",
                 flush=True,
             )
     for kind in ("stream", "memory"):
         out[kind] = {
-            k: statistics.median(x[k] for x in out["runs"][kind])
-            for k in ("images_per_s", "fit_seconds", "peak_rss_mb", "peak_pss_mb")
+            k: statistics.median(x[k] for x in out["runs"][kind]) for k in ("images_per_s", "fit_seconds", "peak_mib")
         }
-    out["ratio"] = out["stream"]["images_per_s"] / out["memory"]["images_per_s"]
+    out["figures"] = [
+        compare(
+            "(c) training images/s fed by the Zarr stream",
+            "images/s",
+            [r["images_per_s"] for r in out["runs"]["stream"]],
+            "the same run fed by materialised views (in memory)",
+            [r["images_per_s"] for r in out["runs"]["memory"]],
+        )
+    ]
+    out["ratio"] = out["figures"][0]["ratio"]
     out["data_path_cost"] = 1 - out["ratio"]
     print(
         f"  (c) streaming {out['stream']['images_per_s']:.1f} vs in-memory {out['memory']['images_per_s']:.1f} "
@@ -525,8 +529,8 @@ PARTS = {"a": part_a, "b": part_b, "c": part_c}
 
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "_memory":
-        memory_child(sys.argv[2], int(sys.argv[3]))
+    if len(sys.argv) > 2 and sys.argv[1:3] == ["_child", "_memory"]:
+        print(json.dumps(memory_child(sys.argv[3], int(sys.argv[4]))))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="+", default=sorted(PARTS), choices=sorted(PARTS))
@@ -547,13 +551,12 @@ def main() -> int:
         t0 = time.perf_counter()
         results[name] = PARTS[name](args)
         results[name]["bench_seconds"] = round(time.perf_counter() - t0, 1)
-        results[name]["command"] = " ".join([".venv/bin/python", "benchmarks/pipeline.py", *sys.argv[1:]])
-    results["machine"] = {
-        "cpus": os.cpu_count(),
-        "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
-        "python": platform.python_version(),
-    }
-    path.write_text(json.dumps(results, indent=1))
+        results[name]["command"] = " ".join(["python", "benchmarks/pipeline.py", *sys.argv[1:]])
+        results[name]["machine"] = machine()
+    # every part's figures (a part not rerun keeps its last figures, with its own command and machine)
+    figures = [f for k in sorted(PARTS) if k in results for f in results[k].get("figures", [])]
+    extra = {k: v for k, v in results.items() if k not in ("benchmark", "command", "machine", "figures")}
+    write_results("pipeline", figures, path, **extra)
     print(f"-> {path}")
     return 0
 

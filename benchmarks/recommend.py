@@ -17,7 +17,6 @@ Without --pilot-steps only the recommendation column is filled (the cheap part).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from harness import PeakPss, compare, print_figures, write_results  # noqa: E402
 
 
 def _store(base: Path, name: str, images: np.ndarray, labels: np.ndarray, modality: str) -> Path:
@@ -57,9 +58,10 @@ def scaling(sizes: list[int], sample: int) -> list[dict]:
             store = _store(
                 Path(tmp), f"us{n}", np.tile(ps.images, (reps, 1, 1, 1))[:n], np.tile(ps.labels, reps)[:n], "ultrasound"
             )
-            t0 = time.perf_counter()
-            rep = profile_store(str(store), sample=sample)
-            dt = time.perf_counter() - t0
+            with PeakPss() as mem:
+                t0 = time.perf_counter()
+                rep = profile_store(str(store), sample=sample)
+                dt = time.perf_counter() - t0
             rows.append(
                 {
                     "frames": n,
@@ -67,6 +69,7 @@ def scaling(sizes: list[int], sample: int) -> list[dict]:
                     "seconds": round(dt, 1),
                     "read_seconds": rep["sample"]["read_seconds"],
                     "index": rep["locality"]["index"],
+                    "peak_mib": round(mem.peak_mib, 1),
                 }
             )
             print(f"| {n} | {sample} | {dt:.1f} | {rep['sample']['read_seconds']:.1f} |", flush=True)
@@ -169,7 +172,22 @@ def main() -> int:
             a.pilot_steps,
             a.modalities.split(","),
         )
-    (out / f"recommend-{a.what}.json").write_text(json.dumps(res, indent=1))
+    figures = []
+    if a.what == "scaling" and isinstance(res, list) and len(res) > 1:
+        small, large = res[0], res[-1]
+        figures.append(
+            compare(
+                f"recommend profile of {large['frames']} frames (sample {a.sample}): seconds",
+                "s",
+                [large["seconds"]],
+                f"the same with {small['frames']} frames",
+                [small["seconds"]],
+                better="lower",
+                note="flat (ratio ~1) is the goal: the profile reads a fixed-size sample",
+            )
+        )
+    write_results(f"recommend-{a.what}", figures, out / f"recommend-{a.what}.json", results=res)
+    print_figures(figures)
     return 0
 
 

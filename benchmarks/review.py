@@ -15,7 +15,6 @@ Figures go to .bench/review.json. PostgreSQL is Debian's, started as in tests/re
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import sys
@@ -31,6 +30,9 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from review_fixtures import API_KEY, Postgres, Server, can_run_postgres, make_encoders, make_store  # noqa: E402
+
+sys.path.insert(0, str(HERE.parent))
+from harness import PeakPss, compare, print_figures, write_results  # noqa: E402
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 FIELDS = re.compile(r'name="(csrf|nonce)" value="([^"]+)"')
@@ -123,10 +125,11 @@ def run_one(kind: str, db: str, inputs: dict, reviewers: int, cases: int, work: 
             out: dict = {}
             lock = threading.Lock()
             threads = [threading.Thread(target=_reviewer, args=(server.url, link, cases, out, lock)) for link in links]
-            t0 = time.perf_counter()
-            [t.start() for t in threads]
-            [t.join() for t in threads]
-            wall = time.perf_counter() - t0
+            with PeakPss() as mem:  # this process tree: the reviewers' threads and the server process
+                t0 = time.perf_counter()
+                [t.start() for t in threads]
+                [t.join() for t in threads]
+                wall = time.perf_counter() - t0
             import io
 
             import pandas as pd
@@ -145,6 +148,7 @@ def run_one(kind: str, db: str, inputs: dict, reviewers: int, cases: int, work: 
             "duplicated": int(df.duplicated(["reviewer", "case"]).sum()),
             "reviewers_complete": int((per == cases).sum()),
             "errors": out["errors"][:10],
+            "peak_mib": round(mem.peak_mib, 1),
         }
         for key in ("page_ms", "answer_ms", "page_server_ms", "answer_server_ms"):
             vals = [v for v in out[key] if v == v]
@@ -188,9 +192,29 @@ def main() -> int:
         )
         for key in ("page_ms", "answer_ms", "page_server_ms", "answer_server_ms"):
             print(f"    {key:<17} p50 {r[key]['p50']:>7} ms   p95 {r[key]['p95']:>7} ms   max {r[key]['max']:>7} ms")
-    bench = REPO / ".bench"
-    bench.mkdir(exist_ok=True)
-    (bench / "review.json").write_text(json.dumps(results, indent=1))
+    figures = []
+    for r in results:
+        figures.append(
+            compare(
+                f"review ({r['db']}): {r['reviewers']} reviewers x {r['cases_each']} cases, answers/s",
+                "answers/s",
+                [r["answers_per_s"]],
+                None,
+                note=f"lost {r['lost']}, duplicated {r['duplicated']}; peak PSS {r['peak_mib']:.0f} MiB",
+            )
+        )
+        figures.append(
+            compare(
+                f"review ({r['db']}): answer latency p50 seen by the client",
+                "ms",
+                [r["answer_ms"]["p50"]],
+                "the server-side time of the same answers (Server-Timing p50)",
+                [r["answer_server_ms"]["p50"]],
+                better="lower",
+            )
+        )
+    write_results("review", figures, results=results)
+    print_figures(figures)
     return 0 if all(r["lost"] == 0 and r["duplicated"] == 0 and not r["errors"] for r in results) else 1
 
 

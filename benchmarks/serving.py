@@ -15,21 +15,20 @@ against ``in_process``: ``embed_images`` on the same model, batches of 32, ``--t
 limit: no HTTP, no serialisation, no other process). The machine is shared and noisy, so an in-process
 window runs between every two cells, and each cell's ratio is its embeddings/s over the median of the
 two windows around it. The 1-thread in-process rate is reported too. OMP_WAIT_POLICY=PASSIVE for every
-process (spinning OpenMP threads on shared cores made 2-thread forwards 10-25x slower here). Peak RSS of
-the driver and of the Serve processes (sampled). Figures go to .bench/serving.json.
+process (spinning OpenMP threads on shared cores made 2-thread forwards 10-25x slower here). Peak PSS of
+the driver's whole tree (Ray, Serve proxy, replicas; benchmarks/harness.py, MiB). Reported: every
+cell's ratio and, per server and images/request, the median over the client counts (never the best
+cell). Figures go to .bench/serving.json.
 """
 
 # no `from __future__ import annotations`: the naive Serve ingress needs real annotations (Request)
 import argparse
 import asyncio
 import io
-import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -40,8 +39,10 @@ if __name__ == "__main__" and "--omp-wait-policy" not in sys.argv:
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import BENCH, PeakPss, compare, machine, print_figures, write_results
+
 HERE = Path(__file__).resolve()
-BENCH = HERE.parents[1] / ".bench"
 KEY = "bench-key-0123456789abcdef"
 
 
@@ -98,41 +99,6 @@ def in_process_rate(model, card, size: int, batch: int, seconds: float) -> float
             n += batch
         rates.append(n / (time.perf_counter() - t0))
     return statistics.median(rates)
-
-
-class RssSampler(threading.Thread):
-    """Peak RSS (MB) of the Serve processes (replicas, proxy, controller), sampled, per process and in total."""
-
-    def __init__(self, interval: float = 0.5):
-        super().__init__(daemon=True)
-        self.interval, self.stop, self.peak, self.peak_by = interval, threading.Event(), 0.0, {}
-
-    @staticmethod
-    def _role(cmd: str) -> str | None:
-        for part in cmd.replace("::", " ").split():
-            if part.startswith("ServeReplica:"):
-                return part.split(".", 1)[0]  # ServeReplica:<app>:<deployment>, without the running method
-            if part.startswith(("ProxyActor", "ServeController")):
-                return part.split(".", 1)[0]
-        return None
-
-    def run(self) -> None:
-        import psutil
-
-        while not self.stop.is_set():
-            total = 0.0
-            for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
-                try:
-                    role = self._role(" ".join(p.info["cmdline"] or []))
-                    mb = p.info["memory_info"].rss / 2**20 if role else 0.0
-                except (psutil.Error, TypeError, AttributeError):
-                    continue
-                if role:
-                    key = f"{role} (pid {p.info['pid']})"
-                    self.peak_by[key] = max(self.peak_by.get(key, 0.0), mb)
-                    total += mb
-            self.peak = max(self.peak, total)
-            self.stop.wait(self.interval)
 
 
 async def load(
@@ -267,8 +233,7 @@ def main() -> int:
     )
     port = 8000 + os.getpid() % 1000
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
-    sampler = RssSampler()
-    sampler.start()
+    mem = PeakPss(interval_s=0.5).__enter__()  # this process and its tree: Ray, Serve proxy and replicas
     serve.run(
         build_app(
             {
@@ -331,7 +296,7 @@ def main() -> int:
                     f"{cells[-1]['ratio_to_in_process']:.2f}x",
                     flush=True,
                 )
-    sampler.stop.set()
+    mem.__exit__()
     serve.shutdown()
     ray.shutdown()
     one_thread_after = _at_threads(torch, 1, lambda: in_process_rate(model, card, args.size, 32, 3.0))
@@ -352,15 +317,35 @@ def main() -> int:
         for key, cs in groups.items()
         if cs
     }
-    best = {key: max(cs, key=lambda c: c["ratio_to_in_process"]) for key, cs in groups.items() if cs}
+    figures = []
+    for (s_name, n), cs in groups.items():
+        for c in cs:
+            figures.append(
+                compare(
+                    f"serving {s_name}, {n} image(s)/request, {c['clients']} client(s): embeddings/s",
+                    "embeddings/s",
+                    [c["embeddings_per_s"]],
+                    f"in process, {args.threads} threads, batch 32 (window around the cell)",
+                    [c["in_process_around"]],
+                )
+            )
+        if len(cs) > 1:  # the headline: the median over client counts, never the best cell
+            figures.append(
+                compare(
+                    f"serving {s_name}, {n} image(s)/request: median over {len(cs)} client counts",
+                    "embeddings/s",
+                    [c["embeddings_per_s"] for c in cs],
+                    f"in process, {args.threads} threads, batch 32 (window around each cell)",
+                    [c["in_process_around"] for c in cs],
+                )
+            )
     result = {
         "benchmark": "serving",
         "model": f"vit_tiny img {args.size} patch {args.patch}",
         "threads": args.threads,
         "replicas": args.replicas,
         "threads_per_replica": per_replica,
-        "cpus": os.cpu_count(),
-        "load_average_1m_at_end": round(os.getloadavg()[0], 1),
+        "machine_at_end": machine(),
         "seconds_per_cell": args.seconds,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
@@ -372,25 +357,10 @@ def main() -> int:
         },
         "cells": cells,
         "summary": {f"{s}/{n}": v for (s, n), v in summary.items()},
-        "best": {
-            f"{s}/{n}": {
-                "clients": c["clients"],
-                "embeddings_per_s": round(c["embeddings_per_s"], 1),
-                "p50_ms": round(c["p50_ms"], 1),
-                "p99_ms": round(c["p99_ms"], 1),
-                "ratio_to_in_process": c["ratio_to_in_process"],
-            }
-            for (s, n), c in best.items()
-        },
-        "peak_rss_mb": {
-            "driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "serve_processes_total": round(sampler.peak, 1),
-            "by_process": {k: round(v, 1) for k, v in sorted(sampler.peak_by.items())},
-        },
+        "peak_mib": round(mem.peak_mib, 1),
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_results("serving", figures, args.out, **result)
     print(
         f"in process at {args.threads} threads: median {anchor:.0f} images/s over {len(anchors)} windows "
         f"({min(anchors):.0f}-{max(anchors):.0f}); at 1 thread {one_thread_before:.0f} / {one_thread_after:.0f}"
@@ -401,10 +371,8 @@ def main() -> int:
             f"{key:>14} img/req: median {v['median_ratio_to_in_process']:.2f}x the in-process rate measured "
             f"around each cell ({cells_text})"
         )
-    print(
-        f"peak RSS: driver {result['peak_rss_mb']['driver']:.0f} MB, Serve processes "
-        f"{result['peak_rss_mb']['serve_processes_total']:.0f} MB; wall {result['wall_s']:.0f} s -> {args.out}"
-    )
+    print(f"peak PSS (driver + Ray + Serve tree): {result['peak_mib']:.0f} MiB; wall {result['wall_s']:.0f} s")
+    print_figures(figures)
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import measure_child
+from harness import compare, measure_child, print_figures, write_results
 
 HERE = Path(__file__).resolve()
 BENCH = HERE.parents[1] / ".bench"
@@ -123,7 +122,7 @@ def main() -> None:
                 runs[mode].append(r)
                 print(
                     f"repeat {rep + 1}/{args.repeats} {mode:8s} {r['seconds']:7.1f} s  peak PSS "
-                    f"{r['peak_pss_mb']:.0f} MB",
+                    f"{r['peak_mib']:.0f} MiB",
                     flush=True,
                 )
     anchor = statistics.median(r["seconds"] for r in runs["hand"])
@@ -131,7 +130,7 @@ def main() -> None:
         m: {
             "seconds_median": statistics.median(r["seconds"] for r in runs[m]),
             "ratio_to_hand": statistics.median(r["seconds"] for r in runs[m]) / anchor,
-            "peak_pss_mb_median": statistics.median(r["peak_pss_mb"] for r in runs[m]),
+            "peak_mib_median": statistics.median(r["peak_mib"] for r in runs[m]),
             "runs": runs[m],
         }
         for m in modes
@@ -140,15 +139,22 @@ def main() -> None:
     for m, s in summary.items():
         print(
             f"  {m:8s} {s['seconds_median']:7.1f} s  x{s['ratio_to_hand']:.2f} of the hand-run  "
-            f"peak PSS {s['peak_pss_mb_median']:.0f} MB"
+            f"peak PSS {s['peak_mib_median']:.0f} MiB"
         )
     BENCH.mkdir(exist_ok=True)
-    (BENCH / "study.json").write_text(
-        json.dumps(
-            {"steps": args.steps, "repeats": args.repeats, "cpus": os.cpu_count(), "anchor": "hand", **summary},
-            indent=1,
+    figures = [
+        compare(
+            f"{m}: {len(ARMS)} arms + random init, {args.steps} steps: seconds",
+            "s",
+            [r["seconds"] for r in runs[m]],
+            "the cells' jobs by hand",
+            [r["seconds"] for r in runs["hand"]],
+            better="lower",
         )
-    )
+        for m in ("study-1", "study")
+    ]
+    write_results("study", figures, steps=args.steps, repeats=args.repeats, anchor="hand", **summary)
+    print_figures(figures)
     print(f"wrote {BENCH / 'study.json'}")
 
 

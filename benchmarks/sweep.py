@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import measure_child
+from harness import compare, measure_child, print_figures, write_results
 
 HERE = Path(__file__).resolve()
 BENCH = HERE.parents[1] / ".bench"
@@ -57,7 +57,7 @@ def pretrain_dict(store: str, work: str, steps: int) -> dict:
 
 
 def measure(args: list[str]) -> dict:
-    """Run ``this_script _child ARGS``; its JSON result plus the peak PSS of its process tree (MB)."""
+    """Run ``this_script _child ARGS``; its JSON result plus the peak PSS of its process tree (``peak_mib``)."""
     return measure_child(HERE, args)
 
 
@@ -141,7 +141,7 @@ def main() -> None:
                 runs[mode].append(r)
                 print(
                     f"repeat {rep + 1}/{args.repeats} {mode:7s} {r['seconds']:7.1f} s  {r['trials_per_hour']:6.0f} "
-                    f"trials/h  peak PSS {r['peak_pss_mb']:.0f} MB",
+                    f"trials/h  peak PSS {r['peak_mib']:.0f} MiB",
                     flush=True,
                 )
     anchor = statistics.median(r["seconds"] for r in runs["loop"])
@@ -152,14 +152,14 @@ def main() -> None:
             "seconds_median": sec,
             "trials_per_hour_median": args.trials * 3600 / sec,
             "ratio_to_loop": sec / anchor,
-            "peak_pss_mb_median": statistics.median(r["peak_pss_mb"] for r in runs[mode]),
+            "peak_mib_median": statistics.median(r["peak_mib"] for r in runs[mode]),
             "runs": runs[mode],
         }
     print(f"\n{args.trials} trials x {args.steps} steps, medians of {args.repeats}:")
     for mode, s in summary.items():
         print(
             f"  {mode:7s} {s['seconds_median']:7.1f} s  {s['trials_per_hour_median']:6.0f} trials/h  "
-            f"x{s['ratio_to_loop']:.2f} of the loop  peak PSS {s['peak_pss_mb_median']:.0f} MB"
+            f"x{s['ratio_to_loop']:.2f} of the loop  peak PSS {s['peak_mib_median']:.0f} MiB"
         )
     BENCH.mkdir(exist_ok=True)
     out = {
@@ -170,7 +170,30 @@ def main() -> None:
         "anchor": "loop",
         **summary,
     }
-    (BENCH / "sweep.json").write_text(json.dumps(out, indent=1))
+    figures = [
+        compare(
+            f"sweep ({mode}) of {args.trials} trials x {args.steps} steps: seconds",
+            "s",
+            [r["seconds"] for r in runs[mode]],
+            "the same trials by hand (Ray Train loop)",
+            [r["seconds"] for r in runs["loop"]],
+            better="lower",
+        )
+        for mode in ("tune", "tune-2")
+    ]
+    figures += [
+        compare(
+            f"sweep ({mode}) peak PSS",
+            "MiB",
+            [r["peak_mib"] for r in runs[mode]],
+            "the same trials by hand (Ray Train loop)",
+            [r["peak_mib"] for r in runs["loop"]],
+            better="lower",
+        )
+        for mode in ("tune", "tune-2")
+    ]
+    write_results("sweep", figures, **out)
+    print_figures(figures)
     print(f"wrote {BENCH / 'sweep.json'}")
 
 

@@ -224,16 +224,93 @@ def write_us_dicom(
     return path
 
 
-def write_wsi_dicom_series(
-    folder: str | Path, height: int = 1500, width: int = 2000, tile: int = 256, levels: int = 2, seed: int = 1
-) -> list[Path]:
-    """A DICOM VL Whole Slide Microscopy series: one file per level, TILED_FULL, uncompressed."""
+def _encode_jpeg(tile: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(tile).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _wsi_level_dataset(
+    tiles: list[np.ndarray] | list[bytes],
+    h: int,
+    w: int,
+    tile: int,
+    lv: int,
+    uids: tuple[str, str, str],
+    compression: str,
+    offset_table: str,
+):
+    """One VL WSI level (TILED_FULL): native RGB frames, or JPEG baseline fragments (one per frame) with
+    no offset table, a Basic Offset Table or an Extended Offset Table."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.encaps import encapsulate, encapsulate_extended
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if compression == "none" else JPEGBaseline8Bit
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids
+    ds.Modality = "SM"
+    ds.PatientID = "SYNTH-002"
+    ds.ImageType = ["DERIVED", "PRIMARY", "VOLUME", "NONE" if lv == 0 else "RESAMPLED"]
+    ds.DimensionOrganizationType = "TILED_FULL"
+    ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = h, w
+    ds.Rows = ds.Columns = tile
+    ds.NumberOfFrames = len(tiles)
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB" if compression == "none" else "YBR_FULL_422"
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    measures = Dataset()
+    measures.PixelSpacing = [0.00025 * 2**lv, 0.00025 * 2**lv]
+    measures.SliceThickness = 0.004
+    shared = Dataset()
+    shared.PixelMeasuresSequence = [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    optical = Dataset()
+    optical.OpticalPathIdentifier = "1"
+    optical.ObjectiveLensPower = 40
+    ds.OpticalPathSequence = [optical]
+    if compression == "none":
+        ds.PixelData = np.stack(tiles).tobytes()  # type: ignore[arg-type]
+    elif compression == "jpeg":
+        frames = [t if isinstance(t, bytes) else _encode_jpeg(t) for t in tiles]
+        if offset_table == "eot":
+            ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(frames)
+        else:
+            ds.PixelData = encapsulate(frames, has_bot=offset_table == "bot")
+        ds["PixelData"].VR = "OB"
+        ds.LossyImageCompression = "01"
+    else:
+        raise ValueError(f"compression must be 'none' or 'jpeg', not {compression!r}")
+    return ds
+
+
+def write_wsi_dicom_series(
+    folder: str | Path,
+    height: int = 1500,
+    width: int = 2000,
+    tile: int = 256,
+    levels: int = 2,
+    seed: int = 1,
+    compression: str = "none",
+    offset_table: str = "none",
+) -> list[Path]:
+    """A DICOM VL Whole Slide Microscopy series: one file per level, TILED_FULL; uncompressed, or
+    ``compression="jpeg"`` (baseline, one fragment per frame) with ``offset_table`` none / bot / eot."""
+    from pydicom.uid import generate_uid
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    study, series, frame_of_ref = generate_uid(), generate_uid(), generate_uid()
+    uids = (generate_uid(), generate_uid(), generate_uid())
     out = []
     for lv in range(levels):
         h, w = height >> lv, width >> lv
@@ -242,42 +319,37 @@ def write_wsi_dicom_series(
         full[h:, :] = 255
         full[:, w:] = 255
         tiles = [full[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] for r in range(ny) for c in range(nx)]
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_ref
-        ds.Modality = "SM"
-        ds.PatientID = "SYNTH-002"
-        ds.ImageType = ["DERIVED", "PRIMARY", "VOLUME", "NONE" if lv == 0 else "RESAMPLED"]
-        ds.DimensionOrganizationType = "TILED_FULL"
-        ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = h, w
-        ds.Rows = ds.Columns = tile
-        ds.NumberOfFrames = len(tiles)
-        ds.SamplesPerPixel = 3
-        ds.PhotometricInterpretation = "RGB"
-        ds.PlanarConfiguration = 0
-        ds.BitsAllocated = ds.BitsStored = 8
-        ds.HighBit = 7
-        ds.PixelRepresentation = 0
-        measures = Dataset()
-        measures.PixelSpacing = [0.00025 * 2**lv, 0.00025 * 2**lv]
-        measures.SliceThickness = 0.004
-        shared = Dataset()
-        shared.PixelMeasuresSequence = [measures]
-        ds.SharedFunctionalGroupsSequence = [shared]
-        optical = Dataset()
-        optical.OpticalPathIdentifier = "1"
-        optical.ObjectiveLensPower = 40
-        ds.OpticalPathSequence = [optical]
-        ds.PixelData = np.stack(tiles).tobytes()
+        ds = _wsi_level_dataset(tiles, h, w, tile, lv, uids, compression, offset_table)
         p = folder / f"level-{lv}.dcm"
         ds.save_as(p, enforce_file_format=True)
         out.append(p)
     return out
+
+
+def write_wsi_dicom_level(
+    path: str | Path,
+    frames: int,
+    tile: int = 64,
+    compression: str = "jpeg",
+    offset_table: str = "none",
+    distinct: int = 64,
+    seed: int = 1,
+) -> Path:
+    """One big VL WSI level of ``frames`` tiles (a square-ish grid), fast: ``distinct`` H&E tiles are made
+    (and JPEG-encoded) once and repeated. For benchmarks of per-tile cost against the number of frames."""
+    from pydicom.uid import generate_uid
+
+    nx = int(np.ceil(np.sqrt(frames)))
+    ny = -(-frames // nx)
+    region = he_region(0, 0, tile, tile * distinct, 1.0, seed)
+    base = [np.ascontiguousarray(region[:, i * tile : (i + 1) * tile]) for i in range(distinct)]
+    made: list[Any] = [_encode_jpeg(t) for t in base] if compression == "jpeg" else base
+    tiles = [made[i % distinct] for i in range(nx * ny)]
+    ds = _wsi_level_dataset(tiles, ny * tile, nx * tile, tile, 0, (generate_uid(),) * 3, compression, offset_table)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def write_video(

@@ -1,7 +1,10 @@
 """DICOM VL Whole Slide Microscopy: the files of one series (one per pyramid level) make one slide.
 
-Tiles are decoded one frame at a time (``pydicom.pixels.pixel_array(path, index=i)``) inside dask
-tasks, so a level is never whole in memory.
+Tiles are decoded one frame at a time inside dask tasks, so a level is never whole in memory. The byte
+range of every frame is found once per level when the slide is opened (:mod:`.dicom_frames`: offset
+tables or one scan of the fragment headers); a tile then costs one seek + one read of its own bytes and
+a decode, whatever the number of frames in the level. Files the index cannot handle (big-endian, 1-bit)
+fall back to ``pydicom.pixels.pixel_array(path, index=i)``, which re-reads the header per frame.
 """
 
 from __future__ import annotations
@@ -24,13 +27,18 @@ from pretextlab.storage.readers.dicom_common import (
     is_dicom,
     read_header,
 )
+from pretextlab.storage.readers.dicom_frames import FrameIndex, FrameIndexError
 from pretextlab.storage.readers.registry import Reader, register_reader
 
 SKIP_IMAGE_TYPES = {"LABEL", "OVERVIEW", "THUMBNAIL"}
 
 
-def _decode_tile(path: str, index: int, th: int, tw: int, channels: int, dtype: np.dtype) -> np.ndarray:
-    tile = pixel_array(path, index=index)
+def _decode_tile(frames: FrameIndex | str, index: int, th: int, tw: int, channels: int, dtype: np.dtype) -> np.ndarray:
+    """Frame ``index`` of a level: through its frame index, or (``frames`` a path) pydicom's own access."""
+    if isinstance(frames, FrameIndex):
+        path, tile = frames.path, frames.decode(index)
+    else:
+        path, tile = frames, pixel_array(frames, index=index)
     if tile.ndim == 2:
         tile = tile[..., None]
     if tile.shape != (th, tw, channels):
@@ -64,6 +72,10 @@ def _level_array(path: str, ds: pydicom.Dataset) -> da.Array:
     nx, ny = -(-W // tw), -(-H // th)
     positions = _tile_positions(ds, nx, ny, tw, th)
     fill = np.iinfo(int_type).max  # missing sparse tiles are background (white)
+    try:  # the frames' byte ranges, read once for the level; one graph node every tile task shares
+        frames: Any = dask.delayed(FrameIndex.build(path), pure=True)
+    except FrameIndexError:
+        frames = path
     rows = []
     for r in range(ny):
         row = []
@@ -73,7 +85,7 @@ def _level_array(path: str, ds: pydicom.Dataset) -> da.Array:
                 tile = da.full((th, tw, channels), fill, dtype=dtype)
             else:
                 tile = da.from_delayed(
-                    dask.delayed(_decode_tile)(path, idx, th, tw, channels, dtype), (th, tw, channels), dtype
+                    dask.delayed(_decode_tile)(frames, idx, th, tw, channels, dtype), (th, tw, channels), dtype
                 )
             row.append(tile)
         rows.append(row)
