@@ -472,9 +472,9 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
             raise HttpError(400, "body: expected a JSON review spec") from None
         if not isinstance(data, dict):
             raise HttpError(422, "body: expected a JSON object (a review spec)")
-        spec = parse_spec(data, "body")
         from starlette.concurrency import run_in_threadpool
 
+        spec = await run_in_threadpool(parse_spec, data, "body")  # `study:` reads the study folder
         review = await run_in_threadpool(svc.create_review, sm, spec, asset_root)
         return JSONResponse({"review": review.pid, "title": review.title}, status_code=201)
 
