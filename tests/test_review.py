@@ -1018,3 +1018,34 @@ def test_study_report_has_the_linked_reviews_section_with_arms_named_only_there(
         assert f"<td>{arm}</td><td>8</td><td>{row['mean']:.2f} [" in html
     assert "Bradley-Terry" in md and "Krippendorff's alpha (ordinal)" in md and "| attention | 24 |" in md
     assert "http://" not in html and "https://" not in html
+
+
+def test_study_report_section_renders_localisation_and_leaves_out_absent_parts():
+    from pretextlab.study.report import clinician_review_html, clinician_review_markdown
+
+    row = {"n": 4, "mean": 3.5, "ci_low": 2.75, "ci_high": 4.25}
+    review = {
+        "review": "r" * 32,
+        "title": "T <b>",
+        "status": "closed",
+        "dataset": "ds",
+        "seed": 0,
+        "reviewers": 2,
+        "images": 2,
+        "analysis": {
+            "answers": 8,
+            "scale": 5,
+            "by_encoder": [{"encoder": "mae", **row}, {"encoder": "random-init", **row, "mean": 1.5}],
+            "by_encoder_map_type": [{"encoder": "mae", "map_type": "attention", **row}],
+            "by_map_type": [{"map_type": "attention", **row}],
+            "pairwise": [],
+            "agreement": {"reviewers": 2, "units": 4, "krippendorff_alpha_ordinal": 0.5, "icc_2_1": None},
+            "localisation": {"units": 4, "spearman_rho": 0.8, "ci_low": 0.2, "ci_high": 1.0, "score": "auroc"},
+        },
+    }
+    md = "\n".join(clinician_review_markdown([review]))
+    assert "| mae | 4 | 3.50 [2.75, 4.25] |" in md and "| random-init | 4 | 1.50 [2.75, 4.25] |" in md
+    assert "Spearman rho 0.80 [0.20, 1.00]" in md and "ICC(2,1) -" in md and "Pairwise preference" not in md
+    html = "\n".join(clinician_review_html([review]))
+    assert "T &lt;b&gt;" in html and "<b>" not in html.replace("T &lt;b&gt;", "")
+    assert clinician_review_markdown([]) == [] and clinician_review_html([]) == []

@@ -203,6 +203,10 @@ CLINICIAN_NOTE = (
 )
 
 
+def _f2(x: Any) -> str:
+    return f"{x:.2f}" if finite(x) else "-"
+
+
 def _mean_ci(r: Mapping[str, Any]) -> str:
     m, lo, hi = r.get("mean"), r.get("ci_low"), r.get("ci_high")
     if not finite(m):
@@ -266,7 +270,7 @@ def clinician_review_lines(review: Mapping[str, Any]) -> list[str]:
     if loc and loc.get("spearman_rho") is not None:
         lines.append(
             f"Ratings vs automatic localisation: Spearman rho {loc['spearman_rho']:.2f} "
-            f"[{_fmt(loc.get('ci_low'))}, {_fmt(loc.get('ci_high'))}] between each arm x image's mean rating and "
+            f"[{_f2(loc.get('ci_low'))}, {_f2(loc.get('ci_high'))}] between each arm x image's mean rating and "
             f"the AUROC of its attention map on the ROI mask, over {loc['units']} units."
         )
     elif loc:
