@@ -52,51 +52,72 @@ def _pct(values: list[float], q: float) -> float:
     return v[min(len(v) - 1, int(round(q * (len(v) - 1))))] if v else float("nan")
 
 
+def _answer_cases(
+    c: httpx.Client,
+    base: str,
+    link: str,
+    cases: int,
+    think_ms: float,
+    rng,
+    page_ms: list,
+    answer_ms: list,
+    page_srv: list,
+    answer_srv: list,
+    errors: list,
+) -> None:
+    r = c.get(link.replace(base, ""), follow_redirects=False)
+    if r.status_code != 303:
+        errors.append(f"invite {r.status_code}")
+    for k in range(cases):
+        t = time.perf_counter()
+        r = c.get("/r/", follow_redirects=True)
+        page_ms.append((time.perf_counter() - t) * 1000)
+        page_srv.append(float(r.headers.get("server-timing", "app;dur=nan").split("=")[1]))
+        if "/r/case/" not in str(r.url):
+            errors.append(f"no case at step {k}: {r.status_code}")
+            break
+        fields = dict(FIELDS.findall(r.text))
+        url = r.url.path
+        data = {**fields, "rating": str(1 + k % 5)}
+        if think_ms:
+            time.sleep(think_ms * rng.uniform(0.5, 1.5) / 1000)
+        t = time.perf_counter()
+        if k % 5 == 4:  # a double submit: two copies of one form at once
+            results: list[int] = []
+            th = threading.Thread(
+                target=lambda results=results, url=url, data=data, c=c: results.append(
+                    httpx.post(base + url, data=data, cookies=c.cookies).status_code
+                )
+            )
+            th.start()
+            a = c.post(url, data=data, follow_redirects=False)
+            th.join()
+            codes = sorted([a.status_code, *results])
+            if codes != [303, 409]:
+                errors.append(f"double submit gave {codes}")
+        else:
+            a = c.post(url, data=data, follow_redirects=False)
+            if a.status_code != 303:
+                errors.append(f"answer {a.status_code}")
+        answer_ms.append((time.perf_counter() - t) * 1000)
+        answer_srv.append(float(a.headers.get("server-timing", "app;dur=nan").split("=")[1]))
+
+
 def _reviewer(
     base: str, link: str, cases: int, out: dict, lock: threading.Lock, think_ms: float = 0.0, seed: int = 0
 ) -> None:
     import random
 
     rng = random.Random(seed)
-    page_ms, answer_ms, page_srv, answer_srv, sent, errors = [], [], [], [], 0, []
-    with httpx.Client(base_url=base, timeout=60) as c:
-        r = c.get(link.replace(base, ""), follow_redirects=False)
-        if r.status_code != 303:
-            errors.append(f"invite {r.status_code}")
-        for k in range(cases):
-            t = time.perf_counter()
-            r = c.get("/r/", follow_redirects=True)
-            page_ms.append((time.perf_counter() - t) * 1000)
-            page_srv.append(float(r.headers.get("server-timing", "app;dur=nan").split("=")[1]))
-            if "/r/case/" not in str(r.url):
-                errors.append(f"no case at step {k}: {r.status_code}")
-                break
-            fields = dict(FIELDS.findall(r.text))
-            url = r.url.path
-            data = {**fields, "rating": str(1 + k % 5)}
-            if think_ms:
-                time.sleep(think_ms * rng.uniform(0.5, 1.5) / 1000)
-            t = time.perf_counter()
-            if k % 5 == 4:  # a double submit: two copies of one form at once
-                results: list[int] = []
-                th = threading.Thread(
-                    target=lambda results=results, url=url, data=data, c=c: results.append(
-                        httpx.post(base + url, data=data, cookies=c.cookies).status_code
-                    )
-                )
-                th.start()
-                a = c.post(url, data=data, follow_redirects=False)
-                th.join()
-                codes = sorted([a.status_code, *results])
-                if codes != [303, 409]:
-                    errors.append(f"double submit gave {codes}")
-            else:
-                a = c.post(url, data=data, follow_redirects=False)
-                if a.status_code != 303:
-                    errors.append(f"answer {a.status_code}")
-            answer_ms.append((time.perf_counter() - t) * 1000)
-            answer_srv.append(float(a.headers.get("server-timing", "app;dur=nan").split("=")[1]))
-            sent += 1
+    page_ms, answer_ms, page_srv, answer_srv, errors = [], [], [], [], []
+    # keep-alive shorter than uvicorn's 5 s, so a reading pause never reuses a connection the server is closing
+    limits = httpx.Limits(keepalive_expiry=2.0)
+    with httpx.Client(base_url=base, timeout=60, limits=limits) as c:
+        try:
+            _answer_cases(c, base, link, cases, think_ms, rng, page_ms, answer_ms, page_srv, answer_srv, errors)
+        except httpx.HTTPError as exc:  # recorded, never a silently dead reviewer thread
+            errors.append(f"{type(exc).__name__}: {exc}")
+    sent = len(answer_ms)
     with lock:
         for key, vals in (
             ("page_ms", page_ms),
