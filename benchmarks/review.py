@@ -2,11 +2,14 @@
 
     .venv/bin/python benchmarks/review.py                    # 50 reviewers x 20 cases, both databases
     .venv/bin/python benchmarks/review.py --reviewers 10 --db sqlite
+    .venv/bin/python benchmarks/review.py --think-ms 2000   # each reviewer looks ~2 s at a case first
 
 A real server (``python -m pretextlab.review.cli serve``, one uvicorn process) on 127.0.0.1; a review of
 3 tiny encoders x 7 images (21 cases per reviewer); every reviewer is its own thread with its own
 keep-alive client: open the invite link, then 20 times GET the next case page and POST an answer.
-Every 5th answer is sent twice at once (a double submit). Reported per database: p50/p95/max of the
+Every 5th answer is sent twice at once (a double submit). By default reviewers answer at once (no reading
+time: the server is saturated, a stress test); ``--think-ms T`` makes each one look at a case for a random
+0.5T..1.5T (seeded) before answering, as a clinician would. Reported per database: p50/p95/max of the
 client-side latency of case pages and answers, the server-side time of the same requests (the app's
 ``Server-Timing`` header), and the audit: answers stored vs sent (0 lost), duplicates (0).
 Figures go to .bench/review.json. PostgreSQL is Debian's, started as in tests/review_fixtures.py.
@@ -51,44 +54,72 @@ def _pct(values: list[float], q: float) -> float:
     return v[min(len(v) - 1, int(round(q * (len(v) - 1))))] if v else float("nan")
 
 
-def _reviewer(base: str, link: str, cases: int, out: dict, lock: threading.Lock) -> None:
-    page_ms, answer_ms, page_srv, answer_srv, sent, errors = [], [], [], [], 0, []
-    with httpx.Client(base_url=base, timeout=60) as c:
-        r = c.get(link.replace(base, ""), follow_redirects=False)
-        if r.status_code != 303:
-            errors.append(f"invite {r.status_code}")
-        for k in range(cases):
-            t = time.perf_counter()
-            r = c.get("/r/", follow_redirects=True)
-            page_ms.append((time.perf_counter() - t) * 1000)
-            page_srv.append(float(r.headers.get("server-timing", "app;dur=nan").split("=")[1]))
-            if "/r/case/" not in str(r.url):
-                errors.append(f"no case at step {k}: {r.status_code}")
-                break
-            fields = dict(FIELDS.findall(r.text))
-            url = r.url.path
-            data = {**fields, "rating": str(1 + k % 5)}
-            t = time.perf_counter()
-            if k % 5 == 4:  # a double submit: two copies of one form at once
-                results: list[int] = []
-                th = threading.Thread(
-                    target=lambda results=results, url=url, data=data, c=c: results.append(
-                        httpx.post(base + url, data=data, cookies=c.cookies).status_code
-                    )
+def _answer_cases(
+    c: httpx.Client,
+    base: str,
+    link: str,
+    cases: int,
+    think_ms: float,
+    rng,
+    page_ms: list,
+    answer_ms: list,
+    page_srv: list,
+    answer_srv: list,
+    errors: list,
+) -> None:
+    r = c.get(link.replace(base, ""), follow_redirects=False)
+    if r.status_code != 303:
+        errors.append(f"invite {r.status_code}")
+    for k in range(cases):
+        t = time.perf_counter()
+        r = c.get("/r/", follow_redirects=True)
+        page_ms.append((time.perf_counter() - t) * 1000)
+        page_srv.append(float(r.headers.get("server-timing", "app;dur=nan").split("=")[1]))
+        if "/r/case/" not in str(r.url):
+            errors.append(f"no case at step {k}: {r.status_code}")
+            break
+        fields = dict(FIELDS.findall(r.text))
+        url = r.url.path
+        data = {**fields, "rating": str(1 + k % 5)}
+        if think_ms:
+            time.sleep(think_ms * rng.uniform(0.5, 1.5) / 1000)
+        t = time.perf_counter()
+        if k % 5 == 4:  # a double submit: two copies of one form at once
+            results: list[int] = []
+            th = threading.Thread(
+                target=lambda results=results, url=url, data=data, c=c: results.append(
+                    httpx.post(base + url, data=data, cookies=c.cookies).status_code
                 )
-                th.start()
-                a = c.post(url, data=data, follow_redirects=False)
-                th.join()
-                codes = sorted([a.status_code, *results])
-                if codes != [303, 409]:
-                    errors.append(f"double submit gave {codes}")
-            else:
-                a = c.post(url, data=data, follow_redirects=False)
-                if a.status_code != 303:
-                    errors.append(f"answer {a.status_code}")
-            answer_ms.append((time.perf_counter() - t) * 1000)
-            answer_srv.append(float(a.headers.get("server-timing", "app;dur=nan").split("=")[1]))
-            sent += 1
+            )
+            th.start()
+            a = c.post(url, data=data, follow_redirects=False)
+            th.join()
+            codes = sorted([a.status_code, *results])
+            if codes != [303, 409]:
+                errors.append(f"double submit gave {codes}")
+        else:
+            a = c.post(url, data=data, follow_redirects=False)
+            if a.status_code != 303:
+                errors.append(f"answer {a.status_code}")
+        answer_ms.append((time.perf_counter() - t) * 1000)
+        answer_srv.append(float(a.headers.get("server-timing", "app;dur=nan").split("=")[1]))
+
+
+def _reviewer(
+    base: str, link: str, cases: int, out: dict, lock: threading.Lock, think_ms: float = 0.0, seed: int = 0
+) -> None:
+    import random
+
+    rng = random.Random(seed)
+    page_ms, answer_ms, page_srv, answer_srv, errors = [], [], [], [], []
+    # keep-alive shorter than uvicorn's 5 s, so a reading pause never reuses a connection the server is closing
+    limits = httpx.Limits(keepalive_expiry=2.0)
+    with httpx.Client(base_url=base, timeout=60, limits=limits) as c:
+        try:
+            _answer_cases(c, base, link, cases, think_ms, rng, page_ms, answer_ms, page_srv, answer_srv, errors)
+        except httpx.HTTPError as exc:  # recorded, never a silently dead reviewer thread
+            errors.append(f"{type(exc).__name__}: {exc}")
+    sent = len(answer_ms)
     with lock:
         for key, vals in (
             ("page_ms", page_ms),
@@ -101,7 +132,7 @@ def _reviewer(base: str, link: str, cases: int, out: dict, lock: threading.Lock)
         out.setdefault("errors", []).extend(errors)
 
 
-def run_one(kind: str, db: str, inputs: dict, reviewers: int, cases: int, work: Path) -> dict:
+def run_one(kind: str, db: str, inputs: dict, reviewers: int, cases: int, work: Path, think_ms: float = 0.0) -> dict:
     server = Server(
         db,
         str(work / f"assets-{kind}"),
@@ -124,7 +155,10 @@ def run_one(kind: str, db: str, inputs: dict, reviewers: int, cases: int, work: 
             ]
             out: dict = {}
             lock = threading.Lock()
-            threads = [threading.Thread(target=_reviewer, args=(server.url, link, cases, out, lock)) for link in links]
+            threads = [
+                threading.Thread(target=_reviewer, args=(server.url, link, cases, out, lock, think_ms, i))
+                for i, link in enumerate(links)
+            ]
             with PeakPss() as mem:  # this process tree: the reviewers' threads and the server process
                 t0 = time.perf_counter()
                 [t.start() for t in threads]
@@ -140,6 +174,7 @@ def run_one(kind: str, db: str, inputs: dict, reviewers: int, cases: int, work: 
             "db": kind,
             "reviewers": reviewers,
             "cases_each": cases,
+            "think_ms": think_ms,
             "wall_s": round(wall, 2),
             "answers_per_s": round(out["sent"] / wall, 1),
             "answers_sent": out["sent"],
@@ -168,12 +203,15 @@ def main() -> int:
     ap.add_argument("--reviewers", type=int, default=50)
     ap.add_argument("--cases", type=int, default=20, help="answers per reviewer (at most 21)")
     ap.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    ap.add_argument("--think-ms", type=float, default=0.0, help="mean reading time per case (default 0: none)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="review-bench-"))
     inputs = {"encoders": make_encoders(work / "encoders"), "store": make_store(work)}
     results = []
     if args.db in ("sqlite", "both"):
-        results.append(run_one("sqlite", str(work / "bench.sqlite"), inputs, args.reviewers, args.cases, work))
+        results.append(
+            run_one("sqlite", str(work / "bench.sqlite"), inputs, args.reviewers, args.cases, work, args.think_ms)
+        )
     if args.db in ("postgresql", "both"):
         reason = can_run_postgres()
         if reason:
@@ -181,12 +219,15 @@ def main() -> int:
         else:
             pg = Postgres(_free_port())
             try:
-                results.append(run_one("postgresql", pg.new_database(), inputs, args.reviewers, args.cases, work))
+                results.append(
+                    run_one("postgresql", pg.new_database(), inputs, args.reviewers, args.cases, work, args.think_ms)
+                )
             finally:
                 pg.stop()
     for r in results:
         print(
-            f"{r['db']:<10} {r['reviewers']} reviewers x {r['cases_each']} cases in {r['wall_s']} s "
+            f"{r['db']:<10} {r['reviewers']} reviewers x {r['cases_each']} cases (think {r['think_ms']:g} ms) "
+            f"in {r['wall_s']} s "
             f"({r['answers_per_s']} answers/s); stored {r['answers_stored']}/{r['answers_sent']}, "
             f"lost {r['lost']}, duplicated {r['duplicated']}, errors {len(r['errors'])}"
         )

@@ -894,3 +894,158 @@ def test_report_correlates_ratings_with_the_maps_localisation_on_roi_masks(revie
     assert loc["units"] == len(units) >= 3  # the panel images whose mask is neither empty nor full, x 3 encoders
     assert loc["spearman_rho"] == pytest.approx(spearmanr(units["rating"], units["auroc"]).statistic)
     assert f"over {loc['units']} encoder x image units" in out
+
+
+# ---------------------------------------------------------------- a review linked to a study
+STUDY_ARMS = ["armqalphak5", "armqbetak6"]  # distinctive: any of them in a reviewer's page would unblind
+
+
+def _finished_study(root: Path, store: str, monkeypatch) -> tuple[Path, object]:
+    """A finished one-dataset study of two arms (+ random init) on the review store, without training:
+    every cell's "pretrained" encoder is a random-init backbone registered under the cell's name; the cells
+    are evaluated for real (run_cell), so the study folder is what `pretextlab study` leaves."""
+    import dataclasses
+
+    import yaml
+
+    from pretextlab.jobs import study as js
+    from pretextlab.study import load_study
+
+    cfg = {
+        "name": "studyqrevz9",
+        "datasets": [{"name": "dsqstripesz8", "store": store, "modality": "ultrasound"}],
+        "arms": [{"name": STUDY_ARMS[0], "objective": "ijepa"}, {"name": STUDY_ARMS[1], "objective": "mae"}],
+        "seeds": [0],
+        "steps": 1,
+        "backbone": {"arch": "vit_tiny", "img_size": 32, "patch_size": 8, "depth": 1},
+        "pretrain": {"train": {"batch_size": 4, "num_workers": 1}},
+        "evaluate": {"n_bootstrap": 20, "shots": [1], "fewshot_repeats": 1, "alignment_images": 0},
+        "storage": str(root / "studies"),
+        "registry": str(root / "registry"),
+    }
+    path = root / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    plan = js.plan_study(load_study(path), str(path))
+    seeds = {c.id: k for k, c in enumerate(plan.cells)}
+    monkeypatch.setattr(js, "_trained_encoder", lambda c, so: (js._baseline_encoder(c, 10 + seeds[c.name], so), {}))
+    js._write_json(f"{plan.uri}/{js.STUDY_FILE}", {"name": cfg["name"], "fingerprint": plan.fingerprint}, None)
+    for c in plan.cells:
+        rec = js.run_cell(dataclasses.asdict(c), plan.uri, plan.cfg.evaluate, None)
+        assert rec["status"] == "complete", rec.get("traceback")
+    return path, plan
+
+
+def test_study_report_has_the_linked_reviews_section_with_arms_named_only_there(
+    review_inputs, tmp_path, monkeypatch, capsys
+):
+    import argparse
+
+    from fastapi.testclient import TestClient
+
+    from pretextlab.jobs import study as js
+    from pretextlab.review.app import create_app
+    from pretextlab.review.cli import main
+    from pretextlab.review.settings import ReviewSettings
+
+    study_yaml, plan = _finished_study(tmp_path, review_inputs["store"], monkeypatch)
+    study_dir = Path(plan.uri)
+    cells = {json.loads(p.read_text())["encoder"]: json.loads(p.read_text()) for p in (study_dir / "cells").glob("*")}
+    monkeypatch.setenv("PRETEXTLAB_API_KEY", API_KEY)
+    db = str(tmp_path / "review.sqlite")
+    org = TestClient(create_app(ReviewSettings(db=db, assets=str(tmp_path / "assets"))))
+    # a bad link is a 422 naming the field; a good one fills in the study's finished arms
+    bad = org.post("/api/reviews", json={"title": "t", "study": str(tmp_path / "nope"), "sample": 3}, headers=AUTH)
+    assert bad.status_code == 422 and "study" in bad.json()["detail"]
+    body = {"title": "Stripes panel", "study": {"uri": plan.uri}, "sample": 4, "seed": 2}
+    body["questions"] = {"pairwise": True}
+    resp = org.post("/api/reviews", json=body, headers=AUTH)
+    assert resp.status_code == 201, resp.text
+    review = resp.json()["review"]
+
+    forbidden = [*STUDY_ARMS, "random-init", "studyqrevz9", "dsqstripesz8", "registry", str(tmp_path), *cells]
+    seen: list[str] = []
+    for who in range(2):
+        client = TestClient(org.app)
+        link = org.post(f"/api/reviews/{review}/invites", json={"label": f"dr {who}"}, headers=AUTH).json()["link"]
+        r = _open_invite(client, link)
+        seen += [r.headers.get("location", ""), json.dumps(dict(r.headers))]
+        k = 0
+        while True:
+            page = client.get("/r/", follow_redirects=True)
+            seen += [str(page.url), page.text, json.dumps(dict(page.headers))]
+            if "/r/case/" not in str(page.url):
+                break
+            for src in re.findall(r'src="([^"]+)"', page.text):
+                img = client.get(src)
+                seen += [src, json.dumps(dict(img.headers))]
+            form = {**_form(page.text), "rating": str(1 + (3 * k + who) % 5)}
+            if 'name="preference"' in page.text:
+                form = {**_form(page.text), "preference": "abab"[k % 3] if k % 3 < 2 else "equal"}
+            assert client.post(page.url.path, data=form, follow_redirects=False).status_code == 303
+            k += 1
+        assert k == 24  # 3 encoders x 4 images (Likert) + 3 pairs x 4 images (pairwise)
+    leaks = [f for f in forbidden if any(f in s for s in seen)]
+    assert leaks == []  # the reviewers' pages, URLs, headers and images never name an arm
+
+    csv = tmp_path / "answers.csv"
+    assert main(["report", "--db", db, review, "--csv", str(csv)]) == 0
+    assert f"study section: {study_dir / 'reviews' / review}.json" in capsys.readouterr().out
+    args = argparse.Namespace(
+        config=str(study_yaml), overrides=[], report=True, choose=False, address=None, num_cpus=None
+    )
+    assert js.run(args) == 0
+
+    # hand computation from the exported answers: encoder -> arm through the study's own cell records
+    answers = pd.read_csv(csv)
+    likert = answers[answers["kind"] == "likert"].assign(arm=lambda d: d["encoder"].map(lambda e: cells[e]["arm"]))
+    want = likert.groupby("arm")["rating"].agg(["mean", "size"])
+    assert set(want.index) == {"random-init", *STUDY_ARMS} and (want["size"] == 8).all()
+    results = json.loads((study_dir / "results.json").read_text())
+    (section,) = results["clinician_reviews"]
+    assert section["review"] == review and section["reviewers"] == 2 and section["analysis"]["answers"] == 48
+    got = {r["encoder"]: r for r in section["analysis"]["by_encoder"]}
+    for arm, row in want.iterrows():
+        assert got[arm]["mean"] == pytest.approx(row["mean"]) and got[arm]["n"] == row["size"]
+        assert got[arm]["ci_low"] <= row["mean"] <= got[arm]["ci_high"]
+    assert {r["encoder"] for r in section["analysis"]["pairwise"]} == set(want.index)
+    assert section["analysis"]["agreement"]["reviewers"] == 2
+    assert "dr 0" not in json.dumps(section)  # no reviewer names in the study folder
+    md = (study_dir / "report.md").read_text()
+    html = (study_dir / "report.html").read_text()
+    assert "## Clinician review: Stripes panel" in md and "Clinician review: Stripes panel" in html
+    for arm, row in want.iterrows():
+        assert f"| {arm} | 8 | {row['mean']:.2f} [" in md
+        assert f"<td>{arm}</td><td>8</td><td>{row['mean']:.2f} [" in html
+    assert "Bradley-Terry" in md and "Krippendorff's alpha (ordinal)" in md and "| attention | 24 |" in md
+    assert "http://" not in html and "https://" not in html
+
+
+def test_study_report_section_renders_localisation_and_leaves_out_absent_parts():
+    from pretextlab.study.report import clinician_review_html, clinician_review_markdown
+
+    row = {"n": 4, "mean": 3.5, "ci_low": 2.75, "ci_high": 4.25}
+    review = {
+        "review": "r" * 32,
+        "title": "T <b>",
+        "status": "closed",
+        "dataset": "ds",
+        "seed": 0,
+        "reviewers": 2,
+        "images": 2,
+        "analysis": {
+            "answers": 8,
+            "scale": 5,
+            "by_encoder": [{"encoder": "mae", **row}, {"encoder": "random-init", **row, "mean": 1.5}],
+            "by_encoder_map_type": [{"encoder": "mae", "map_type": "attention", **row}],
+            "by_map_type": [{"map_type": "attention", **row}],
+            "pairwise": [],
+            "agreement": {"reviewers": 2, "units": 4, "krippendorff_alpha_ordinal": 0.5, "icc_2_1": None},
+            "localisation": {"units": 4, "spearman_rho": 0.8, "ci_low": 0.2, "ci_high": 1.0, "score": "auroc"},
+        },
+    }
+    md = "\n".join(clinician_review_markdown([review]))
+    assert "| mae | 4 | 3.50 [2.75, 4.25] |" in md and "| random-init | 4 | 1.50 [2.75, 4.25] |" in md
+    assert "Spearman rho 0.80 [0.20, 1.00]" in md and "ICC(2,1) -" in md and "Pairwise preference" not in md
+    html = "\n".join(clinician_review_html([review]))
+    assert "T &lt;b&gt;" in html and "<b>" not in html.replace("T &lt;b&gt;", "")
+    assert clinician_review_markdown([]) == [] and clinician_review_html([]) == []

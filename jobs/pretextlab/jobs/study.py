@@ -1,6 +1,7 @@
 """Compare pretext objectives per dataset and answer with evidence: a study of datasets x arms x seeds.
 
     pretextlab study STUDY.yaml [key=value ...] [--choose] [--address ADDRESS] [--num-cpus N]
+    pretextlab study STUDY.yaml [key=value ...] --report     re-render the report of the finished cells
     ray job submit --runtime-env jobs/runtime_env.yaml -- python -m pretextlab.jobs.study STUDY.yaml
 
 Every cell pretrains the study's backbone with one objective for the same number of steps on Ray Train
@@ -11,7 +12,10 @@ a self-contained report.html, results.parquet and results.json: per dataset the 
 Holm-corrected comparisons and a one-sentence verdict. Re-running the same command skips finished
 cells and resumes interrupted ones; a changed study under the same name is refused; a failed cell is
 reported with its reason while the others complete (exit 1). --choose marks each modality's winner
-as chosen:<modality> in the registry (never on a tie).
+as chosen:<modality> in the registry (never on a tie). A clinician review created from the study
+(``pretextlab review create`` with ``study:``) adds a "Clinician review" section once ``pretextlab review
+report`` has written its analysis into the study folder (reviews/); --report re-renders the report from
+the finished cells and those sections without Ray and without training anything.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 
 from pretextlab.core.errors import UserError
 
-STUDY_FILE = "study.json"
+STUDY_FILE = "study.json"  # the folder layout: pretextlab.study.folder (not imported here: it pulls torch)
 CELLS_DIR = "cells"
 TRIAL_CPU = 0.01
 
@@ -42,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--address", help="Ray cluster address (default: a Ray job's cluster, else a local one)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="only re-render report.md/.html and results.* from the finished cells and the clinician reviews "
+        "linked to the study (no Ray, nothing trained)",
+    )
 
 
 # -- planning: every check that can fail on user input, before Ray starts ------------------------------
@@ -417,10 +427,12 @@ def feature_map_grids(plan: StudyPlan, records: list[dict[str, Any]], n_images: 
 def write_report(plan: StudyPlan, records: list[dict[str, Any]], seconds: float) -> StudyResult:
     from pretextlab.storage import fs as sfs
     from pretextlab.storage.catalog import write_table
+    from pretextlab.study.folder import read_reviews
     from pretextlab.study.report import html_report, markdown, results_json
     from pretextlab.study.results import results_table, summarise
 
     so = plan.storage_options
+    reviews = read_reviews(plan.uri, so)  # clinician reviews linked to the study (pretextlab review report)
     table = results_table(records)
     verdicts = summarise(records, n_boot=int(plan.cfg.evaluate.get("n_bootstrap", 2000)))
     n_ok = int((table["status"] == "complete").sum())
@@ -440,10 +452,10 @@ def write_report(plan: StudyPlan, records: list[dict[str, Any]], seconds: float)
         f"{len(plan.cfg.arms)} arm(s) + random init, seeds {plan.cfg.seeds}, {plan.cfg.steps} steps each",
     }
     files = {name: sfs.join(plan.uri, name) for name in ("report.md", "report.html", "results.json", "results.parquet")}
-    sfs.atomic_write_bytes(files["report.md"], markdown(meta, table, verdicts).encode(), so)
-    html = html_report(meta, table, verdicts, read_curves(plan), feature_map_grids(plan, records))
+    sfs.atomic_write_bytes(files["report.md"], markdown(meta, table, verdicts, reviews).encode(), so)
+    html = html_report(meta, table, verdicts, read_curves(plan), feature_map_grids(plan, records), reviews=reviews)
     sfs.atomic_write_bytes(files["report.html"], html.encode(), so)
-    sfs.atomic_write_bytes(files["results.json"], results_json(meta, table, verdicts).encode(), so)
+    sfs.atomic_write_bytes(files["results.json"], results_json(meta, table, verdicts, reviews).encode(), so)
     write_table(files["results.parquet"], table.drop(columns=["error"]).assign(error=table["error"].astype(str)), so)
     return StudyResult(plan.uri, records, verdicts, files, seconds)
 
@@ -499,6 +511,25 @@ def run_study(plan: StudyPlan) -> StudyResult:
     return result
 
 
+def rerender_report(plan: StudyPlan) -> StudyResult:
+    """The report again from the cells' records (every cell must have one) and the linked reviews: no Ray."""
+    from pretextlab.storage import fs as sfs
+    from pretextlab.study.folder import read_json
+
+    records = [read_cell(plan.uri, c.id, plan.storage_options) for c in plan.cells]
+    missing = [c.id for c, r in zip(plan.cells, records, strict=True) if r is None]
+    if missing:
+        raise UserError(
+            f"{plan.uri}: {len(missing)} cell(s) have not run ({', '.join(missing[:3])}"
+            f"{'...' if len(missing) > 3 else ''}); run the study first (without --report)"
+        )
+    previous = read_json(sfs.join(plan.uri, "results.json"), plan.storage_options) or {}
+    seconds = float((previous.get("study") or {}).get("seconds") or 0.0)
+    previous_command = (previous.get("study") or {}).get("command")
+    plan.command = previous_command or plan.command
+    return write_report(plan, [r for r in records if r is not None], seconds)
+
+
 def render_verdicts(result: StudyResult) -> str:
     lines = [v.sentence for v in result.verdicts.values()]
     for r in result.failed:
@@ -514,6 +545,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_study(args.config, args.overrides)
     plan = plan_study(cfg, args.config)
     plan.command = " ".join(shlex.quote(a) for a in ["pretextlab", "study", args.config, *args.overrides])
+    if args.report:
+        result = rerender_report(plan)
+        print(render_verdicts(result))
+        return 1 if result.failed else 0
     init_ray(args.address, num_cpus=args.num_cpus)
     previous = read_study(plan.uri, plan.storage_options)
     done = sum((read_cell(plan.uri, c.id, plan.storage_options) or {}).get("status") == "complete" for c in plan.cells)

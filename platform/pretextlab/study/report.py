@@ -195,7 +195,119 @@ LOCALISATION_NOTE = (
 )
 
 
-def markdown(meta: Mapping[str, Any], table: pd.DataFrame, verdicts: Mapping[str, DatasetVerdict]) -> str:
+CLINICIAN_NOTE = (
+    "Clinicians rated each arm's feature maps on the same images without knowing which arm drew which map "
+    "(a letter shuffled per reviewer; no arm, objective or file name in their pages). The arms are named here "
+    "only. Means with 95 % bootstrap CIs over answers; Bradley-Terry strengths of the pairwise preferences "
+    "(sum 1); agreement as Krippendorff's alpha (ordinal) and ICC(2,1)."
+)
+
+
+def _f2(x: Any) -> str:
+    return f"{x:.2f}" if finite(x) else "-"
+
+
+def _mean_ci(r: Mapping[str, Any]) -> str:
+    m, lo, hi = r.get("mean"), r.get("ci_low"), r.get("ci_high")
+    if not finite(m):
+        return "-"
+    return f"{m:.2f} [{lo:.2f}, {hi:.2f}]" if finite(lo) and finite(hi) else f"{m:.2f}"
+
+
+def clinician_review_tables(review: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of one linked review's analysis, arms unblinded (``review`` as written by
+    ``pretextlab review report`` into the study folder's reviews/)."""
+    a = review.get("analysis") or {}
+    scale = a.get("scale") or "?"
+    rating = f"mean rating, 1-{scale} [95 % CI]"
+    tables = [
+        (
+            "Mean rating per arm",
+            ["arm", "answers", rating],
+            [[str(r["encoder"]), str(r["n"]), _mean_ci(r)] for r in a.get("by_encoder") or []],
+        ),
+        (
+            "Per arm and map type",
+            ["arm", "map type", "answers", rating],
+            [
+                [str(r["encoder"]), str(r["map_type"]), str(r["n"]), _mean_ci(r)]
+                for r in a.get("by_encoder_map_type") or []
+            ],
+        ),
+        (
+            "Per map type (all arms)",
+            ["map type", "answers", rating],
+            [[str(r["map_type"]), str(r["n"]), _mean_ci(r)] for r in a.get("by_map_type") or []],
+        ),
+    ]
+    if a.get("pairwise"):
+        tables.append(
+            (
+                "Pairwise preference (Bradley-Terry strength)",
+                ["arm", "strength", "wins", "comparisons"],
+                [
+                    [str(r["encoder"]), _fmt(r["strength"]), f"{r['wins']:g}", f"{r['comparisons']:g}"]
+                    for r in a["pairwise"]
+                ],
+            )
+        )
+    return tables
+
+
+def clinician_review_lines(review: Mapping[str, Any]) -> list[str]:
+    """The sentences of one linked review: who rated what, agreement, ratings vs localisation."""
+    a = review.get("analysis") or {}
+    ag = a.get("agreement") or {}
+    lines = [
+        f"Review {review.get('review')} ({review.get('status')}), dataset {review.get('dataset')}, seed "
+        f"{review.get('seed')}: {a.get('answers', 0)} answers from {review.get('reviewers', ag.get('reviewers'))} "
+        f"reviewer(s) on {review.get('images')} image(s); analysed {review.get('generated_at')}.",
+        f"Agreement: Krippendorff's alpha (ordinal) {_fmt(ag.get('krippendorff_alpha_ordinal'))}, ICC(2,1) "
+        f"{_fmt(ag.get('icc_2_1'))}, over {ag.get('units', 0)} rated units (image x arm x map type) "
+        f"and {ag.get('reviewers', 0)} reviewers.",
+    ]
+    loc = a.get("localisation")
+    if loc and loc.get("spearman_rho") is not None:
+        lines.append(
+            f"Ratings vs automatic localisation: Spearman rho {loc['spearman_rho']:.2f} "
+            f"[{_f2(loc.get('ci_low'))}, {_f2(loc.get('ci_high'))}] between each arm x image's mean rating and "
+            f"the AUROC of its attention map on the ROI mask, over {loc['units']} units."
+        )
+    elif loc:
+        lines.append(f"Ratings vs automatic localisation: not computed ({loc.get('units', 0)} scored units).")
+    return lines
+
+
+def clinician_review_markdown(reviews: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    for rv in reviews:
+        lines += ["", f"## Clinician review: {rv.get('title')}", "", CLINICIAN_NOTE, ""]
+        lines += clinician_review_lines(rv)
+        for title, head, body in clinician_review_tables(rv):
+            lines += ["", f"{title}:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            lines += ["| " + " | ".join(row) + " |" for row in body]
+    return lines
+
+
+def clinician_review_html(reviews: Sequence[Mapping[str, Any]]) -> list[str]:
+    e = html.escape
+    parts: list[str] = []
+    for rv in reviews:
+        parts.append(f"<h2>Clinician review: {e(str(rv.get('title')))}</h2><p>{e(CLINICIAN_NOTE)}</p>")
+        parts += [f"<p>{e(line)}</p>" for line in clinician_review_lines(rv)]
+        for title, head, body in clinician_review_tables(rv):
+            parts.append(f"<h3>{e(title)}</h3><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in body]
+            parts.append("</table>")
+    return parts
+
+
+def markdown(
+    meta: Mapping[str, Any],
+    table: pd.DataFrame,
+    verdicts: Mapping[str, DatasetVerdict],
+    reviews: Sequence[Mapping[str, Any]] = (),
+) -> str:
     lines = [f"# Study {meta['name']}", "", f"{len(table)} cells: {meta['summary']}", "", "## Verdicts", ""]
     lines += [f"- {v.sentence}" for v in verdicts.values()]
     for dataset, v in verdicts.items():
@@ -220,6 +332,7 @@ def markdown(meta: Mapping[str, Any], table: pd.DataFrame, verdicts: Mapping[str
     failed = table[table["status"] == "failed"]
     if len(failed):
         lines += ["", "## Failed cells", ""] + [f"- {r.cell}: {r.error}" for r in failed.itertuples()]
+    lines += clinician_review_markdown(reviews)
     lines += [
         "",
         "## Reproduce",
@@ -243,6 +356,7 @@ def html_report(
     verdicts: Mapping[str, DatasetVerdict],
     curves: Mapping[str, Any],
     grids: Mapping[str, str] | None = None,
+    reviews: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """One self-contained page: inline CSS and PNGs, no script, no external URL."""
     e = html.escape
@@ -296,6 +410,7 @@ def html_report(
             + "".join(f"<li>{e(str(r.cell))}: {e(str(r.error))}</li>" for r in failed.itertuples())
             + "</ul>"
         )
+    parts += clinician_review_html(reviews)
     parts += [
         "<h2>Reproduce</h2>",
         f"<pre>{e(meta['command'])}</pre>",
@@ -306,8 +421,20 @@ def html_report(
     return "\n".join(parts)
 
 
-def results_json(meta: Mapping[str, Any], table: pd.DataFrame, verdicts: Mapping[str, DatasetVerdict]) -> str:
+def results_json(
+    meta: Mapping[str, Any],
+    table: pd.DataFrame,
+    verdicts: Mapping[str, DatasetVerdict],
+    reviews: Sequence[Mapping[str, Any]] = (),
+) -> str:
     rows = json.loads(table.to_json(orient="records"))
     return json.dumps(
-        {"study": meta, "cells": rows, "verdicts": {k: v.to_dict() for k, v in verdicts.items()}}, indent=1, default=str
+        {
+            "study": meta,
+            "cells": rows,
+            "verdicts": {k: v.to_dict() for k, v in verdicts.items()},
+            "clinician_reviews": list(reviews),
+        },
+        indent=1,
+        default=str,
     )

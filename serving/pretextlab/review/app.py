@@ -265,7 +265,7 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
             raise HttpError(403, "CSRF token missing or wrong: reload the page")
         if not answer_limit.allow(f"answer:{ctx.session_id}"):
             raise HttpError(429, "too many answers in a minute: slow down a little")
-        status, _ = svc.submit_answer(
+        status, nxt = svc.submit_answer(
             sm,
             ctx,
             case_pid,
@@ -278,7 +278,6 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
                 "region_y": region_y,
             },
         )
-        nxt = svc.next_case_pid(sm, ctx)
         target = root(request) + (f"/r/case/{nxt}" if nxt else "/r/done")
         if wants_json(request):
             return JSONResponse({"status": status, "next": target}, status_code=201 if status == "created" else 200)
@@ -472,9 +471,9 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
             raise HttpError(400, "body: expected a JSON review spec") from None
         if not isinstance(data, dict):
             raise HttpError(422, "body: expected a JSON object (a review spec)")
-        spec = parse_spec(data, "body")
         from starlette.concurrency import run_in_threadpool
 
+        spec = await run_in_threadpool(parse_spec, data, "body")  # `study:` reads the study folder
         review = await run_in_threadpool(svc.create_review, sm, spec, asset_root)
         return JSONResponse({"review": review.pid, "title": review.title}, status_code=201)
 

@@ -7,10 +7,13 @@
     pretextlab review progress [--db ...] REVIEW
     pretextlab review close  [--db ...] REVIEW
     pretextlab review report [--db ...] REVIEW [--json F] [--csv F] [--parquet F]
+                                          a review created from a study (spec field `study:`) also
+                                          writes its section into the study folder (reviews/)
 
 --db is a SQLite file (created and migrated on first use) or a postgresql:// URL. SPEC.yaml names the
 encoders (folders, or registry addresses with `registry:`), the labelled `store`, the image panel
-(`items:` or `sample:` + `seed:`), `map_types` (attention, pca, similarity) and `questions`.
+(`items:` or `sample:` + `seed:`), `map_types` (attention, pca, similarity) and `questions`; or, instead of
+encoders and store, `study: STUDY_FOLDER` (the finished arms of one dataset and seed of a study).
 The organiser's web login and /api/ use the API key in $PRETEXTLAB_API_KEY (or --admin-token-sha256).
 """
 
@@ -177,6 +180,14 @@ def run(args: argparse.Namespace) -> int:
             buf = io.BytesIO()
             df.to_parquet(buf, index=False)
             _write(args.parquet, buf.getvalue())
+        if stored.study is not None:
+            from pretextlab.review.study import write_study_section
+
+            url = write_study_section(sm, args.review)
+            print(
+                f"\nstudy section: {url}\n(the study report shows it from its next run, or now with "
+                "`pretextlab study STUDY.yaml --report`)"
+            )
     return 0
 
 

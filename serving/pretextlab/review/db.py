@@ -6,14 +6,16 @@ the app and every CLI command call it on start, so a new or old database is alwa
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from pretextlab.core.errors import UserError
 
@@ -64,7 +66,7 @@ def make_engine(db: str) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA synchronous=FULL")  # a committed answer survives power loss too
             cur.close()
 
         return engine
@@ -85,8 +87,36 @@ def migrate(engine: Engine) -> None:
         raise DatabaseError(f"database {engine.url.render_as_string(hide_password=True)}: {first}") from None
 
 
+def serialise_sqlite_writes(sm: sessionmaker) -> sessionmaker:
+    """Make the write transactions of ``sm``'s sessions take turns on a lock of this process (SQLite).
+
+    SQLite lets one writer at a time hold the database; a second one waits in SQLite's busy handler,
+    which polls with sleeps of up to 100 ms, so under many concurrent answers a write often sleeps far
+    longer than the write before it held the database. Here a session takes the lock when it first
+    flushes (where SQLite would take its write lock: the reads before it run outside any lock, as they
+    did) and gives it back once its transaction has committed or rolled back, so the next writer wakes
+    as soon as the database is free. Reads never wait (WAL). Every write is still its own committed
+    transaction; other processes on the same file still meet the busy timeout.
+    """
+    lock = threading.Lock()
+
+    @event.listens_for(sm, "before_flush")
+    def _take(session: Session, _ctx: Any, _instances: Any) -> None:
+        if not session.info.get("write_lock"):
+            lock.acquire()
+            session.info["write_lock"] = True
+
+    @event.listens_for(sm, "after_transaction_end")  # after the commit or rollback, and on close
+    def _give(session: Session, transaction: Any) -> None:
+        if transaction.parent is None and session.info.pop("write_lock", False):
+            lock.release()
+
+    return sm
+
+
 def open_database(db: str) -> tuple[Engine, sessionmaker]:
-    """Engine + session factory for ``db``, migrated to head."""
+    """Engine + session factory for ``db``, migrated to head (SQLite: writes take turns in-process)."""
     engine = make_engine(db)
     migrate(engine)
-    return engine, sessionmaker(engine, expire_on_commit=False)
+    sm = sessionmaker(engine, expire_on_commit=False)
+    return engine, serialise_sqlite_writes(sm) if is_sqlite(str(engine.url)) else sm

@@ -516,7 +516,8 @@ def _clean_answer(ctx: ReviewerContext, kind: str, form: dict[str, Any]) -> dict
 def submit_answer(
     sm: sessionmaker, ctx: ReviewerContext, case_pid: str, form: dict[str, Any]
 ) -> tuple[str, str | None]:
-    """Store one answer in its own transaction: ("created" | "updated" | "unchanged", next case pid or None).
+    """Store one answer in its own transaction: ("created" | "updated" | "unchanged", the pid of the first
+    unanswered case of the queue, where the reviewer goes next, or None when every case is answered).
 
     Raises AccessError 409 when this submission (its nonce) was already stored: a double submit or a replay.
     """
@@ -571,11 +572,6 @@ def submit_answer(
                         written_at=now,
                     )
                 )
-            position = c.position
     except IntegrityError:  # the same form raced itself: the other copy won and is stored once
         raise AccessError(409, "this answer was already recorded") from None
-    with sm() as s:
-        following = s.scalar(
-            select(m.Case.pid).where(m.Case.reviewer_id == ctx.reviewer_id, m.Case.position == position + 1)
-        )
-    return status, following
+    return status, next_case_pid(sm, ctx)

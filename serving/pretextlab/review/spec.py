@@ -33,6 +33,19 @@ class Questions(BaseModel):
     region: bool = Field(False, description="optional click marking the relevant region")
 
 
+class StudyLink(BaseModel):
+    """The study a review was created from (filled in by :func:`pretextlab.review.study.link_study`): its
+    folder, the dataset and seed whose cells are reviewed, and each encoder's arm (organiser only: the
+    study report names the arms, reviewer pages never do)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str = Field(..., min_length=1, description="the study folder (<storage>/<name>, local or s3://)")
+    dataset: str
+    seed: int
+    arms: dict[str, str] = Field(..., min_length=1, description="encoder registry address -> the study's arm")
+
+
 class ReviewSpec(BaseModel):
     """Encoders x image panel x map types, and the questions."""
 
@@ -51,6 +64,7 @@ class ReviewSpec(BaseModel):
     map_types: list[MapType] = Field(default_factory=lambda: list[MapType](["attention"]), min_length=1)
     questions: Questions = Field(default_factory=Questions)
     display_size: int = Field(320, ge=64, le=1024)
+    study: StudyLink | None = Field(None, description="set when the review was created from a study's output")
 
     @model_validator(mode="after")
     def _panel(self) -> ReviewSpec:
@@ -60,11 +74,19 @@ class ReviewSpec(BaseModel):
             raise ValueError("encoders: the same encoder is listed twice")
         if len(set(self.map_types)) != len(self.map_types):
             raise ValueError("map_types: a map type is listed twice")
+        if self.study is not None and set(self.study.arms) != set(self.encoders):
+            raise ValueError("study: arms must name exactly the review's encoders")
         return self
 
 
 def parse_spec(data: dict[str, Any], where: str = "review spec") -> ReviewSpec:
-    """Validate ``data``; the error names the first bad field."""
+    """Validate ``data``; the error names the first bad field. A ``study:`` field (a finished study's
+    folder, or ``{uri, dataset, seed, arms}``) fills in encoders, registry and store from the study
+    (reads the study folder: see :func:`pretextlab.review.study.link_study`)."""
+    if isinstance(data, dict) and data.get("study") is not None:
+        from pretextlab.review.study import link_study
+
+        data = link_study(data, where)
     try:
         return ReviewSpec.model_validate(data)
     except ValidationError as exc:
