@@ -2,10 +2,17 @@
 
     .venv/bin/python benchmarks/study.py                  # 1 dataset x 2 arms + random init, 3 repeats
     .venv/bin/python benchmarks/study.py --steps 8 --repeats 1
+    .venv/bin/python benchmarks/study.py --layout side-by-side   # cells that really fit side by side
 
-The same cells (a tiny ViT on 32 px ultrasound frames, 2 Ray Train workers at 0.5 CPU each) run three
-ways, each in a fresh subprocess with its own local Ray cluster (num_cpus=4), modes interleaved per
-repeat, the peak PSS of the whole process tree sampled (benchmarks/harness.py):
+The same cells (a tiny ViT on 32 px ultrasound frames) run three ways, each in a fresh subprocess with
+its own local Ray cluster, modes interleaved per repeat, the peak PSS of the whole process tree sampled
+(benchmarks/harness.py). Two layouts:
+  - ``wide`` (default): each cell has 2 Ray Train workers at 0.5 CPU (one torch thread each) and 0.25
+    data CPU, on a cluster of num_cpus=4. One cell's two workers already keep 2 physical cores busy, so
+    the study's default concurrency (3 cells: 4 // 1.25) oversubscribes a 2-core machine;
+  - ``side-by-side``: each cell has 1 worker at 0.5 CPU and 0.25 data CPU, on a cluster of as many CPUs
+    as the machine has: the default concurrency is then 2 cells on 2 cores, one core each.
+The three ways:
   1. hand (the anchor): for each arm ``run_pretrain`` then ``evaluate_encoder``, and the random-init
      baseline registered and evaluated, one after another: what a user would script;
   2. study-1: ``pretextlab study`` with max_concurrent=1 (the same work, plus Tune, records, the report);
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -34,7 +42,13 @@ ARMS = [
 ]
 
 
-def study_dict(store: str, work: str, steps: int, max_concurrent: int | None) -> dict:
+LAYOUTS = {  # layout -> (Ray Train workers per cell, CPUs of the local cluster; None = the machine's)
+    "wide": (2, 4),
+    "side-by-side": (1, None),
+}
+
+
+def study_dict(store: str, work: str, steps: int, max_concurrent: int | None, workers: int = 2) -> dict:
     return {
         "name": "bench",
         "datasets": [{"name": "us", "store": store, "modality": "ultrasound"}],
@@ -46,7 +60,7 @@ def study_dict(store: str, work: str, steps: int, max_concurrent: int | None) ->
             "data": {"clip": {"size": 32}},
             "train": {
                 "batch_size": 8,
-                "num_workers": 2,
+                "num_workers": workers,
                 "cpus_per_worker": 0.5,
                 "data_cpus": 0.25,
                 "log_every": 2,
@@ -67,7 +81,8 @@ def child(argv: list[str]) -> None:
 
     warnings.filterwarnings("ignore")
     mode, store, work, steps = argv[0], argv[1], argv[2], int(argv[3])
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    workers, cpus = LAYOUTS[argv[4] if len(argv) > 4 else "wide"]
+    ray.init(num_cpus=cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     if mode == "store":
         from pretextlab.jobs.ingest import IngestConfig, run_ingest
         from pretextlab.storage import synthetic as syn
@@ -86,7 +101,7 @@ def child(argv: list[str]) -> None:
     from pretextlab.jobs.study import plan_study, run_cell, run_study
     from pretextlab.study import StudyConfig
 
-    cfg = StudyConfig.model_validate(study_dict(store, work, steps, 1 if mode == "study-1" else None))
+    cfg = StudyConfig.model_validate(study_dict(store, work, steps, 1 if mode == "study-1" else None, workers))
     t0 = time.perf_counter()
     plan = plan_study(cfg)
     if mode == "hand":  # the cells' jobs by hand: no Tune, no report
@@ -110,6 +125,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--layout", choices=sorted(LAYOUTS), default="wide", help="cell size vs cluster (see above)")
     args = ap.parse_args()
     modes = ["hand", "study-1", "study"]
     runs: dict[str, list[dict]] = {m: [] for m in modes}
@@ -118,7 +134,7 @@ def main() -> None:
         measure_child(HERE, ["store", store, tmp, "0"])
         for rep in range(args.repeats):
             for mode in modes:
-                r = measure_child(HERE, [mode, store, f"{tmp}/{mode}-{rep}", str(args.steps)])
+                r = measure_child(HERE, [mode, store, f"{tmp}/{mode}-{rep}", str(args.steps), args.layout])
                 runs[mode].append(r)
                 print(
                     f"repeat {rep + 1}/{args.repeats} {mode:8s} {r['seconds']:7.1f} s  peak PSS "
@@ -144,7 +160,7 @@ def main() -> None:
     BENCH.mkdir(exist_ok=True)
     figures = [
         compare(
-            f"{m}: {len(ARMS)} arms + random init, {args.steps} steps: seconds",
+            f"{m} ({args.layout}): {len(ARMS)} arms + random init, {args.steps} steps: seconds",
             "s",
             [r["seconds"] for r in runs[m]],
             "the cells' jobs by hand",
@@ -153,9 +169,10 @@ def main() -> None:
         )
         for m in ("study-1", "study")
     ]
-    write_results("study", figures, steps=args.steps, repeats=args.repeats, anchor="hand", **summary)
+    name = "study" if args.layout == "wide" else f"study-{args.layout}"
+    write_results(name, figures, steps=args.steps, repeats=args.repeats, layout=args.layout, anchor="hand", **summary)
     print_figures(figures)
-    print(f"wrote {BENCH / 'study.json'}")
+    print(f"wrote {BENCH / (name + '.json')}")
 
 
 if __name__ == "__main__":
