@@ -153,6 +153,11 @@ def read_cell(uri: str, cell_id: str, storage_options: dict[str, Any] | None = N
         return None
 
 
+def cell_cpus(train: Any) -> float:
+    """The CPUs one cell's pretraining holds (Train workers + Ray Data), by which cells are packed."""
+    return float(train.num_workers * train.cpus_per_worker + train.data_cpus)
+
+
 # -- one cell (a Tune trial) ------------------------------------------------------------------------------
 def _baseline_encoder(cfg: Any, seed: int, storage_options: dict[str, Any] | None) -> Any:
     """The random-init backbone of a dataset and seed, registered like any trained arm (once)."""
@@ -270,7 +275,7 @@ def _trial(
     # the trial actor holds 0.01 CPU, so Ray gave it one thread; it evaluates once its cell's training has
     # finished and released the CPUs that the cell was counted for (the concurrency below), so it uses them
     t = PretrainConfig.model_validate(cell["pretrain"]).train
-    torch.set_num_threads(max(1, int(t.num_workers * t.cpus_per_worker + t.data_cpus)))
+    torch.set_num_threads(max(1, int(cell_cpus(t))))
     record = run_cell(cell, study_uri, evaluate, test_stores.get(cell["dataset"]), storage_options)
     return {"status": record["status"], "done": 1}
 
@@ -297,8 +302,7 @@ def _concurrency(plan: StudyPlan) -> int:
     if plan.cfg.max_concurrent:
         return plan.cfg.max_concurrent
     t = PretrainConfig.model_validate(plan.cells[-1].pretrain).train
-    per_cell = t.num_workers * t.cpus_per_worker + t.data_cpus
-    return max(1, int(ray.cluster_resources().get("CPU", 1) // per_cell))
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // cell_cpus(t)))
 
 
 def run_cells(plan: StudyPlan) -> list[dict[str, Any]]:
