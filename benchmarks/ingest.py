@@ -38,7 +38,7 @@ def measure(args: list[str]) -> dict:
 
 def child(argv: list[str]) -> None:
     mode, path = argv[0], argv[1]
-    if mode in ("plain_loop", "collection"):
+    if mode in ("plain_loop", "plain_loop_processes", "collection"):
         sys.path.insert(0, str(HERE.parent))
         from ingest_collection import child as collection_child
 

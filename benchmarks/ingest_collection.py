@@ -3,14 +3,19 @@
     .venv/bin/python benchmarks/ingest.py --part collection                 # 3,000 tiles
     .venv/bin/python benchmarks/ingest_collection.py --images 5000 --cpus 2  # the same part alone
 
-Each measurement runs in a fresh subprocess (``benchmarks/ingest.py`` ``_child`` modes):
+    .venv/bin/python benchmarks/ingest_collection.py --images 20000 --codecs zstd,jpeg,jpegxl --repeats 3
+
+Each measurement runs in a fresh subprocess (``benchmarks/ingest.py`` ``_child`` modes), anchors and
+ingests alternating per repeat:
   1. plain loop: one process, ``open().read()`` + Pillow decode to a NumPy array per file, nothing kept:
-     the anchor (what any loader must at least do).
-  2. pretextlab: ``run_ingest`` of the folder on a local Ray cluster of ``--cpus`` CPUs (cluster start
-     excluded, discovery, shard tasks, catalog included), ``--shard-size`` images per shard item.
-Store size (items/ on disk) is stated against the JPEG source, and the pixels are also encoded with
-imagecodecs JPEG (quality 90) and JPEG-XL (effort 3, distance 1) to show what a lossy store codec
-would save (not a store option yet: see docs/storage.md). Figures go to .bench/ingest-collection.json.
+     the anchor (what any loader must at least do);
+  2. the same loop split over ``--cpus`` processes (no Ray): the most the CPUs can decode;
+  3. pretextlab, once per store codec (``--codecs``): ``run_ingest`` of the folder on a local Ray
+     cluster of ``--cpus`` CPUs (cluster start excluded; discovery, shard tasks, catalog included),
+     ``--shard-size`` images per shard item; first with cold workers, then again into a new store with
+     warm ones (what every shard after the first few sees in a 100k-image ingest).
+Store size (items/ on disk) is stated against the JPEG source for each codec. Figures go to
+.bench/ingest-collection.json.
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ def plain_loop(folder: str) -> dict:
     return {"seconds": time.perf_counter() - t0, "images": len(files)}
 
 
-def collection_ingest(folder: str, dest: str, cpus: int, shard_size: int) -> dict:
+def collection_ingest(folder: str, dest: str, cpus: int, shard_size: int, codec: str = "zstd") -> dict:
     import psutil
     import ray
 
@@ -83,7 +88,14 @@ def collection_ingest(folder: str, dest: str, cpus: int, shard_size: int) -> dic
     for key, target in (("cold", dest), ("warm", dest + "-warm")):
         c0, t0 = tree_cpu(), time.perf_counter()
         rep = run_ingest(
-            IngestConfig(sources=[folder], dest=target, shard_size=shard_size, labels_from_folders=True), progress=False
+            IngestConfig(
+                sources=[folder],
+                dest=target,
+                shard_size=shard_size,
+                labels_from_folders=True,
+                zarr={"compressor": codec},
+            ),
+            progress=False,
         )
         out[f"{key}_seconds"], out[f"{key}_cpu_seconds"] = time.perf_counter() - t0, tree_cpu() - c0
         assert rep.ok, rep.render()
@@ -99,129 +111,144 @@ def collection_ingest(folder: str, dest: str, cpus: int, shard_size: int) -> dic
     }
 
 
-def lossy_sizes(folder: str, sample: int = 300) -> dict:
-    """Bytes per image when the decoded pixels are re-encoded as JPEG q90 / JPEG-XL d1 (imagecodecs)."""
-    import imagecodecs
+def plain_loop_processes(folder: str, processes: int) -> dict:
+    """The plain loop split over ``processes`` processes (every CPU the ingest gets, no Ray)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    files = sorted(str(p) for p in Path(folder).rglob("*.jpg"))
+    parts = [files[i::processes] for i in range(processes)]
+    with ProcessPoolExecutor(processes) as pool:
+        list(pool.map(_decode_files, [[]] * processes))  # processes up: not counted
+        t0 = time.perf_counter()
+        list(pool.map(_decode_files, parts))
+        return {"seconds": time.perf_counter() - t0, "images": len(files)}
+
+
+def _decode_files(files: list[str]) -> int:
+    import io
+
     import numpy as np
     from PIL import Image
 
-    files = sorted(Path(folder).rglob("*.jpg"))[:sample]
-    out = {"jpeg_q90": 0, "jpegxl_d1": 0, "raw": 0, "source": 0}
-    secs = {"jpeg_q90": 0.0, "jpegxl_d1": 0.0}
-    err = {"jpeg_q90": 0.0, "jpegxl_d1": 0.0}
     for p in files:
-        arr = np.asarray(Image.open(p))
-        out["raw"] += arr.nbytes
-        out["source"] += p.stat().st_size
-        for key, enc, dec in (
-            ("jpeg_q90", lambda a: imagecodecs.jpeg8_encode(a, level=90), imagecodecs.jpeg8_decode),
-            ("jpegxl_d1", lambda a: imagecodecs.jpegxl_encode(a, distance=1.0, effort=3), imagecodecs.jpegxl_decode),
-        ):
-            t0 = time.perf_counter()
-            blob = enc(arr)
-            back = dec(blob)
-            secs[key] += time.perf_counter() - t0
-            out[key] += len(blob)
-            err[key] += float(np.abs(back.astype(np.int16) - arr).mean())
-    n = len(files)
-    return {
-        "images": n,
-        "bytes_per_image": {k: v / n for k, v in out.items()},
-        "encode_decode_ms_per_image": {k: 1000 * v / n for k, v in secs.items()},
-        "mean_abs_error_grey_levels": {k: v / n for k, v in err.items()},
-    }
+        with open(p, "rb") as fh:
+            data = fh.read()
+        with Image.open(io.BytesIO(data)) as im:
+            np.asarray(im)
+    return len(files)
 
 
-def run_part(images: int, cpus: int, shard_size: int, repeats: int, measure) -> dict:
+CODEC_NOTES = {
+    "zstd": "zstd level 1, lossless (the default)",
+    "lz4": "lz4, lossless",
+    "jpeg": "JPEG: each source JPEG kept as it is, metadata dropped",
+    "jpegxl": "JPEG-XL quality 90 (effort 3), lossy re-encode",
+}
+
+
+def run_part(
+    images: int, cpus: int, shard_size: int, repeats: int, measure, codecs: tuple[str, ...] = ("zstd", "jpeg")
+) -> dict:
     """The collection part; ``measure`` runs a ``_child`` mode in a fresh process (benchmarks/ingest.py)."""
     BENCH.mkdir(exist_ok=True)
     folder = make_tiles(BENCH / f"tiles-224x{images}", images)
     source_bytes = sum(p.stat().st_size for p in folder.rglob("*.jpg"))
-    plain, ours = [], []
-    for _ in range(repeats):  # the anchor and the ingest alternate per repeat
+    plain: list[dict] = []
+    plain_n: list[dict] = []
+    ours: dict[str, list[dict]] = {c: [] for c in codecs}
+    for _ in range(repeats):  # the anchors and the ingests alternate per repeat
         plain.append(measure(["plain_loop", str(folder)]))
-        with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
-            ours.append(measure(["collection", str(folder), tmp + "/store", str(cpus), str(shard_size)]))
+        plain_n.append(measure(["plain_loop_processes", str(folder), str(cpus)]))
+        for codec in codecs:
+            with tempfile.TemporaryDirectory(dir=BENCH) as tmp:
+                ours[codec].append(
+                    measure(["collection", str(folder), tmp + "/store", str(cpus), str(shard_size), codec])
+                )
     p_s = statistics.median(r["seconds"] for r in plain)
-    o_s = statistics.median(r["seconds"] for r in ours)
-    res = {
+    pn_s = statistics.median(r["seconds"] for r in plain_n)
+    res: dict = {
         "images": images,
         "cpus": cpus,
         "shard_size": shard_size,
         "source_bytes": source_bytes,
         "plain_loop": {"seconds": p_s, "images_per_s": images / p_s, "runs": plain},
-        "collection": {
-            "seconds": o_s,
-            "images_per_s": images / o_s,
-            "runs": ours,
-            "store_bytes": ours[0]["store_bytes"],
-            "store_files": ours[0]["store_files"],
-        },
+        f"plain_loop_{cpus}_processes": {"seconds": pn_s, "images_per_s": images / pn_s, "runs": plain_n},
+        "codecs": {},
         "load_average_1min": os.getloadavg()[0],
     }
-    res["ratio_vs_plain_loop"] = res["collection"]["images_per_s"] / res["plain_loop"]["images_per_s"]
-    for key in ("warm_seconds", "warm_cpu_seconds", "cold_cpu_seconds"):
-        res["collection"][key] = statistics.median(r[key] for r in ours)
-    res["collection"]["warm_images_per_s"] = images / res["collection"]["warm_seconds"]
-    res["warm_ratio_vs_plain_loop"] = res["collection"]["warm_images_per_s"] / res["plain_loop"]["images_per_s"]
-    # CPU time of each process tree: on a shared (loaded) machine wall time says little; CPU time per
-    # image says what the same work costs on idle cores. The Ray tree's includes cluster start-up.
-    for key, runs in (("plain_loop", plain), ("collection", ours)):
-        cpu = statistics.median(r["cpu_s"] for r in runs)
-        res[key]["cpu_seconds"] = cpu
-        res[key]["images_per_cpu_s"] = images / cpu if cpu else None
-    res["store_vs_source"] = res["collection"]["store_bytes"] / source_bytes
-    res["lossy"] = lossy_sizes(str(folder))
-    res["figures"] = [
-        compare(
-            f"collection ingest of {images} JPEG tiles on {cpus} CPUs (cold Ray workers), images/s",
-            "images/s",
-            [images / r["seconds"] for r in ours],
-            "plain decode loop (1 process)",
-            [images / r["seconds"] for r in plain],
-        ),
-        compare(
-            f"collection ingest of {images} JPEG tiles, peak PSS",
-            "MiB",
-            [r["peak_mib"] for r in ours],
-            "plain decode loop (1 process)",
-            [r["peak_mib"] for r in plain],
-            better="lower",
-        ),
-    ]
-    write_results("ingest-collection", res["figures"], **{k: v for k, v in res.items() if k != "figures"})
-    lossy = res["lossy"]["bytes_per_image"]
+    figures = []
+    for codec, runs in ours.items():
+        c: dict = {
+            "seconds": statistics.median(r["seconds"] for r in runs),
+            "store_bytes": runs[0]["store_bytes"],
+            "store_files": runs[0]["store_files"],
+            "shards": runs[0]["shards"],
+            "runs": runs,
+        }
+        for key in ("warm_seconds", "warm_cpu_seconds", "cold_cpu_seconds"):
+            c[key] = statistics.median(r[key] for r in runs)
+        c["images_per_s"] = images / c["seconds"]
+        c["warm_images_per_s"] = images / c["warm_seconds"]
+        c["ratio_vs_plain_loop"] = c["images_per_s"] / res["plain_loop"]["images_per_s"]
+        c["warm_ratio_vs_plain_loop"] = c["warm_images_per_s"] / res["plain_loop"]["images_per_s"]
+        c["store_vs_source"] = c["store_bytes"] / source_bytes
+        res["codecs"][codec] = c
+        figures += [
+            compare(
+                f"collection ingest ({codec}) of {images} JPEG tiles on {cpus} CPUs (cold Ray workers), images/s",
+                "images/s",
+                [images / r["seconds"] for r in runs],
+                "plain decode loop (1 process)",
+                [images / r["seconds"] for r in plain],
+            ),
+            compare(
+                f"collection ingest ({codec}) of {images} JPEG tiles, warm Ray workers, images/s",
+                "images/s",
+                [images / r["warm_seconds"] for r in runs],
+                "plain decode loop (1 process)",
+                [images / r["seconds"] for r in plain],
+            ),
+            compare(
+                f"collection ingest ({codec}) of {images} JPEG tiles, warm, vs the loop on {cpus} processes",
+                "images/s",
+                [images / r["warm_seconds"] for r in runs],
+                f"plain decode loop ({cpus} processes)",
+                [images / r["seconds"] for r in plain_n],
+            ),
+            compare(
+                f"collection ingest ({codec}) of {images} JPEG tiles, store size",
+                "MB",
+                [r["store_bytes"] / 1e6 for r in runs],
+                "the JPEG source",
+                [source_bytes / 1e6],
+                better="lower",
+            ),
+            compare(
+                f"collection ingest ({codec}) of {images} JPEG tiles, peak PSS",
+                "MiB",
+                [r["peak_mib"] for r in runs],
+                "plain decode loop (1 process)",
+                [r["peak_mib"] for r in plain],
+                better="lower",
+            ),
+        ]
+    res["figures"] = figures
+    write_results("ingest-collection", figures, **{k: v for k, v in res.items() if k != "figures"})
     print(
         f"\ncollection: {images:,} JPEG tiles 224x224 q90 ({source_bytes / 1e6:.1f} MB), {cpus} CPUs, "
         f"median of {repeats}; load average {res['load_average_1min']:.1f}"
     )
-    print(f"  plain decode loop (1 process): {p_s:6.2f} s  {images / p_s:8.0f} images/s")
-    print(
-        f"  pretextlab collection ingest:  {o_s:6.2f} s  {images / o_s:8.0f} images/s  "
-        f"({res['ratio_vs_plain_loop']:.2f}x the plain loop; {res['collection']['runs'][0]['shards']} shard(s))"
-    )
-    c = res["collection"]
-    print(
-        f"  again, warm Ray workers:        {c['warm_seconds']:6.2f} s  {c['warm_images_per_s']:8.0f} images/s  "
-        f"({res['warm_ratio_vs_plain_loop']:.2f}x); CPU of the Ray tree during the ingest: cold "
-        f"{c['cold_cpu_seconds']:.1f} s, warm {c['warm_cpu_seconds']:.1f} s = {images / c['warm_cpu_seconds']:.0f} "
-        f"images per CPU-second"
-    )
-    print(
-        f"  CPU time of the process tree: plain loop {res['plain_loop']['cpu_seconds']:.1f} s "
-        f"({res['plain_loop']['images_per_cpu_s'] or 0:.0f} images per CPU-second), collection ingest "
-        f"{res['collection']['cpu_seconds']:.1f} s ({res['collection']['images_per_cpu_s'] or 0:.0f} images per "
-        f"CPU-second, Ray start-up included)"
-    )
-    print(
-        f"  store: {res['collection']['store_bytes'] / 1e6:.1f} MB in {res['collection']['store_files']} files = "
-        f"{res['store_vs_source']:.1f}x the JPEG source (zstd level 1, lossless)"
-    )
-    print(
-        f"  per image: source {lossy['source'] / 1e3:.1f} kB, raw {lossy['raw'] / 1e3:.1f} kB, "
-        f"JPEG q90 {lossy['jpeg_q90'] / 1e3:.1f} kB, JPEG-XL d1 {lossy['jpegxl_d1'] / 1e3:.1f} kB; "
-        f"mean abs error {res['lossy']['mean_abs_error_grey_levels']}"
-    )
+    print(f"  plain decode loop (1 process):  {p_s:6.2f} s  {images / p_s:8.0f} images/s")
+    print(f"  plain decode loop ({cpus} processes): {pn_s:6.2f} s  {images / pn_s:8.0f} images/s")
+    for codec, c in res["codecs"].items():
+        print(
+            f"  ingest, {CODEC_NOTES.get(codec, codec)}: cold {c['seconds']:.2f} s = {c['images_per_s']:.0f} images/s "
+            f"({c['ratio_vs_plain_loop']:.2f}x the 1-process loop); warm {c['warm_seconds']:.2f} s = "
+            f"{c['warm_images_per_s']:.0f} images/s ({c['warm_ratio_vs_plain_loop']:.2f}x, "
+            f"{c['warm_images_per_s'] / (images / pn_s):.2f}x the {cpus}-process loop); Ray-tree CPU warm "
+            f"{c['warm_cpu_seconds']:.1f} s; store {c['store_bytes'] / 1e6:.1f} MB in {c['store_files']} files = "
+            f"{c['store_vs_source']:.2f}x the source, {c['shards']} shards"
+        )
     return res
 
 
@@ -229,8 +256,10 @@ def child(argv: list[str]) -> dict:
     mode = argv[0]
     if mode == "plain_loop":
         return plain_loop(argv[1])
+    if mode == "plain_loop_processes":
+        return plain_loop_processes(argv[1], int(argv[2]))
     if mode == "collection":
-        return collection_ingest(argv[1], argv[2], int(argv[3]), int(argv[4]))
+        return collection_ingest(argv[1], argv[2], int(argv[3]), int(argv[4]), *argv[5:6])
     raise SystemExit(f"unknown mode {mode}")
 
 
@@ -240,9 +269,15 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--shard-size", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--codecs", default="zstd,jpeg", help="store codecs to measure (zstd,lz4,jpeg,jpegxl)")
     args = ap.parse_args()
     res = run_part(
-        args.images, args.cpus, args.shard_size, args.repeats, lambda a: measure_child(HERE.parent / "ingest.py", a)
+        args.images,
+        args.cpus,
+        args.shard_size,
+        args.repeats,
+        lambda a: measure_child(HERE.parent / "ingest.py", a),
+        tuple(c for c in args.codecs.split(",") if c),
     )
     print_figures(res["figures"])
 

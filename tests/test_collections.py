@@ -27,7 +27,6 @@ from pretextlab.storage.writer import ItemResult
 
 
 def ingest(sources, dest, **kw):
-    kw.setdefault("one_item_per_file", False)  # collections are opt-in (--collections)
     return run_ingest(IngestConfig(sources=[str(s) for s in sources], dest=str(dest), **kw), progress=False)
 
 
@@ -352,3 +351,114 @@ def test_sixteen_bit_images_stream_and_evaluate_as_their_top_8_bits(ray_session,
     assert ev.images.dtype == np.uint8
     for item_id, image in zip(ev.item_ids, ev.images):
         np.testing.assert_array_equal(image[..., 0], planes[df.loc[item_id, "relpath"]] >> 8)
+
+
+def _jpeg_with_metadata(arr: np.ndarray, comment: bytes) -> bytes:
+    """A JPEG carrying an EXIF block and a COM segment that both hold ``comment``."""
+    import io
+
+    exif = Image.Exif()
+    exif[0x010E] = comment.decode()  # ImageDescription
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=90, exif=exif.tobytes(), comment=comment)
+    return buf.getvalue()
+
+
+def test_jpeg_codec_keeps_source_jpegs_drops_their_metadata_and_encodes_the_rest(ray_session, tmp_path):
+    rng = np.random.default_rng(3)
+    root = tmp_path / "tiles" / "a"
+    root.mkdir(parents=True)
+    secret = b"PATIENT^JANE-0042"
+    sources = {}
+    for i in range(5):
+        data = _jpeg_with_metadata(_rgb(rng, 40, 48), secret)
+        assert secret in data
+        (root / f"t{i}.jpg").write_bytes(data)
+        sources[f"a/t{i}.jpg"] = data
+    png = (rng.random((40, 48, 3)) * 60 + 100).astype(np.uint8)  # smooth enough for JPEG to keep close
+    Image.fromarray(png).save(root / "p.png")
+    dest = tmp_path / "store"
+    rep = ingest([tmp_path / "tiles"], dest, zarr={"compressor": "jpeg", "quality": 95})
+    assert rep.ok, rep.render()
+    df = read_catalog(str(dest)).set_index("relpath")
+    card = open_item(str(dest), df.iloc[0]["group"]).card
+    assert card["codec"] == {
+        "name": "jpeg",
+        "lossless": False,
+        "quality": 95,
+        "jpeg_sources": "kept as they are (metadata segments dropped)",
+    }
+    for rel in sources:  # exactly the pixels of the source JPEG (no second generation)
+        np.testing.assert_array_equal(pixels_of(dest, df.loc[rel]), np.asarray(Image.open(root / rel[2:])))
+    got = pixels_of(dest, df.loc["a/p.png"]).astype(int)
+    assert 0 < np.abs(got - png).mean() < 2.0  # the PNG was encoded once, lossy, at quality 95
+    stored = b"".join(p.read_bytes() for p in (dest / "items").rglob("*") if p.is_file())
+    assert secret not in stored  # EXIF / COM segments are not copied into the store
+    image_bytes = sum(p.stat().st_size for p in (dest / "items").rglob("c/*/*/*/*") if p.is_file())
+    assert image_bytes < sum(map(len, sources.values())) + 6 * 1000  # ~ the sources, not 5x them
+
+
+def test_jpegxl_codec_round_trip_and_sixteen_bit_images_stay_lossless(ray_session, tmp_path):
+    rng = np.random.default_rng(4)
+    (tmp_path / "src" / "x").mkdir(parents=True)
+    smooth = (rng.random((32, 32)) * 40 + 90).astype(np.uint8)
+    Image.fromarray(smooth).save(tmp_path / "src" / "x" / "g.png")
+    deep = rng.integers(0, 4096, (32, 32), dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "src" / "x" / "d16.png")
+    dest = tmp_path / "store"
+    rep = ingest([tmp_path / "src"], dest, zarr={"compressor": "jpegxl"})
+    assert rep.ok, rep.render()
+    df = read_catalog(str(dest)).set_index("relpath")
+    grey = pixels_of(dest, df.loc["x/g.png"])[..., 0].astype(int)
+    assert 0 < np.abs(grey - smooth).mean() < 3.0
+    np.testing.assert_array_equal(pixels_of(dest, df.loc["x/d16.png"])[..., 0], deep)  # 16-bit: zstd, exact
+    cards = {r: open_item(str(dest), df.loc[r, "group"]).card["codec"] for r in df.index}
+    assert cards["x/g.png"]["name"] == "jpegxl" and cards["x/d16.png"] == {"name": "zstd", "lossless": True}
+
+
+def test_fast_jpeg_decode_equals_pillow_and_a_cut_file_still_fails(tmp_path):
+    import io
+
+    from pretextlab.storage.collection import decode_fast_jpeg, decode_image
+
+    rng = np.random.default_rng(5)
+    for mode, kw in (("RGB", {}), ("RGB", {"progressive": True}), ("RGB", {"subsampling": 0}), ("L", {})):
+        arr = rng.integers(0, 256, (30, 44, 3), dtype=np.uint8)
+        im = Image.fromarray(arr).convert(mode)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85, **kw)
+        data = buf.getvalue()
+        fast = decode_fast_jpeg(data)
+        assert fast is not None
+        ref = np.asarray(Image.open(io.BytesIO(data)))
+        np.testing.assert_array_equal(fast, ref if ref.ndim == 3 else ref[..., None])
+    cut = data[: len(data) * 2 // 3]
+    assert decode_fast_jpeg(cut) is None  # no end-of-image marker: Pillow's path, which raises
+    with pytest.raises(OSError, match="truncated"):
+        decode_image(cut)
+    cmyk = io.BytesIO()
+    Image.fromarray(arr).convert("CMYK").save(cmyk, "JPEG")
+    assert decode_fast_jpeg(cmyk.getvalue()) is None  # CMYK: Pillow converts it to RGB
+
+
+def test_plain_zarr_reads_a_jpeg_store_through_the_entry_point(ray_session, tmp_path):
+    """A user's own zarr code (no pretextlab import) finds the codec through the installed entry point."""
+    rng = np.random.default_rng(6)
+    (tmp_path / "src" / "c").mkdir(parents=True)
+    Image.fromarray(_rgb(rng, 16, 16)).save(tmp_path / "src" / "c" / "a.jpg", quality=90)
+    dest = tmp_path / "store"
+    assert ingest([tmp_path / "src"], dest, zarr={"compressor": "jpeg"}).ok
+    arr_path = next((dest / "items").rglob("images"))
+    code = (
+        "import sys, zarr, numpy as np; a = zarr.open_array(sys.argv[1], mode='r'); "
+        "print(a.shape, int(np.asarray(a[0]).sum()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(arr_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    expect = int(np.asarray(Image.open(tmp_path / "src" / "c" / "a.jpg")).sum())
+    assert out.stdout.split(")")[-1].strip() == str(expect)

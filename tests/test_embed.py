@@ -189,7 +189,7 @@ def test_killed_run_resumes_without_repeats_or_gaps_and_bags_match(world, tmp_pa
         (["/no/such/encoder", "{store}", "--to", "{dest}"], "no such encoder folder"),
         (["{encoder}", "{store}"], "--to DEST is required"),
         (["{encoder}", "/no/such/store", "--to", "{dest}"], "no catalog here"),
-        (["{encoder}", "{store}", "--to", "{dest}", "--items", "ghost"], "items: not slide/cine items"),
+        (["{encoder}", "{store}", "--to", "{dest}", "--items", "ghost"], "items: not slide, cine or image-stack items"),
         (["{encoder}", "{store}", "--to", "{dest}", "--batch-size", "0"], "batch_size"),
         (["nope", "{store}", "--to", "{dest}", "--registry", "{registry}"], "no encoder named 'nope'"),
     ],
@@ -217,3 +217,39 @@ def test_dest_of_another_encoder_is_refused(world, tmp_path, capsys):
     assert main(["embed", str(world["encoder"]), world["store"], "--to", str(dest)]) == 2
     err = capsys.readouterr().err
     assert "holds features of another run" in err and len(err.strip().splitlines()) == 1
+
+
+def test_collection_rows_are_embedded_one_bag_per_shard_equal_to_the_encoder_on_their_pixels(world, tmp_path):
+    """Image stacks (here a collection of PNG stills) embed as one bag per shard, a row per image,
+    each equal to the encoder's features of that row's pixels read back from the store."""
+    from PIL import Image
+
+    from pretextlab.evaluate.features import extract_features
+    from pretextlab.jobs.ingest import IngestConfig, run_ingest
+    from pretextlab.models.encoder_io import preprocess
+
+    rng = np.random.default_rng(7)
+    src = tmp_path / "stills" / "c"
+    src.mkdir(parents=True)
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(src / f"s{i}.png")
+    store = tmp_path / "store"
+    rep = run_ingest(IngestConfig(sources=[str(tmp_path / "stills")], dest=str(store), shard_size=4), progress=False)
+    assert rep.ok and rep.shards == 2, rep.render()
+    dest = tmp_path / "bags"
+    report = run_embed(EmbedConfig(encoder=str(world["encoder"]), catalog=str(store), dest=str(dest)), progress=False)
+    assert sorted(report.embedded) == ["stills-20x24x3-0000-all", "stills-20x24x3-0001-all"]
+    cat = read_catalog(str(store)).set_index("item_id")
+    model, card = world["model"], world["card"]
+    seen = []
+    for bag_id in report.embedded:
+        feats, coords, attrs = read_h5(dest / "h5_files" / f"{bag_id}.h5")
+        assert attrs["kind"] == "image" and attrs["split"] == "all"
+        for k, index in enumerate(coords[:, 0]):
+            row_id = f"{bag_id}-{index:06d}"
+            row = cat.loc[row_id]
+            img = np.asarray(open_item(str(store), row["group"]).group["all"]["images"][int(index)])
+            ref = extract_features(model, preprocess(img.transpose(1, 2, 0)[None], card))
+            np.testing.assert_allclose(feats[k], ref[0].numpy(), rtol=1e-4, atol=1e-4)
+            seen.append(row["source"])
+    assert sorted(seen) == sorted(str(p) for p in src.glob("*.png"))  # every image once

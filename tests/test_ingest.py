@@ -201,3 +201,21 @@ def test_cli_usage_errors_exit_2_one_line(args, needle, tmp_path):
     assert needle in out.stderr or needle.lower() in out.stderr.lower(), out.stderr
     error_lines = [ln for ln in out.stderr.splitlines() if "error" in ln]
     assert len(error_lines) == 1, out.stderr
+
+
+def test_slide_levels_with_the_jpeg_codec_read_back_close_and_smaller(ray_session, sample, tmp_path):
+    lossless = ingest([sample / "slides" / "a.tif"], tmp_path / "zstd")
+    lossy = ingest([sample / "slides" / "a.tif"], tmp_path / "jpeg", zarr={"compressor": "jpeg", "quality": 90})
+    assert lossless.ok and lossy.ok, lossy.render()
+    a, b = open_item(str(tmp_path / "zstd"), "a"), open_item(str(tmp_path / "jpeg"), "a")
+    assert b.card["codec"]["name"] == "jpeg" and b.card["codec"]["lossless"] is False and "codec" not in a.card
+    ref = a.read_region(level=0, x=100, y=200, width=300, height=256).astype(int)
+    got = b.read_region(level=0, x=100, y=200, width=300, height=256).astype(int)
+    assert got.shape == ref.shape and 0 < np.abs(got - ref).mean() < 3.0
+    mask_a, mask_b = np.asarray(a.group["tissue_mask"]), np.asarray(b.group["tissue_mask"])
+    np.testing.assert_array_equal(mask_a, mask_b)  # the mask is not an image: it stays lossless
+
+    def size(root):
+        return sum(p.stat().st_size for p in (root / "items" / "a").rglob("*") if p.is_file() and p.name != "zarr.json")
+
+    assert size(tmp_path / "jpeg") < size(tmp_path / "zstd") / 2

@@ -206,3 +206,44 @@ def test_pilot_reports_agreement(tmp_path):
     data = json.loads((tmp_path / "p" / "recommendation.json").read_text())
     assert data["pilot"]["agrees"] in (True, False, None) and "pilot study" in res.stdout
     assert data["pilot"]["winner_family"] in (None, "JEA", "JEPA", "MAE")
+
+
+def test_slides_are_profiled_from_tissue_patches_grouped_by_slide(tmp_path):
+    """A store of labelled H&E slides: the sample is tissue patches of the slides, the stain profile is
+    measured on them, the locality CV keeps each slide's patches in one fold, and the card states the
+    patch size and the pixel size it was measured at."""
+    from pretextlab.jobs import recommend as rj
+    from pretextlab.storage import open_item, read_catalog
+    from pretextlab.storage import synthetic as syn
+
+    raw = tmp_path / "raw"
+    labels = ["tumour", "normal"] * 3
+    for i in range(6):
+        syn.write_slide_tiff(raw / f"s{i}.tif", 768, 768, tile=256, levels=1, seed=30 + i)
+    dest = tmp_path / "store"
+    for i in range(6):
+        r = write_item(
+            ItemPlan(item_id=f"s{i}", sources=[str(raw / f"s{i}.tif")], reader="tiff", fingerprint=f"s{i}"), str(dest)
+        )
+        assert r.status == "ingested", r
+    csv = tmp_path / "labels.csv"
+    csv.write_text("item_id,label\n" + "".join(f"s{i},{lab}\n" for i, lab in enumerate(labels)))
+    rebuild_catalog(str(dest), str(csv))
+    assert set(read_catalog(str(dest))["kind"]) == {"slide"}
+
+    report = profile_store(str(dest), sample=96, seed=1)
+    s = report["sample"]
+    assert s["kinds"] == ["slide"] and s["profiled"] == 96 and s["labelled"] == 96
+    assert s["image_shape"] == [rj.SLIDE_PATCH, rj.SLIDE_PATCH, 3] and s["slide_patch_px"] == rj.SLIDE_PATCH
+    assert s["slide_mpp"] == pytest.approx(open_item(str(dest), "s0").mpp)
+    assert report["noise"]["model"] == "stain" and report["noise"]["measured"]
+    loc = report["locality"]
+    assert loc is not None and loc["bootstrap_units"] == 6 and loc["bootstrap_unit"] != "sample"  # by slide
+    # the sample is patches centred on tissue: read the same windows by hand and compare
+    rows, _ = rj.choose_rows(read_catalog(str(dest)), str(dest), None, 1)
+    picks = rj.plan_sample(rows, 96, 1)
+    images, where = rj.read_sample(str(dest), rows, picks, None, 1)
+    assert len({(where[k], images[k].tobytes()) for k in range(len(images))}) == 96  # no patch drawn twice
+    out = tmp_path / "card"
+    write_outputs(report, out)
+    assert f"{rj.SLIDE_PATCH} px level-0 tissue patches" in (out / "recommendation.md").read_text()

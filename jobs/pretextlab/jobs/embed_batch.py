@@ -1,10 +1,12 @@
 """Batch embedding of a whole catalog on Ray Data: every tissue patch of every slide, every frame of every
-cine loop, written per item as feature bags (see :mod:`pretextlab.storage.bags`).
+cine loop and every image of every image stack (collection shards, NPZ stacks), written per item as
+feature bags (see :mod:`pretextlab.storage.bags`; an image stack's bag is ``<stack>-<split>``, one row
+per image: row k is catalog item ``<stack>-<split>-<coords[k, 0]:06d>``).
 
 Pipeline::
 
     slides: ZarrPatchDatasource (tissue-aware grid, chunk-aligned reads) -> map_batches(preprocess) -+
-    cines:  FrameDatasource (frame ranges; read + preprocess in the read task) ----------------------+-> union
+    cines, image stacks: FrameDatasource (frame / image ranges; read + preprocess in the read task) -+-> union
         -> map_batches(EncoderActor, concurrency=N actors, num_gpus=1 each when the cluster has GPUs)
         -> the driver gathers rows per item; a complete item is written (Zarr + HDF5, then its marker)
 
@@ -168,21 +170,31 @@ def preprocess_batch(batch: dict[str, np.ndarray], card: EncoderCard) -> dict[st
 
 
 def read_frames(
-    dest: str, item_id: str, frames: list[int], card: EncoderCard, storage_options: dict[str, Any] | None = None
+    dest: str,
+    item_id: str,
+    frames: list[int],
+    card: EncoderCard,
+    storage_options: dict[str, Any] | None = None,
+    stack: tuple[str, str] | None = None,
 ):
-    """One read task: frames of a cine loop, preprocessed (frame sizes differ between loops)."""
+    """One read task: frames of a cine loop, or images of an image stack's split (``stack`` = (item,
+    split)), preprocessed (sizes differ between items)."""
     from ray.data.block import BlockAccessor
 
     from pretextlab.models.encoder_io import preprocess
     from pretextlab.storage import open_item
 
-    item = open_item(dest, item_id, storage_options)
     idx = np.asarray(frames, dtype=np.int64)
-    arr = item.level(0)
+    if stack is not None:  # an image stack's split: rows of (N, C, Y, X) images
+        item = open_item(dest, stack[0], storage_options)
+        arr = item.group[stack[1]]["images"]
+    else:
+        item = open_item(dest, item_id, storage_options)
+        arr = item.level(0)
     pixels = (
         np.ascontiguousarray(arr.oindex[idx].transpose(0, 2, 3, 1)) if len(idx) else np.zeros((0, 1, 1, 1), np.uint8)
     )
-    if card.resolution is not None and len(idx):  # cine frames at the encoder's working resolution
+    if card.resolution is not None and len(idx) and stack is None:  # cine frames at the working resolution
         from pretextlab.storage.frames import working_frame
 
         spacing = item.card.get("pixel_spacing_mm")
@@ -221,7 +233,7 @@ def frame_dataset(
                     )
                     tasks.append(
                         ReadTask(
-                            partial(read_frames, dest, p.item_id, chunk, card, storage_options),
+                            partial(read_frames, dest, p.item_id, chunk, card, storage_options, _stack_of(p)),
                             meta,
                             per_task_row_limit=per_task_row_limit,
                         )
@@ -229,6 +241,10 @@ def frame_dataset(
             return tasks
 
     return ray.data.read_datasource(FrameDatasource())
+
+
+def _stack_of(plan: ItemPlan) -> tuple[str, str] | None:
+    return (plan.attrs["stack"], plan.attrs["split"]) if plan.kind == "image" else None
 
 
 class EncoderActor:
@@ -263,18 +279,20 @@ def _plan(
     from pretextlab.storage.patches import PatchSpec, item_patches
 
     cat = read_catalog(cfg.catalog, storage_options)
+    images = _stack_rows(cat)
     rows = cat[cat["kind"].isin(["slide", "cine"])]
     if cfg.items:
-        missing = sorted(set(cfg.items) - set(rows["item_id"]))
+        known = set(rows["item_id"]) | set(images["bag"])
+        missing = sorted(set(cfg.items) - known)
         if missing:
-            raise UserError(f"items: not slide/cine items of {cfg.catalog}: {', '.join(missing[:5])}")
+            raise UserError(f"items: not slide, cine or image-stack items of {cfg.catalog}: {', '.join(missing[:5])}")
         rows = rows[rows["item_id"].isin(cfg.items)]
+        images = images[images["bag"].isin(cfg.items)]
     if cfg.modality:
         rows = rows[rows["modality"] == cfg.modality]
-    for kind in sorted(set(cat["kind"]) - {"slide", "cine"}):
-        report.skipped_other[f"<{kind} rows>"] = (
-            f"{int((cat['kind'] == kind).sum())} {kind} rows: not embedded (use `pretextlab evaluate` for image stacks)"
-        )
+        images = images[images["modality"] == cfg.modality]
+    for kind in sorted(set(cat["kind"]) - {"slide", "cine", "image"}):
+        report.skipped_other[f"<{kind} rows>"] = f"{int((cat['kind'] == kind).sum())} {kind} rows: not embedded"
     spec = PatchSpec(
         patch_size=key["patch_size"], level=cfg.level, mpp=cfg.mpp, overlap=cfg.overlap, min_tissue=cfg.min_tissue
     )
@@ -308,7 +326,36 @@ def _plan(
             frames = list(range(0, t, cfg.frame_step))
             attrs.update(frame_step=cfg.frame_step, frames_total=t, frame_time_ms=item.card.get("frame_time_ms"))
             cines.append(ItemPlan(item_id, "cine", len(frames), attrs, frames=frames))
+    # image stacks (collection shards, NPZ stacks): one bag per (stack item, split), a row per image
+    for (bag_id, group, split), part in images.groupby(["bag", "group", "split_group"], sort=True):
+        if bag_id in done:
+            report.skipped_complete.append(str(bag_id))
+            continue
+        item = open_item(cfg.catalog, str(group), storage_options)
+        if str(item.card.get("dtype", "uint8")) != "uint8":
+            report.skipped_other[str(bag_id)] = f"{item.card.get('dtype')} pixels (only uint8 items are embedded)"
+            continue
+        index = sorted(int(i) for i in part["index"])
+        attrs = {
+            "encoder": encoder_id,
+            "modality": item.modality,
+            "source_store": sfs.normalize(cfg.catalog),
+            "stack": str(group),
+            "split": str(split),  # row k's catalog item id: f"{bag id}-{coords[k, 0]:06d}"
+        }
+        cines.append(ItemPlan(str(bag_id), "image", len(index), attrs, frames=index))
     return slides, cines
+
+
+def _stack_rows(cat):
+    """Catalog rows of image stacks with their bag id ``<stack>-<split>`` (the row id minus its index)."""
+    rows = cat[(cat["kind"] == "image") & cat["group"].notna()] if "group" in cat else cat.iloc[:0]
+    if "roi" in cat.columns:  # ROI mask images are annotations, not images to embed (as the stream says)
+        rows = rows[~rows["item_id"].isin(set(cat["roi"].dropna().astype(str)))]
+    rows = rows.copy()
+    rows["bag"] = rows["item_id"].str.rsplit("-", n=1).str[0]
+    rows["split_group"] = [b[len(g) + 1 :] for b, g in zip(rows["bag"], rows["group"], strict=True)]
+    return rows
 
 
 def _bag(plan: ItemPlan, parts: list[dict[str, np.ndarray]]) -> Bag:

@@ -5,10 +5,10 @@ DICOM series), one per collection shard (up to ``shard_size`` images, decoded in
                       [--labels-from-folders] [--collections | --one-item-per-file] [--collection NAME]
     python -m pretextlab.jobs.ingest SRC... --to DEST          # the same, as a Ray job entrypoint
 
-With ``--collections`` 2-D raster images found in a folder become a collection of stack shards
-(docs/storage.md); by default each image is its own item (what pretraining streams read today:
-collection rows are evaluated, embedded and served, not yet streamed for training). Non-image files
-found in folders are skipped and counted.
+2-D raster images found in a folder become a collection of stack shards (docs/storage.md), which
+pretraining streams (the ``frames`` kind), evaluation, embedding and serving read row by row;
+``--one-item-per-file`` makes each image its own item instead. Non-image files found in folders are
+skipped and counted.
 
 Idempotent (complete, unchanged items are skipped) and resumable (a crashed item is rewritten).
 Ends with a report; exits 1 when any item failed, 2 for bad usage.
@@ -52,10 +52,9 @@ class IngestConfig(BaseModel):
     max_retries: int = Field(1, ge=0, description="re-runs of an item whose worker process died")
     ray_address: str | None = Field(None, description="Ray cluster address (default: RAY_ADDRESS or local)")
     one_item_per_file: bool = Field(
-        True,
+        False,
         description=(
-            "each 2-D image file its own item (the default while training streams read only slides and cine "
-            "loops); false (--collections): images found in folders become collection shards"
+            "each 2-D image file its own item; false (the default): images found in folders become collection shards"
         ),
     )
     collection: str | None = Field(
@@ -230,13 +229,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--one-item-per-file",
         action="store_true",
         default=None,
-        help="each image file becomes its own item (the default)",
+        help="each image file becomes its own item (no collections)",
     )
     parser.add_argument(
         "--collections",
         dest="one_item_per_file",
         action="store_false",
-        help="images found in folders become collection shards (evaluation, embedding, serving)",
+        help="images found in folders become collection shards (the default)",
     )
     parser.add_argument(
         "--collection",

@@ -33,6 +33,9 @@ from pretextlab.core.errors import UserError
 DEFAULT_SAMPLE = 512
 NOISE_IMAGES = 64
 DEFAULT_DYNAMIC_RANGE_DB = 50.0
+#: tissue patches a slide offers the sample (drawn like cine frames), and their side at level 0
+SLIDE_PATCHES = 64
+SLIDE_PATCH = 224
 
 
 def _positive(text: str) -> int:
@@ -75,20 +78,18 @@ def choose_rows(cat: Any, store: str, modality: str | None, seed: int) -> tuple[
 
     if len(cat) == 0:
         raise UserError(f"{store}: empty store (the catalog has no items)")
-    usable = cat[cat["kind"].isin(["image", "cine"])]
+    usable = cat[cat["kind"].isin(["image", "cine", "slide"])]
     if "roi" in cat.columns:  # bench-data's mask rows carry no label and are not images
         masks = set(cat["roi"].dropna())
         usable = usable[~usable["item_id"].isin(masks)]
     if len(usable) == 0:
         kinds = ", ".join(sorted(set(cat["kind"].astype(str))))
-        raise UserError(
-            f"{store}: no stack images or cine loops to profile (items: {kinds}); slides are not profiled yet"
-        )
+        raise UserError(f"{store}: no slides, stack images or cine loops to profile (items: {kinds})")
     if modality is not None:
         modality = get_modality(modality).name
         usable = usable[usable["modality"] == modality]
         if len(usable) == 0:
-            raise UserError(f"{store}: no {modality} images or cine loops (--modality {modality})")
+            raise UserError(f"{store}: no {modality} slides, images or cine loops (--modality {modality})")
     else:
         counts = Counter(usable["modality"].astype(str))
         modality = counts.most_common(1)[0][0]
@@ -98,9 +99,12 @@ def choose_rows(cat: Any, store: str, modality: str | None, seed: int) -> tuple[
 
 
 def plan_sample(rows: Any, n: int, seed: int) -> list[tuple[int, int]]:
-    """(row position, frame) pairs: n draws without replacement over every image and every cine frame."""
+    """(row position, k) pairs: n draws without replacement over every image, every cine frame and
+    ``SLIDE_PATCHES`` tissue patches of every slide (k: the frame, or the slide's k-th patch)."""
     rng = np.random.default_rng([seed, 0x7EC])
-    frames = np.where(rows["kind"].to_numpy() == "cine", rows["frames"].fillna(1).astype(int).to_numpy(), 1)
+    kind = rows["kind"].to_numpy()
+    frames = np.where(kind == "cine", rows["frames"].fillna(1).astype(int).to_numpy(), 1)
+    frames = np.where(kind == "slide", SLIDE_PATCHES, frames)
     total = int(frames.sum())
     picks = np.sort(rng.choice(total, size=min(n, total), replace=False))
     starts = np.concatenate([[0], np.cumsum(frames)[:-1]])
@@ -109,16 +113,25 @@ def plan_sample(rows: Any, n: int, seed: int) -> list[tuple[int, int]]:
 
 
 def read_sample(
-    store: str, rows: Any, picks: list[tuple[int, int]], storage_options: dict[str, Any] | None
+    store: str,
+    rows: Any,
+    picks: list[tuple[int, int]],
+    storage_options: dict[str, Any] | None,
+    seed: int = 0,
 ) -> tuple[list[np.ndarray], list[int]]:
-    """Read the picked images / frames, one orthogonal selection per stack array and per cine loop, so
-    only the chunks that hold them are fetched. Returns (H, W, C) arrays and their row positions."""
+    """Read the picked images / frames / slide patches: one orthogonal selection per stack array and per
+    cine loop, so only the chunks that hold them are fetched; a slide's patches are ``SLIDE_PATCH``-pixel
+    level-0 windows centred on tissue (as evaluation places them). Returns (H, W, C) arrays and their
+    row positions."""
     from pretextlab.storage import open_item
 
     by_source: dict[tuple[str, str | None], list[tuple[int, int, int]]] = {}
+    slides: dict[str, list[tuple[int, int, int]]] = {}
     for k, (p, frame) in enumerate(picks):
         row = rows.iloc[p]
-        if row["kind"] == "image":
+        if row["kind"] == "slide":
+            slides.setdefault(str(row["item_id"]), []).append((k, frame, p))
+        elif row["kind"] == "image":
             key = (str(row["group"]), str(row["split"]) if row["split"] is not None else "all")
             by_source.setdefault(key, []).append((k, int(row["index"]), p))
         else:
@@ -134,7 +147,21 @@ def read_sample(
         for k, j, p in wanted:
             images[k] = np.ascontiguousarray(block[at[j]].transpose(1, 2, 0))
             where[k] = p
-    return [im for im in images if im is not None], where
+    if slides:
+        from pretextlab.evaluate.dataset import read_level0_patch, tissue_patch_origins
+
+        for item_id, wanted in slides.items():
+            item = open_item(store, item_id, storage_options)
+            # the slide's SLIDE_PATCHES candidate patches, fixed by the seed and the slide: the k-th is drawn
+            rng = np.random.default_rng([seed, int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16)])
+            origins, _ = tissue_patch_origins(item, SLIDE_PATCHES, SLIDE_PATCH, rng)
+            for k, j, p in wanted:
+                if j < len(origins):  # a slide smaller than SLIDE_PATCHES patches offers fewer
+                    x0, y0 = origins[j]
+                    images[k] = read_level0_patch(item, x0, y0, SLIDE_PATCH)
+                    where[k] = p
+    kept = [k for k, im in enumerate(images) if im is not None]
+    return [images[k] for k in kept], [where[k] for k in kept]  # type: ignore[misc]
 
 
 # --------------------------------------------------------------------------- profiles
@@ -176,11 +203,12 @@ def _labels(rows: Any, where: list[int], column: str) -> list[str | None]:
 
 
 def _groups(rows: Any, where: list[int]) -> list[str] | None:
-    """Patients when the catalog names them; else cine loops (frames of a loop are correlated); else None."""
+    """Patients when the catalog names them; else cine loops / slides (their frames / patches are
+    correlated); else None."""
     if "patient_id" in rows.columns and rows["patient_id"].notna().any():
         pid = rows["patient_id"].astype(object).where(rows["patient_id"].notna(), rows["item_id"]).to_numpy()
         return [str(pid[p]) for p in where]
-    if (rows["kind"] == "cine").any():
+    if rows["kind"].isin(["cine", "slide"]).any():  # frames of a loop, patches of a slide: correlated
         ids = rows["item_id"].to_numpy()
         return [str(ids[p]) for p in where]
     return None
@@ -204,7 +232,7 @@ def profile_store(
     cat = read_catalog(store, storage_options)
     rows, modality = choose_rows(cat, store, modality, seed)
     picks = plan_sample(rows, sample, seed)
-    images, where = read_sample(store, rows, picks, storage_options)
+    images, where = read_sample(store, rows, picks, storage_options, seed)
     t_read = time.perf_counter() - t0
     shapes = Counter(im.shape for im in images)
     shape = shapes.most_common(1)[0][0]
@@ -245,6 +273,7 @@ def profile_store(
             "seed": seed,
             "image_shape": list(shape),
             "kinds": sorted(set(rows["kind"].astype(str))),
+            **_slide_scale(store, rows, storage_options),
             "read_seconds": round(t_read, 2),
         },
         "noise": noise.model_dump(mode="json"),
@@ -253,6 +282,25 @@ def profile_store(
         "notes": notes,
         "seconds": round(time.perf_counter() - t0, 2),
         "_examples": _examples(images, labels),
+    }
+
+
+def _slide_scale(store: str, rows: Any, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """For slides: the patch side and the pixel size the profile was measured at (first slide's level 0)."""
+    slides = rows[rows["kind"] == "slide"]
+    if len(slides) == 0:
+        return {}
+    from pretextlab.storage import open_item
+
+    mpps = []
+    for item_id in slides["item_id"].astype(str).tolist()[:8]:
+        mpp = open_item(store, item_id, storage_options).mpp
+        if mpp:
+            mpps.append(float(mpp))
+    return {
+        "slide_patch_px": SLIDE_PATCH,
+        "slide_patches_per_slide": SLIDE_PATCHES,
+        "slide_mpp": round(float(np.median(mpps)), 4) if mpps else None,
     }
 
 

@@ -107,7 +107,8 @@ def tissue_patch_origins(
     return origins, note
 
 
-def _read_patch(item: Any, x0: int, y0: int, patch: int) -> np.ndarray:
+def read_level0_patch(item: Any, x0: int, y0: int, patch: int) -> np.ndarray:
+    """A patch x patch level-0 window of a slide at (x0, y0), padded with glass (255) past its edge."""
     region = item.read_region(0, x0, y0, patch, patch)
     if region.shape[0] != patch or region.shape[1] != patch:  # slide smaller than a patch: pad with glass
         padded = np.full((patch, patch, region.shape[2]), 255, np.uint8)
@@ -192,7 +193,7 @@ def load_eval_set(
             origins, note = tissue_patch_origins(item, patches_per_slide, patch, rng)
             if note:
                 notes.append(note)
-            new = [_read_patch(item, x0, y0, patch) for x0, y0 in origins]
+            new = [read_level0_patch(item, x0, y0, patch) for x0, y0 in origins]
         else:
             notes.append(f"{item_id}: kind {kind!r} is not evaluated")
             continue

@@ -69,6 +69,12 @@ def markdown_card(report: dict[str, Any]) -> str:
         f"{s['profiled']} {report['modality']} images of shape {tuple(s['image_shape'])} sampled (seed {s['seed']}) "
         f"from {s['rows_in_store']} rows; {s['labelled']} labelled."
     )
+    if s.get("slide_patch_px"):
+        mpp = s.get("slide_mpp")
+        out.append(
+            f"Slides: {s['slide_patch_px']} px level-0 tissue patches (up to {s['slide_patches_per_slide']} a slide), "
+            + (f"measured at {mpp:g} µm/px." if mpp else "pixel size unknown (the slides carry no mpp).")
+        )
     loc = report.get("locality")
     if loc is not None:
         out += [

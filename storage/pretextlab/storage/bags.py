@@ -39,9 +39,9 @@ class Bag:
     """The embeddings of one item and where each row came from."""
 
     item_id: str
-    kind: str  # slide | cine
+    kind: str  # slide | cine | image (an image stack's split: a row per image)
     features: np.ndarray  # (N, D) float32
-    coords: np.ndarray  # (N, 2) int64: level-0 (x, y) for slides, (frame, 0) for cine loops
+    coords: np.ndarray  # (N, 2) int64: level-0 (x, y) for slides, (frame, 0) for cine loops, (index, 0) images
     attrs: dict[str, Any] = field(default_factory=dict)  # patch_size, level, downsample, ...
 
 

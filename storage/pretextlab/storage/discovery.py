@@ -34,7 +34,7 @@ from pretextlab.storage.collection import SHARD_SIZE, RasterHeader, ShardPlan, r
 from pretextlab.storage.readers import list_readers, sniff
 from pretextlab.storage.readers.base import Modality
 from pretextlab.storage.readers.dicom_common import is_dicom
-from pretextlab.storage.writer import ItemPlan, ItemResult, one_line
+from pretextlab.storage.results import ItemPlan, ItemResult, one_line
 
 HEAD_BYTES = 132
 _GLOB = re.compile(r"[*?\[]")
@@ -117,8 +117,13 @@ def _inspect(f: _File, storage_options: dict[str, Any] | None, collect: bool = F
         if int(f.info.get("size") or 0) == 0:
             f.error = "empty file (0 bytes)"
             return f
-        fs, path = sfs.get_fs(f.url, storage_options)
-        with fs.open(path, "rb") as fh:
+        if sfs.is_remote(f.url):
+            fs, path = sfs.get_fs(f.url, storage_options)
+            opened = fs.open(path, "rb")
+        else:  # the builtin open: fsspec's local file object costs more than reading a header
+            path = sfs.normalize(f.url)
+            opened = open(path, "rb")
+        with opened as fh:
             head = fh.read(HEAD_BYTES)
             header = None
             if is_dicom(head):
@@ -184,8 +189,15 @@ def discover(
                 seen.add(f.url)
                 files.append(f)
     collect = collection is not None or not one_item_per_file  # a named collection always collects
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        files = list(pool.map(lambda f: _inspect(f, storage_options, collect and bool(f.root or collection)), files))
+
+    def inspect(f: _File) -> _File:
+        return _inspect(f, storage_options, collect and bool(f.root or collection))
+
+    if any(sfs.is_remote(f.url) for f in files):  # object storage: latency-bound, so many in flight
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            files = list(pool.map(inspect, files))
+    else:  # local headers read in ~40 us: a thread pool's per-file cost (~100 us) would dominate
+        files = [inspect(f) for f in files]
 
     singles: list[tuple[str, list[_File]]] = []
     series: dict[str, list[_File]] = defaultdict(list)
@@ -255,6 +267,9 @@ def plan_shards(
 ) -> list[ShardPlan]:
     """Collections -> shape groups -> shards of up to ``shard_size`` images, ids stable across runs:
     ``<collection>-<H>x<W>x<C>[-<dtype>]-<shard:04d>``."""
+    from pretextlab.modalities import get_modality
+
+    grayscale = bool(get_modality(modality).reader.grayscale)  # decided here: shard tasks stay light
     by_root: dict[str, list[_File]] = defaultdict(list)
     for f in files:
         by_root["" if collection else f.root].append(f)
@@ -296,6 +311,7 @@ def plan_shards(
                         fingerprint=fp,
                         modality=modality,
                         labels_from_folders=labels_from_folders,
+                        grayscale=grayscale,
                     )
                 )
     return shards

@@ -174,9 +174,12 @@ def local_copies(urls: list[str], storage_options: dict[str, Any] | None = None)
 
 
 def zarr_store(url: str, read_only: bool = False, storage_options: dict[str, Any] | None = None):
-    """A zarr v3 store for a local folder or an object-storage prefix."""
+    """A zarr v3 store for a local folder or an object-storage prefix (pretextlab's codecs registered)."""
     import zarr.storage
 
+    from pretextlab.storage.codecs import register
+
+    register()
     url = normalize(url)
     if not is_remote(url):
         return zarr.storage.LocalStore(url, read_only=read_only)

@@ -12,8 +12,7 @@ import hashlib
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 import dask
 import dask.array as da
@@ -41,40 +40,9 @@ from pretextlab.storage.readers import (
     StackSource,
     get_reader,
 )
-from pretextlab.storage.readers.base import Modality
+from pretextlab.storage.results import ItemPlan, ItemResult, Status, one_line
 
-Status = Literal["ingested", "skipped", "failed"]
-
-
-@dataclass
-class ItemPlan:
-    """One unit of ingest work, decided by the driver: which files make which item, read how."""
-
-    item_id: str
-    sources: list[str]
-    reader: str
-    fingerprint: str
-    modality: Modality | None = None
-
-
-@dataclass
-class ItemResult:
-    item_id: str
-    status: Status
-    source: str
-    reason: str | None = None
-    seconds: float = 0.0
-    source_bytes: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-
-def one_line(exc: BaseException) -> str:
-    """A one-line reason for an exception: ReaderError text as is, others with their type."""
-    if isinstance(exc, ReaderError):
-        msg = str(exc)
-    else:
-        msg = f"{type(exc).__name__}: {exc}"
-    return " ".join(msg.split())[:500]
+__all__ = ["ItemPlan", "ItemResult", "Status", "one_line", "write_item"]
 
 
 def write_item(
@@ -177,6 +145,13 @@ def _write(
 ) -> None:
     store = sfs.zarr_store(url, storage_options=storage_options)
     card = _base_card(source, plan, checksum)
+    if options.lossy:  # which arrays took the lossy codec is in each array's zarr.json
+        card["codec"] = {
+            "name": options.compressor,
+            "lossless": False,
+            "quality": options.quality,
+            "applies_to": "uint8 images of 1 or 3 channels (one per chunk); other arrays zstd",
+        }
     root = zarr.open_group(store, mode="w", zarr_format=3, attributes={CARD_KEY: card})
     with dask.config.set(scheduler="threads", num_workers=options.threads):
         if isinstance(source, SlideSource):
@@ -203,12 +178,13 @@ def _write(
 
 
 def _create(root: zarr.Group, name: str, shape, chunks, dtype, dims, options: ZarrOptions) -> zarr.Array:
+    chunks = tuple(int(c) for c in chunks)
     return root.create_array(
         name=name,
         shape=tuple(int(s) for s in shape),
-        chunks=tuple(int(c) for c in chunks),
+        chunks=chunks,
         dtype=dtype,
-        compressors=options.codecs(),
+        **options.array_codecs(chunks, dtype, dims),
         dimension_names=dims,
         fill_value=0,
     )
