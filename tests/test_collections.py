@@ -375,7 +375,8 @@ def test_jpeg_codec_keeps_source_jpegs_drops_their_metadata_and_encodes_the_rest
         assert secret in data
         (root / f"t{i}.jpg").write_bytes(data)
         sources[f"a/t{i}.jpg"] = data
-    png = (rng.random((40, 48, 3)) * 60 + 100).astype(np.uint8)  # smooth enough for JPEG to keep close
+    yy, xx = np.mgrid[0:40, 0:48]
+    png = np.stack([100 + 2 * yy, 90 + 2 * xx, 120 + yy + xx], axis=-1).astype(np.uint8)  # smooth: JPEG keeps it
     Image.fromarray(png).save(root / "p.png")
     dest = tmp_path / "store"
     rep = ingest([tmp_path / "tiles"], dest, zarr={"compressor": "jpeg", "quality": 95})

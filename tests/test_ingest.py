@@ -209,13 +209,15 @@ def test_slide_levels_with_the_jpeg_codec_read_back_close_and_smaller(ray_sessio
     assert lossless.ok and lossy.ok, lossy.render()
     a, b = open_item(str(tmp_path / "zstd"), "a"), open_item(str(tmp_path / "jpeg"), "a")
     assert b.card["codec"]["name"] == "jpeg" and b.card["codec"]["lossless"] is False and "codec" not in a.card
-    ref = a.read_region(level=0, x=100, y=200, width=300, height=256).astype(int)
-    got = b.read_region(level=0, x=100, y=200, width=300, height=256).astype(int)
-    assert got.shape == ref.shape and 0 < np.abs(got - ref).mean() < 3.0
+    ref, got = np.asarray(a.level(0)[:]).astype(int), np.asarray(b.level(0)[:]).astype(int)
+    assert got.shape == ref.shape and 0 < np.abs(got - ref).mean() < 3.0  # lossy, but close
+    # the mask is not an image: stored lossless (zstd), though computed from the lossy pyramid levels
+    assert "jpeg" not in json.dumps(b.group["tissue_mask"].metadata.to_dict()["codecs"])
+    assert "pretextlab.jpeg" in json.dumps(b.level(0).metadata.to_dict()["codecs"])
     mask_a, mask_b = np.asarray(a.group["tissue_mask"]), np.asarray(b.group["tissue_mask"])
-    np.testing.assert_array_equal(mask_a, mask_b)  # the mask is not an image: it stays lossless
+    assert (mask_a != mask_b).mean() < 0.001
 
     def size(root):
-        return sum(p.stat().st_size for p in (root / "items" / "a").rglob("*") if p.is_file() and p.name != "zarr.json")
+        return sum(p.stat().st_size for p in (root / "items").rglob("*") if p.is_file() and p.name != "zarr.json")
 
     assert size(tmp_path / "jpeg") < size(tmp_path / "zstd") / 2

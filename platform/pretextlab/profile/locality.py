@@ -113,10 +113,14 @@ def to_channels(image: np.ndarray) -> np.ndarray:
     return x[..., :1]
 
 
-def work_resolution(image: np.ndarray, side: int = WORK_SIDE) -> np.ndarray:
-    """Area-downsample (H, W, K) maps so that the shorter side is at most ``side`` (integer block means)."""
+def work_resolution(image: np.ndarray, side: int = WORK_SIDE, at_most: bool = False) -> np.ndarray:
+    """Area-downsample (H, W, K) maps by integer block means: by the largest factor that keeps the
+    shorter side at least ``side`` (the work side is then ``side`` .. 2 * ``side`` - 1, or the image's
+    own side when shorter), or with ``at_most`` by the smallest factor that brings it to ``side`` or
+    under (thumbnails). Rounding the work factor up instead left 224 px tiles at 56 px, too small
+    for the 1/8 windows."""
     h, w = image.shape[:2]
-    f = int(np.ceil(min(h, w) / side))
+    f = int(np.ceil(min(h, w) / side)) if at_most else max(1, min(h, w) // side)
     if f <= 1:
         return image
     h2, w2 = (h // f) * f, (w // f) * f
@@ -173,7 +177,7 @@ def whole_features(ch: np.ndarray) -> np.ndarray:
     n, h, w, _ = ch.shape
     maps = response_maps(ch, [s for s in sigmas_for(min(h, w)) if s <= 8])
     flat = maps.reshape(n, -1, maps.shape[-1])
-    thumb = np.stack([work_resolution(c, 8) for c in ch])
+    thumb = np.stack([work_resolution(c, 8, at_most=True) for c in ch])
     if thumb.shape[1:3] != (8, 8):
         thumb = ndimage.zoom(thumb, (1, 8 / thumb.shape[1], 8 / thumb.shape[2], 1), order=1)
     q = np.percentile(flat, [5, 50, 95], axis=1)
@@ -268,8 +272,8 @@ def window_sizes(shape: tuple[int, ...], fractions: Sequence[float] = CROP_FRACT
     smallest would be under MIN_WINDOW_PX."""
     h, w = shape[0], shape[1]
     side = min(h, w)
-    f = int(np.ceil(side / WORK_SIDE))
-    work = side // f if f > 1 else side
+    f = max(1, side // WORK_SIDE)  # as work_resolution
+    work = side // f
     sizes = [int(round(fr * work)) for fr in fractions]
     if min(sizes) < MIN_WINDOW_PX:
         need = int(np.ceil(MIN_WINDOW_PX / min(fractions)))
@@ -343,7 +347,7 @@ def locality_profile(
         class_counts=counts,
         bootstrap_unit=unit,
         bootstrap_units=units,
-        work_side_px=min(min(shape[:2]), WORK_SIDE),
+        work_side_px=min(shape[:2]) // max(1, min(shape[:2]) // WORK_SIDE),
         probe=(
             "ridge classifier (penalty by leave-one-out) on bag-of-windows filter-bank statistics "
             f"(Gaussian, LoG, gradient; scales <= window/4), grouped stratified {FOLDS}-fold CV"
