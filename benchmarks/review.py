@@ -11,7 +11,9 @@ Every 5th answer is sent twice at once (a double submit). By default reviewers a
 time: the server is saturated, a stress test); ``--think-ms T`` makes each one look at a case for a random
 0.5T..1.5T (seeded) before answering, as a clinician would. Reported per database: p50/p95/max of the
 client-side latency of case pages and answers, the server-side time of the same requests (the app's
-``Server-Timing`` header), and the audit: answers stored vs sent (0 lost), duplicates (0).
+``Server-Timing`` header), the audit: answers stored vs sent (0 lost), duplicates (0), and the CPU
+seconds the server and this load generator used while the reviewers ran (they share the machine's
+cores), with the load average. ``--threads N`` passes the server's ``--threads``.
 Figures go to .bench/review.json. PostgreSQL is Debian's, started as in tests/review_fixtures.py.
 """
 
