@@ -11,13 +11,16 @@ Every 5th answer is sent twice at once (a double submit). By default reviewers a
 time: the server is saturated, a stress test); ``--think-ms T`` makes each one look at a case for a random
 0.5T..1.5T (seeded) before answering, as a clinician would. Reported per database: p50/p95/max of the
 client-side latency of case pages and answers, the server-side time of the same requests (the app's
-``Server-Timing`` header), and the audit: answers stored vs sent (0 lost), duplicates (0).
+``Server-Timing`` header), the audit: answers stored vs sent (0 lost), duplicates (0), and the CPU
+seconds the server and this load generator used while the reviewers ran (they share the machine's
+cores), with the load average. ``--threads N`` passes the server's ``--threads``.
 Figures go to .bench/review.json. PostgreSQL is Debian's, started as in tests/review_fixtures.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import sys
@@ -47,6 +50,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _cpu_s(pid: int, children: bool = True) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads) and, with ``children``, its live children."""
+    import psutil
+
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True) if children else []
+    return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -132,12 +144,27 @@ def _reviewer(
         out.setdefault("errors", []).extend(errors)
 
 
-def run_one(kind: str, db: str, inputs: dict, reviewers: int, cases: int, work: Path, think_ms: float = 0.0) -> dict:
+def run_one(
+    kind: str,
+    db: str,
+    inputs: dict,
+    reviewers: int,
+    cases: int,
+    work: Path,
+    think_ms: float = 0.0,
+    threads: int | None = None,
+) -> dict:
     server = Server(
         db,
         str(work / f"assets-{kind}"),
         _free_port(),
-        extra=("--login-per-minute", "100000", "--answers-per-minute", "100000"),
+        extra=(
+            "--login-per-minute",
+            "100000",
+            "--answers-per-minute",
+            "100000",
+            *(("--threads", str(threads)) if threads else ()),
+        ),
     ).start()
     try:
         with httpx.Client(base_url=server.url, timeout=600, headers=AUTH) as org:
@@ -160,10 +187,12 @@ def run_one(kind: str, db: str, inputs: dict, reviewers: int, cases: int, work: 
                 for i, link in enumerate(links)
             ]
             with PeakPss() as mem:  # this process tree: the reviewers' threads and the server process
+                cpu0 = _cpu_s(server.proc.pid), _cpu_s(os.getpid(), children=False)
                 t0 = time.perf_counter()
                 [t.start() for t in threads]
                 [t.join() for t in threads]
                 wall = time.perf_counter() - t0
+                cpu1 = _cpu_s(server.proc.pid), _cpu_s(os.getpid(), children=False)
             import io
 
             import pandas as pd
@@ -175,6 +204,7 @@ def run_one(kind: str, db: str, inputs: dict, reviewers: int, cases: int, work: 
             "reviewers": reviewers,
             "cases_each": cases,
             "think_ms": think_ms,
+            "threads": threads,
             "wall_s": round(wall, 2),
             "answers_per_s": round(out["sent"] / wall, 1),
             "answers_sent": out["sent"],
@@ -184,6 +214,11 @@ def run_one(kind: str, db: str, inputs: dict, reviewers: int, cases: int, work: 
             "reviewers_complete": int((per == cases).sum()),
             "errors": out["errors"][:10],
             "peak_mib": round(mem.peak_mib, 1),
+            # CPU seconds used while the reviewers ran: the server (with any worker processes) and this
+            # load generator (its threads, without the server), which shares the machine's cores with it
+            "server_cpu_s": round(cpu1[0] - cpu0[0], 2),
+            "client_cpu_s": round(cpu1[1] - cpu0[1], 2),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
         }
         for key in ("page_ms", "answer_ms", "page_server_ms", "answer_server_ms"):
             vals = [v for v in out[key] if v == v]
@@ -204,13 +239,23 @@ def main() -> int:
     ap.add_argument("--cases", type=int, default=20, help="answers per reviewer (at most 21)")
     ap.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     ap.add_argument("--think-ms", type=float, default=0.0, help="mean reading time per case (default 0: none)")
+    ap.add_argument("--threads", type=int, help="the server's --threads (default: the server's own default)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="review-bench-"))
     inputs = {"encoders": make_encoders(work / "encoders"), "store": make_store(work)}
     results = []
     if args.db in ("sqlite", "both"):
         results.append(
-            run_one("sqlite", str(work / "bench.sqlite"), inputs, args.reviewers, args.cases, work, args.think_ms)
+            run_one(
+                "sqlite",
+                str(work / "bench.sqlite"),
+                inputs,
+                args.reviewers,
+                args.cases,
+                work,
+                args.think_ms,
+                args.threads,
+            )
         )
     if args.db in ("postgresql", "both"):
         reason = can_run_postgres()
@@ -220,7 +265,16 @@ def main() -> int:
             pg = Postgres(_free_port())
             try:
                 results.append(
-                    run_one("postgresql", pg.new_database(), inputs, args.reviewers, args.cases, work, args.think_ms)
+                    run_one(
+                        "postgresql",
+                        pg.new_database(),
+                        inputs,
+                        args.reviewers,
+                        args.cases,
+                        work,
+                        args.think_ms,
+                        args.threads,
+                    )
                 )
             finally:
                 pg.stop()
@@ -229,7 +283,8 @@ def main() -> int:
             f"{r['db']:<10} {r['reviewers']} reviewers x {r['cases_each']} cases (think {r['think_ms']:g} ms) "
             f"in {r['wall_s']} s "
             f"({r['answers_per_s']} answers/s); stored {r['answers_stored']}/{r['answers_sent']}, "
-            f"lost {r['lost']}, duplicated {r['duplicated']}, errors {len(r['errors'])}"
+            f"lost {r['lost']}, duplicated {r['duplicated']}, errors {len(r['errors'])}; "
+            f"CPU server {r['server_cpu_s']} s, load generator {r['client_cpu_s']} s; load {r['load_average']}"
         )
         for key in ("page_ms", "answer_ms", "page_server_ms", "answer_server_ms"):
             print(f"    {key:<17} p50 {r[key]['p50']:>7} ms   p95 {r[key]['p95']:>7} ms   max {r[key]['max']:>7} ms")

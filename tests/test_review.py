@@ -604,6 +604,42 @@ def test_pages_and_redirects_follow_the_root_path(client_factory, review_inputs)
     assert 'action="/review/r/case/' in html
 
 
+def test_case_images_are_cached_and_revalidate_with_304_only_for_their_reviewer(client_factory, review_inputs):
+    import anyio.to_thread
+    from fastapi.testclient import TestClient
+
+    app, org = client_factory(threads=3)
+    body = spec(review_inputs, sample=1, questions={"pairwise": True})
+    pid = org.post("/api/reviews", json=body, headers=AUTH).json()["review"]
+    links = [org.post(f"/api/reviews/{pid}/invites", json={"label": n}, headers=AUTH).json()["link"] for n in "ab"]
+    with TestClient(app) as a, TestClient(app) as b:
+        # --threads: the requests served at once, and as many pooled database connections
+        assert a.portal.call(lambda: anyio.to_thread.current_default_thread_limiter().total_tokens) == 3
+        assert app.state.engine.pool.size() == 3
+        _open_invite(a, links[0])
+        _open_invite(b, links[1])
+        seen = {}
+        while "/r/case/" in str((page := a.get("/r/", follow_redirects=True)).url):
+            kind = "pairwise" if 'name="preference"' in page.text else "likert"
+            seen.setdefault(kind, page.url.path.replace("/case/", "/img/"))
+            a.post(page.url.path, data={**_form(page.text), "rating": "3", "preference": "a"})
+        likert, pairwise = seen["likert"], seen["pairwise"]
+        for url in (f"{likert}/image", f"{likert}/map", f"{pairwise}/map", f"{pairwise}/map-b"):
+            first = a.get(url)
+            assert first.status_code == 200 and first.content[:8] == b"\x89PNG\r\n\x1a\n", url
+            etag = first.headers["etag"]
+            assert first.headers["cache-control"] == "private, max-age=86400, immutable"
+            again = a.get(url, headers={"If-None-Match": etag})
+            assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+            assert a.get(url, headers={"If-None-Match": f'W/{etag}, "other"'}).status_code == 304
+            assert a.get(url, headers={"If-None-Match": '"stale"'}).content == first.content
+            # another reviewer's case stays a 404, whatever the validator it sends
+            assert b.get(url, headers={"If-None-Match": etag}).status_code == 404
+            assert b.get(url, headers={"If-None-Match": "*"}).status_code == 404
+        assert a.get(f"{likert}/map-b").status_code == 404  # a Likert case has one map
+        assert a.get(f"{likert}/image").headers["etag"] != a.get(f"{likert}/map").headers["etag"]
+
+
 @pytest.mark.slow
 def test_review_app_as_a_second_serve_application(ray_session, review_inputs, tmp_path):
     import httpx

@@ -10,6 +10,8 @@ CSRF token; every bad request is a 4xx with a body (JSON under /api, HTML elsewh
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Form, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -33,6 +36,8 @@ from pretextlab.review.settings import ReviewSettings
 from pretextlab.review.spec import MAP_TYPES, parse_spec
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     import pandas as pd
 
 log = logging.getLogger("pretextlab.review")
@@ -80,6 +85,12 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header names ``etag`` (weak comparison, as RFC 9110 asks for GET)."""
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
 class HttpError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -89,16 +100,28 @@ class HttpError(Exception):
 def create_app(settings: ReviewSettings | None = None) -> FastAPI:
     """The app for ``settings``: opens (and migrates) the database, reads the organiser key from the env."""
     settings = settings or ReviewSettings()
-    engine, sm = open_database(settings.db)
+    engine, sm = open_database(settings.db, pool_size=settings.threads)
     asset_root = settings.asset_root()
     key = os.environ.get(settings.api_key_env, "")
     key_digest = hash_token(key) if key else None
     del key
     login_limit = RateLimiter(settings.login_per_minute)
     answer_limit = RateLimiter(settings.answers_per_minute)
-    env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html"]))
+    # templates and static files ship with the package: read once, never re-checked on disk per request
+    env = Environment(
+        loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html"]), auto_reload=False
+    )
+    static_files = {name: (HERE / "static" / name).read_bytes() for name in STATIC}
 
-    app = FastAPI(title="pretextlab review", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Request handlers are plain functions run in worker threads; more threads than this only take
+        # turns on the one GIL (each database call hands it over), so a request that holds SQLite's write
+        # lock waits for the GIL behind dozens of others. Requests beyond this wait their turn in order.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        yield
+
+    app = FastAPI(title="pretextlab review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.settings, app.state.engine, app.state.sessionmaker = settings, engine, sm
 
     # ------------------------------------------------------------------------------------ helpers
@@ -195,7 +218,7 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
         if name not in STATIC:
             raise HttpError(404, "no such file")
         return Response(
-            (HERE / "static" / name).read_bytes(),
+            static_files[name],
             media_type=STATIC[name],
             headers={"Cache-Control": "public, max-age=3600"},
         )
@@ -288,10 +311,14 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
         ctx = reviewer(request)
         if slot not in ("image", "map", "map-b") or not PID_RE.match(case_pid):
             raise HttpError(404, "no such image")
-        key = svc.slot_asset(sm, ctx, case_pid, slot)
-        return Response(
-            read_asset(ctx.asset_root, key), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
-        )
+        key = svc.slot_asset(sm, ctx, case_pid, slot)  # only the reviewer who owns the case gets this far
+        # An asset never changes once written (a fresh random key per PNG), so the browser may keep it and a
+        # reload that revalidates gets a 304 without the file being read again.
+        etag = f'"{hashlib.sha256(key.encode()).hexdigest()[:32]}"'
+        headers = {"Cache-Control": "private, max-age=86400, immutable", "ETag": etag}
+        if etag_matches(request.headers.get("if-none-match", ""), etag):
+            return Response(status_code=304, headers=headers)
+        return Response(read_asset(ctx.asset_root, key), media_type="image/png", headers=headers)
 
     @app.post("/r/logout")
     def logout(request: Request, csrf: str = Form("")) -> Response:

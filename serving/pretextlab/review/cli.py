@@ -58,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--login-per-minute", type=int, help="invite/organiser logins per client address per minute")
     s.add_argument("--answers-per-minute", type=int, help="answers per reviewer session per minute")
+    s.add_argument("--threads", type=int, help="requests handled at once (default 8)")
 
     c = common(sub.add_parser("create", help="create a review from a spec file (renders the maps)"))
     c.add_argument("spec", metavar="SPEC", help="review spec (YAML or JSON)")
@@ -125,6 +126,7 @@ def _serve(args: argparse.Namespace) -> int:
         secure_cookies=secure,
         login_per_minute=args.login_per_minute,
         answers_per_minute=args.answers_per_minute,
+        threads=args.threads,
     )
     app = create_app(settings)
     print(f"review app on http://{args.host}:{args.port} (organiser: /admin)", flush=True)

@@ -53,12 +53,19 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def make_engine(db: str) -> Engine:
-    """An engine for ``db``; SQLite gets WAL, foreign keys and a generous busy timeout."""
+def make_engine(db: str, pool_size: int = 20) -> Engine:
+    """An engine for ``db``; SQLite gets WAL, foreign keys and a generous busy timeout.
+
+    ``pool_size``: connections kept open, about the number of requests served at once (the app's
+    threads); as many again may open for a burst (a request that opens a second session, the CLI).
+    """
     url = database_url(db)
     if is_sqlite(url):
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20, max_overflow=20
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=pool_size,
+            max_overflow=pool_size,
         )
 
         @event.listens_for(engine, "connect")
@@ -71,7 +78,7 @@ def make_engine(db: str) -> Engine:
 
         return engine
     # no pre-ping: it costs a round trip per checkout (several per page); stale connections are recycled
-    return create_engine(url, pool_size=20, max_overflow=20, pool_recycle=1800)
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
 
 
 def migrate(engine: Engine) -> None:
@@ -114,9 +121,9 @@ def serialise_sqlite_writes(sm: sessionmaker) -> sessionmaker:
     return sm
 
 
-def open_database(db: str) -> tuple[Engine, sessionmaker]:
+def open_database(db: str, pool_size: int = 20) -> tuple[Engine, sessionmaker]:
     """Engine + session factory for ``db``, migrated to head (SQLite: writes take turns in-process)."""
-    engine = make_engine(db)
+    engine = make_engine(db, pool_size)
     migrate(engine)
     sm = sessionmaker(engine, expire_on_commit=False)
     return engine, serialise_sqlite_writes(sm) if is_sqlite(str(engine.url)) else sm

@@ -15,10 +15,11 @@ import string
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
+from sqlalchemy.sql.elements import BindParameter
 
 from pretextlab.core.errors import UserError
 from pretextlab.review import models as m
@@ -317,12 +318,12 @@ class ReviewerContext:
     asset_root: str
 
 
-def _reviewer_state(review: m.Review, r: m.Reviewer, now: _dt.datetime) -> None:
-    if r.revoked_at is not None:
+def _reviewer_state(review_status: str, revoked_at: Any, expires_at: Any, now: _dt.datetime) -> None:
+    if revoked_at is not None:
         raise AccessError(403, "this invitation was revoked")
-    if review.status != "open":
+    if review_status != "open":
         raise AccessError(410, "this review is closed")
-    if r.expires_at is not None and r.expires_at <= now:
+    if expires_at is not None and expires_at <= now:
         raise AccessError(410, "this invitation has expired")
 
 
@@ -333,7 +334,7 @@ def login(sm: sessionmaker, token: str, hours: float) -> str:
         r = s.scalar(select(m.Reviewer).where(m.Reviewer.token_hash == hash_token(token)))
         if r is None:
             raise AccessError(403, "this invitation link is not valid")
-        _reviewer_state(s.get(m.Review, r.review_id), r, now)
+        _reviewer_state(s.get(m.Review, r.review_id).status, r.revoked_at, r.expires_at, now)
         session_token = new_token()
         s.add(
             m.Session(
@@ -382,98 +383,167 @@ def end_session(sm: sessionmaker, token: str | None) -> None:
             s.query(m.Session).filter(m.Session.token_hash == hash_token(token)).delete()
 
 
+# The columns behind a reviewer session, in one query (plain rows: no ORM objects to build per request).
+_CONTEXT = (
+    select(
+        m.Session.id,
+        m.Session.csrf,
+        m.Session.expires_at,
+        m.Reviewer.id,
+        m.Reviewer.pid,
+        m.Reviewer.letters,
+        m.Reviewer.revoked_at,
+        m.Reviewer.expires_at,
+        m.Review.id,
+        m.Review.status,
+        m.Review.spec,
+        m.Review.asset_root,
+    )
+    .join(m.Reviewer, m.Session.reviewer_id == m.Reviewer.id)
+    .join(m.Review, m.Reviewer.review_id == m.Review.id)
+    .where(m.Session.token_hash == bindparam("token_hash"), m.Session.role == "reviewer")
+)
+
+
 def reviewer_context(sm: sessionmaker, token: str | None) -> ReviewerContext:
     """The reviewer of a session cookie, or AccessError (401 no/expired session, 403 revoked, 410 closed)."""
     if not token:
         raise AccessError(401, "no session: open your personal invitation link")
     now = m.utcnow()
     with sm() as s:  # one query: session, reviewer and review together
-        found = s.execute(
-            select(m.Session, m.Reviewer, m.Review)
-            .join(m.Reviewer, m.Session.reviewer_id == m.Reviewer.id)
-            .join(m.Review, m.Reviewer.review_id == m.Review.id)
-            .where(m.Session.token_hash == hash_token(token), m.Session.role == "reviewer")
-        ).first()
-        if found is None or found[0].expires_at <= now:
-            raise AccessError(401, "your session has ended: open your personal invitation link again")
-        row, r, review = found
-        _reviewer_state(review, r, now)
-        return ReviewerContext(
-            row.id, row.csrf, r.id, r.pid, review.id, dict(r.letters), review.spec, review.asset_root
-        )
+        row = s.execute(_CONTEXT, {"token_hash": hash_token(token)}).first()
+    if row is None or row[2] <= now:
+        raise AccessError(401, "your session has ended: open your personal invitation link again")
+    sid, csrf, _, rid, rpid, letters, revoked_at, expires_at, review_id, status, spec, asset_root = row
+    _reviewer_state(status, revoked_at, expires_at, now)
+    return ReviewerContext(sid, csrf, rid, rpid, review_id, dict(letters), spec, asset_root)
 
 
-def _case(s: DbSession, ctx: ReviewerContext, case_pid: str) -> m.Case:
-    c = s.scalar(select(m.Case).where(m.Case.pid == case_pid)) if PID_RE.match(case_pid or "") else None
-    if c is None or c.reviewer_id != ctx.reviewer_id:  # another reviewer's case looks exactly like no case
-        raise AccessError(404, "no such case in your queue")
-    return c
+_MAP_LABELS = {"attention": "Attention map", "pca": "Feature components map", "similarity": "Similarity map"}
+
+
+# The statements of the pages every reviewer loads, built once (building one costs more than running it).
+_RID: BindParameter[int] = bindparam("rid")
+_PID: BindParameter[str] = bindparam("pid")
+_CASE_VIEW = (
+    select(
+        m.Case.reviewer_id,
+        m.Case.position,
+        m.Case.kind,
+        m.Case.map_type,
+        m.Case.encoder_id,
+        m.Case.encoder_b_id,
+        m.Answer.id,
+        m.Answer.rating,
+        m.Answer.preference,
+        m.Answer.comment,
+        m.Answer.region_x,
+        m.Answer.region_y,
+    )
+    .outerjoin(m.Answer, (m.Answer.case_id == m.Case.id) & (m.Answer.reviewer_id == _RID))
+    .where(m.Case.pid == _PID)
+)
+_QUEUE_VIEW = select(
+    select(func.count()).select_from(m.Case).where(m.Case.reviewer_id == _RID).scalar_subquery(),
+    select(func.count()).select_from(m.Answer).where(m.Answer.reviewer_id == _RID).scalar_subquery(),
+    *(
+        select(m.Case.pid).where(m.Case.reviewer_id == _RID, m.Case.position == bindparam(at)).scalar_subquery()
+        for at in ("prev", "next")
+    ),
+)
+_NEXT_CASE = (
+    select(m.Case.pid)
+    .where(
+        m.Case.reviewer_id == _RID,
+        m.Case.id.not_in(select(m.Answer.case_id).where(m.Answer.reviewer_id == _RID)),
+    )
+    .order_by(m.Case.position)
+    .limit(1)
+)
+_SLOT_IMAGE = (
+    select(m.Case.reviewer_id, m.Image.asset).join(m.Image, m.Image.id == m.Case.image_id).where(m.Case.pid == _PID)
+)
+_SLOT_MAP = {
+    slot: select(m.Case.reviewer_id, m.MapAsset.asset)
+    .outerjoin(
+        m.MapAsset,
+        (m.MapAsset.image_id == m.Case.image_id)
+        & (m.MapAsset.encoder_id == enc)
+        & (m.MapAsset.map_type == m.Case.map_type),
+    )
+    .where(m.Case.pid == _PID)
+    for slot, enc in (("map", m.Case.encoder_id), ("map-b", m.Case.encoder_b_id))
+}
+_SUBMIT_READ = (
+    select(
+        m.Case.id,
+        m.Case.reviewer_id,
+        m.Case.kind,
+        m.Answer,
+        select(m.AnswerHistory.id)
+        .where(m.AnswerHistory.reviewer_id == _RID, m.AnswerHistory.nonce == bindparam("nonce"))
+        .exists(),
+    )
+    .outerjoin(m.Answer, (m.Answer.case_id == m.Case.id) & (m.Answer.reviewer_id == _RID))
+    .where(m.Case.pid == _PID)
+)
 
 
 def next_case_pid(sm: sessionmaker, ctx: ReviewerContext) -> str | None:
     """The first case of the queue without an answer (where a reviewer resumes), or None when done."""
     with sm() as s:
-        answered = select(m.Answer.case_id).where(m.Answer.reviewer_id == ctx.reviewer_id)
-        return s.scalar(
-            select(m.Case.pid)
-            .where(m.Case.reviewer_id == ctx.reviewer_id, m.Case.id.not_in(answered))
-            .order_by(m.Case.position)
-            .limit(1)
-        )
+        return s.scalar(_NEXT_CASE, {"rid": ctx.reviewer_id})
 
 
 def case_view(sm: sessionmaker, ctx: ReviewerContext, case_pid: str) -> dict[str, Any]:
-    """Everything the rating page shows: blinded letters, slot URLs, progress, neighbours, the current answer."""
+    """Everything the rating page shows: blinded letters, slot URLs, progress, neighbours, the current answer.
+
+    Two queries: the case with its answer, then the queue's size, the answers so far and the neighbours.
+    """
+    if not PID_RE.match(case_pid or ""):
+        raise AccessError(404, "no such case in your queue")
     with sm() as s:
-        c = _case(s, ctx, case_pid)
-        queue = dict(s.execute(select(m.Case.position, m.Case.pid).where(m.Case.reviewer_id == ctx.reviewer_id)).all())
-        total, prev_pid, next_pid = len(queue), queue.get(c.position - 1), queue.get(c.position + 1)
-        done = s.scalar(select(func.count()).select_from(m.Answer).where(m.Answer.reviewer_id == ctx.reviewer_id))
-        a = s.scalar(select(m.Answer).where(m.Answer.reviewer_id == ctx.reviewer_id, m.Answer.case_id == c.id))
-        return {
-            "pid": c.pid,
-            "kind": c.kind,
-            "position": c.position + 1,
-            "total": int(total or 0),
-            "answered": int(done or 0),
-            "prev": prev_pid,
-            "next": next_pid,
-            "letter": ctx.letters[str(c.encoder_id)],
-            "letter_b": ctx.letters[str(c.encoder_b_id)] if c.encoder_b_id else None,
-            "map_label": {
-                "attention": "Attention map",
-                "pca": "Feature components map",
-                "similarity": "Similarity map",
-            }[c.map_type],
-            "answer": None
-            if a is None
-            else {
-                "rating": a.rating,
-                "preference": a.preference,
-                "comment": a.comment,
-                "region_x": a.region_x,
-                "region_y": a.region_y,
-            },
-        }
+        c = s.execute(_CASE_VIEW, {"pid": case_pid, "rid": ctx.reviewer_id}).first()
+        if c is None or c.reviewer_id != ctx.reviewer_id:  # another reviewer's case looks exactly like no case
+            raise AccessError(404, "no such case in your queue")
+        total, answered, prev_pid, next_pid = s.execute(
+            _QUEUE_VIEW, {"rid": ctx.reviewer_id, "prev": c.position - 1, "next": c.position + 1}
+        ).one()
+    return {
+        "pid": case_pid,
+        "kind": c.kind,
+        "position": c.position + 1,
+        "total": int(total or 0),
+        "answered": int(answered or 0),
+        "prev": prev_pid,
+        "next": next_pid,
+        "letter": ctx.letters[str(c.encoder_id)],
+        "letter_b": ctx.letters[str(c.encoder_b_id)] if c.encoder_b_id else None,
+        "map_label": _MAP_LABELS[c.map_type],
+        "answer": None
+        if c.id is None
+        else {
+            "rating": c.rating,
+            "preference": c.preference,
+            "comment": c.comment,
+            "region_x": c.region_x,
+            "region_y": c.region_y,
+        },
+    }
 
 
 def slot_asset(sm: sessionmaker, ctx: ReviewerContext, case_pid: str, slot: str) -> str:
     """The asset key behind slot ``image`` / ``map`` / ``map-b`` of one of the reviewer's own cases."""
+    stmt = _SLOT_IMAGE if slot == "image" else _SLOT_MAP.get(slot)
+    if stmt is None or not PID_RE.match(case_pid or ""):
+        raise AccessError(404, "no such image")
     with sm() as s:
-        c = _case(s, ctx, case_pid)
-        if slot == "image":
-            return s.get(m.Image, c.image_id).asset
-        enc = {"map": c.encoder_id, "map-b": c.encoder_b_id}.get(slot)
-        if enc is None:
-            raise AccessError(404, "no such image")
-        key = s.scalar(
-            select(m.MapAsset.asset).where(
-                m.MapAsset.image_id == c.image_id, m.MapAsset.encoder_id == enc, m.MapAsset.map_type == c.map_type
-            )
-        )
-        if key is None:
-            raise AccessError(404, "no such image")
-        return key
+        row = s.execute(stmt, {"pid": case_pid}).first()
+    if row is None or row.reviewer_id != ctx.reviewer_id:  # another reviewer's case looks exactly like no case
+        raise AccessError(404, "no such case in your queue")
+    if row.asset is None:  # map-b of a case with one map
+        raise AccessError(404, "no such image")
+    return row.asset
 
 
 def _clean_answer(ctx: ReviewerContext, kind: str, form: dict[str, Any]) -> dict[str, Any]:
@@ -526,23 +596,23 @@ def submit_answer(
         raise AccessError(400, "nonce: missing or malformed submission id (reload the page)")
     try:
         with sm.begin() as s:
-            c = _case(s, ctx, case_pid)
-            values = _clean_answer(ctx, c.kind, form)
-            seen = s.scalar(
-                select(m.AnswerHistory.id).where(
-                    m.AnswerHistory.reviewer_id == ctx.reviewer_id, m.AnswerHistory.nonce == nonce
-                )
+            # one read: the case, its answer (if any) and whether this submission was already stored
+            found = (
+                s.execute(_SUBMIT_READ, {"pid": case_pid, "rid": ctx.reviewer_id, "nonce": nonce}).first()
+                if PID_RE.match(case_pid or "")
+                else None
             )
-            if seen is not None:
-                raise AccessError(409, "this answer was already recorded")
-            a = s.scalar(select(m.Answer).where(m.Answer.reviewer_id == ctx.reviewer_id, m.Answer.case_id == c.id))
-            if a is not None and a.nonce == nonce:  # the copy that committed between our two reads
+            if found is None or found.reviewer_id != ctx.reviewer_id:  # another reviewer's case: no case
+                raise AccessError(404, "no such case in your queue")
+            case_id, _, kind, a, already = found
+            values = _clean_answer(ctx, kind, form)
+            if already or (a is not None and a.nonce == nonce):
                 raise AccessError(409, "this answer was already recorded")
             now = m.utcnow()
             if a is None:
                 a = m.Answer(
                     reviewer_id=ctx.reviewer_id,
-                    case_id=c.id,
+                    case_id=case_id,
                     nonce=nonce,
                     version=1,
                     created_at=now,

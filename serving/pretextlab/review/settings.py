@@ -27,6 +27,12 @@ class ReviewSettings(BaseModel):
     login_per_minute: int = Field(30, ge=1, description="invite/organiser logins per client address per minute")
     answers_per_minute: int = Field(240, ge=1, description="answers per reviewer session per minute")
     base_url: str | None = Field(None, description="public URL prefix for invite links (default: the request's)")
+    threads: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="requests handled at once (worker threads; also the size of the database connection pool)",
+    )
 
     def asset_root(self) -> str:
         """The folder/prefix for rendered assets."""

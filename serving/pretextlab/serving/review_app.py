@@ -39,6 +39,7 @@ class ReviewAppArgs(BaseModel):
     session_hours: float = 12.0
     login_per_minute: int = 30
     answers_per_minute: int = 240
+    threads: int = Field(8, ge=1, le=256)  # requests one replica serves at once (and its pooled connections)
     num_replicas: int = Field(1, ge=1, le=16)
     num_cpus: float = Field(0.5, gt=0)
 
