@@ -15,7 +15,7 @@ its own local Ray cluster, modes interleaved per repeat, the peak PSS of the who
 The three ways:
   1. hand (the anchor): for each arm ``run_pretrain`` then ``evaluate_encoder``, and the random-init
      baseline registered and evaluated, one after another: what a user would script;
-  2. study-1: ``pretextlab study`` with max_concurrent=1 (the same work, plus Tune, records, the report);
+  2. study-1: ``pretextlab study`` with max_concurrent=1 (the same work, plus study.json and the report);
   3. study: the study with its default concurrency (cells side by side when they fit).
 Ratio = seconds / the hand-run's seconds (medians); figures to stdout and .bench/study.json.
 """
@@ -104,7 +104,7 @@ def child(argv: list[str]) -> None:
     cfg = StudyConfig.model_validate(study_dict(store, work, steps, 1 if mode == "study-1" else None, workers))
     t0 = time.perf_counter()
     plan = plan_study(cfg)
-    if mode == "hand":  # the cells' jobs by hand: no Tune, no report
+    if mode == "hand":  # the cells' jobs by hand (run_cell), one after another: no study.json, no report
         for c in plan.cells:
             cell = {
                 "id": c.id,
