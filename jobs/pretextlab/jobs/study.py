@@ -365,7 +365,10 @@ def run_cells(plan: StudyPlan) -> list[dict[str, Any]]:
             torch.set_num_threads(threads)
         try:
             while (cell := next_cell()) is not None:
-                run_cell(*args(cell))
+                try:
+                    run_cell(*args(cell))
+                except Exception as exc:  # its record could not be written: reported, the others go on
+                    lost[cell["id"]] = _one_line(exc)
         finally:
             torch.set_num_threads(before)
         for w in workers:
