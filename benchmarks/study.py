@@ -5,8 +5,8 @@
     .venv/bin/python benchmarks/study.py --layout side-by-side   # cells that really fit side by side
 
 The same cells (a tiny ViT on 32 px ultrasound frames) run three ways, each in a fresh subprocess with
-its own local Ray cluster, modes interleaved per repeat, the peak PSS of the whole process tree sampled
-(benchmarks/harness.py). Two layouts:
+its own local Ray cluster, modes interleaved per repeat (the order rotating per repeat), the peak PSS of
+the whole process tree sampled (benchmarks/harness.py). Two layouts:
   - ``wide`` (default): each cell has 2 Ray Train workers at 0.5 CPU (one torch thread each) and 0.25
     data CPU, on a cluster of num_cpus=4. One cell's two workers already keep 2 physical cores busy, so
     the study's default concurrency (3 cells: 4 // 1.25) oversubscribes a 2-core machine;
@@ -15,7 +15,7 @@ its own local Ray cluster, modes interleaved per repeat, the peak PSS of the who
 The three ways:
   1. hand (the anchor): for each arm ``run_pretrain`` then ``evaluate_encoder``, and the random-init
      baseline registered and evaluated, one after another: what a user would script;
-  2. study-1: ``pretextlab study`` with max_concurrent=1 (the same work, plus Tune, records, the report);
+  2. study-1: ``pretextlab study`` with max_concurrent=1 (the same work, plus study.json and the report);
   3. study: the study with its default concurrency (cells side by side when they fit).
 Ratio = seconds / the hand-run's seconds (medians); figures to stdout and .bench/study.json.
 """
@@ -104,7 +104,7 @@ def child(argv: list[str]) -> None:
     cfg = StudyConfig.model_validate(study_dict(store, work, steps, 1 if mode == "study-1" else None, workers))
     t0 = time.perf_counter()
     plan = plan_study(cfg)
-    if mode == "hand":  # the cells' jobs by hand: no Tune, no report
+    if mode == "hand":  # the cells' jobs by hand (run_cell), one after another: no study.json, no report
         for c in plan.cells:
             cell = {
                 "id": c.id,
@@ -133,7 +133,10 @@ def main() -> None:
         store = f"{tmp}/store"
         measure_child(HERE, ["store", store, tmp, "0"])
         for rep in range(args.repeats):
-            for mode in modes:
+            # the order rotates per repeat (each mode goes first once in 3 repeats): in a fixed order the
+            # hand-run, always right after the concurrent study, was slower than study-1 (which does more)
+            # in 4 of 6 repeats
+            for mode in modes[rep % len(modes) :] + modes[: rep % len(modes)]:
                 r = measure_child(HERE, [mode, store, f"{tmp}/{mode}-{rep}", str(args.steps), args.layout])
                 runs[mode].append(r)
                 print(

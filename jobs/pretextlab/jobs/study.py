@@ -7,7 +7,8 @@
 Every cell pretrains the study's backbone with one objective for the same number of steps on Ray Train
 (the pretraining job's trainer; a random-init baseline is always added), registers the encoder, and
 evaluates it frozen (kNN, linear probe, few-shot, bootstrap CIs over patients/items, RankMe, collapse).
-Cells run as a Ray Tune grid, as many at once as the cluster holds. The study folder gets report.md,
+Cells run as many at once as the cluster holds: the study's own process runs one after another (as a
+hand-written script of the same jobs would), each further slot is a Ray actor. The study folder gets report.md,
 a self-contained report.html, results.parquet and results.json: per dataset the arms with CIs, paired
 Holm-corrected comparisons and a one-sentence verdict. Re-running the same command skips finished
 cells and resumes interrupted ones; a changed study under the same name is refused; a failed cell is
@@ -35,7 +36,7 @@ from pretextlab.core.errors import UserError
 
 STUDY_FILE = "study.json"  # the folder layout: pretextlab.study.folder (not imported here: it pulls torch)
 CELLS_DIR = "cells"
-TRIAL_CPU = 0.01
+CELL_RUNNER_CPU = 0.01  # a CellRunner actor: it waits on Ray Train, then evaluates on the freed CPUs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -158,7 +159,7 @@ def cell_cpus(train: Any) -> float:
     return float(train.num_workers * train.cpus_per_worker + train.data_cpus)
 
 
-# -- one cell (a Tune trial) ------------------------------------------------------------------------------
+# -- one cell --------------------------------------------------------------------------------------------
 def _baseline_encoder(cfg: Any, seed: int, storage_options: dict[str, Any] | None) -> Any:
     """The random-init backbone of a dataset and seed, registered like any trained arm (once)."""
     import torch
@@ -257,27 +258,21 @@ def run_cell(
     return record
 
 
-def _trial(
-    config: dict[str, Any],
-    cells: dict[str, dict[str, Any]],
-    study_uri: str,
-    evaluate: dict[str, Any],
-    test_stores: dict[str, str | None],
-    storage_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The Tune function trainable: one cell."""
-    import torch
+class CellRunner:
+    """A process that runs cells one after another (one per concurrent slot beyond the study's own).
 
-    from pretextlab.training.config import PretrainConfig
+    It holds ``CELL_RUNNER_CPU`` (the Train workers and Ray Data tasks its cells start hold the CPUs
+    the cell is counted for); it evaluates once its cell's training has released them, so it uses as
+    many torch threads as the cell was counted for."""
 
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
-    cell = cells[config["cell"]]
-    # the trial actor holds 0.01 CPU, so Ray gave it one thread; it evaluates once its cell's training has
-    # finished and released the CPUs that the cell was counted for (the concurrency below), so it uses them
-    t = PretrainConfig.model_validate(cell["pretrain"]).train
-    torch.set_num_threads(max(1, int(cell_cpus(t))))
-    record = run_cell(cell, study_uri, evaluate, test_stores.get(cell["dataset"]), storage_options)
-    return {"status": record["status"], "done": 1}
+    def __init__(self, threads: int) -> None:
+        import torch
+
+        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
+        torch.set_num_threads(threads)
+
+    def run(self, cell: dict[str, Any], *args: Any) -> str:
+        return str(run_cell(cell, *args)["status"])
 
 
 # -- the study ------------------------------------------------------------------------------------------
@@ -305,57 +300,79 @@ def _concurrency(plan: StudyPlan) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // cell_cpus(t)))
 
 
-def run_cells(plan: StudyPlan) -> list[dict[str, Any]]:
-    """The unfinished cells as a Tune grid; returns every cell's record."""
-    from ray import tune
+def _cell_dict(c: Any) -> dict[str, Any]:
+    return {k: getattr(c, k) for k in ("id", "dataset", "arm", "objective", "seed", "pretrain")}
 
-    from pretextlab.storage import fs as sfs
+
+def _one_line(exc: BaseException) -> str:
+    cause = getattr(exc, "__cause__", None) or exc
+    return f"{type(cause).__name__}: {' '.join(str(cause).split())[:500] or type(cause).__name__}"
+
+
+def run_cells(plan: StudyPlan) -> list[dict[str, Any]]:
+    """Run the unfinished cells, ``_concurrency(plan)`` at once; returns every cell's record.
+
+    The study's own process runs cells one after another, as a user's script of the cells' jobs would
+    (it already holds torch and the models: no process start, no imports); each further concurrent
+    slot is a :class:`CellRunner` actor. Slots take the next unfinished cell in plan order. The cells'
+    pretraining runs on Ray Train either way (its own worker processes); a cell that fails is recorded
+    with its reason (``run_cell``), and a runner that dies takes only its cell down (a new one replaces it).
+    """
+    import threading
+
+    import ray
+    from ray.exceptions import RayActorError
 
     so = plan.storage_options
-    todo = [c for c in plan.cells if (read_cell(plan.uri, c.id, so) or {}).get("status") != "complete"]
+    todo = [_cell_dict(c) for c in plan.cells if (read_cell(plan.uri, c.id, so) or {}).get("status") != "complete"]
+    lost: dict[str, str] = {}  # cells whose runner died before writing a record: why
     if todo:
-        cells = {
-            c.id: {
-                "id": c.id,
-                "dataset": c.dataset,
-                "arm": c.arm,
-                "objective": c.objective,
-                "seed": c.seed,
-                "pretrain": c.pretrain,
-            }
-            for c in todo
-        }
         tests = {d.name: d.test_store for d in plan.cfg.datasets}
-        trainable = tune.with_resources(
-            tune.with_parameters(
-                _trial,
-                cells=cells,
-                study_uri=plan.uri,
-                evaluate=plan.cfg.evaluate,
-                test_stores=tests,
-                storage_options=so,
-            ),
-            {"CPU": TRIAL_CPU},
-        )
-        from pretextlab.jobs.pretrain import ray_storage
+        slots = min(_concurrency(plan), len(todo))
+        lock = threading.Lock()
 
-        # Tune's console output (an experiment box, result paths) stays off: the study prints its own lines
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        def next_cell() -> dict[str, Any] | None:
+            with lock:
+                return todo.pop(0) if todo else None
 
-        storage_path, storage_fs = ray_storage(sfs.join(plan.uri, "tune"), so)
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"cell": tune.grid_search([c.id for c in todo])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=_concurrency(plan), reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=f"run-{time.strftime('%Y%m%d-%H%M%S')}",
-                storage_path=storage_path,
-                storage_filesystem=storage_fs,
-                verbose=0,
-                failure_config=tune.FailureConfig(max_failures=0),
-            ),
-        )
-        tuner.fit()
+        def args(cell: dict[str, Any]) -> tuple[Any, ...]:
+            return (cell, plan.uri, plan.cfg.evaluate, tests.get(cell["dataset"]), so)
+
+        from pretextlab.training.config import PretrainConfig
+
+        threads = max(1, int(cell_cpus(PretrainConfig.model_validate(todo[-1]["pretrain"]).train)))
+        runner: Any = ray.remote(num_cpus=CELL_RUNNER_CPU)(CellRunner)  # an ActorClass (mypy sees the class)
+
+        def actor_slot() -> None:
+            actor = runner.remote(threads)
+            while (cell := next_cell()) is not None:
+                try:
+                    ray.get(actor.run.remote(*args(cell)))
+                except Exception as exc:  # the runner died (or the record could not be written)
+                    lost[cell["id"]] = _one_line(exc)
+                    if isinstance(exc, RayActorError):
+                        actor = runner.remote(threads)
+            ray.kill(actor)
+
+        workers = [threading.Thread(target=actor_slot, daemon=True) for _ in range(slots - 1)]
+        for w in workers:
+            w.start()
+        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
+        import torch
+
+        before = torch.get_num_threads()
+        if slots > 1:  # beside other cells: the threads this cell is counted for
+            torch.set_num_threads(threads)
+        try:
+            while (cell := next_cell()) is not None:
+                try:
+                    run_cell(*args(cell))
+                except Exception as exc:  # its record could not be written: reported, the others go on
+                    lost[cell["id"]] = _one_line(exc)
+        finally:
+            torch.set_num_threads(before)
+        for w in workers:
+            w.join()
     records = []
     for c in plan.cells:
         rec = read_cell(plan.uri, c.id, so)
@@ -368,7 +385,7 @@ def run_cells(plan: StudyPlan) -> list[dict[str, Any]]:
                 "objective": c.objective,
                 "seed": c.seed,
                 "status": "failed",
-                "error": "the cell did not finish (no record)",
+                "error": lost.get(c.id, "the cell did not finish (no record)"),
             }
         )
     return records
