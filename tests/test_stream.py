@@ -44,7 +44,9 @@ def stores(ray_session, tmp_path_factory):
     (root / "labels.csv").write_text("item_id,label\na,tumour\nb,normal\nl1,lesion\n")
     syn.write_slide_tiff(root / "b-raw" / "c.tif", 512, 768, tile=256, levels=1, seed=3)
     (root / "glass-raw").mkdir()
-    tifffile.imwrite(root / "glass-raw" / "glass.tif", np.full((512, 512, 3), 245, np.uint8), photometric="rgb")
+    # tiled, as slides are: an untiled single-page TIFF found in a folder is a still (a collection image)
+    glass = np.full((512, 512, 3), 245, np.uint8)
+    tifffile.imwrite(root / "glass-raw" / "glass.tif", glass, photometric="rgb", tile=(256, 256))
     return {
         "a": _ingest(root / "a-raw", root / "a", root / "labels.csv"),
         "b": _ingest(root / "b-raw", root / "b"),
