@@ -352,9 +352,11 @@ def _stack_rows(cat):
     rows = cat[(cat["kind"] == "image") & cat["group"].notna()] if "group" in cat else cat.iloc[:0]
     if "roi" in cat.columns:  # ROI mask images are annotations, not images to embed (as the stream says)
         rows = rows[~rows["item_id"].isin(set(cat["roi"].dropna().astype(str)))]
+    from pretextlab.storage.stream import stack_split
+
     rows = rows.copy()
-    rows["bag"] = rows["item_id"].str.rsplit("-", n=1).str[0]
-    rows["split_group"] = [b[len(g) + 1 :] for b, g in zip(rows["bag"], rows["group"], strict=True)]
+    rows["split_group"] = [stack_split(i, g) for i, g in zip(rows["item_id"], rows["group"], strict=True)]
+    rows["bag"] = [f"{g}-{sp}" for g, sp in zip(rows["group"], rows["split_group"], strict=True)]
     return rows
 
 

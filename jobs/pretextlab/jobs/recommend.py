@@ -273,7 +273,7 @@ def profile_store(
             "seed": seed,
             "image_shape": list(shape),
             "kinds": sorted(set(rows["kind"].astype(str))),
-            **_slide_scale(store, rows, storage_options),
+            **_slide_scale(rows),
             "read_seconds": round(t_read, 2),
         },
         "noise": noise.model_dump(mode="json"),
@@ -285,22 +285,16 @@ def profile_store(
     }
 
 
-def _slide_scale(store: str, rows: Any, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    """For slides: the patch side and the pixel size the profile was measured at (first slide's level 0)."""
+def _slide_scale(rows: Any) -> dict[str, Any]:
+    """For slides: the patch side and the pixel size (the catalog's level-0 mpp, median) the profile used."""
     slides = rows[rows["kind"] == "slide"]
     if len(slides) == 0:
         return {}
-    from pretextlab.storage import open_item
-
-    mpps = []
-    for item_id in slides["item_id"].astype(str).tolist()[:8]:
-        mpp = open_item(store, item_id, storage_options).mpp
-        if mpp:
-            mpps.append(float(mpp))
+    mpps = slides["mpp"].dropna().astype(float) if "mpp" in slides.columns else slides["kind"].iloc[:0]
     return {
         "slide_patch_px": SLIDE_PATCH,
         "slide_patches_per_slide": SLIDE_PATCHES,
-        "slide_mpp": round(float(np.median(mpps)), 4) if mpps else None,
+        "slide_mpp": round(float(mpps.median()), 4) if len(mpps) else None,
     }
 
 
