@@ -59,7 +59,20 @@ def _version() -> str:
         return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is one), else None."""
+    for word in argv:
+        if word in COMMANDS:
+            return word
+        if not word.startswith("-"):
+            return None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``pretextlab`` parser. Only the chosen subcommand's module is imported (to add its arguments):
+    a command's start-up then costs its own imports, not every command's (``catalog`` does not import
+    torch or Ray). With ``argv`` None every subcommand is built in full (docs, completion, tests)."""
     parser = Parser(
         prog="pretextlab",
         description="Train, compare and serve self-supervised encoders for medical imaging on Ray.",
@@ -70,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
+    chosen = None if argv is None else _chosen(argv)
     for name, (module, help_text) in COMMANDS.items():
+        if argv is not None and name != chosen:
+            sub.add_parser(name, help=help_text, description=help_text)
+            continue
         mod = importlib.import_module(module)
         p = sub.add_parser(
             name,
@@ -84,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     if args.verbose:
         from pretextlab.cluster.console import VERBOSE_ENV
 

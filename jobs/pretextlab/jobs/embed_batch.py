@@ -34,6 +34,9 @@ from pretextlab.models.encoder_io import EncoderCard, read_card
 from pretextlab.storage import fs as sfs
 from pretextlab.storage.bags import Bag, BagStore
 
+#: encoder-input bytes a frame read task aims for (when frames_per_task is not set)
+TASK_BYTES = 4 << 20
+
 
 class EmbedConfig(BaseModel):
     """What to embed, with which encoder, where to, and how (CLI flags, or a YAML file plus overrides)."""
@@ -57,7 +60,14 @@ class EmbedConfig(BaseModel):
     actor_cpus: float = Field(1.0, gt=0, description="CPUs per encoder actor (and its torch threads)")
     actor_gpus: float | None = Field(None, ge=0, description="GPUs per actor (default: 1 when the cluster has GPUs)")
     chunks_per_task: int = Field(16, ge=1)
-    frames_per_task: int = Field(64, ge=1)
+    frames_per_task: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "cine frames / stack images per read task (default: 64, or more for small images so a task "
+            "carries ~4 MiB of encoder input: 1,024 at 32 px grey; Ray's per-task cost dominated small ones)"
+        ),
+    )
     ray_address: str | None = Field(None, description="Ray cluster (default: RAY_ADDRESS or a local one)")
 
 
@@ -434,7 +444,8 @@ def run_embed(cfg: EmbedConfig, progress: bool = True, storage_options: dict[str
             parts.append(ds.map_batches(preprocess_batch, fn_kwargs={"card": card}, batch_size=None))
         live_cines = [p for p in cines if p.item_id in plans]
         if live_cines:
-            parts.append(frame_dataset(cfg.catalog, live_cines, card, cfg.frames_per_task, storage_options))
+            per_task = cfg.frames_per_task or max(64, TASK_BYTES // (int(card.img_size) ** 2 * int(card.in_chans) * 4))
+            parts.append(frame_dataset(cfg.catalog, live_cines, card, per_task, storage_options))
         ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
         gpus = float(ray.cluster_resources().get("GPU", 0))
         actor_gpus = cfg.actor_gpus if cfg.actor_gpus is not None else (1.0 if gpus >= 1 else 0.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -56,6 +57,9 @@ def dispatch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("pretextlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`pretextlab catalog ... | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer whose pipe closed
 
 
 def run_module(module: str, argv: Sequence[str] | None = None) -> int:

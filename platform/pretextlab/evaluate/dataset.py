@@ -1,6 +1,7 @@
 """A labelled catalog as an evaluation set: one uint8 image per sample, with its label, patient and split.
 
-- ``image`` rows (NPZ stacks): the image itself (each stack split is read once).
+- ``image`` rows (NPZ stacks, collections): the image itself, read from its stack when a batch asks
+  for it (``EvalImages``), so a 100,000-image collection is never held in memory at once.
 - ``cine`` rows: the middle frame, or every ``cine_frame_step``-th frame.
 - ``slide`` rows: ``patches_per_slide`` level-0 patches centred on tissue (random tissue-mask pixels,
   seeded), each carrying the slide's label and patient.
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from pretextlab.core.errors import UserError
+from pretextlab.evaluate.images import EvalImages
 from pretextlab.storage import open_item, read_catalog
 from pretextlab.storage.frames import working_frame
 from pretextlab.storage.pixels import stored_bits, to_uint8
@@ -30,9 +32,13 @@ from pretextlab.storage.stream import stack_split
 
 @dataclass
 class EvalSet:
-    """Images (N, H, W, C) uint8, integer labels, and where each sample came from."""
+    """Images (N, H, W, C) uint8, integer labels, and where each sample came from.
 
-    images: np.ndarray
+    ``images`` indexes like an (N, H, W, C) uint8 array; from ``load_eval_set`` it is an
+    :class:`~pretextlab.evaluate.images.EvalImages` that reads rows when asked (memory stays flat in N).
+    """
+
+    images: Any
     labels: np.ndarray
     class_names: list[str]
     groups: np.ndarray
@@ -159,25 +165,39 @@ def load_eval_set(
     index = {n: i for i, n in enumerate(names)}
     patch = int(patch_size or size or 224)
     notes: list[str] = []
-    images: list[np.ndarray] = []
+    held: list[np.ndarray] = []  # cine frames and slide patches (few per item), read now
+    stacks: dict[tuple[str, str], int] = {}  # (stack item, split) -> stack number; images read on demand
+    openers: list[Any] = []
+    stack_shapes: list[tuple[int, int, int]] = []  # (C, H, W) per stack
+    source: list[int] = []  # per sample: its stack number, or -1 (held)
+    pos: list[int] = []  # per sample: its index in that stack, or in held
     meta: list[tuple[int, str, str, str, str]] = []  # label, group, item_id, split, kind
-    stacks: dict[tuple[str, str], np.ndarray] = {}
-    bits: dict[str, int] = {}  # stack item -> stored bits (12/16-bit sources are brought to 8 bits)
-    for r in labelled.to_dict("records"):
-        kind, item_id = r["kind"], r["item_id"]
-        label = index[_text(r[label_column])]  # type: ignore[index]
-        group = _text(r.get("patient_id")) or item_id
-        split = _text(r.get("split")) or ""
-        if kind == "image":
-            sub = stack_split(item_id, r["group"])
-            key = (r["group"], sub)
+    has_patient = "patient_id" in labelled.columns
+    has_split = "split" in labelled.columns
+    has_index = "index" in labelled.columns
+    columns = [labelled[c] for c in ("kind", "item_id", label_column)]
+    extra = [
+        labelled["group"] if "group" in labelled.columns else [None] * len(labelled),
+        labelled["patient_id"] if has_patient else [None] * len(labelled),
+        labelled["split"] if has_split else [None] * len(labelled),
+        labelled["index"] if has_index else [None] * len(labelled),
+    ]
+    for kind, item_id, value, stack_item, patient, split_value, row_index in zip(*columns, *extra, strict=True):
+        label = index[_text(value)]  # type: ignore[index]
+        group = _text(patient) or item_id
+        split = _text(split_value) or ""
+        if kind == "image":  # one row of an image stack: read when a batch asks for it
+            key = (stack_item, stack_split(item_id, stack_item))
             if key not in stacks:
-                stack = open_item(dest, r["group"])
-                stacks[key] = stack.group[sub]["images"][:]
-                bits[r["group"]] = stored_bits(stack.card, stacks[key].dtype)
-            plane = np.ascontiguousarray(stacks[key][int(r["index"])].transpose(1, 2, 0))
-            new = [to_uint8(plane, bits[r["group"]])]
-        elif kind == "cine":
+                stacks[key] = len(openers)
+                arr = open_item(dest, key[0]).group[key[1]]["images"]
+                stack_shapes.append(tuple(int(v) for v in arr.shape[1:]))  # type: ignore[arg-type]
+                openers.append(_stack_opener(dest, *key))
+            source.append(stacks[key])
+            pos.append(int(row_index))
+            meta.append((label, group, item_id, split, kind))
+            continue
+        if kind == "cine":
             item = open_item(dest, item_id)
             frames = int(item.card.get("frames") or item.level(0).shape[0])
             if cine_frame_step:
@@ -198,23 +218,34 @@ def load_eval_set(
             notes.append(f"{item_id}: kind {kind!r} is not evaluated")
             continue
         for img in new:
-            images.append(img)
+            source.append(-1)
+            pos.append(len(held))
+            held.append(img)
             meta.append((label, group, item_id, split, kind))
-    if not images:
+    if not meta:
         raise UserError(f"catalog at {dest}: no image, cine or slide rows among the labelled items")
-    shapes = {img.shape[:2] for img in images}
-    if size is not None:
-        images = [resize_uint8(img, size) for img in images]
-    elif len(shapes) > 1:
+    shapes = {img.shape[:2] for img in held} | {sh[1:] for sh in stack_shapes}
+    if size is None and len(shapes) > 1:
         raise UserError(
             f"catalog at {dest}: labelled images differ in size ({sorted(shapes)[:3]}...); pass size= to resize them"
         )
-    if len({img.shape[2] for img in images}) > 1:
-        images = [np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img[..., :3] for img in images]
+    channels = {img.shape[2] for img in held} | {sh[0] for sh in stack_shapes}
+    if len(channels) > 1:
         notes.append("mixed 1- and 3-channel images: all converted to RGB")
+    images: Any = EvalImages(
+        openers,
+        held,
+        np.array(source),
+        np.array(pos),
+        next(iter(shapes)),  # type: ignore[arg-type]
+        3 if len(channels) > 1 else channels.pop(),
+        size,
+    )
+    if not openers:  # cine frames and slide patches only: already in memory, so one array
+        images = np.asarray(images)
     labels, groups, item_ids, splits, kinds = (np.array(col) for col in zip(*meta, strict=True))
     return EvalSet(
-        np.stack(images),
+        images,
         labels.astype(np.int64),
         names,
         groups.astype(str),
@@ -223,3 +254,14 @@ def load_eval_set(
         kinds.astype(str),
         notes,
     )
+
+
+def _stack_opener(dest: str, stack_item: str, split: str) -> Any:
+    """Opens one stack split's images array when first read: (array, stored bits)."""
+
+    def open_stack() -> tuple[Any, int]:
+        stack = open_item(dest, stack_item)
+        arr = stack.group[split]["images"]
+        return arr, stored_bits(stack.card, arr.dtype)
+
+    return open_stack

@@ -8,7 +8,9 @@ autocast on CUDA (as the DINOv2 evaluations do); the embeddings come back as flo
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Iterable
+from typing import Any
+
 import torch
 
 from pretextlab.models.encoder_io import CardLike, preprocess
@@ -19,6 +21,34 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _forward_into(
+    model: torch.nn.Module, batches: Iterable[torch.Tensor], n: int, dev: torch.device
+) -> torch.Tensor | None:
+    """Run ``model`` over ``batches`` (n rows in all) and write each batch's output into one (n, D) float32
+    CPU tensor allocated at the first batch; None when there are no rows.
+
+    Why one preallocated tensor rather than a list of per-batch outputs joined at the end: a CLS-token
+    output is a view that would keep its batch's whole (B, tokens, D) activation alive, and even
+    cloned, the small outputs left between freed activations fragment the heap (measured: +1.7 GB of
+    RSS for 100,000 32 px images, flat with this).
+    """
+    out: torch.Tensor | None = None
+    start = 0
+    with torch.inference_mode(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        for batch in batches:
+            y = model(batch.to(dev, non_blocking=True)).float()
+            if out is None:
+                out = torch.empty((n, *y.shape[1:]), dtype=torch.float32)
+            out[start : start + len(y)] = y.cpu()
+            start += len(y)
+    return out
+
+
+def _empty(model: torch.nn.Module) -> torch.Tensor:
+    dim = int(getattr(model, "num_features", 0) or getattr(model, "embed_dim", 0))
+    return torch.zeros(0, dim)
 
 
 def extract_features(
@@ -33,29 +63,23 @@ def extract_features(
     """
     dev = default_device(device)
     model.eval().to(dev)
-    outs: list[torch.Tensor] = []
-    with torch.inference_mode(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size].to(dev, non_blocking=True)
-            outs.append(model(batch).float().cpu())
-    if not outs:
-        dim = int(getattr(model, "num_features", 0) or getattr(model, "embed_dim", 0))
-        return torch.zeros(0, dim)
-    return torch.cat(outs)
+    batches = (images[start : start + batch_size] for start in range(0, len(images), batch_size))
+    out = _forward_into(model, batches, len(images), dev)
+    return _empty(model) if out is None else out
 
 
 def embed_images(
     model: torch.nn.Module,
     card: CardLike,
-    images: np.ndarray,
+    images: Any,
     batch_size: int = 256,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """uint8 (N, H, W, C) images -> (N, D) embeddings, preprocessing one batch at a time to bound memory."""
-    parts = [
-        extract_features(model, preprocess(images[start : start + batch_size], card), batch_size, device)
-        for start in range(0, len(images), batch_size)
-    ]
-    if not parts:
-        return extract_features(model, torch.zeros(0, card.in_chans, card.img_size, card.img_size), batch_size, device)
-    return torch.cat(parts)
+    """uint8 (N, H, W, C) images (an array, or anything that slices like one, such as an evaluation set's
+    lazily read ``EvalImages``) -> (N, D) embeddings; one batch is read and preprocessed at a time, so
+    memory holds a batch of pixels and the features, never the whole set."""
+    dev = default_device(device)
+    model.eval().to(dev)
+    batches = (preprocess(images[start : start + batch_size], card) for start in range(0, len(images), batch_size))
+    out = _forward_into(model, batches, len(images), dev)
+    return _empty(model) if out is None else out

@@ -28,12 +28,14 @@ def knn_predict(
     temperature: float = 0.07,
     num_classes: int | None = None,
     chunk_size: int = 1024,
+    max_chunk_values: int = 1 << 25,
 ) -> tuple[ArrayLike, ArrayLike]:
     """Predict classes of ``test_x`` from its ``k`` most cosine-similar training rows, votes weighted by exp(sim/T).
 
     Returns ``(preds (N,), probs (N, num_classes))``: torch tensors when ``test_x`` is a tensor, NumPy
     arrays otherwise. ``k`` is capped at the number of training rows; ``num_classes`` defaults to
-    ``max(train_y) + 1``.
+    ``max(train_y) + 1``. Test rows go in chunks of at most ``chunk_size`` rows and at most
+    ``max_chunk_values`` similarities, so memory does not grow with the training set.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -52,6 +54,8 @@ def knn_predict(
     kk = min(int(k), len(train))
     train = F.normalize(train, dim=1)
     preds, probs = [], []
+    # a chunk's (chunk x train) similarities stay under max_chunk_values floats (128 MiB) however large the set
+    chunk_size = max(1, min(int(chunk_size), int(max_chunk_values) // max(1, len(train))))
     for start in range(0, len(test), chunk_size):
         chunk = F.normalize(test[start : start + chunk_size], dim=1)
         sims, idx = (chunk @ train.T).topk(kk, dim=1, largest=True, sorted=True)

@@ -26,6 +26,7 @@ from pretextlab.evaluate.diagnostics import alignment, diagnostics, uniform_loss
 from pretextlab.evaluate.feature_maps import save_feature_maps
 from pretextlab.evaluate.features import embed_images
 from pretextlab.evaluate.fewshot import few_shot
+from pretextlab.evaluate.images import join_images
 from pretextlab.evaluate.knn import knn_predict
 from pretextlab.evaluate.linear import DEFAULT_CS, linear_probe
 from pretextlab.evaluate.localisation import localise_encoder
@@ -170,7 +171,7 @@ def external_split(train: EvalSet, test: EvalSet) -> EvalSet:
         return np.array([f"{prefix}:{v}" for v in values], dtype=object)
 
     return EvalSet(
-        images=np.concatenate([train.images, test.images]),
+        images=join_images([train.images, test.images]),
         labels=np.concatenate([remap(train), remap(test)]),
         class_names=names,
         groups=np.concatenate([tag(train.groups, "train"), tag(test.groups, "test")]),
