@@ -442,6 +442,55 @@ def test_fast_jpeg_decode_equals_pillow_and_a_cut_file_still_fails(tmp_path):
     assert decode_fast_jpeg(cmyk.getvalue()) is None  # CMYK: Pillow converts it to RGB
 
 
+def test_jpeg_header_fast_path_agrees_with_pillow():
+    """Discovery's marker walk gives Pillow's shape and channels for plain JPEGs and defers the rest."""
+    import io
+
+    from pretextlab.storage.collection import jpeg_header, raster_header
+
+    rng = np.random.default_rng(6)
+    arr = rng.integers(0, 256, (30, 44, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 40_000  # ImageDescription: the frame header lands past 40 kB
+    cases = [("RGB", {}), ("RGB", {"progressive": True}), ("L", {}), ("RGB", {"exif": exif.tobytes()})]
+    for mode, kw in cases:
+        buf = io.BytesIO()
+        Image.fromarray(arr).convert(mode).save(buf, "JPEG", quality=85, **kw)
+        data = buf.getvalue()
+        with Image.open(io.BytesIO(data)) as im:
+            want = (im.height, im.width, 1 if im.mode == "L" else 3)
+        got = raster_header(io.BytesIO(data), "x.jpg")
+        assert got is not None and (got.height, got.width, got.channels, got.dtype) == (*want, "uint8")
+        fast = jpeg_header(data[:16384])
+        assert fast == (got if "exif" not in kw else None)  # a header past the bytes read: Pillow's path
+    cmyk = io.BytesIO()
+    Image.fromarray(arr).convert("CMYK").save(cmyk, "JPEG")
+    assert jpeg_header(cmyk.getvalue()) is None  # CMYK: Pillow's header (stored as RGB)
+    got = raster_header(io.BytesIO(cmyk.getvalue()), "c.jpg")
+    assert got is not None and got.channels == 3
+    assert jpeg_header(b"\x89PNG\r\n\x1a\n") is None and jpeg_header(b"\xff\xd8\xff") is None
+    plain = io.BytesIO()
+    Image.fromarray(arr).save(plain, "JPEG", quality=90)
+    for cut in (100, 300, 500):  # markers cut before the start of scan: Pillow decides (and fails)
+        assert jpeg_header(plain.getvalue()[:cut] + b"\0" * 20) is None
+
+
+def test_zstd_chunks_are_the_frames_numcodecs_writes():
+    """The collection zstd encoder writes what numcodecs' Zstd (zarr's zstd codec) writes, byte for byte."""
+    from numcodecs import Zstd
+
+    from pretextlab.storage.collection import chunk_encoder
+    from pretextlab.storage.options import ZarrOptions
+
+    rng = np.random.default_rng(7)
+    for dtype, c in (("uint8", 3), ("uint8", 1), ("uint16", 1)):
+        enc = chunk_encoder(ZarrOptions(), dtype, c)
+        for shape in ((20, 30, c), (20, 30, c), (9, 7, c)):  # a second image reuses the buffer, then a new shape
+            img = rng.integers(0, 200, shape).astype(dtype)
+            want = bytes(Zstd(level=1).encode(np.ascontiguousarray(img.transpose(2, 0, 1))))
+            assert enc(img) == want
+
+
 def test_plain_zarr_reads_a_jpeg_store_through_the_entry_point(ray_session, tmp_path):
     """A user's own zarr code (no pretextlab import) finds the codec through the installed entry point."""
     rng = np.random.default_rng(6)

@@ -121,7 +121,8 @@ def _inspect(f: _File, storage_options: dict[str, Any] | None, collect: bool = F
             fs, path = sfs.get_fs(f.url, storage_options)
             opened = fs.open(path, "rb")
         else:  # the builtin open: fsspec's local file object costs more than reading a header
-            path = sfs.normalize(f.url)
+            # a listed file's URL is an absolute path already: no pathlib round trip per file
+            path = f.url if f.url.startswith("/") else sfs.normalize(f.url)
             opened = open(path, "rb")
         with opened as fh:
             head = fh.read(HEAD_BYTES)
