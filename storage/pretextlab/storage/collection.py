@@ -379,7 +379,7 @@ def _zstd_encoder(level: int) -> Callable[[np.ndarray], bytes]:
         if buf is None or buf.shape != shape or buf.dtype != img.dtype:
             buf = local.buf = np.empty(shape, img.dtype)
         np.copyto(buf, img.transpose(2, 0, 1))
-        return imagecodecs.zstd_encode(buf, level=level)
+        return bytes(imagecodecs.zstd_encode(buf, level=level))  # type: ignore[arg-type]  # any buffer works
 
     return encode
 
