@@ -23,7 +23,7 @@ Kind = Literal["patches", "frames", "clips"]
 CHUNKS_PER_GROUP = {"patches": 16, "frames": 64, "clips": 64}
 #: Upper bound on the pixel bytes of one read task (one Ray Data block), whatever the chunk budget.
 MAX_GROUP_BYTES = 64 << 20
-#: Lower bound on the pixel bytes of one read task before its chunk budget may close it: small samples
+#: Lower bound on the pixel bytes of one ``frames`` read task before its chunk budget may close it: small samples
 #: (32 px tiles of a 100,000-image collection) would otherwise make thousands of 64-row tasks, each paying
 #: Ray's per-task cost (measured: an epoch of 100,000 32 px images took 138 s as 1,563 tasks)
 MIN_GROUP_BYTES = 4 << 20
@@ -239,11 +239,12 @@ class StreamPlan:
 
     def group(self, refs: list[Ref]) -> list[list[Ref]]:
         """Chunk-aligned groups in storage order: a group closes before it would exceed the chunk budget
-        (once it holds min_rows_per_group rows and MIN_GROUP_BYTES of pixels) or MAX_GROUP_BYTES, so the
+        (once it holds min_rows_per_group rows, and for frames MIN_GROUP_BYTES of pixels) or MAX_GROUP_BYTES, so the
         samples of one chunk (repeats included) share one read task."""
         budget = self.spec.chunks_per_group or CHUNKS_PER_GROUP[self.kind]
         max_rows = max(1, MAX_GROUP_BYTES // self.sample_bytes)
-        min_rows = min(max(self.spec.min_rows_per_group, MIN_GROUP_BYTES // self.sample_bytes), max_rows)
+        floor = MIN_GROUP_BYTES // self.sample_bytes if self.kind == "frames" else 0  # stills and frames only
+        min_rows = min(max(self.spec.min_rows_per_group, floor), max_rows)
         groups: list[list[Ref]] = []
         current: list[Ref] = []
         chunks: set[tuple] = set()
