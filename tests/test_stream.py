@@ -272,3 +272,27 @@ def test_working_resolution_resamples_frames_only_when_asked(stores):
     np.testing.assert_array_equal(
         ev.images[list(ev.item_ids).index("l1")][..., :1], working_frame(mid, res, [0.2, 0.2], 32)
     )
+
+
+def test_stills_in_class_sorted_shards_are_read_in_mixed_tasks():
+    """Image-stack rows (collections) are stored in folder order, so a class fills whole shards. Read
+    tasks are made of short storage runs taken in the epoch's random order: every row comes once per
+    epoch, no task holds one class only, and each task is at most STILL_RUNS_PER_TASK (+1) storage runs
+    (cheap reads). Storage-order tasks made 96 % of 64-image batches single-class on such a set."""
+    from pretextlab.storage.frames import FrameRef
+    from pretextlab.storage.stream import STILL_RUNS_PER_TASK, SourcePlan, StreamPlan
+
+    n = 2048  # 224 px RGB stills: 64 rows per task, runs of 4
+    refs = [FrameRef("tiles-0000::all", i, 1, 1, "a" if i < n // 2 else "b") for i in range(n)]
+    spec = StreamSpec(sources=["mem://tiles"], kind="frames")
+    plan = StreamPlan(spec, [SourcePlan("mem://tiles", 1.0, refs, {("tiles-0000::all", 0): (1,)})], n, (224, 224, 3))
+    for epoch in (0, 1):
+        groups = plan.epoch_groups(epoch)
+        starts = sorted(r.sample.start for g in groups for r in g)
+        assert starts == list(range(n))  # every row once
+        for g in groups:
+            labels = {r.label for r in g}
+            assert labels == {"a", "b"}, f"a single-class read task of {len(g)} rows"
+            index = np.sort([r.sample.start for r in g])
+            assert 1 + int(np.sum(np.diff(index) != 1)) <= STILL_RUNS_PER_TASK + 1
+    assert plan.epoch_groups(0) != plan.epoch_groups(1)

@@ -44,33 +44,40 @@ def _fetch_all(jobs: dict[tuple, Callable[[], np.ndarray]]) -> dict[tuple, np.nd
         return dict(zip(jobs, pool.map(lambda f: f(), jobs.values()), strict=True))
 
 
-#: the most frame chunks one slice read may cover (a run of consecutive chunks is read as one slice)
-RUN_CHUNKS = 64
+#: runs of at least this many consecutive chunks (on average) are read as slices, shorter ones as one
+#: orthogonal selection: measured per chunk, ~0.3 ms in a slice, ~0.85 ms scattered, ~1.7 ms as its own call
+SLICE_RUN = 4
 
 
 def _fetch_runs(arrays: dict[tuple, Any], keys: list[tuple]) -> dict[tuple, np.ndarray]:
-    """Frame chunks ``(source, item, 0, chunk)`` (sorted), each fetched once: consecutive chunks of one
-    array are read as one slice of up to RUN_CHUNKS chunks (zarr's per-call cost, ~1 ms, dominated
-    reads of a collection's one-image chunks), runs a few at a time."""
-    runs: list[list[tuple]] = []
+    """Frame chunks ``(source, item, 0, chunk)``, each fetched once, in one job per array: runs of
+    consecutive chunks as slices, scattered chunks as one orthogonal selection (zarr then fetches them
+    concurrently). Per-chunk calls cost ~1-2 ms each in zarr's sync layer, which dominated reads of a
+    collection's one-image chunks (4,096 random stills: 7.4 s per task as single-chunk calls)."""
+    wanted: dict[tuple, list[int]] = {}
     for k in keys:
-        last = runs[-1][-1] if runs else None
-        if last is not None and last[:3] == k[:3] and last[3] + 1 == k[3] and len(runs[-1]) < RUN_CHUNKS:
-            runs[-1].append(k)
-        else:
-            runs.append([k])
+        wanted.setdefault(k[:3], []).append(k[3])
 
-    def fetch(run: list[tuple]) -> Callable[[], np.ndarray]:
-        arr = arrays[run[0][:3]]
-        ct = arr.chunks[0]
-        return lambda: arr[run[0][3] * ct : (run[-1][3] + 1) * ct]  # (t, C, Y, X)
+    def fetch(akey: tuple, cks: list[int]) -> Callable[[], np.ndarray]:
+        arr = arrays[akey]
+        ct, n = int(arr.chunks[0]), int(arr.shape[0])
+        cks = sorted(cks)
+        runs = np.split(np.asarray(cks), np.flatnonzero(np.diff(cks) != 1) + 1)
+        if len(cks) >= SLICE_RUN * len(runs):  # long runs of consecutive chunks: a slice per run
+            spans = [(int(r[0]) * ct, min((int(r[-1]) + 1) * ct, n)) for r in runs]
+            return lambda: np.concatenate([arr[a:b] for a, b in spans])
+        idx = np.concatenate([np.arange(c * ct, min((c + 1) * ct, n)) for c in cks])
+        return lambda: arr.oindex[idx]  # (t, C, Y, X)
 
-    blocks = _fetch_all({tuple(run): fetch(run) for run in runs})
+    blocks = _fetch_all({akey: fetch(akey, cks) for akey, cks in wanted.items()})
     out: dict[tuple, np.ndarray] = {}
-    for run, block in blocks.items():
-        ct = arrays[run[0][:3]].chunks[0]
-        for j, k in enumerate(run):
-            out[k] = block[j * ct : (j + 1) * ct]
+    for akey, cks in wanted.items():
+        arr, block, at = arrays[akey], blocks[akey], 0
+        ct, n = int(arr.chunks[0]), int(arr.shape[0])
+        for c in sorted(cks):
+            rows = min((c + 1) * ct, n) - c * ct
+            out[(*akey, c)] = block[at : at + rows]
+            at += rows
     return out
 
 

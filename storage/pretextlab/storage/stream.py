@@ -27,6 +27,8 @@ MAX_GROUP_BYTES = 64 << 20
 #: (32 px tiles of a 100,000-image collection) would otherwise make thousands of 64-row tasks, each paying
 #: Ray's per-task cost (measured: an epoch of 100,000 32 px images took 138 s as 1,563 tasks)
 MIN_GROUP_BYTES = 4 << 20
+#: a read task of image-stack rows is made of at least this many storage runs (StreamPlan._still_groups)
+STILL_RUNS_PER_TASK = 16
 _ORDER_TAG = 0x5EED  # separates the group-order stream from the per-source selection streams
 
 
@@ -238,14 +240,23 @@ class StreamPlan:
         return (ref.source, s.item_id, s.start)
 
     def group(self, refs: list[Ref]) -> list[list[Ref]]:
-        """Chunk-aligned groups in storage order: a group closes before it would exceed the chunk budget
-        (once it holds min_rows_per_group rows, and for frames MIN_GROUP_BYTES of pixels) or MAX_GROUP_BYTES, so the
-        samples of one chunk (repeats included) share one read task."""
+        """Read tasks. Slide patches and cine frames / clips: chunk-aligned groups in storage order; a group
+        closes before it would exceed the chunk budget (once it holds min_rows_per_group rows, and for
+        frames MIN_GROUP_BYTES of pixels) or MAX_GROUP_BYTES, so the samples of one chunk (repeats
+        included) share one read task. Stills (image-stack rows): consecutive runs of ``refs`` in the
+        order given (the epoch's random order), as many rows per task as that floor asks."""
         budget = self.spec.chunks_per_group or CHUNKS_PER_GROUP[self.kind]
         max_rows = max(1, MAX_GROUP_BYTES // self.sample_bytes)
         floor = MIN_GROUP_BYTES // self.sample_bytes if self.kind == "frames" else 0  # stills and frames only
         min_rows = min(max(self.spec.min_rows_per_group, floor), max_rows)
-        groups: list[list[Ref]] = []
+        # stills (rows of image stacks, one image per chunk) share no chunk, and storage order is folder
+        # order: ImageFolder collections put each class in its own shards, so storage-order groups made
+        # 96 % of 64-image batches single-class (100,000-image set, 2 classes). Their groups are made of
+        # storage runs taken in the epoch's random order instead (_still_groups).
+        stills = [r for r in refs if isinstance(r.sample, FrameRef) and STACK_SEP in r.item_id]
+        groups = self._still_groups(stills, min_rows)
+        if stills:
+            refs = [r for r in refs if not (isinstance(r.sample, FrameRef) and STACK_SEP in r.item_id)]
         current: list[Ref] = []
         chunks: set[tuple] = set()
         for ref in sorted(refs, key=self._sort_key):
@@ -256,6 +267,29 @@ class StreamPlan:
                 current, chunks = [], set()
             chunks |= keys
             current.append(ref)
+        if current:
+            groups.append(current)
+        return groups
+
+    def _still_groups(self, stills: list[Ref], min_rows: int) -> list[list[Ref]]:
+        """Read tasks of image-stack rows: runs of rows consecutive in storage (cheap to read: zarr's cost
+        is per call and per chunk; a run is min_rows / STILL_RUNS_PER_TASK rows), the runs ordered by
+        where their rows fall in the epoch's random order (``stills`` as given), a task closing once it
+        holds ``min_rows`` rows. A batch drawn from a task's permuted rows then mixes at least 16 random
+        places of the dataset. Measured on 100,000 32 px stills in class-sorted shards: the share of
+        64-image batches holding one class went from 96 % (storage order) to 0 %; an epoch 32 -> 38 s."""
+        run = max(1, min_rows // STILL_RUNS_PER_TASK)
+        where = {id(r): i for i, r in enumerate(stills)}
+        ordered = sorted(stills, key=self._sort_key)
+        runs = [ordered[i : i + run] for i in range(0, len(ordered), run)]
+        runs.sort(key=lambda run: min(where[id(r)] for r in run))
+        groups: list[list[Ref]] = []
+        current: list[Ref] = []
+        for run in runs:
+            current += run
+            if len(current) >= min_rows:
+                groups.append(current)
+                current = []
         if current:
             groups.append(current)
         return groups
