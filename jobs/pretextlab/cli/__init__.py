@@ -17,7 +17,10 @@ from pretextlab.core.cli import Parser, describe, dispatch
 
 #: subcommand -> (module, one-line help). Modules define add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "ingest": ("pretextlab.jobs.ingest", "ingest slides and cine loops into a Zarr store (Ray tasks)"),
+    "ingest": (
+        "pretextlab.jobs.ingest",
+        "ingest slides, cine loops and folders of images into a Zarr store (Ray tasks)",
+    ),
     "catalog": ("pretextlab.jobs.catalog", "print (and re-label) the catalog of a store"),
     "demo": ("pretextlab.jobs.demo", "sample data -> ingest -> pretrain two objectives -> kNN comparison table"),
     "pretrain": (
@@ -35,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "embed": (
         "pretextlab.jobs.embed",
-        "embed every slide patch / cine frame of a catalog into feature bags (Ray Data)",
+        "embed every slide patch, cine frame and still of a catalog into feature bags (Ray Data)",
     ),
     "bench-data": (
         "pretextlab.jobs.bench_data",
