@@ -19,11 +19,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 
 from pretextlab.core.errors import UserError
-from pretextlab.evaluate.images import EvalImages
+from pretextlab.evaluate.images import EvalImages, resize_uint8  # noqa: F401  (resize_uint8's old home)
 from pretextlab.storage import open_item, read_catalog
 from pretextlab.storage.frames import working_frame
 from pretextlab.storage.pixels import stored_bits, to_uint8
@@ -73,15 +71,6 @@ def _class_order(names: list[str]) -> list[str]:
         return sorted(names, key=float)
     except ValueError:
         return sorted(names)
-
-
-def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize one (H, W, C) uint8 image to (size, size, C): bilinear with antialiasing, rounded back to uint8."""
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def tissue_patch_origins(
@@ -167,8 +156,7 @@ def load_eval_set(
     notes: list[str] = []
     held: list[np.ndarray] = []  # cine frames and slide patches (few per item), read now
     stacks: dict[tuple[str, str], int] = {}  # (stack item, split) -> stack number; images read on demand
-    openers: list[Any] = []
-    stack_shapes: list[tuple[int, int, int]] = []  # (C, H, W) per stack
+    opened: list[tuple[Any, int]] = []  # per stack: its images array (metadata only) and stored bits
     source: list[int] = []  # per sample: its stack number, or -1 (held)
     pos: list[int] = []  # per sample: its index in that stack, or in held
     meta: list[tuple[int, str, str, str, str]] = []  # label, group, item_id, split, kind
@@ -189,10 +177,10 @@ def load_eval_set(
         if kind == "image":  # one row of an image stack: read when a batch asks for it
             key = (stack_item, stack_split(item_id, stack_item))
             if key not in stacks:
-                stacks[key] = len(openers)
-                arr = open_item(dest, key[0]).group[key[1]]["images"]
-                stack_shapes.append(tuple(int(v) for v in arr.shape[1:]))  # type: ignore[arg-type]
-                openers.append(_stack_opener(dest, *key))
+                stacks[key] = len(opened)
+                stack = open_item(dest, key[0])
+                arr = stack.group[key[1]]["images"]
+                opened.append((arr, stored_bits(stack.card, arr.dtype)))
             source.append(stacks[key])
             pos.append(int(row_index))
             meta.append((label, group, item_id, split, kind))
@@ -224,6 +212,7 @@ def load_eval_set(
             meta.append((label, group, item_id, split, kind))
     if not meta:
         raise UserError(f"catalog at {dest}: no image, cine or slide rows among the labelled items")
+    stack_shapes = [tuple(int(v) for v in arr.shape[1:]) for arr, _ in opened]  # (C, H, W) per stack
     shapes = {img.shape[:2] for img in held} | {sh[1:] for sh in stack_shapes}
     if size is None and len(shapes) > 1:
         raise UserError(
@@ -233,7 +222,7 @@ def load_eval_set(
     if len(channels) > 1:
         notes.append("mixed 1- and 3-channel images: all converted to RGB")
     images: Any = EvalImages(
-        openers,
+        opened,
         held,
         np.array(source),
         np.array(pos),
@@ -241,7 +230,7 @@ def load_eval_set(
         3 if len(channels) > 1 else channels.pop(),
         size,
     )
-    if not openers:  # cine frames and slide patches only: already in memory, so one array
+    if not opened:  # cine frames and slide patches only: already in memory, so one array
         images = np.asarray(images)
     labels, groups, item_ids, splits, kinds = (np.array(col) for col in zip(*meta, strict=True))
     return EvalSet(
@@ -254,14 +243,3 @@ def load_eval_set(
         kinds.astype(str),
         notes,
     )
-
-
-def _stack_opener(dest: str, stack_item: str, split: str) -> Any:
-    """Opens one stack split's images array when first read: (array, stored bits)."""
-
-    def open_stack() -> tuple[Any, int]:
-        stack = open_item(dest, stack_item)
-        arr = stack.group[split]["images"]
-        return arr, stored_bits(stack.card, arr.dtype)
-
-    return open_stack

@@ -11,15 +11,17 @@ uint8 (the top 8 of its stored bits), resized to ``size`` when given, and made R
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from pretextlab.storage.pixels import to_uint8
 
-#: one stack split: opens its (N, C, Y, X) images array (lazily, once) and says its stored bits
-StackOpener = Callable[[], tuple[Any, int]]
+#: one stack split: its (N, C, Y, X) images array (a zarr array: metadata only) and its stored bits
+Stack = tuple[Any, int]
 
 
 def _rows(index: Any, n: int) -> np.ndarray:
@@ -36,9 +38,16 @@ def _rows(index: Any, n: int) -> np.ndarray:
     return rows
 
 
-def _fit(image: np.ndarray, size: int | None, channels: int) -> np.ndarray:
-    from pretextlab.evaluate.dataset import resize_uint8
+def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize one (H, W, C) uint8 image to (size, size, C): bilinear with antialiasing, rounded back to uint8."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
+
+def _fit(image: np.ndarray, size: int | None, channels: int) -> np.ndarray:
     if size is not None:
         image = resize_uint8(image, size)
     if image.shape[2] != channels:
@@ -55,7 +64,7 @@ class EvalImages:
 
     def __init__(
         self,
-        stacks: Sequence[StackOpener],
+        stacks: Sequence[Stack],
         held: list[np.ndarray],
         source: np.ndarray,
         pos: np.ndarray,
@@ -63,8 +72,7 @@ class EvalImages:
         channels: int,
         size: int | None,
     ):
-        self._openers = list(stacks)
-        self._open: dict[int, tuple[Any, int]] = {}
+        self.stacks = list(stacks)
         self.held = held
         self.source = np.asarray(source, dtype=np.int64)
         self.pos = np.asarray(pos, dtype=np.int64)
@@ -106,11 +114,6 @@ class EvalImages:
             yield from self.take(np.arange(start, min(start + 256, len(self))))
 
     # -- reading ------------------------------------------------------------------------------------
-    def _stack(self, k: int) -> tuple[Any, int]:
-        if k not in self._open:
-            self._open[k] = self._openers[k]()
-        return self._open[k]
-
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The images of ``rows`` (in that order) as one (len(rows), H, W, C) uint8 array."""
         out = np.empty((len(rows), self.hw[0], self.hw[1], self.channels), np.uint8)
@@ -121,7 +124,7 @@ class EvalImages:
                 for j in at:
                     out[j] = _fit(self.held[pos[j]], self.size, self.channels)
                 continue
-            arr, bits = self._stack(int(k))
+            arr, bits = self.stacks[int(k)]
             want = pos[at]
             order = np.unique(want)  # zarr reads each needed chunk once, in order
             lo, hi = int(order[0]), int(order[-1]) + 1
@@ -134,48 +137,27 @@ class EvalImages:
 
 
 def join_images(parts: Sequence[Any]) -> Any:
-    """Several image sets (arrays or :class:`EvalImages`) as one, rows in order (external transfer)."""
+    """Several image sets (arrays or :class:`EvalImages` of one row shape) as one, rows in order
+    (external transfer). Arrays become held rows; every part's stacks are still read on demand."""
     if all(isinstance(p, np.ndarray) for p in parts):
         return np.concatenate(list(parts))
-    return _Joined(list(parts))
-
-
-class _Joined:
-    """Row-wise concatenation of image sets, read through to each part."""
-
-    def __init__(self, parts: list[Any]):
-        self.parts = parts
-        self.starts = np.cumsum([0, *[len(p) for p in parts]])
-        shapes = {tuple(p.shape[1:]) for p in parts}
-        if len(shapes) != 1:
-            raise ValueError(f"image sets of different shapes cannot be joined: {sorted(shapes)}")
-        self._row_shape = shapes.pop()
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self), *self._row_shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(np.uint8)
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        if isinstance(index, tuple):
-            rows = self[index[0]]
-            return rows[index[1:]] if isinstance(index[0], int | np.integer) else rows[(slice(None), *index[1:])]
-        if isinstance(index, int | np.integer):
-            return self[np.array([int(index)])][0]
-        rows = _rows(index, len(self))
-        out = np.empty((len(rows), *self._row_shape), np.uint8)
-        part = np.searchsorted(self.starts, rows, side="right") - 1
-        for k in np.unique(part):
-            at = np.flatnonzero(part == k)
-            out[at] = self.parts[int(k)][rows[at] - self.starts[k]]
-        return out
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[np.arange(len(self))]
-        return out if dtype is None else out.astype(dtype)
+    shapes = {tuple(p.shape[1:]) for p in parts}
+    if len(shapes) != 1:
+        raise ValueError(f"image sets of different shapes cannot be joined: {sorted(shapes)}")
+    h, w, channels = shapes.pop()
+    stacks: list[Stack] = []
+    held: list[np.ndarray] = []
+    source, pos = [], []
+    size = None
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            source.append(np.full(len(p), -1))
+            pos.append(np.arange(len(held), len(held) + len(p)))
+            held.extend(p)
+            continue
+        size = size or p.size
+        source.append(np.where(p.source < 0, -1, p.source + len(stacks)))
+        pos.append(np.where(p.source < 0, p.pos + len(held), p.pos))
+        stacks.extend(p.stacks)
+        held.extend(p.held)
+    return EvalImages(stacks, held, np.concatenate(source), np.concatenate(pos), (h, w), channels, size)

@@ -161,11 +161,51 @@ def register() -> None:
 _KEEP_APP = {0xE0, 0xEE}
 
 
+def jpeg_segments(data: bytes) -> list[tuple[int, int, int]] | None:
+    """(marker, start, end) of each marker segment of a JPEG's header, in order, ending with the start
+    of scan (``end``: its header's end, which may lie past ``data`` when the file is cut there); None
+    when ``data`` is no JPEG, the walk breaks, or it ends (end of image, cut-off segment) before the
+    scan. Fill bytes are skipped; markers without a length (TEM, RSTn) are 2-byte segments."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    segments: list[tuple[int, int, int]] = []
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length
+            segments.append((marker, i, i + 2))
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if length < 2:
+            return None
+        if marker == 0xDA:  # start of scan: the entropy-coded data and everything after follow
+            segments.append((marker, i, i + 2 + length))
+            return segments
+        if marker == 0xD9 or i + 2 + length > n:  # end of image, or a segment cut off
+            return None
+        segments.append((marker, i, i + 2 + length))
+        i += 2 + length
+    return None
+
+
 def strip_jpeg_metadata(data: bytes) -> bytes | None:
     """``data`` without its APPn / COM metadata segments (pixels unchanged); None when the header
     cannot be walked (the caller then re-encodes the decoded pixels instead)."""
-    if not data.startswith(b"\xff\xd8"):
+    segments = jpeg_segments(data)
+    if segments is None:
         return None
+    kept = [
+        data[a:b]
+        for marker, a, b in segments[:-1]
+        if not ((0xE0 <= marker <= 0xEF and marker not in _KEEP_APP) or marker == 0xFE)
+    ]
+    return b"".join([b"\xff\xd8", *kept, data[segments[-1][1] :]])
     out = [b"\xff\xd8"]
     i, n = 2, len(data)
     while i + 4 <= n:

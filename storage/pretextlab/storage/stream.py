@@ -253,10 +253,9 @@ class StreamPlan:
         # order: ImageFolder collections put each class in its own shards, so storage-order groups made
         # 96 % of 64-image batches single-class (100,000-image set, 2 classes). Their groups are made of
         # storage runs taken in the epoch's random order instead (_still_groups).
-        stills = [r for r in refs if isinstance(r.sample, FrameRef) and STACK_SEP in r.item_id]
-        groups = self._still_groups(stills, min_rows)
-        if stills:
-            refs = [r for r in refs if not (isinstance(r.sample, FrameRef) and STACK_SEP in r.item_id)]
+        is_still = [isinstance(r.sample, FrameRef) and STACK_SEP in r.item_id for r in refs]
+        groups = self._still_groups([r for r, still in zip(refs, is_still, strict=True) if still], min_rows)
+        refs = [r for r, still in zip(refs, is_still, strict=True) if not still]
         current: list[Ref] = []
         chunks: set[tuple] = set()
         for ref in sorted(refs, key=self._sort_key):
