@@ -143,6 +143,34 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
+def kill_session(sid: int, timeout: float = 60.0) -> None:
+    """SIGKILL every process in session ``sid`` (a driver started with ``start_new_session=True``) and
+    wait until none is left. ``os.killpg`` is not enough: Ray puts each worker in its own process group,
+    so after a killpg of the driver's group a worker can still write a checkpoint or an output file
+    for a moment, after the test has looked at what the kill left on disk."""
+    import signal
+
+    deadline = time.time() + timeout
+    while True:
+        alive = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":  # field 6 of /proc/PID/stat is the session id
+                alive.append(int(stat.parent.name))
+        if not alive:
+            return
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert time.time() < deadline, f"processes of session {sid} outlived SIGKILL: {alive}"
+        time.sleep(0.05)
+
+
 def closed_ray() -> dict[str, str]:
     """Environment that points Ray at a loopback port where nothing listens: a command that tries to
     reach (or start) Ray before validating its input fails differently than with the one-line error."""

@@ -5,8 +5,6 @@ without embedding any item twice or missing one; bad input is one line and exit 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +15,7 @@ import pytest
 import torch
 import zarr
 
-from conftest import REPO
+from conftest import REPO, kill_session
 from pretextlab.evaluate.features import embed_images
 from pretextlab.jobs.embed_batch import EmbedConfig, run_embed
 from pretextlab.models import BackboneConfig, EncoderCard, create_backbone, save_encoder
@@ -127,7 +125,7 @@ def test_killed_run_resumes_without_repeats_or_gaps_and_bags_match(world, tmp_pa
     deadline = time.time() + 240
     while time.time() < deadline and not _markers(dest) and proc.poll() is None:
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and anything it started in its session
+    kill_session(proc.pid)  # the driver, its local Ray cluster and every worker (own process groups) die
     proc.wait(30)
     log.close()
     first = _markers(dest)

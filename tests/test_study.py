@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, closed_ray, run_cli
+from conftest import REPO, closed_ray, kill_session, run_cli
 from pretextlab.jobs.ingest import IngestConfig, run_ingest
 from pretextlab.storage import synthetic as syn
 
@@ -133,7 +132,7 @@ def killed_and_resumed(stores, tmp_path_factory):
         if done:
             break
         time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray cluster die at once
+    kill_session(proc.pid)  # the driver, its local Ray cluster and every worker (own process groups) die
     proc.wait(60)
     log.close()
     first = _records(study_dir)

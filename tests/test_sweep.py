@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, closed_ray, run_cli
+from conftest import REPO, closed_ray, kill_session, run_cli
 from pretextlab.jobs.ingest import IngestConfig, run_ingest
 from pretextlab.storage import synthetic as syn
 
@@ -221,7 +220,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(store, tmp_path
             break
         time.sleep(0.3)
     assert finished and partial, (tmp_path / "first.log").read_text()[-3000:]
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray cluster die at once
+    kill_session(proc.pid)  # the driver, its local Ray cluster and every worker (own process groups) die
     proc.wait(60)
     log.close()
     ids_before = set(_tune_trial_ids(sweep_dir))
