@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pretextlab.evaluate.diagnostics import collapse_verdict, diagnostics, uniform_loss
+from pretextlab.evaluate.diagnostics import collapse_verdict, diagnostics, uniform_loss, uniform_output_warning
 
 
 def test_gaussian_is_not_collapsed_rank_two_is_partial_constant_is_complete():
@@ -47,3 +47,12 @@ def test_uniform_loss_is_read_from_a_dino_card_only():
     assert uniform_loss("dino", {"out_dim": 1024, "ibot": True}, {"loss": 6.9}) is None  # loss holds iBOT too
     assert uniform_loss("mae", {"out_dim": 1024}, {"loss": 0.5}) is None
     assert uniform_loss("dino", {"out_dim": 1024}, {}) is None
+
+
+def test_pretrain_warns_when_dino_ends_at_uniform_outputs():
+    """What `pretextlab pretrain` prints at the end of a run whose DINO loss sits at ln(out_dim)."""
+    warning = uniform_output_warning("dino", {"out_dim": 1024}, {"loss": 6.92, "step": 250})
+    assert warning is not None and "6.931" in warning and "6.92" in warning
+    assert uniform_output_warning("dino", {"out_dim": 1024}, {"loss": 6.8}) is None  # 1.9 % below: learning
+    assert uniform_output_warning("dino", {"out_dim": 256}, {"loss": 6.92}) is None  # ln 256 = 5.55
+    assert uniform_output_warning("simclr", {"out_dim": 1024}, {"loss": 6.92}) is None

@@ -301,6 +301,13 @@ def test_stop_and_restart_continues_schedules(store, tmp_path):
     for step in range(first + 1, steps + 1):  # logged after step s ran with the schedule's value at s - 1
         assert lrs[step] == pytest.approx(sched.lr(step - 1), rel=1e-6)
         assert moms[step] == pytest.approx(sched.momentum(step - 1), rel=1e-6)
+    # the end-of-run warning for DINO at ln(out_dim) appears exactly when the registered card's loss is there
+    from pretextlab.evaluate.diagnostics import uniform_output_warning
+    from pretextlab.registry import EncoderRegistry
+
+    _, card, _ = EncoderRegistry(cfg["registry"]).load(cfg["name"])
+    expected = uniform_output_warning(card.objective, card.objective_config, card.metrics)
+    assert (expected in again.stderr) if expected else ("uniform-output value" not in again.stderr)
     again2 = run_cli("pretrain", str(path), "--num-cpus", "4", env=env, timeout=200)
     assert again2.returncode == 2 and "already finished" in again2.stderr
 

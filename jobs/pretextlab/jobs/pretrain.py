@@ -344,6 +344,7 @@ def load_pretrain_config(path: str, overrides: list[str]):
 
 def run(args: argparse.Namespace) -> int:
     from pretextlab.cluster import init_ray
+    from pretextlab.evaluate.diagnostics import uniform_output_warning
 
     cfg = load_pretrain_config(args.config, args.overrides)
     prepare(cfg)  # fail on bad input before starting Ray
@@ -355,6 +356,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"pretrained {res.encoder.name} for {res.steps} steps in {res.seconds:.0f} s{resumed}: {shown}")
     print(f"encoder: {res.encoder.id} in {cfg.registry} ({res.encoder.uri})")
     print(f"run:     {res.run_uri}  (tensorboard --logdir {res.run_uri}/tensorboard)")
+    card = res.encoder.card  # the objective's full config, defaults included (out_dim)
+    warning = uniform_output_warning(card.objective, card.objective_config, m)
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 

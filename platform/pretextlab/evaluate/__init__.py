@@ -20,6 +20,7 @@ from pretextlab.evaluate.diagnostics import (
     is_collapsed,
     rankme,
     uniform_loss,
+    uniform_output_warning,
     uniformity,
 )
 from pretextlab.evaluate.feature_maps import (
@@ -116,6 +117,7 @@ __all__ = [
     "seed_summary",
     "split_indices",
     "uniform_loss",
+    "uniform_output_warning",
     "uniformity",
     "verdict",
 ]

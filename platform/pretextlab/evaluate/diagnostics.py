@@ -168,6 +168,25 @@ def uniform_loss(
     return float(loss), math.log(int(out_dim))
 
 
+def uniform_output_warning(
+    objective: str | None, objective_config: dict[str, Any] | None, metrics: dict[str, Any] | None
+) -> str | None:
+    """A one-line warning when a run's final loss sits at its uniform-output value (DINO: ln(out_dim)), else None.
+
+    Printed by ``pretextlab pretrain`` at the end of a run, so a user sees at once what evaluation's collapse
+    verdict would say later: at small scale DINO's centring can win over sharpening and every teacher output
+    goes uniform (docs/objectives.md, "DINO at ln(out_dim)").
+    """
+    final = uniform_loss(objective, objective_config, metrics)
+    if final is None or abs(final[0] - final[1]) > UNIFORM_LOSS_RTOL * abs(final[1]):
+        return None
+    return (
+        f"warning: final loss {final[0]:.4g} is at its uniform-output value ln(out_dim) = {final[1]:.4g}: "
+        "the teacher's outputs are uniform and the encoder may have learnt nothing; compare it with random "
+        "init (pretextlab evaluate) and see docs/objectives.md, 'DINO at ln(out_dim)'"
+    )
+
+
 def collapse_verdict(
     features: Any | None = None,
     *,
