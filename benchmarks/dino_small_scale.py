@@ -22,7 +22,8 @@ to the schedule (EMA momentum cosine from ``momentum`` to ``momentum_end``), any
 config (``out_dim``, ``teacher_temp``, ``centering``, ...). An arm ``simclr`` (or any other objective name,
 with the same ``key=value`` changes) trains that objective on the modality's ``pair`` views with the same
 encoder, batch and schedule: a reference for whether the task is learnable by any pretext objective at this
-budget. ``--modality histology`` runs on H&E phantoms (3 channels) instead of ultrasound.
+budget. ``--modality histology`` runs on H&E phantoms (3 channels) instead of ultrasound; ``--data background``
+on benchmarks/learning.py's near-chance blobs-vs-stripes set (over a strong smooth background) at 64 px.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from harness import write_results  # noqa: E402
+from harness import compare, print_figures, write_results  # noqa: E402
 from pretextlab.evaluate.diagnostics import rankme  # noqa: E402
 from pretextlab.evaluate.knn import knn_predict  # noqa: E402
 from pretextlab.evaluate.metrics import classification_metrics  # noqa: E402
@@ -215,15 +216,28 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=250)
     p.add_argument("--arm", action="append", help="'ours [key=value ...]' or 'lightly' (repeatable)")
     p.add_argument("--modality", choices=sorted(MODALITY), default="ultrasound")
+    p.add_argument(
+        "--data",
+        choices=["phantoms", "background"],
+        default="phantoms",
+        help="controlled-benchmark phantoms, or benchmarks/learning.py's near-chance 'background' set at 64 px",
+    )
     p.add_argument("--items", type=int, default=800)
     p.add_argument("--locality", type=float, default=0.0)
     p.add_argument("--noise", type=float, default=0.5)
     p.add_argument("--out", default=".bench/dino_small_scale.json")
     args = p.parse_args()
     torch.set_num_threads(2)
-    tr = generate(args.modality, n=args.items, size=SIZE, locality=args.locality, noise=args.noise, seed=0)
-    te = generate(args.modality, n=400, size=SIZE, locality=args.locality, noise=args.noise, seed=2)
-    train, test = (tr.images, tr.labels), (te.images, te.labels)
+    if args.data == "background":
+        from learning import VARIANTS, variant_set
+
+        rgb = args.modality == "histology"
+        train = variant_set(args.items, 0, rgb, *VARIANTS["background"], size=SIZE)
+        test = variant_set(400, 2, rgb, *VARIANTS["background"], size=SIZE)
+    else:
+        tr = generate(args.modality, n=args.items, size=SIZE, locality=args.locality, noise=args.noise, seed=0)
+        te = generate(args.modality, n=400, size=SIZE, locality=args.locality, noise=args.noise, seed=2)
+        train, test = (tr.images, tr.labels), (te.images, te.labels)
     vmod, chans = MODALITY[args.modality]
     views = create_views(vmod, "multicrop", size=SIZE, global_size=SIZE, local_size=SIZE // 2, n_local=N_LOCAL)
     pair = create_views(vmod, "pair", size=SIZE)
@@ -240,7 +254,22 @@ def main() -> None:
         r = {"arm": arm, "steps": args.steps, **r, "seconds": round(time.perf_counter() - t0, 1)}
         print(r, flush=True)
         rows.append(r)
-    write_results("dino_small_scale", [], out=args.out, rows=rows, settings=vars(args))
+    figures = []
+    for r in rows:
+        kept = r.get("teacher", r.get("encoder"))
+        note = f"loss {r['loss_share_of_lnK']} ln K" if "loss_share_of_lnK" in r else ""
+        figures.append(
+            compare(
+                f"{r['arm']}: kNN balanced accuracy after {r['steps']} steps ({args.data}, {args.modality})",
+                "balanced accuracy",
+                [kept["bal_acc"]],
+                "the same encoder at random init",
+                [r["random_init"]["bal_acc"]],
+                note=f"95 % CI {kept['ci']} vs {r['random_init']['ci']}; {note}".rstrip("; "),
+            )
+        )
+    write_results("dino_small_scale", figures, out=args.out, rows=rows, settings=vars(args))
+    print_figures(figures)
 
 
 if __name__ == "__main__":

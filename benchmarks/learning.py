@@ -9,6 +9,7 @@ the loss detached). One JSON line per objective on stdout.
     python benchmarks/learning.py                                  # every case, the test's data
     python benchmarks/learning.py --objectives simclr,mae --variant offset
     python benchmarks/learning.py --variant background --n-test 512
+    python benchmarks/learning.py --objectives dino,simclr --variant background --steps 480 --no-control
 
 Variants (a faint texture, the label, over a nuisance that dominates random-init features):
 ``offset``: texture amplitude 0.1, random brightness offset up to 0.9 (random init ~0.52);
@@ -39,11 +40,11 @@ _spec.loader.exec_module(T)
 VARIANTS = {"offset": (0.1, 0.0, 0.9), "background": (0.3, 0.6, 0.2)}
 
 
-def variant_set(n: int, seed: int, rgb: bool, amp: float, background: float, offset: float):
+def variant_set(n: int, seed: int, rgb: bool, amp: float, background: float, offset: float, size: int | None = None):
     """Blobs vs stripes at amplitude ``amp`` (x a random gain 0.5-1), plus a smooth random background of
-    strength ``background`` and a random brightness offset up to ``offset``."""
+    strength ``background`` and a random brightness offset up to ``offset``; ``size`` px (the test's)."""
     g = np.random.default_rng(seed)
-    size = T.SIZE
+    size = size or T.SIZE
     yy, xx = np.mgrid[0:size, 0:size]
     images, labels = [], []
     for i in range(n):
@@ -87,7 +88,11 @@ def main() -> None:
     ap.add_argument("--variant", choices=sorted(VARIANTS), help="a harder generated set (default: the test's)")
     ap.add_argument("--n-test", type=int, default=T.N_TEST)
     ap.add_argument("--no-control", action="store_true", help="skip the detached-loss control")
+    ap.add_argument("--steps", type=int, help="train every case this many steps (default: the test's budget)")
     args = ap.parse_args()
+    if args.steps:
+        for name, case in T.CASES.items():
+            T.CASES[name] = (case[0], args.steps, *case[2:])
     torch.set_num_threads(1)
     T.N_TEST = args.n_test
     if args.variant:

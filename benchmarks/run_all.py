@@ -114,6 +114,12 @@ BENCHMARKS = [
     ),
     Bench("learning", "learning.py", ("--objectives", "simclr", "--no-control", "--n-test", "128"), ()),
     Bench(
+        "dino_small_scale",
+        "dino_small_scale.py",
+        ("--steps", "10", "--items", "128", "--arm", "ours", "--arm", "lightly"),
+        ("--arm", "ours", "--arm", "lightly", "--arm", "simclr"),
+    ),
+    Bench(
         "phantom_controls",
         "phantom_controls.py",
         (
