@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from harness import compare, print_figures, write_results  # noqa: E402
 from pretextlab.evaluate.diagnostics import rankme  # noqa: E402
+from pretextlab.evaluate.features import extract_features  # noqa: E402
 from pretextlab.evaluate.knn import knn_predict  # noqa: E402
 from pretextlab.evaluate.metrics import classification_metrics  # noqa: E402
 from pretextlab.modalities import create_views  # noqa: E402
@@ -63,11 +64,9 @@ def teacher_init_share(steps: int, start: float, end: float = 1.0) -> float:
 
 
 def features(encoder: torch.nn.Module, images: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-    x = (x / 255.0 - 0.5) / 0.25
-    encoder.eval()
-    with torch.no_grad():
-        out = torch.cat([encoder(x[i : i + 128]) for i in range(0, len(x), 128)])
+    """The evaluation path's features (the phantom controls' normalisation); the encoder goes back to training."""
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.25
+    out = extract_features(encoder, x, batch_size=128, device="cpu")
     encoder.train()
     return out
 
@@ -104,15 +103,20 @@ def backbone(in_chans: int) -> dict:
     return {"arch": "vit_tiny", "img_size": SIZE, "patch_size": PATCH, "in_chans": in_chans, "depth": DEPTH}
 
 
-def run_other(name: str, views, train, test, steps: int, changes: dict, in_chans: int) -> dict:
-    """Any other objective on pair views, same encoder, batch and schedule (the learnability reference)."""
+def start(name: str, changes: dict, in_chans: int, steps: int, train, test, **defaults):
+    """(objective, trainer, random-init kNN score): ``changes`` split between the schedule and the objective's
+    config (over ``defaults``), seeded alike for every arm."""
     torch.manual_seed(0)
     sched = {"lr": 5e-4, "warmup_steps": 20, **{k: v for k, v in changes.items() if k in SCHEDULE_KEYS}}
-    obj = create_objective(
-        name, backbone=backbone(in_chans), **{k: v for k, v in changes.items() if k not in SCHEDULE_KEYS}
-    )
+    extra = {**defaults, **{k: v for k, v in changes.items() if k not in SCHEDULE_KEYS}}
+    obj = create_objective(name, backbone=backbone(in_chans), **extra)
     before = knn_score(obj.encoder(), train, test)
-    trainer = Trainer(obj, ScheduleConfig(**sched), total_steps=steps)
+    return obj, Trainer(obj, ScheduleConfig(**sched), total_steps=steps), before
+
+
+def run_other(name: str, views, train, test, steps: int, changes: dict, in_chans: int) -> dict:
+    """Any other objective on pair views, same encoder, batch and schedule (the learnability reference)."""
+    obj, trainer, before = start(name, changes, in_chans, steps, train, test)
     losses = [trainer.step(batch).loss for batch in view_batches(views, train[0], steps, 1)]
     return {
         "random_init": before,
@@ -122,13 +126,8 @@ def run_other(name: str, views, train, test, steps: int, changes: dict, in_chans
 
 
 def run_ours(views, train, test, steps: int, changes: dict, in_chans: int) -> dict:
-    torch.manual_seed(0)
-    sched = {"lr": 5e-4, "warmup_steps": 20, **{k: v for k, v in changes.items() if k in SCHEDULE_KEYS}}
-    extra = {"out_dim": OUT_DIM, "hidden_dim": HIDDEN, **{k: v for k, v in changes.items() if k not in SCHEDULE_KEYS}}
-    obj = create_objective("dino", backbone=backbone(in_chans), **extra)
+    obj, trainer, before = start("dino", changes, in_chans, steps, train, test, out_dim=OUT_DIM, hidden_dim=HIDDEN)
     out_dim = obj.cfg.out_dim
-    before = knn_score(obj.encoder(), train, test)
-    trainer = Trainer(obj, ScheduleConfig(**sched), total_steps=steps)
     losses, ent = [], []
     for i, batch in enumerate(view_batches(views, train[0], steps, 1)):
         out = trainer.step(batch)

@@ -168,6 +168,11 @@ def uniform_loss(
     return float(loss), math.log(int(out_dim))
 
 
+def at_uniform_loss(loss: float, uniform_loss_value: float) -> bool:
+    """Whether ``loss`` is within ``UNIFORM_LOSS_RTOL`` of the objective's uniform-output value."""
+    return abs(loss - uniform_loss_value) <= UNIFORM_LOSS_RTOL * abs(uniform_loss_value)
+
+
 def uniform_output_warning(
     objective: str | None, objective_config: dict[str, Any] | None, metrics: dict[str, Any] | None
 ) -> str | None:
@@ -178,7 +183,7 @@ def uniform_output_warning(
     goes uniform (docs/objectives.md, "DINO at ln(out_dim)").
     """
     final = uniform_loss(objective, objective_config, metrics)
-    if final is None or abs(final[0] - final[1]) > UNIFORM_LOSS_RTOL * abs(final[1]):
+    if final is None or not at_uniform_loss(*final):
         return None
     return (
         f"warning: final loss {final[0]:.4g} is at its uniform-output value ln(out_dim) = {final[1]:.4g}: "
@@ -233,7 +238,7 @@ def collapse_verdict(
             )
     at_uniform = False
     if loss is not None and uniform_loss_value:
-        at_uniform = abs(loss - uniform_loss_value) <= UNIFORM_LOSS_RTOL * abs(uniform_loss_value)
+        at_uniform = at_uniform_loss(loss, uniform_loss_value)
         if at_uniform:
             reason = (
                 f"training loss {loss:.4g} is at its uniform-output value {uniform_loss_value:.4g}: "
