@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from pretextlab.serving.batcher import ModelBatcher
 from pretextlab.serving.config import BatchingArgs, IngressDeploymentArgs
 from pretextlab.serving.decode import ImageLimits, check_total, decode_image
+from pretextlab.serving.drain import DrainGate
 from pretextlab.serving.errors import ApiError, bad_request, error_response, invalid, not_found, too_large
 from pretextlab.serving.regions import RegionsRequest, StoreReader
 
@@ -64,6 +65,8 @@ api = FastAPI(
 _key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the service's API key")
 _bearer = HTTPBearer(auto_error=False, description="the service's API key as a bearer token")
 SECURED = [Security(_key_header), Security(_bearer)]  # documents the schemes; the check is EmbeddingAPI._authorize
+GATE = DrainGate()  # one per replica process: requests in flight, and 503 shutting_down once draining
+api.middleware("http")(GATE)
 
 _EMBEDDINGS_BODY = {
     "requestBody": {
@@ -237,6 +240,7 @@ class EmbeddingAPI:
         if not insecure_local and not api_key_sha256:
             raise RuntimeError(f"{api_key_env} is not set: the embedding API needs a key (or insecure_local)")
         self._key_digest = bytes.fromhex(api_key_sha256) if api_key_sha256 else b""
+        GATE.watch(args.drain_coordinator)
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _authorize(self, request: Request) -> None:

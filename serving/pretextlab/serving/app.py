@@ -67,8 +67,11 @@ def model_infos(cfg: ServeArgs) -> dict[str, ModelInfo]:
     return infos
 
 
-def build_app(args: dict[str, Any]) -> Application:
-    """A Serve application from the config's ``args`` (a dict, validated here with a clear error)."""
+def build_app(args: dict[str, Any], drain_coordinator: str | None = None) -> Application:
+    """A Serve application from the config's ``args`` (a dict, validated here with a clear error).
+
+    ``drain_coordinator``: the named actor through which ``pretextlab serve`` drains the ingress on
+    SIGTERM (``serving/drain.py``); None under ``serve deploy``."""
     from pretextlab.serving.api import EmbeddingAPI
     from pretextlab.serving.encoder import EncoderReplica
 
@@ -108,6 +111,7 @@ def build_app(args: dict[str, Any]) -> Application:
         api_key_env=cfg.api_key_env,
         api_key_sha256=digest,
         insecure_local=cfg.insecure_local,
+        drain_coordinator=drain_coordinator,
         batching={
             m.name: BatchingArgs(
                 max_batch_images=m.max_batch_images,

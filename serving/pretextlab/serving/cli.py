@@ -19,6 +19,8 @@ from typing import Any
 
 from pretextlab.core.errors import UserError
 
+APP = "pretextlab-embeddings"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", metavar="ROOT", help="encoder registry root (default: $PRETEXTLAB_REGISTRY)")
@@ -39,6 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--insecure-local", action="store_true", help="no API key (a laptop only)")
     parser.add_argument("--num-cpus", type=float, help="CPUs per model replica (default: 1)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local one)")
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="on SIGTERM/Ctrl-C, seconds to let in-flight requests finish before stopping (default: 20, "
+        "under Kubernetes' 30 s grace period)",
+    )
     parser.add_argument("--config", metavar="YAML", help="serve args file (fields of ServeArgs)")
     parser.add_argument(
         "--set",
@@ -108,10 +118,14 @@ def run(args: argparse.Namespace) -> int:
 
     from pretextlab.cluster import init_ray
     from pretextlab.serving.app import build_app
+    from pretextlab.serving.drain import coordinator_name, drain, start_coordinator
 
+    if args.drain_timeout < 0:
+        raise UserError(f"--drain-timeout {args.drain_timeout}: must be 0 or more seconds")
     init_ray(args.address)
     serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(build_app(cfg.model_dump()), name="pretextlab-embeddings", route_prefix="/", blocking=False)
+    coordinator = start_coordinator(APP)
+    serve.run(build_app(cfg.model_dump(), coordinator_name(APP)), name=APP, route_prefix="/", blocking=False)
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     url = f"http://{host}:{args.port}"
     first = next(iter(infos))
@@ -127,7 +141,18 @@ def run(args: argparse.Namespace) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("stopping...", file=sys.stderr)
+        print(
+            f"stopping: no new requests; letting those in flight finish (up to {args.drain_timeout:g} s)...",
+            file=sys.stderr,
+            flush=True,
+        )
+        result = drain(coordinator, args.drain_timeout)
+        left = f", {result.pending} still busy at the timeout" if result.pending else ""
+        print(
+            f"drained {result.drained} ingress replica(s) in {result.seconds:.1f} s{left}; shutting down",
+            file=sys.stderr,
+            flush=True,
+        )
     finally:
         serve.shutdown()
     return 0

@@ -259,3 +259,4 @@ class IngressDeploymentArgs(BaseModel):
     api_key_sha256: str | None = None
     insecure_local: bool = False
     batching: dict[str, BatchingArgs] = Field(default_factory=dict)
+    drain_coordinator: str | None = None  # the named actor `pretextlab serve` drains through (serving/drain.py)
