@@ -38,6 +38,7 @@ OBJECTIVES = [
     "vicreg",
     "mae",
     "ijepa",
+    "ijepa_same_masks",
     "cine_jepa",
     "cine_mae",
     "dinov3_nogram",
@@ -54,7 +55,27 @@ RATIOS = [
     ("DINOv3 with Gram / plain DINO", "dinov3", "dino"),
     ("LeJEPA / I-JEPA", "lejepa", "ijepa"),
 ]
-LIGHTLY = {"dino", "simclr", "vicreg", "mae"}
+LIGHTLY = {"dino", "simclr", "vicreg", "mae", "ijepa", "ijepa_same_masks"}
+
+
+def lightly_ijepa_masks(size: int, patch: int):
+    """lightly's I-JEPA mask collator with our I-JEPA defaults (4 targets of scale 0.15-0.2, aspect
+    0.75-1.5; one context block of scale 0.85-1.0). Like the reference (facebookresearch/ijepa
+    ``src/masks/multiblock.py``) it caps a block at (H-1) x (W-1) patches and never starts one on the
+    last row or column, so its context keeps fewer patches than ours (``MultiBlockMasks`` lets a block
+    span the grid): at 64 px / patch 8, a median of 13 context tokens against our 22."""
+    from lightly.data.ijepa_collate import IJEPAMaskCollator
+
+    return IJEPAMaskCollator(
+        input_size=size,
+        patch_size=patch,
+        enc_mask_scale=(0.85, 1.0),
+        pred_mask_scale=(0.15, 0.2),
+        aspect_ratio=(0.75, 1.5),
+        nenc=1,
+        npred=4,
+        min_keep=4,
+    )
 
 
 def make_batch(name: str, b: int, size: int, g):
@@ -75,6 +96,9 @@ def ours(name: str, size: int, patch: int):
     from pretextlab.training import Trainer
 
     kw = {"backbone": {"arch": "vit_tiny", "img_size": size, "patch_size": patch, "in_chans": 3}}
+    collator = None
+    if name == "ijepa_same_masks":  # ours fed lightly's masks (its data-pipeline path): equal work per step
+        collator, name = lightly_ijepa_masks(size, patch), "ijepa"
     if name.startswith("dino"):
         kw.update(out_dim=4096, hidden_dim=2048, bottleneck_dim=256)
     if name.startswith("dinov3"):
@@ -90,6 +114,13 @@ def ours(name: str, size: int, patch: int):
 
         objective.set_teacher(create_backbone(BackboneConfig(**kw["backbone"], global_pool="avg")))
     trainer = Trainer(objective, ScheduleConfig(lr=5e-4), total_steps=1000, grad_clip=None)
+    if collator is not None:
+
+        def step(batch):
+            _, enc, pred = collator(list(range(len(batch["images"]))))  # drawn inside the timed step
+            return trainer.step({**batch, "context_idx": enc[0], "target_idx": pred})
+
+        return step
     return lambda batch: trainer.step(batch)
 
 
@@ -178,7 +209,64 @@ def lightly_step(name: str, size: int, patch: int):
             opt.step()
 
         return step
+    if name in ("ijepa", "ijepa_same_masks"):
+        return _lightly_ijepa(size, patch)
     raise ValueError(name)
+
+
+def _lightly_ijepa(size: int, patch: int):
+    """lightly 1.6's I-JEPA on timm (``MaskedVisionTransformerTIMM`` context and target encoders,
+    ``IJEPAPredictorTIMM``, ``IJEPAMaskCollator``), wired as lightly's examples/pytorch/ijepa.py wires
+    its torchvision version, with our I-JEPA defaults so both do the same work: a ViT-Tiny without a
+    class token (patch tokens only, as I-JEPA), 4 target blocks of scale 0.15-0.2 and aspect 0.75-1.5,
+    one context block of scale 0.85-1.0, a depth-6 predictor of width 96 with 3 heads, smooth L1 on
+    layer-normed target features, EMA 0.996. Masks are drawn inside the timed step, as ours are."""
+    import copy
+
+    import timm
+    import torch
+    import torch.nn.functional as F
+    from lightly.models import utils
+    from lightly.models.modules import MaskedVisionTransformerTIMM
+    from lightly.models.modules.ijepa_timm import IJEPAPredictorTIMM
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=size,
+        patch_size=patch,
+        num_classes=0,
+        class_token=False,
+        global_pool="avg",
+    )
+    d = vit.embed_dim
+    encoder = MaskedVisionTransformerTIMM(vit=vit)
+    target = copy.deepcopy(encoder)
+    deactivate_requires_grad(target)
+    grid = size // patch
+    predictor = IJEPAPredictorTIMM(num_patches=grid * grid, depth=6, mlp_dim=d, predictor_embed_dim=d // 2, num_heads=3)
+    collator = lightly_ijepa_masks(size, patch)
+    opt = torch.optim.AdamW(list(encoder.parameters()) + list(predictor.parameters()), lr=5e-4)
+
+    def step(batch):
+        images = batch["images"]
+        b = len(images)
+        _, masks_enc, masks_pred = collator(list(range(b)))  # the masks (the "batch" is a dummy)
+        with torch.no_grad():
+            h = target.encode(images)
+            h = F.layer_norm(h, (h.size(-1),))
+            h = utils.apply_masks(h, masks_pred)
+            h = utils.repeat_interleave_batch(h, b, repeat=len(masks_enc))
+        z = encoder.encode(images, idx_keep=masks_enc[0])
+        z = predictor(z, masks_enc, masks_pred)
+        loss = F.smooth_l1_loss(z, h)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        update_momentum(encoder, target, 0.996)
+
+    return step
 
 
 def child(impl: str, name: str, batch: int, size: int, patch: int, steps: int) -> None:

@@ -105,8 +105,15 @@ class IJEPA(Objective):
         tgt_idx: list[torch.Tensor],
     ) -> torch.Tensor:
         m = len(tgt_idx)
+        if len({t.shape[1] for t in tgt_idx}) == 1:
+            # one predictor pass for every block (they share a size: MultiBlockMasks draws one block size
+            # per batch), as the reference does; the mean over equal-size blocks is the mean of their means
+            t_all = torch.cat(tgt_idx)  # (M * B, Kt), block-major
+            pred = self.predictor(ctx_tokens, ctx_idx, t_all)
+            tgt = torch.gather(targets.repeat(m, 1, 1), 1, t_all.unsqueeze(-1).expand(-1, -1, targets.shape[-1]))
+            return latent_regression_loss(pred.float(), tgt.float(), self.cfg.loss)
         losses = []
-        for t_idx in tgt_idx:  # one predictor pass per target block, as the reference does per mask
+        for t_idx in tgt_idx:  # blocks of different sizes (masks from a data pipeline): one pass each
             pred = self.predictor(ctx_tokens, ctx_idx, t_idx)
             tgt = torch.gather(targets, 1, t_idx.unsqueeze(-1).expand(-1, -1, targets.shape[-1]))
             losses.append(latent_regression_loss(pred.float(), tgt.float(), self.cfg.loss))

@@ -5,6 +5,12 @@
   M target blocks of scale (0.15, 0.2) and aspect ratio (0.75, 1.5), one context block of scale
   (0.85, 1.0) and aspect 1 with every target patch removed, at least ``min_keep`` patches each.
   Per batch, masks are trimmed to the smallest size so they stack into rectangular tensors.
+  One deliberate difference from the reference (and lightly's ``IJEPAMaskCollator``, which copies it):
+  there a block is capped at (H-1) x (W-1) patches and its corner drawn from ``randint(0, H - h)``,
+  so the last patch row and column are never in a target or the context. Here a block may span the
+  grid and touch every edge. The context keeps more patches (median 22 of 64 against 13 at 64 px,
+  patch 8, batch 32), so an I-JEPA step costs more (``benchmarks/objectives.py``: ``ijepa`` vs
+  ``ijepa_same_masks``).
 - ``tube`` variants (V-JEPA / VideoMAE): one spatial mask repeated over all T frames.
 """
 

@@ -30,8 +30,17 @@ class Predictor(nn.Module):
         return torch.gather(pos, 1, idx.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))
 
     def forward(self, context: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
-        """context (B, Kc, D), indices (B, Kc) and (B, Kt) -> predictions (B, Kt, D)."""
+        """context (B, Kc, D), indices (B, Kc) and (B', Kt) -> predictions (B', Kt, D).
+
+        B' may be a multiple M x B: M target blocks of one size stacked block-major (``torch.cat`` of M
+        (B, Kt) index tensors), predicted in one pass over the context repeated M times, as the
+        reference predictor does for its list of masks (``x.repeat(len(masks), 1, 1)``). The context is
+        embedded once, before the repeat."""
         x = self.embed(context) + self._pos(context_idx).to(context.dtype)
+        if target_idx.shape[0] != x.shape[0]:
+            if target_idx.shape[0] % x.shape[0]:
+                raise ValueError(f"{target_idx.shape[0]} target rows for a context batch of {x.shape[0]}")
+            x = x.repeat(target_idx.shape[0] // x.shape[0], 1, 1)
         m = self.mask_token.to(x.dtype) + self._pos(target_idx).to(x.dtype)
         x = torch.cat([x, m], dim=1)
         for blk in self.blocks:
