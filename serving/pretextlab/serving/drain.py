@@ -125,6 +125,8 @@ class DrainGate:
             self._task = loop.create_task(self._heartbeat())
 
     async def _heartbeat(self) -> None:
+        if not ray.is_initialized():  # not in a Ray worker (a test app): there is no coordinator to reach
+            return
         try:
             actor = await asyncio.to_thread(ray.get_actor, str(self._coordinator), namespace=NAMESPACE)
         except ValueError:  # not started by `pretextlab serve`: Serve's own shutdown applies
