@@ -266,3 +266,48 @@ def test_registries_refuse_empty_and_duplicate_names_and_list_what_exists():
             registry.get(bad)
         assert isinstance(err.value, UserError)
         assert f"{bad!r}" in str(err.value) and ", ".join(registry.names()) in str(err.value)
+
+
+def test_ijepa_reference_placement_matches_the_reference_collator():
+    """``mask_placement: reference`` places blocks as facebookresearch/ijepa's multiblock.py does; lightly's
+    IJEPAMaskCollator (a copy of it) is the oracle: neither ever covers the grid's last row or column, and
+    the contexts keep about as many patches. The default ("full") may cover every cell."""
+    import statistics
+
+    from lightly.data.ijepa_collate import IJEPAMaskCollator
+
+    from pretextlab.objectives.ijepa import IJEPAConfig, multiblock_masks
+
+    grid = (8, 8)
+    ref = multiblock_masks(IJEPAConfig(mask_placement="reference"), grid)
+    full = multiblock_masks(IJEPAConfig(), grid)
+    oracle = IJEPAMaskCollator(
+        input_size=64,
+        patch_size=8,
+        enc_mask_scale=(0.85, 1.0),
+        pred_mask_scale=(0.15, 0.2),
+        aspect_ratio=(0.75, 1.5),
+        nenc=1,
+        npred=4,
+        min_keep=4,
+    )
+
+    def edge(idx: torch.Tensor) -> bool:
+        return bool(((idx // 8 == 7) | (idx % 8 == 7)).any())
+
+    g = torch.Generator().manual_seed(0)
+    ctx_ref, ctx_full, ctx_oracle = [], [], []
+    full_edge = False
+    for _ in range(60):
+        c, t = ref.sample(16, generator=g)
+        assert not edge(c) and not any(edge(x) for x in t)
+        ctx_ref.append(c.shape[1])
+        c, t = full.sample(16, generator=g)
+        full_edge |= edge(c) or any(edge(x) for x in t)
+        ctx_full.append(c.shape[1])
+        _, enc, pred = oracle(list(range(16)))
+        assert not edge(enc[0]) and not any(edge(x) for x in pred)
+        ctx_oracle.append(enc[0].shape[1])
+    assert full_edge
+    assert abs(statistics.median(ctx_ref) - statistics.median(ctx_oracle)) <= 3, (ctx_ref, ctx_oracle)
+    assert statistics.median(ctx_full) > statistics.median(ctx_ref) + 3

@@ -4,7 +4,7 @@ The target encoder is the one kept (as in the I-JEPA evaluations)."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,28 @@ class IJEPAConfig(ObjectiveConfig):
     predictor_dim: int | None = Field(None, description="default: half the encoder width")
     predictor_heads: int | None = Field(None)
     loss: str = Field("smooth_l1", description="smooth_l1 (reference code) | l2 (paper) | l1")
+    mask_placement: Literal["full", "reference"] = Field(
+        "full",
+        description=(
+            "full: mask blocks may span the patch grid and touch every edge; reference: as "
+            "facebookresearch/ijepa (and lightly) place them, at most (H-1) x (W-1) and never on the last "
+            "row or column, which leaves a smaller context (objectives/masks.py)"
+        ),
+    )
+
+
+def multiblock_masks(cfg: IJEPAConfig, grid: tuple[int, int]) -> MultiBlockMasks:
+    """The multi-block mask sampler of an I-JEPA-family config (I-JEPA, LeJEPA, SALT) on ``grid``."""
+    return MultiBlockMasks(
+        grid[0],
+        grid[1],
+        cfg.num_targets,
+        cfg.target_scale,
+        cfg.target_aspect,
+        cfg.context_scale,
+        min_keep=cfg.min_keep,
+        reference_placement=cfg.mask_placement == "reference",
+    )
 
 
 def _predictor(cfg: IJEPAConfig, embed_dim: int, grid: tuple[int, int], frames: int = 1) -> Predictor:
@@ -71,15 +93,7 @@ class IJEPA(Objective):
         super().__init__(cfg)
         grid = tuple(self.backbone.patch_embed.grid_size)
         self.grid = grid
-        self.masks = MultiBlockMasks(
-            grid[0],
-            grid[1],
-            cfg.num_targets,
-            cfg.target_scale,
-            cfg.target_aspect,
-            cfg.context_scale,
-            min_keep=cfg.min_keep,
-        )
+        self.masks = multiblock_masks(cfg, grid)
         self.predictor = _predictor(cfg, self.backbone.embed_dim, grid)
         self.target_backbone = ema_copy(self.backbone)
 

@@ -33,9 +33,8 @@ from pydantic import Field
 
 from pretextlab.models.vit import encode_tokens
 from pretextlab.objectives.base import Objective, ObjectiveOutput
-from pretextlab.objectives.ijepa import IJEPA, IJEPAConfig, _predictor
+from pretextlab.objectives.ijepa import IJEPA, IJEPAConfig, _predictor, multiblock_masks
 from pretextlab.objectives.losses import sigreg
-from pretextlab.objectives.masks import MultiBlockMasks
 from pretextlab.objectives.registry import register_objective
 
 
@@ -79,15 +78,7 @@ class LeJEPA(Objective):
         super().__init__(cfg)
         grid = tuple(self.backbone.patch_embed.grid_size)
         self.grid = grid
-        self.masks = MultiBlockMasks(
-            grid[0],
-            grid[1],
-            cfg.num_targets,
-            cfg.target_scale,
-            cfg.target_aspect,
-            cfg.context_scale,
-            min_keep=cfg.min_keep,
-        )
+        self.masks = multiblock_masks(cfg, grid)
         self.predictor = _predictor(cfg, self.backbone.embed_dim, grid)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.int64))
 

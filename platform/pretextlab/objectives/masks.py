@@ -10,7 +10,8 @@
   so the last patch row and column are never in a target or the context. Here a block may span the
   grid and touch every edge. The context keeps more patches (median 22 of 64 against 13 at 64 px,
   patch 8, batch 32), so an I-JEPA step costs more (``benchmarks/objectives.py``: ``ijepa`` vs
-  ``ijepa_same_masks``).
+  ``ijepa_same_masks``). ``reference_placement=True`` (I-JEPA's ``mask_placement: reference``)
+  places blocks as the reference does.
 - ``tube`` variants (V-JEPA / VideoMAE): one spatial mask repeated over all T frames.
 """
 
@@ -57,6 +58,9 @@ class MultiBlockMasks:
     context_aspect: tuple[float, float] = (1.0, 1.0)
     min_keep: int = 4
     max_tries: int = 20
+    #: True: place blocks as the reference does (a block at most (H-1) x (W-1), its corner drawn from
+    #: ``randint(0, H - h)``: the last row and column never in a block); False: blocks may span the grid
+    reference_placement: bool = False
 
     def _block_size(
         self, g: torch.Generator, scale: tuple[float, float], aspect: tuple[float, float]
@@ -67,13 +71,16 @@ class MultiBlockMasks:
         ar = math.exp(lo + torch.rand(1, generator=g).item() * (hi - lo))
         h = int(round(math.sqrt(max_keep * ar)))
         w = int(round(math.sqrt(max_keep / ar)))
-        return max(1, min(h, self.height)), max(1, min(w, self.width))
+        cap = 1 if self.reference_placement else 0  # the reference shrinks a block until h < H, w < W
+        return max(1, min(h, self.height - cap)), max(1, min(w, self.width - cap))
 
     def _place(self, g: torch.Generator, h: int, w: int, allowed: torch.Tensor | None) -> torch.Tensor:
         """A (H, W) bool block of size h x w; if ``allowed`` is given, only its True cells are kept."""
+        # the reference's corner comes from randint(0, H - h): never the last start row / column
+        last = 0 if self.reference_placement else 1
         for _ in range(self.max_tries):
-            top = int(torch.randint(0, self.height - h + 1, (1,), generator=g))
-            left = int(torch.randint(0, self.width - w + 1, (1,), generator=g))
+            top = int(torch.randint(0, max(1, self.height - h + last), (1,), generator=g))
+            left = int(torch.randint(0, max(1, self.width - w + last), (1,), generator=g))
             block = torch.zeros(self.height, self.width, dtype=torch.bool)
             block[top : top + h, left : left + w] = True
             if allowed is not None:

@@ -32,8 +32,8 @@ from pydantic import Field
 from pretextlab.core.config import ConfigError
 from pretextlab.models.vit import VisionTransformer, encode_clip_tokens, encode_tokens, sincos_1d
 from pretextlab.objectives.base import Objective, ObjectiveOutput
-from pretextlab.objectives.ijepa import IJEPA, CineJEPAConfig, IJEPAConfig, _predictor
-from pretextlab.objectives.masks import MultiBlockMasks, tube_indices
+from pretextlab.objectives.ijepa import IJEPA, CineJEPAConfig, IJEPAConfig, _predictor, multiblock_masks
+from pretextlab.objectives.masks import tube_indices
 from pretextlab.objectives.registry import register_objective
 
 
@@ -85,15 +85,7 @@ class SALT(Objective):
         super().__init__(cfg)
         grid = tuple(self.backbone.patch_embed.grid_size)
         self.grid = grid
-        self.masks = MultiBlockMasks(
-            grid[0],
-            grid[1],
-            cfg.num_targets,
-            cfg.target_scale,
-            cfg.target_aspect,
-            cfg.context_scale,
-            min_keep=cfg.min_keep,
-        )
+        self.masks = multiblock_masks(cfg, grid)
         self.predictor = _predictor(cfg, self.backbone.embed_dim, grid, getattr(cfg, "frames", 1))
         object.__setattr__(self, "_teacher", None)  # deliberately not a submodule (see the module doc)
 
