@@ -124,7 +124,9 @@ class IJEPA(Objective):
             # per batch), as the reference does; the mean over equal-size blocks is the mean of their means
             t_all = torch.cat(tgt_idx)  # (M * B, Kt), block-major
             pred = self.predictor(ctx_tokens, ctx_idx, t_all)
-            tgt = torch.gather(targets.repeat(m, 1, 1), 1, t_all.unsqueeze(-1).expand(-1, -1, targets.shape[-1]))
+            tgt = torch.cat(
+                [torch.gather(targets, 1, t.unsqueeze(-1).expand(-1, -1, targets.shape[-1])) for t in tgt_idx]
+            )
             return latent_regression_loss(pred.float(), tgt.float(), self.cfg.loss)
         losses = []
         for t_idx in tgt_idx:  # blocks of different sizes (masks from a data pipeline): one pass each

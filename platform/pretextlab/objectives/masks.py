@@ -8,8 +8,8 @@
   One deliberate difference from the reference (and lightly's ``IJEPAMaskCollator``, which copies it):
   there a block is capped at (H-1) x (W-1) patches and its corner drawn from ``randint(0, H - h)``,
   so the last patch row and column are never in a target or the context. Here a block may span the
-  grid and touch every edge. The context keeps more patches (median 22 of 64 against 13 at 64 px,
-  patch 8, batch 32), so an I-JEPA step costs more (``benchmarks/objectives.py``: ``ijepa`` vs
+  grid and touch every edge. The context keeps more patches (a median of 20-22 of 64 against 12-13 at
+  64 px, patch 8, batch 32), so an I-JEPA step costs more (``benchmarks/objectives.py``: ``ijepa`` vs
   ``ijepa_same_masks``). ``reference_placement=True`` (I-JEPA's ``mask_placement: reference``)
   places blocks as the reference does.
 - ``tube`` variants (V-JEPA / VideoMAE): one spatial mask repeated over all T frames.

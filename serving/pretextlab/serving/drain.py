@@ -54,19 +54,18 @@ class DrainCoordinator:
     def __init__(self) -> None:
         self._seen: dict[str, float] = {}
         self._drained: set[str] = set()
-        self._draining_since: float | None = None
+        self._draining = False
 
     def heartbeat(self, replica: str) -> bool:
         """Record that ``replica`` is alive; True once the service is draining."""
         self._seen[replica] = time.monotonic()
-        return self._draining_since is not None
+        return self._draining
 
     def drained(self, replica: str) -> None:
         self._drained.add(replica)
 
     def drain(self) -> None:
-        if self._draining_since is None:
-            self._draining_since = time.monotonic()
+        self._draining = True
 
     def pending(self) -> list[str]:
         """Live replicas that have not reported drained (a replica seen within ``STALE_S``)."""
