@@ -132,7 +132,7 @@ def png_folder(plan, store: str) -> Path:
 # --- (a) patches/s -------------------------------------------------------------------------------------
 
 
-def plain_loop(plan) -> int:
+def plain_loop(plan, epochs=(0,), storage_options=None) -> int:
     """The limit: one process, zarr + numpy, each chunk of each read group fetched once, patches cut."""
     import zarr
 
@@ -142,13 +142,14 @@ def plain_loop(plan) -> int:
     uri = plan.sources[0].uri
     arrays: dict = {}
     n = 0
-    for group in plan.epoch_groups(0):
+    for group in (g for e in epochs for g in plan.epoch_groups(e)):
         chunks: dict = {}
         for ref in group:
             s = ref.sample
             key = (s.item_id, s.level)
             if key not in arrays:
-                grp = zarr.open_group(sfs.zarr_store(item_url(uri, s.item_id), read_only=True), mode="r")
+                store = sfs.zarr_store(item_url(uri, s.item_id), read_only=True, storage_options=storage_options)
+                grp = zarr.open_group(store, mode="r")
                 arrays[key] = grp[str(s.level)]
             arr = arrays[key]
             ch = arr.chunks[-1]
@@ -178,11 +179,49 @@ def in_process(plan) -> int:
     return n
 
 
-def ray_stream(plan, num_cpus: float = 0.5, batch_size: int = 64) -> int:
+def ray_stream(plan, num_cpus: float = 0.5, batch_size: int = 64, epochs=(0,), **kwargs) -> int:
     from pretextlab.storage.datasource import read_stream
 
-    batches = read_stream(plan, [0], num_cpus=num_cpus).iter_batches(batch_size=batch_size, batch_format="numpy")
-    return sum(len(b["image"]) for b in batches)
+    ds = read_stream(plan, list(epochs), num_cpus=num_cpus, **kwargs)
+    return sum(len(b["image"]) for b in ds.iter_batches(batch_size=batch_size, batch_format="numpy"))
+
+
+class MotoS3:
+    """moto's S3 server on a free loopback port, holding a copy of a local store (the benchmark's S3)."""
+
+    def __init__(self, local: str):
+        import socket
+        import subprocess
+
+        import boto3
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        endpoint = f"http://127.0.0.1:{port}"
+        # the standard AWS environment, as a user sets it: Ray workers started after this inherit it
+        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_ENDPOINT_URL=endpoint)
+        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        client = boto3.client("s3", endpoint_url=endpoint)
+        for _ in range(100):
+            try:
+                client.create_bucket(Bucket="bench")
+                break
+            except Exception:  # not listening yet
+                time.sleep(0.2)
+        root = Path(local)
+        for f in sorted(q for q in root.rglob("*") if q.is_file()):
+            client.upload_file(str(f), "bench", f"store/{f.relative_to(root).as_posix()}")
+        self.uri = "s3://bench/store"
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
 class PngTiles:
@@ -219,7 +258,7 @@ def part_a(args) -> dict:
     folder = png_folder(plan, store)
     print(
         f"(a) {plan.samples_per_epoch} patches of {args.patch}^2 from {args.slides} slides; "
-        f"{len(plan.epoch_groups(0))} read tasks",
+        f"{len(plan.epoch_groups(0))} chunk groups per epoch",
         flush=True,
     )
     out = {
@@ -227,49 +266,76 @@ def part_a(args) -> dict:
         "slide_size": args.size,
         "patch": args.patch,
         "patches": plan.samples_per_epoch,
-        "read_tasks": len(plan.epoch_groups(0)),
+        "groups": len(plan.epoch_groups(0)),
     }
+    s3 = MotoS3(slide_store(args.s3_slides, args.size)) if args.s3_slides else None  # before Ray: env inherited
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
-    ray_stream(plan)  # warm-up: worker processes start, imports
+    epochs = (0, 1, 2)
     ways = {
         "zarr_numpy_loop": lambda: plain_loop(plan),
         "read_group_in_process": lambda: in_process(plan),
         "torch_dataloader_png_2_workers": lambda: dataloader(folder),
         "ray_read_stream": lambda: ray_stream(plan),
         "ray_read_stream_1cpu_tasks": lambda: ray_stream(plan, num_cpus=1.0),
+        "ray_read_stream_one_task_per_group": lambda: ray_stream(plan, lazy=False),
+        "zarr_numpy_loop_3_epochs": lambda: plain_loop(plan, epochs),
+        "ray_read_stream_3_epochs": lambda: ray_stream(plan, epochs=epochs),
     }
+    if s3 is not None:
+        s3_plan = plan_stream(spec_for(s3.uri, args.patch))
+        out["s3_patches"] = s3_plan.samples_per_epoch
+        ways["s3_zarr_numpy_loop_3_epochs"] = lambda: plain_loop(s3_plan, epochs)
+        ways["s3_ray_read_stream_3_epochs"] = lambda: ray_stream(s3_plan, epochs=epochs)
+    ray_stream(plan)  # warm-up: worker processes start, imports
     rates: dict[str, list[float]] = {k: [] for k in ways}
     peaks: dict[str, list[float]] = {k: [] for k in ways}
     for _ in range(args.repeats):  # every way once per repeat: a change in load hits them alike
         for k, fn in ways.items():
-            with PeakPss(interval_s=0.05) as mem:
+            with PeakPss() as mem:  # 0.5 s: reading ~15 processes' smaps every 50 ms took CPU from them
                 t0 = time.perf_counter()
                 n = fn()
                 rates[k].append(n / (time.perf_counter() - t0))
             peaks[k].append(mem.peak_mib)
     ray.shutdown()
+    if s3 is not None:
+        s3.close()
     for k in ways:
         out[k] = {
             "patches_per_s": statistics.median(rates[k]),
             "runs": [round(r, 1) for r in rates[k]],
             "peak_mib": statistics.median(peaks[k]),
         }
+    loop = "plain zarr + numpy loop (1 process)"
     out["figures"] = [
         compare(
             "(a) read_stream patches/s (0.5-CPU read tasks, the training default)",
             "patches/s",
             rates["ray_read_stream"],
-            "plain zarr + numpy loop (1 process)",
+            loop,
             rates["zarr_numpy_loop"],
+        ),
+        compare(
+            "(a) read_stream patches/s, 3 epochs in one stream (as training reads it)",
+            "patches/s",
+            rates["ray_read_stream_3_epochs"],
+            "plain zarr + numpy loop over the same 3 epochs (1 process)",
+            rates["zarr_numpy_loop_3_epochs"],
         ),
         compare(
             "(a) read_stream patches/s (1-CPU read tasks)",
             "patches/s",
             rates["ray_read_stream_1cpu_tasks"],
-            "plain zarr + numpy loop (1 process)",
+            loop,
+            rates["zarr_numpy_loop"],
+        ),
+        compare(
+            "(a) read_stream patches/s, one read task per chunk group (the stream before lazy epochs)",
+            "patches/s",
+            rates["ray_read_stream_one_task_per_group"],
+            loop,
             rates["zarr_numpy_loop"],
         ),
         compare(
@@ -280,11 +346,21 @@ def part_a(args) -> dict:
             rates["torch_dataloader_png_2_workers"],
         ),
     ]
+    if s3 is not None:
+        out["figures"].append(
+            compare(
+                f"(a) read_stream patches/s from the loopback S3 server ({args.s3_slides} slides), 3 epochs",
+                "patches/s",
+                rates["s3_ray_read_stream_3_epochs"],
+                "plain zarr + numpy loop over the same S3 store and epochs (1 process)",
+                rates["s3_zarr_numpy_loop_3_epochs"],
+            )
+        )
     out["ratio_ray_vs_zarr_loop"] = out["figures"][0]["ratio"]
-    out["ratio_ray_vs_png_dataloader"] = out["figures"][2]["ratio"]
+    out["ratio_ray_vs_png_dataloader"] = out["figures"][4]["ratio"]
     for k in ways:
         print(
-            f"  {k:32s} {out[k]['patches_per_s']:9.0f} patches/s   runs {out[k]['runs']}   "
+            f"  {k:36s} {out[k]['patches_per_s']:9.0f} patches/s   runs {out[k]['runs']}   "
             f"peak PSS (tree) {out[k]['peak_mib']:.0f} MiB"
         )
     print_figures(out["figures"])
@@ -538,6 +614,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=4096, help="slide edge in pixels")
     ap.add_argument("--patch", type=int, default=256)
     ap.add_argument("--slides", type=int, default=20, help="(a) slides in the store")
+    ap.add_argument("--s3-slides", type=int, default=4, help="(a) slides copied to a loopback S3 server (0: skip)")
     ap.add_argument("--small", type=int, default=2, help="(b) slides in the small store")
     ap.add_argument("--large", type=int, default=20, help="(b) slides in the large store")
     ap.add_argument("--c-objective", default="dino", help="(c) objective to train")

@@ -88,9 +88,12 @@ BENCHMARKS = [
             "4",
             "--c-steps",
             "20",
+            "--s3-slides",
+            "1",
         ),
         ("--parts", "a", "b", "c", "--repeats", "3"),
     ),
+    Bench("planning", "planning.py", ("--slides", "500", "--repeats", "1"), ("--repeats", "3")),
     Bench(
         "objectives",
         "objectives.py",

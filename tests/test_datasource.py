@@ -175,6 +175,42 @@ def test_weighted_mix_through_ray(store):
         assert len(sources) == 400 and abs(sum(s == 0 for s in sources) / 400 - 0.75) < 0.01
 
 
+def test_lazy_epochs_give_the_rows_of_epochs_planned_up_front(store, monkeypatch):
+    """Epochs after the first are planned by the planner actor when their tasks run, each task reading a
+    share of its epoch's groups: same rows, same order, same epoch indices as the stream planned up front
+    (one task per group), although the epochs have different group counts."""
+    import pretextlab.storage.datasource as dsrc
+
+    monkeypatch.setattr(dsrc, "TASK_ROWS", 8)  # 5 tasks per epoch of 37 rows, over 7-15 groups
+    dest = str(store[0])
+    spec = StreamSpec(sources=[dest], kind="patches", patch=STREAM_PATCH, chunks_per_group=2, min_rows_per_group=1)
+    plan = plan_stream(spec.model_copy(update={"samples_per_epoch": 37, "seed": 11}))  # a sample of the refs
+    counts = [len(plan.epoch_groups(e)) for e in range(3)]
+    assert len(set(counts)) > 1 and min(counts) > 5, counts
+    lazy_ds = dsrc.ZarrStreamDatasource(plan, [0, 1, 2])
+    assert lazy_ds.num_tasks == 15 and set(lazy_ds.groups) == {0} and lazy_ds.planner is not None
+    lazy = read_stream(plan, [0, 1, 2]).take_all()
+    eager = read_stream(plan, [0, 1, 2], lazy=False).take_all()
+    key = ("epoch", "index", "item_id", "level", "x", "y")
+    assert [tuple(r[k] for k in key) for r in lazy] == [tuple(r[k] for k in key) for r in eager]
+    assert [r["index"] for r in lazy] == list(range(37)) * 3
+    expected = [(e, r.item_id, r.sample.x, r.sample.y) for e in range(3) for g in plan.epoch_groups(e) for r in g]
+    assert [(r["epoch"], r["item_id"], r["x"], r["y"]) for r in lazy] == expected
+    np.testing.assert_array_equal(lazy[-1]["image"], eager[-1]["image"])
+
+
+def test_planning_over_threads_gives_the_same_plan(store):
+    dest = str(store[0])
+    for spec in (
+        StreamSpec(sources=[dest], kind="patches", patch=STREAM_PATCH, seed=2),
+        StreamSpec(sources=[dest], kind="clips", clip={"frames": 3, "stride": 1, "size": 56}, seed=2),
+    ):
+        threads, serial = plan_stream(spec), plan_stream(spec, open_threads=1)
+        assert [s.refs for s in threads.sources] == [s.refs for s in serial.sources]
+        assert [s.chunks for s in threads.sources] == [s.chunks for s in serial.sources]
+        assert threads.epoch_groups(1) == serial.epoch_groups(1)
+
+
 @pytest.mark.parametrize("kind", ["patches", "clips"])
 def test_each_chunk_fetched_once_per_read_task(store, kind):
     dest = str(store[0])

@@ -4,8 +4,11 @@ task fetches each chunk once. Pure planning: no Ray (the Ray Data source is stor
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -30,6 +33,24 @@ MIN_GROUP_BYTES = 4 << 20
 #: a read task of image-stack rows is made of at least this many storage runs (StreamPlan._still_groups)
 STILL_RUNS_PER_TASK = 16
 _ORDER_TAG = 0x5EED  # separates the group-order stream from the per-source selection streams
+#: Items opened at once while planning: an open is 2-4 small reads (card, group and array metadata, the
+#: tissue mask), latency-bound on object storage (benchmarks/planning.py)
+OPEN_THREADS = 16
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _ordered_map(fn: Callable[[_T], _R], values: Iterable[_T], threads: int | None) -> Iterator[_R]:
+    """``map(fn, values)`` over ``threads`` threads (None: OPEN_THREADS), results in order; the first
+    failure in order is raised, as a plain loop would."""
+    values = list(values)
+    n = OPEN_THREADS if threads is None else threads
+    if n <= 1 or len(values) <= 1:
+        yield from map(fn, values)
+        return
+    with ThreadPoolExecutor(min(n, len(values)), thread_name_prefix="pretextlab-plan") as pool:
+        yield from pool.map(fn, values)
 
 
 class SourceSpec(BaseModel):
@@ -303,6 +324,45 @@ class StreamPlan:
         return [[g[j] for j in rng.permutation(len(g))] for g in (groups[k] for k in rng.permutation(len(groups)))]
 
 
+def epoch_share(groups: list[list[Ref]], part: int, parts: int) -> list[tuple[int, list[Ref]]]:
+    """Read task ``part`` of ``parts``: its contiguous share of an epoch's groups, each with the epoch index
+    of its first row."""
+    firsts = [0, *np.cumsum([len(g) for g in groups]).tolist()]
+    lo, hi = part * len(groups) // parts, (part + 1) * len(groups) // parts
+    return [(int(firsts[i]), groups[i]) for i in range(lo, hi)]
+
+
+class EpochPlanner:
+    """Plans a stream's epochs one at a time, when their read tasks ask: a run of many epochs over a large
+    catalog neither waits for nor holds every epoch's plan (benchmarks/planning.py). The next epoch is
+    planned in the background while one is read, so a new epoch's tasks rarely wait. storage.datasource
+    runs it as a Ray actor of 0 CPU, one per stream; it lives here, with no Ray, so the actor imports
+    only what planning needs."""
+
+    def __init__(self, plan: StreamPlan, first: int, keep: int = 3):
+        self.plan, self.keep = plan, keep
+        self._epochs: dict[int, Any] = {}  # epoch -> Future of its groups
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="pretextlab-epoch-planner")
+        self._future(first)
+
+    def _future(self, epoch: int) -> Any:
+        with self._lock:
+            if epoch not in self._epochs:
+                self._epochs[epoch] = self._pool.submit(self.plan.epoch_groups, epoch)
+                for old in sorted(self._epochs)[: max(0, len(self._epochs) - self.keep)]:
+                    if old != epoch:
+                        del self._epochs[old]
+            return self._epochs[epoch]
+
+    def share(self, epoch: int, part: int, parts: int, following: int | None = None) -> list[tuple[int, list[Ref]]]:
+        """Read task ``part`` of ``parts`` of ``epoch`` (:func:`epoch_share`); ``following`` is planned next."""
+        groups = self._future(epoch).result()
+        if following is not None:
+            self._future(following)
+        return epoch_share(groups, part, parts)
+
+
 def _field(index: int, name: str) -> str:
     return f"sources[{index}].{name}"
 
@@ -374,22 +434,30 @@ def _open(index: int, uri: str, item_id: str, storage_options: dict[str, Any] | 
         raise UserError(f"{_field(index, 'uri')}: {exc}") from None
 
 
-def _plan_patches(index: int, src: SourceSpec, spec: StreamSpec, storage_options: dict[str, Any] | None):
+def _plan_patches(
+    index: int,
+    src: SourceSpec,
+    spec: StreamSpec,
+    storage_options: dict[str, Any] | None,
+    open_threads: int | None = None,
+):
     rows, has_label = _catalog_rows(index, src, "patches", storage_options)
     uri = sfs.normalize(src.uri)
     plan = SourcePlan(uri, src.weight, [])
     channels: dict[int, str] = {}
     largest: list[tuple[int, int, str]] = []
-    for row in rows.itertuples(index=False):
+
+    def slide(row: Any) -> tuple[Item, int, Any, list[PatchRef]]:
         item = _open(index, uri, row.item_id, storage_options)
         try:
             level = choose_level(item, spec.patch)
         except UserError as exc:
             raise UserError(f"patch: {src.uri}: {exc}") from None
-        arr = item.level(level)
+        return item, level, item.level(level), item_patches(item, spec.patch, _label(row, has_label))
+
+    for item, level, arr, refs in _ordered_map(slide, rows.itertuples(index=False), open_threads):
         c, h, w = arr.shape
         largest.append((min(h, w), level, item.item_id))
-        refs = item_patches(item, spec.patch, _label(row, has_label))
         if refs:
             channels.setdefault(int(c), item.item_id)
             plan.chunks[(item.item_id, level)] = (int(arr.chunks[-2]), int(arr.chunks[-1]))
@@ -411,14 +479,20 @@ def _plan_patches(index: int, src: SourceSpec, spec: StreamSpec, storage_options
     return plan, (spec.patch.patch_size, spec.patch.patch_size, next(iter(channels)))
 
 
-def _plan_cine(index: int, src: SourceSpec, spec: StreamSpec, storage_options: dict[str, Any] | None):
+def _plan_cine(
+    index: int,
+    src: SourceSpec,
+    spec: StreamSpec,
+    storage_options: dict[str, Any] | None,
+    open_threads: int | None = None,
+):
     rows, has_label = _catalog_rows(index, src, spec.kind, storage_options)
     uri = sfs.normalize(src.uri)
     plan = SourcePlan(uri, src.weight, [])
     clip = spec.clip
     shapes: dict[tuple[int, ...], str] = {}
     longest = (0, "")
-    for source_id, item, arr, refs in _frame_sources(index, uri, rows, has_label, spec, storage_options):
+    for source_id, item, arr, refs in _frame_sources(index, uri, rows, has_label, spec, storage_options, open_threads):
         t, c, h, w = (int(v) for v in arr.shape)
         longest = max(longest, (t, source_id))
         if refs:
@@ -449,29 +523,45 @@ def _plan_cine(index: int, src: SourceSpec, spec: StreamSpec, storage_options: d
 
 
 def _frame_sources(
-    index: int, uri: str, rows: Any, has_label: bool, spec: StreamSpec, storage_options: dict[str, Any] | None
+    index: int,
+    uri: str,
+    rows: Any,
+    has_label: bool,
+    spec: StreamSpec,
+    storage_options: dict[str, Any] | None,
+    open_threads: int | None = None,
 ) -> Any:
     """(source id, item, (T|N, C, H, W) array, refs) per cine loop, and per split of an image stack (frames
-    only: each labelled or unlabelled image row is one frame of its stack split)."""
+    only: each labelled or unlabelled image row is one frame of its stack split). Items are opened over
+    ``open_threads`` threads, yielded in catalog order."""
     clip = spec.clip
     stacks: dict[tuple[str, str], list[tuple[int, Any]]] = {}
+    loops: list[tuple[str, Any]] = []
     for row in rows.itertuples(index=False):
         label = _label(row, has_label)
         if row.kind == "image":
             group = str(row.group)
             split = stack_split(row.item_id, group)
             stacks.setdefault((group, split), []).append((int(row.index), label))
-            continue
-        item = _open(index, uri, row.item_id, storage_options)
+        else:
+            loops.append((row.item_id, label))
+
+    def loop(entry: tuple[str, Any]) -> tuple[str, Item, Any, list[FrameRef]]:
+        item_id, label = entry
+        item = _open(index, uri, item_id, storage_options)
         arr = item.level(0)
         t = int(arr.shape[0])
         if spec.kind == "frames":
             refs = [FrameRef(item.item_id, i, 1, 1, label) for i in range(t)]
         else:
             refs = loop_refs(item.item_id, t, clip.frames, clip.stride, clip.hop or clip.span, label)
-        yield item.item_id, item, arr, refs
+        return item.item_id, item, arr, refs
+
+    yield from _ordered_map(loop, loops, open_threads)
+    groups = list(dict.fromkeys(g for g, _ in stacks))
+    opened = dict(zip(groups, _ordered_map(lambda g: _open(index, uri, g, storage_options), groups, open_threads)))
     for (group, split), members in stacks.items():
-        item = _open(index, uri, group, storage_options)
+        item = opened[group]
         source_id = f"{group}{STACK_SEP}{split}"
         arr = stack_images(item, split)
         yield source_id, item, arr, [FrameRef(source_id, i, 1, 1, label) for i, label in sorted(members)]
@@ -485,11 +575,15 @@ def stack_images(item: Item, split: str) -> Any:
         raise UserError(f"item {item.item_id}: no images array for split {split!r} (a damaged stack?)") from None
 
 
-def plan_stream(spec: StreamSpec, storage_options: dict[str, Any] | None = None) -> StreamPlan:
-    """Plan ``spec``: list every sample of every source (opening each item's metadata once)."""
+def plan_stream(
+    spec: StreamSpec, storage_options: dict[str, Any] | None = None, *, open_threads: int | None = None
+) -> StreamPlan:
+    """Plan ``spec``: list every sample of every source, opening each item's metadata once, ``open_threads``
+    items at a time (None: OPEN_THREADS; 1: one after another). The plan does not depend on it."""
     sources, shapes = [], []
     for i, src in enumerate(spec.sources):
-        plan, shape = (_plan_patches if spec.kind == "patches" else _plan_cine)(i, src, spec, storage_options)
+        planner = _plan_patches if spec.kind == "patches" else _plan_cine
+        plan, shape = planner(i, src, spec, storage_options, open_threads)
         sources.append(plan)
         shapes.append(shape)
     for i, shape in enumerate(shapes[1:], 1):
