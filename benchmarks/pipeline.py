@@ -66,18 +66,23 @@ def slide_store(n: int, size: int) -> str:
         return str(dest)
     base = _base_store(size)
     for i in range(n):
-        item = dest / "items" / f"slide-{i:02d}.zarr"
-        if item.exists():
-            continue
-        tmp = item.with_name(item.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(base / "items" / f"seed-{i % 2}.zarr", tmp)
-        meta = json.loads((tmp / "zarr.json").read_text())
-        meta["attributes"]["pretextlab"]["item_id"] = item.stem
-        (tmp / "zarr.json").write_text(json.dumps(meta))
-        tmp.rename(item)
+        copy_item(base / "items" / f"seed-{i % 2}.zarr", dest / "items" / f"slide-{i:02d}.zarr")
     rebuild_catalog(str(dest))
     return str(dest)
+
+
+def copy_item(base: Path, item: Path, ignore=None) -> None:
+    """A copy of the item folder ``base`` at ``item`` (made once), its card's item_id set to the new name;
+    ``ignore`` as shutil.copytree's."""
+    if item.exists():
+        return
+    tmp = item.with_name(item.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(base, tmp, ignore=ignore)
+    meta = json.loads((tmp / "zarr.json").read_text())
+    meta["attributes"]["pretextlab"]["item_id"] = item.stem
+    (tmp / "zarr.json").write_text(json.dumps(meta))
+    tmp.rename(item)
 
 
 def _base_store(size: int) -> Path:

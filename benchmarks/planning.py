@@ -19,8 +19,6 @@ Figures (medians of --repeats, each step in this process, one after the other):
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import statistics
 import sys
 import time
@@ -34,7 +32,7 @@ DATA = BENCH / "planning-data"
 
 def metadata_store(n: int, size: int = 2048) -> str:
     """``n`` metadata-only copies of one ingested slide (zarr.json files and the tissue mask)."""
-    from pipeline import _base_store
+    from pipeline import _base_store, copy_item
     from pretextlab.storage.catalog import rebuild_catalog
 
     dest = DATA / f"store-{n}x{size}"
@@ -48,16 +46,7 @@ def metadata_store(n: int, size: int = 2048) -> str:
 
     print(f"writing {n} metadata-only slide items into {dest} (once)", flush=True)
     for i in range(n):
-        item = dest / "items" / f"slide-{i:05d}.zarr"
-        if item.exists():
-            continue
-        tmp = item.with_name(item.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(base, tmp, ignore=keep)
-        meta = json.loads((tmp / "zarr.json").read_text())
-        meta["attributes"]["pretextlab"]["item_id"] = item.stem
-        (tmp / "zarr.json").write_text(json.dumps(meta))
-        tmp.rename(item)
+        copy_item(base, dest / "items" / f"slide-{i:05d}.zarr", ignore=keep)
     rebuild_catalog(str(dest))
     return str(dest)
 

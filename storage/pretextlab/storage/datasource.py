@@ -241,7 +241,10 @@ def read_group(
 
 
 #: Rows of one read task of a lazily planned stream (a task reads its groups one after another and emits a
-#: block per group): fewer, longer tasks than one per group pay Ray's per-task cost less often.
+#: block per group): fewer, longer tasks than one per group pay Ray's per-task cost less often. Measured
+#: (benchmarks/pipeline.py, 256 px patches): an epoch of 20 slides 4.5 s at 256 rows, 6.6 s at 128, 11.5 s
+#: at 64; the object store in use peaked at 216, 158 and 127 MiB (the cap is on queued blocks; a running
+#: task's own blocks come on top, so the peak follows the tasks in flight, not the size of the dataset).
 TASK_ROWS = 256
 #: at most this many read tasks per epoch (each costs the executor a little when the stream starts)
 MAX_TASKS_PER_EPOCH = 256
