@@ -283,9 +283,13 @@ class ZarrStreamDatasource(Datasource):
         return sum(len(self.groups[e]) if not self.lazy else self.parts for e in self.epochs)
 
     @property
-    def largest_group(self) -> int:
-        """Rows of the largest group planned here (later epochs' groups are about the same size)."""
-        return max((len(g) for groups in self.groups.values() for g in groups), default=1)
+    def largest_task(self) -> int:
+        """Rows of the largest read task planned here (later epochs' tasks are about the same size)."""
+        if not self.lazy:
+            return max((len(g) for groups in self.groups.values() for g in groups), default=1)
+        groups = self.groups[self.epochs[0]] if self.epochs else []
+        shares = (epoch_share(groups, k, self.parts) for k in range(self.parts))
+        return max((sum(len(g) for _, g in share) for share in shares), default=1)
 
     def estimate_inmemory_data_size(self) -> int | None:
         return self.plan.samples_per_epoch * self.plan.sample_bytes * len(self.epochs)
@@ -384,12 +388,13 @@ def read_stream(
     """The stream of ``plan`` over ``epochs`` (in order) as a Ray Dataset; rows ``image`` (H, W, C) or
     ``clip`` (T, H, W, C) uint8, ``item_id``, ``label`` ("" when none), ``source``, ``epoch``, ``index``.
 
-    One block per read task (no re-splitting). The dataset's context preserves block order, so the same
-    plan, seed and epochs give the same rows in the same order, and caps the object store bytes its
-    blocks may hold at ``object_store_bytes`` (Ray Data's default is half the object store), so memory
-    stays flat however large the stream and however slow the consumer. ``num_cpus`` per read task is
-    fractional so reads fit beside train workers. ``lazy``: epochs after the first are planned when
-    their first read task runs, one at a time (:class:`ZarrStreamDatasource`); same rows, same order.
+    One block per chunk group (no re-splitting); a read task reads about TASK_ROWS rows of groups. The
+    dataset's context preserves block order, so the same plan, seed and epochs give the same rows in the
+    same order, and caps the object store bytes its blocks may hold at ``object_store_bytes``, raised to
+    fit 4 read tasks' output (Ray Data's default is half the object store), so memory stays flat however
+    large the stream and however slow the consumer. ``num_cpus`` per read task is fractional so reads fit
+    beside train workers. ``lazy``: epochs after the first are planned when their first read task runs,
+    one at a time (:class:`ZarrStreamDatasource`); same rows, same order.
     """
     if isinstance(epochs, int):
         epochs = [epochs]
@@ -397,7 +402,7 @@ def read_stream(
     ds = ray.data.read_datasource(source, num_cpus=num_cpus, override_num_blocks=max(1, source.num_tasks))
     ds.context.execution_options.preserve_order = True
     if object_store_bytes is not None:
-        biggest = source.largest_group * plan.sample_bytes
+        biggest = source.largest_task * plan.sample_bytes
         _limit_object_store(ds, max(object_store_bytes, 4 * biggest))
     return ds
 
