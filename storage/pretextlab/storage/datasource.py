@@ -41,7 +41,7 @@ from pretextlab.storage.stream import (
 Opener = Callable[[str, str, "dict[str, Any] | None"], Item]
 #: Chunks fetched concurrently inside one read task (object storage is latency-bound).
 FETCH_THREADS = 8
-#: Default cap on the object-store bytes a stream's queued blocks may hold (raised to fit 4 blocks).
+#: Default cap on the object-store bytes a stream's queued blocks may hold (raised to fit 4 read tasks' output).
 STREAM_OBJECT_STORE_BYTES = 128 << 20
 
 
