@@ -32,7 +32,7 @@ from pretextlab.storage.stream import (
     EpochPlanner,
     Ref,
     StreamPlan,
-    epoch_share,
+    epoch_shares,
     stack_images,
     stack_row_id,
     stack_source,
@@ -274,7 +274,9 @@ class ZarrStreamDatasource(Datasource):
         self.planner = None
         if later:
             actor = ray.remote(num_cpus=0)(EpochPlanner)
-            self.planner = actor.remote(plan, later[0])
+            self.planner = actor.remote(plan, later[0], self.parts)
+        # the read tasks' shares of the epochs planned here: one group each (eager) or `parts` shares (lazy)
+        self.shares = {e: epoch_shares(g, self.parts if lazy else max(1, len(g))) for e, g in self.groups.items()}
         # Read tasks carry only their own refs; the plan they share is stripped of the per-source ref lists.
         self.plan = replace(plan, sources=[replace(s, refs=[], chunks={}) for s in plan.sources])
 
@@ -285,11 +287,7 @@ class ZarrStreamDatasource(Datasource):
     @property
     def largest_task(self) -> int:
         """Rows of the largest read task planned here (later epochs' tasks are about the same size)."""
-        if not self.lazy:
-            return max((len(g) for groups in self.groups.values() for g in groups), default=1)
-        groups = self.groups[self.epochs[0]] if self.epochs else []
-        shares = (epoch_share(groups, k, self.parts) for k in range(self.parts))
-        return max((sum(len(g) for _, g in share) for share in shares), default=1)
+        return max((sum(len(g) for _, g in share) for shares in self.shares.values() for share in shares), default=1)
 
     def estimate_inmemory_data_size(self) -> int | None:
         return self.plan.samples_per_epoch * self.plan.sample_bytes * len(self.epochs)
@@ -304,20 +302,15 @@ class ZarrStreamDatasource(Datasource):
             return ReadTask(read, meta, per_task_row_limit=per_task_row_limit)
 
         for i, epoch in enumerate(self.epochs):
-            if not self.lazy:  # one task per group, planned here
-                for first, group in epoch_share(self.groups[epoch], 0, 1):
-                    one = _ReadShare(plan, opts, epoch, [(first, group)])
-                    tasks.append(task(one, len(group), len(group) * plan.sample_bytes))
-                continue
-            following = next((e for e in self.epochs[i + 1 :] if e not in self.groups), None)
-            for part in range(parts):
-                if epoch in self.groups:  # planned here: the task carries its share
-                    share = epoch_share(self.groups[epoch], part, parts)
+            if epoch in self.shares:  # planned here: each task carries its share
+                for share in self.shares[epoch]:
                     nrows = sum(len(g) for _, g in share)
                     tasks.append(task(_ReadShare(plan, opts, epoch, share), nrows, nrows * plan.sample_bytes))
-                else:  # the planner gives the task its share when it runs
-                    read = _ReadShare(plan, opts, epoch, planner=self.planner, part=(part, parts), following=following)
-                    tasks.append(task(read, None, -(-plan.samples_per_epoch // parts) * plan.sample_bytes))
+                continue
+            following = next((e for e in self.epochs[i + 1 :] if e not in self.groups), None)
+            for part in range(parts):  # the planner gives each task its share when it runs
+                read = _ReadShare(plan, opts, epoch, planner=self.planner, part=part, following=following)
+                tasks.append(task(read, None, -(-plan.samples_per_epoch // parts) * plan.sample_bytes))
         return tasks
 
 
@@ -334,7 +327,7 @@ class _ReadShare:
         share: list[tuple[int, list[Ref]]] | None = None,
         *,
         planner: Any = None,
-        part: tuple[int, int] = (0, 1),
+        part: int = 0,
         following: int | None = None,
     ):
         self.plan, self.storage_options, self.epoch, self.share = plan, storage_options, epoch, share
@@ -343,7 +336,7 @@ class _ReadShare:
     def __call__(self) -> Iterable[Any]:
         share = self.share
         if share is None:
-            share = ray.get(self.planner.share.remote(self.epoch, *self.part, self.following))
+            share = ray.get(self.planner.share.remote(self.epoch, self.part, self.following))
         opener = _TaskOpener()  # an item read by several groups of the task is opened once
         for first, group in share:
             batch = read_group(self.plan, group, self.epoch, first, self.storage_options, opener)

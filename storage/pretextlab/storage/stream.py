@@ -324,12 +324,12 @@ class StreamPlan:
         return [[g[j] for j in rng.permutation(len(g))] for g in (groups[k] for k in rng.permutation(len(groups)))]
 
 
-def epoch_share(groups: list[list[Ref]], part: int, parts: int) -> list[tuple[int, list[Ref]]]:
-    """Read task ``part`` of ``parts``: its contiguous share of an epoch's groups, each with the epoch index
-    of its first row."""
+def epoch_shares(groups: list[list[Ref]], parts: int) -> list[list[tuple[int, list[Ref]]]]:
+    """An epoch's groups cut into ``parts`` contiguous read-task shares, each group with the epoch index of
+    its first row (one pass over the groups)."""
     firsts = [0, *np.cumsum([len(g) for g in groups]).tolist()]
-    lo, hi = part * len(groups) // parts, (part + 1) * len(groups) // parts
-    return [(int(firsts[i]), groups[i]) for i in range(lo, hi)]
+    n = len(groups)
+    return [[(int(firsts[i]), groups[i]) for i in range(k * n // parts, (k + 1) * n // parts)] for k in range(parts)]
 
 
 class EpochPlanner:
@@ -339,9 +339,9 @@ class EpochPlanner:
     runs it as a Ray actor of 0 CPU, one per stream; it lives here, with no Ray, so the actor imports
     only what planning needs."""
 
-    def __init__(self, plan: StreamPlan, first: int, keep: int = 3):
-        self.plan, self.keep = plan, keep
-        self._epochs: dict[int, Any] = {}  # epoch -> Future of its groups
+    def __init__(self, plan: StreamPlan, first: int, parts: int, keep: int = 3):
+        self.plan, self.parts, self.keep = plan, parts, keep
+        self._epochs: dict[int, Any] = {}  # epoch -> Future of its read-task shares
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="pretextlab-epoch-planner")
         self._future(first)
@@ -349,18 +349,21 @@ class EpochPlanner:
     def _future(self, epoch: int) -> Any:
         with self._lock:
             if epoch not in self._epochs:
-                self._epochs[epoch] = self._pool.submit(self.plan.epoch_groups, epoch)
+                self._epochs[epoch] = self._pool.submit(self._shares, epoch)
                 for old in sorted(self._epochs)[: max(0, len(self._epochs) - self.keep)]:
                     if old != epoch:
                         del self._epochs[old]
             return self._epochs[epoch]
 
-    def share(self, epoch: int, part: int, parts: int, following: int | None = None) -> list[tuple[int, list[Ref]]]:
-        """Read task ``part`` of ``parts`` of ``epoch`` (:func:`epoch_share`); ``following`` is planned next."""
-        groups = self._future(epoch).result()
+    def _shares(self, epoch: int) -> list[list[tuple[int, list[Ref]]]]:
+        return epoch_shares(self.plan.epoch_groups(epoch), self.parts)
+
+    def share(self, epoch: int, part: int, following: int | None = None) -> list[tuple[int, list[Ref]]]:
+        """Read task ``part`` of ``epoch`` (:func:`epoch_shares`); ``following`` is planned next."""
+        shares = self._future(epoch).result()
         if following is not None:
             self._future(following)
-        return epoch_share(groups, part, parts)
+        return shares[part]
 
 
 def _field(index: int, name: str) -> str:
