@@ -12,7 +12,9 @@ class ZarrOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    chunk: int = Field(512, ge=64, le=8192, description="chunk edge (pixels) of slide levels")
+    chunk: int = Field(
+        512, ge=64, le=8192, multiple_of=16, description="chunk edge (pixels) of slide levels, a multiple of 16"
+    )
     compressor: Literal["zstd", "lz4", "none", "jpeg", "jpegxl"] = Field(
         "zstd",
         description=(
@@ -36,14 +38,18 @@ class ZarrOptions(BaseModel):
     def lossy(self) -> bool:
         return self.compressor in ("jpeg", "jpegxl")
 
-    def codecs(self) -> list:
-        """Lossless Blosc compressors (bytes -> bytes); zstd when a lossy codec is chosen."""
+    def codecs(self, itemsize: int = 1) -> list:
+        """Lossless Blosc compressors (bytes -> bytes); zstd when a lossy codec is chosen.
+
+        Byte shuffle only for multi-byte samples: on uint8 it reorders nothing and measured about
+        15 % slower to encode and 40 % slower to decode.
+        """
         from zarr.codecs import BloscCodec
 
         if self.compressor == "none":
             return []
         cname: Literal["zstd", "lz4"] = "lz4" if self.compressor == "lz4" else "zstd"
-        return [BloscCodec(cname=cname, clevel=self.clevel, shuffle="shuffle")]
+        return [BloscCodec(cname=cname, clevel=self.clevel, shuffle="shuffle" if itemsize > 1 else "noshuffle")]
 
     def lossy_fits(self, chunks: tuple[int, ...], dtype: object, dims: list[str]) -> bool:
         """Whether a lossy codec applies to an array: one uint8 image of 1 or 3 channels per chunk."""
@@ -64,4 +70,6 @@ class ZarrOptions(BaseModel):
 
             register()
             return {"serializer": CODECS[self.compressor](quality=self.quality), "compressors": None}
-        return {"compressors": self.codecs()}
+        import numpy as np
+
+        return {"compressors": self.codecs(np.dtype(dtype).itemsize)}  # type: ignore[call-overload]

@@ -49,6 +49,9 @@ class SlideSource:
     mpp: float | None = None  # micrometres per pixel at level 0
     objective_power: float | None = None
     downsamples: list[float] | None = None  # per level, relative to level 0
+    #: per level, a faster way to read a band of rows than slicing the dask array (or None):
+    #: ``(y0, y1, pool) -> (rows, X, C)`` (pretextlab.storage.bands.RowReader)
+    row_readers: list[Any] | None = None
     kind: ClassVar[str] = "slide"
 
 

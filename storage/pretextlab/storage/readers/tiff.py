@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
+from concurrent.futures import Executor
 from typing import Any
 
 import dask.array as da
+import numpy as np
 import tifffile
 import tifffile.tifffile
 import zarr
@@ -76,6 +79,90 @@ def _tag_mpp(page: tifffile.TiffPage) -> float | None:
     return per_unit / res
 
 
+class TiffRows:
+    """Rows of one TIFF level, decoded tile by tile on the writer's pool (a :data:`RowReader`).
+
+    Raw tile bytes are read in file order for one row of tiles at a time, decoded by tifffile's own
+    decoder for the page (JPEG tables and colour space as tifffile applies them), and copied into the
+    band. A row of tiles that straddles two bands is decoded once and kept for the next band.
+    Pixels equal ``series.aszarr(level)``'s: the same decoder on the same bytes.
+    """
+
+    def __init__(self, page: tifffile.TiffPage) -> None:
+        kf = page.keyframe
+        self.page = page
+        self.height, self.width = int(kf.imagelength), int(kf.imagewidth)
+        self.samples = int(kf.samplesperpixel) if kf.planarconfig == 1 else 1
+        if kf.is_tiled:
+            self.th, self.tw = int(kf.tilelength), int(kf.tilewidth)
+        else:
+            self.th, self.tw = min(int(kf.rowsperstrip) or self.height, self.height), self.width
+        self.ny, self.nx = math.ceil(self.height / self.th), math.ceil(self.width / self.tw)
+        self.dtype = np.dtype(kf.dtype)
+        self.decodeargs: dict[str, Any] = {"_fullsize": bool(kf.is_tiled)}
+        if kf.compression in {6, 7, 34892, 33007}:  # JPEG flavours: as TiffPage.segments passes them
+            self.decodeargs["jpegtables"] = page.jpegtables
+            self.decodeargs["jpegheader"] = kf.jpegheader
+        self._decode = kf.decode
+        self._cached: tuple[int, list[np.ndarray | None]] | None = None
+
+    @classmethod
+    def for_page(cls, page: Any) -> TiffRows | None:
+        """A row reader for pages laid out as one grid of contiguous-sample tiles or strips, else None."""
+        if not isinstance(page, tifffile.TiffPage):
+            return None
+        kf = page.keyframe
+        if kf.planarconfig != 1 or kf.imagedepth != 1:
+            return None
+        rows = cls(page)
+        if len(page.dataoffsets) != rows.ny * rows.nx:
+            return None
+        return rows
+
+    def _tile_row(self, r: int, pool: Executor) -> list[np.ndarray | None]:
+        if self._cached is not None and self._cached[0] == r:
+            return self._cached[1]
+        fh = self.page.parent.filehandle
+        first = r * self.nx
+        raw = list(
+            fh.read_segments(
+                self.page.dataoffsets[first : first + self.nx],
+                self.page.databytecounts[first : first + self.nx],
+                indices=range(first, first + self.nx),
+                sort=True,
+                lock=fh.lock,
+                flat=True,
+            )
+        )
+
+        def decode(item: tuple[bytes | None, int]) -> tuple[int, np.ndarray | None]:
+            data, index = item
+            if data is None:
+                return index, None
+            out = self._decode(data, index, **self.decodeargs)[0]
+            return index, out
+
+        tiles: list[np.ndarray | None] = [None] * self.nx
+        for index, tile in pool.map(decode, raw):
+            tiles[index - first] = tile
+        self._cached = (r, tiles)
+        return tiles
+
+    def __call__(self, y0: int, y1: int, pool: Executor) -> np.ndarray:
+        out = np.empty((y1 - y0, self.width, self.samples), dtype=self.dtype)
+        for r in range(y0 // self.th, math.ceil(y1 / self.th)):
+            ty0 = r * self.th
+            a, b = max(y0, ty0), min(y1, ty0 + self.th)
+            for c, tile in enumerate(self._tile_row(r, pool)):
+                x0, x1 = c * self.tw, min(self.width, (c + 1) * self.tw)
+                dest = out[a - y0 : b - y0, x0:x1]
+                if tile is None:
+                    dest[...] = 0
+                else:
+                    dest[...] = tile.reshape(-1, tile.shape[-2], tile.shape[-1])[a - ty0 : b - ty0, : x1 - x0]
+        return out
+
+
 @register_reader
 class TiffReader(Reader):
     name = "tiff"
@@ -136,6 +223,7 @@ class TiffReader(Reader):
             tf.close()
             return single_frame_cine(image, info)
         levels = []
+        rows = [TiffRows.for_page(lv.pages[0] if lv.pages else None) for lv in series.levels]
         for i in range(len(series.levels)):
             arr = zarr.open(series.aszarr(level=i), mode="r")
             d = da.from_zarr(arr)
@@ -146,4 +234,6 @@ class TiffReader(Reader):
             info.warnings.append("source has no pixel size: µm/px unknown (set it before sampling by µm/px)")
         h0 = levels[0].shape[0]
         downsamples = [h0 / lv.shape[0] for lv in levels]
-        return SlideSource(levels=levels, info=info, mpp=mpp, objective_power=mag, downsamples=downsamples)
+        return SlideSource(
+            levels=levels, info=info, mpp=mpp, objective_power=mag, downsamples=downsamples, row_readers=rows
+        )
