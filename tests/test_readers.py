@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 from identity import dicom_frames, dicom_wsi_level, pil_image, tiff_levels, video_frames
 from pretextlab.storage import discover, open_item, write_item
@@ -135,3 +136,25 @@ def test_npz_stack_rows_and_labels(tmp_path):
     image, label = item.stack_image("val", int(row["index"]))
     np.testing.assert_array_equal(image[..., 0], ref["val_images"][3])
     assert row["label"] == str(int(ref["val_labels"][3, 0])) and int(label[0]) == int(ref["val_labels"][3, 0])
+
+
+def test_jpeg_tiles_are_kept_as_they_are_under_the_jpeg_codec(tmp_path):
+    """With ``compressor: jpeg`` and the chunk the size of the source's tiles, each source level's
+    JPEG tiles become its chunks unchanged: exactly tifffile's pixels, and no bigger than the source."""
+    src = syn.write_slide_tiff(tmp_path / "s.tif", 1024, 1536, tile=256, levels=2, mpp=0.25)
+    found = discover([str(src)])
+    result = write_item(found.plans[0], str(tmp_path / "store"), ZarrOptions(chunk=256, compressor="jpeg"))
+    assert result.status == "ingested", result.reason
+    item = open_item(str(tmp_path / "store"), found.plans[0].item_id)
+    ref = tiff_levels(src)
+    for i, lv in enumerate(ref):
+        np.testing.assert_array_equal(item.to_numpy(i), lv)
+        assert item.card["levels"][i]["source_jpeg"] is True
+    assert "source_jpeg" not in item.card["levels"][len(ref)]  # built here, encoded once
+    built = item.to_numpy(len(ref)).astype(np.float64)
+    expected = ref[-1].reshape(256, 2, 384, 2, 3).mean(axis=(1, 3))
+    assert np.abs(built - expected).mean() < 3.0
+    (item_dir,) = (tmp_path / "store" / "items").glob("*.zarr")
+    level0 = sum(p.stat().st_size for p in (item_dir / "0" / "c").rglob("*") if p.is_file())
+    with tifffile.TiffFile(src) as tf:
+        assert level0 <= sum(tf.series[0].levels[0].pages[0].databytecounts)

@@ -199,6 +199,19 @@ class LevelWriter:
         ]
         self._pending.append(futures)
 
+    def add_encoded(self, cy: int, chunks: list[bytes | None]) -> None:
+        """Store chunk row ``cy`` as already-encoded chunks (None: leave the chunk absent, the fill value)."""
+        assert self.writer is not None
+        while len(self._pending) >= self.window:
+            self._retire()
+        done: list[Future] = []
+        for cx, data in enumerate(chunks):
+            if data is not None:
+                f: Future = Future()
+                f.set_result((self.writer.key(cy, cx), data))
+                done.append(f)
+        self._pending.append(done)
+
     def _encode(self, band: np.ndarray, cy: int, x0: int) -> tuple[str, bytes]:
         assert self.writer is not None
         with self.clock.timed("encode"):
@@ -246,8 +259,12 @@ class PyramidWriter:
         self._next_y: list[int] = [0 for _ in arrays]
         self._halves: deque[tuple[int, Future]] = deque()
 
-    def add(self, band: np.ndarray, y0: int) -> None:
-        self._add(0, band, y0)
+    def add(self, band: np.ndarray, y0: int, stored: bool = False) -> None:
+        """Take the next band of the first level (``stored``: its chunks were stored as they came)."""
+        if stored:
+            self._halves.append((1, self.pool.submit(self._box, band)))
+        else:
+            self._add(0, band, y0)
         # take finished box means in order, one band behind, so the pool works on both at once
         while len(self._halves) > 1 or (self._halves and self._halves[0][1].done()):
             self._take_half()
@@ -314,21 +331,36 @@ def dask_rows(level: object) -> RowReader:
 
 
 def write_bands(
-    reader: RowReader, arrays: list[zarr.Array], pool: Executor, io: Executor, clock: StageClock
+    reader: RowReader,
+    arrays: list[zarr.Array],
+    pool: Executor,
+    io: Executor,
+    clock: StageClock,
+    encoded: Callable[[int], list[bytes | None]] | None = None,
 ) -> None:
     """Read ``arrays[0]``'s level from ``reader`` in bands of one chunk row and write it and its 2x levels.
 
     ``pool`` decodes, encodes and downsamples; ``io`` stores encoded bands (one thread is enough:
     a band's chunks are put concurrently), so the coordinating thread never waits on storage.
+    ``encoded``, when given, returns chunk row ``cy`` of ``arrays[0]`` already encoded (a source's
+    own JPEG tiles): those are stored as they are, and the level is decoded only if levels follow.
     """
+    if encoded is not None and ChunkWriter.for_array(arrays[0]) is None:
+        raise ValueError("encoded chunks need an array whose chunks the band writer can store")
     pyramid = PyramidWriter(arrays, pool, io, clock)
     decode_pool: Executor = _StagePool(pool, clock)  # type: ignore[assignment]  # submit/map are all readers use
     height, chunk = int(arrays[0].shape[1]), int(arrays[0].chunks[1])
     for y0 in range(0, height, chunk):
         y1 = min(height, y0 + chunk)
+        if encoded is not None:
+            with clock.timed("copy"):
+                chunks = encoded(y0 // chunk)
+            pyramid.levels[0].add_encoded(y0 // chunk, chunks)
+            if len(arrays) == 1:
+                continue
         with clock.timed("read"):  # the coordinating thread's share; decoding on the pool counts as "decode"
             band = reader(y0, y1, decode_pool)
         if band.shape[0] != y1 - y0 or band.shape[1] != arrays[0].shape[2]:
             raise ValueError(f"row reader gave {band.shape[:2]} for rows {y0}..{y1} of {arrays[0].shape[1:]}")
-        pyramid.add(band, y0)
+        pyramid.add(band, y0, stored=encoded is not None)
     pyramid.finish()

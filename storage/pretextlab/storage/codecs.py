@@ -206,23 +206,11 @@ def strip_jpeg_metadata(data: bytes) -> bytes | None:
         if not ((0xE0 <= marker <= 0xEF and marker not in _KEEP_APP) or marker == 0xFE)
     ]
     return b"".join([b"\xff\xd8", *kept, data[segments[-1][1] :]])
-    out = [b"\xff\xd8"]
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0xDA:  # start of scan: the entropy-coded data and everything after stay as they are
-            out.append(data[i:])
-            return b"".join(out)
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        if length < 2 or i + 2 + length > n:
-            return None
-        segment = data[i : i + 2 + length]
-        if not ((0xE0 <= marker <= 0xEF and marker not in _KEEP_APP) or marker == 0xFE):
-            out.append(segment)
-        i += 2 + length
-    return None
+
+
+def with_tables(tables: bytes | None, data: bytes) -> bytes:
+    """A TIFF tile's abbreviated JPEG stream made whole: the page's JPEGTables (quantisation and
+    Huffman tables, a JPEG of their own between SOI and EOI) inserted after the tile's SOI."""
+    if not tables:
+        return data
+    return tables[:-2] + data[2:]

@@ -12,7 +12,7 @@ import hashlib
 import time
 import traceback
 import warnings
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import dask
 import dask.array as da
@@ -197,6 +197,7 @@ class LevelMeta(TypedDict):
     shape: list[int]
     downsample: float
     from_source: bool
+    source_jpeg: NotRequired[bool]  # the source's JPEG tiles are the chunks, as they were
 
 
 def _level_shapes(source: SlideSource, options: ZarrOptions) -> tuple[list[tuple[int, int, int]], int]:
@@ -236,6 +237,7 @@ def _write_slide(root: zarr.Group, source: SlideSource, item_id: str, options: Z
     while len(downsamples) < len(shapes):
         downsamples.append(downsamples[-1] * 2.0)
     readers = source.row_readers or [None] * len(source.levels)
+    kept: list[bool] = []  # per source level: its JPEG tiles stored as they are
     clock = StageClock()
     t0 = time.perf_counter()
     # One pool for the whole item: tile decoding, chunk encoding and box means share the item's
@@ -245,13 +247,20 @@ def _write_slide(root: zarr.Group, source: SlideSource, item_id: str, options: Z
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="pretextlab-put") as io,
     ):
         for i in range(copied):
-            reader = readers[i] if i < len(readers) and readers[i] is not None else dask_rows(source.levels[i])
+            fast = readers[i] if i < len(readers) else None
+            reader = fast if fast is not None else dask_rows(source.levels[i])
             below = arrays[i:] if i == copied - 1 else arrays[i : i + 1]
-            write_bands(reader, below, pool, io, clock)
+            # JPEG tiles kept as they are under the jpeg codec (no decode, no second loss) where they fit
+            keep = options.compressor == "jpeg" and hasattr(fast, "jpeg_chunks") and fast.jpeg_chunks(chunk)
+            write_bands(reader, below, pool, io, clock, encoded=fast.jpeg_row if keep else None)
+            kept.append(bool(keep))
     levels_meta: list[LevelMeta] = [
         {"path": str(i), "shape": list(shape), "downsample": downsamples[i], "from_source": i < copied}
         for i, shape in enumerate(shapes)
     ]
+    for i, was_kept in enumerate(kept):
+        if was_kept:
+            levels_meta[i]["source_jpeg"] = True
     paths = [m["path"] for m in levels_meta]
     # Tissue mask on the coarsest level whose longest side is still >= 512 (level 0 for small images):
     # at most about 1,000 px a side, so it is computed in memory.

@@ -14,6 +14,7 @@ import tifffile.tifffile
 import zarr
 
 from pretextlab.modalities import get_modality, modality_for_source
+from pretextlab.storage.codecs import decode_jpeg, strip_jpeg_metadata, with_tables
 from pretextlab.storage.readers.base import (
     Modality,
     ReaderError,
@@ -119,12 +120,10 @@ class TiffRows:
             return None
         return rows
 
-    def _tile_row(self, r: int, pool: Executor) -> list[np.ndarray | None]:
-        if self._cached is not None and self._cached[0] == r:
-            return self._cached[1]
+    def _raw(self, r: int) -> list[tuple[bytes | None, int]]:
         fh = self.page.parent.filehandle
         first = r * self.nx
-        raw = list(
+        return list(
             fh.read_segments(
                 self.page.dataoffsets[first : first + self.nx],
                 self.page.databytecounts[first : first + self.nx],
@@ -134,6 +133,53 @@ class TiffRows:
                 flat=True,
             )
         )
+
+    def jpeg_chunks(self, chunk: int) -> bool:
+        """Whether this level's JPEG tiles can be stored as they are, as ``chunk``-sized chunks of the
+        ``pretextlab.jpeg`` codec: square tiles of ``chunk`` px, 8-bit, 1 or 3 samples, and the first
+        tile, made whole (:func:`with_tables`, metadata stripped), decodes by the codec's decoder to
+        exactly the pixels tifffile decodes (this catches colour-space conventions the codec's plain
+        decode would not apply, such as RGB-coded JPEG tiles)."""
+        kf = self.page.keyframe
+        if not (
+            kf.compression == 7
+            and kf.jpegheader is None
+            and self.th == self.tw == chunk
+            and self.dtype == np.uint8
+            and self.samples in (1, 3)
+        ):
+            return False
+        for r in range(self.ny):
+            for data, index in self._raw(r):
+                if data is None:
+                    continue
+                whole = self._whole(data)
+                if whole is None:
+                    return False
+                want = self._decode(data, index, **self.decodeargs)[0]
+                got = decode_jpeg(whole)
+                return bool(np.array_equal(got.reshape(want.shape), want))
+        return False
+
+    def _whole(self, data: bytes) -> bytes | None:
+        return strip_jpeg_metadata(with_tables(self.page.jpegtables, data))
+
+    def jpeg_row(self, r: int) -> list[bytes | None]:
+        """Row ``r`` of tiles as whole JPEG files (None: an empty tile), for :meth:`jpeg_chunks` levels."""
+        out: list[bytes | None] = [None] * self.nx
+        for data, index in self._raw(r):
+            if data is not None:
+                whole = self._whole(data)
+                if whole is None:
+                    raise ReaderError(f"tile {index} of a {self.width}x{self.height} level is not a readable JPEG")
+                out[index - r * self.nx] = whole
+        return out
+
+    def _tile_row(self, r: int, pool: Executor) -> list[np.ndarray | None]:
+        if self._cached is not None and self._cached[0] == r:
+            return self._cached[1]
+        first = r * self.nx
+        raw = self._raw(r)
 
         def decode(item: tuple[bytes | None, int]) -> tuple[int, np.ndarray | None]:
             data, index = item
