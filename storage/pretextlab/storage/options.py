@@ -15,14 +15,15 @@ class ZarrOptions(BaseModel):
     chunk: int = Field(
         512, ge=64, le=8192, multiple_of=16, description="chunk edge (pixels) of slide levels, a multiple of 16"
     )
-    compressor: Literal["zstd", "lz4", "none", "jpeg", "jpegxl"] = Field(
-        "zstd",
+    compressor: Literal["auto", "zstd", "lz4", "none", "jpeg", "jpegxl"] = Field(
+        "auto",
         description=(
-            "pixel codec: zstd / lz4 (Blosc, lossless), none, or lossy jpeg / jpegxl for sources that were "
-            "lossy already (uint8 images of 1 or 3 channels, one per chunk; other arrays stay zstd)"
+            "pixel codec: auto (lz4 for slide levels, zstd for everything else), zstd / lz4 (Blosc, lossless), "
+            "none, or lossy jpeg / jpegxl for sources that were lossy already (uint8 images of 1 or 3 channels, "
+            "one per chunk; other arrays stay zstd; a source's JPEG tiles and files are kept as they are)"
         ),
     )
-    clevel: int = Field(1, ge=0, le=9, description="Blosc compression level")
+    clevel: int | None = Field(None, ge=0, le=9, description="compression level (default: zstd 1, lz4 5)")
     quality: int = Field(
         90, ge=1, le=100, description="jpeg / jpegxl: encoder quality (JPEG sources: kept as they are)"
     )
@@ -33,6 +34,25 @@ class ZarrOptions(BaseModel):
     collection_file_bytes: int = Field(
         16 << 20, ge=1 << 16, description="collections: raw bytes of images per stored file (Zarr shard)"
     )
+
+    def resolved(self, kind: str) -> ZarrOptions:
+        """These options with ``auto`` made concrete for an item kind ("slide", "cine", "image",
+        "collection"): lz4 for slide levels, zstd for the rest.
+
+        Why lz4 for slides: a slide's ingest and its training stream are bound by the codec. On real
+        H&E (TCGA SVS level 0, 512 px chunks, 2 cores) Blosc-lz4 encoded 4.2x and decoded 4x faster
+        than Blosc-zstd-1 for 15 % more bytes (benchmarks/ingest.py --codecs; docs/storage.md).
+        """
+        if self.compressor != "auto":
+            return self
+        return self.model_copy(update={"compressor": "lz4" if kind == "slide" else "zstd"})
+
+    @property
+    def level(self) -> int:
+        """The compression level: ``clevel``, or 1 for zstd and 5 for Blosc-lz4 (faster than 1, same size)."""
+        if self.clevel is not None:
+            return self.clevel
+        return 5 if self.compressor == "lz4" else 1
 
     @property
     def lossy(self) -> bool:
@@ -49,7 +69,8 @@ class ZarrOptions(BaseModel):
         if self.compressor == "none":
             return []
         cname: Literal["zstd", "lz4"] = "lz4" if self.compressor == "lz4" else "zstd"
-        return [BloscCodec(cname=cname, clevel=self.clevel, shuffle="shuffle" if itemsize > 1 else "noshuffle")]
+        level = self.level if cname == self.compressor else 1
+        return [BloscCodec(cname=cname, clevel=level, shuffle="shuffle" if itemsize > 1 else "noshuffle")]
 
     def lossy_fits(self, chunks: tuple[int, ...], dtype: object, dims: list[str]) -> bool:
         """Whether a lossy codec applies to an array: one uint8 image of 1 or 3 channels per chunk."""

@@ -143,6 +143,7 @@ def _write(
     storage_options: dict[str, Any] | None,
     caught: list[warnings.WarningMessage] | None = None,
 ) -> None:
+    options = options.resolved(source.kind)
     store = sfs.zarr_store(url, storage_options=storage_options)
     card = _base_card(source, plan, checksum)
     if options.lossy:  # which arrays took the lossy codec is in each array's zarr.json
