@@ -45,6 +45,25 @@ def test_reader_levels_equal_pydicom(tmp_path, compression, offset_table):
         np.testing.assert_array_equal(lv.compute(scheduler="sync"), dicom_wsi_level(f))
 
 
+def test_band_rows_equal_the_level_and_fill_absent_tiles(tmp_path):
+    """The band writer's row reader gives the dask level's pixels in bands that cut tiles in two; a
+    tile a TILED_SPARSE level lacks reads as white, as the dask level has it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = syn.write_wsi_dicom_series(tmp_path / "s", 300, 500, tile=128, levels=1, compression="jpeg")
+    src = DicomWsiReader().open([str(f) for f in files], None)
+    rows = src.row_readers[0]
+    want = src.levels[0].compute(scheduler="sync")
+    with ThreadPoolExecutor(2) as pool:
+        got = np.concatenate([rows(y, min(300, y + 96), pool) for y in range(0, 300, 96)])
+        np.testing.assert_array_equal(got, want)
+        del rows.positions[(1, 2)]  # as if the file had no frame for tile row 1, column 2
+        rows._cached = None
+        sparse = rows(0, 300, pool)
+    want[128:256, 256:384] = 255
+    np.testing.assert_array_equal(sparse, want)
+
+
 class _Counting:
     """A file object that counts the bytes read through it."""
 

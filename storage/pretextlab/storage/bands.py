@@ -301,6 +301,41 @@ class PyramidWriter:
             lw.finish()
 
 
+class TileRows:
+    """A :data:`RowReader` over a level stored as a grid of tiles: subclasses decode one row of tiles
+    (:meth:`decode_row`, on the pool); this assembles bands, crops edge tiles, fills absent ones, and
+    keeps the last row of tiles, so a row that straddles two bands is decoded once."""
+
+    def __init__(self, height: int, width: int, th: int, tw: int, samples: int, dtype: np.dtype, fill: int = 0):
+        self.height, self.width, self.th, self.tw = height, width, th, tw
+        self.samples, self.dtype, self.fill = samples, np.dtype(dtype), fill
+        self.ny, self.nx = -(-height // th), -(-width // tw)
+        self._cached: tuple[int, list[np.ndarray | None]] | None = None
+
+    def decode_row(self, r: int, pool: Executor) -> list[np.ndarray | None]:
+        """The ``nx`` tiles of tile row ``r`` as (th, tw, samples)-shaped arrays (None: absent)."""
+        raise NotImplementedError
+
+    def _row(self, r: int, pool: Executor) -> list[np.ndarray | None]:
+        if self._cached is None or self._cached[0] != r:
+            self._cached = (r, self.decode_row(r, pool))
+        return self._cached[1]
+
+    def __call__(self, y0: int, y1: int, pool: Executor) -> np.ndarray:
+        out = np.empty((y1 - y0, self.width, self.samples), dtype=self.dtype)
+        for r in range(y0 // self.th, -(-y1 // self.th)):
+            ty0 = r * self.th
+            a, b = max(y0, ty0), min(y1, ty0 + self.th)
+            for c, tile in enumerate(self._row(r, pool)):
+                x0, x1 = c * self.tw, min(self.width, (c + 1) * self.tw)
+                dest = out[a - y0 : b - y0, x0:x1]
+                if tile is None:
+                    dest[...] = self.fill
+                else:
+                    dest[...] = tile.reshape(-1, tile.shape[-2], tile.shape[-1])[a - ty0 : b - ty0, : x1 - x0]
+        return out
+
+
 class _StagePool:
     """The pool as a row reader sees it: work it submits is timed as the "decode" stage."""
 

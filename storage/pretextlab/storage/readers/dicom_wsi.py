@@ -9,6 +9,7 @@ fall back to ``pydicom.pixels.pixel_array(path, index=i)``, which re-reads the h
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from typing import Any
 
 import dask
@@ -18,6 +19,7 @@ import pydicom
 from pydicom.pixels import pixel_array
 
 from pretextlab.modalities import modality_for_source
+from pretextlab.storage.bands import TileRows
 from pretextlab.storage.readers.base import Modality, ReaderError, SlideSource, SourceInfo
 from pretextlab.storage.readers.dicom_common import (
     VL_WSI_SOP_CLASS,
@@ -62,7 +64,33 @@ def _tile_positions(ds: pydicom.Dataset, nx: int, ny: int, tw: int, th: int) -> 
     return out
 
 
-def _level_array(path: str, ds: pydicom.Dataset) -> da.Array:
+class DicomRows(TileRows):
+    """Rows of one DICOM-WSI level for the band writer: frames decoded a row of tiles at a time on
+    the writer's pool, through the level's frame index (the same decode as the dask level's tiles)."""
+
+    def __init__(
+        self,
+        frames: FrameIndex | str,
+        positions: dict[tuple[int, int], int],
+        shape: tuple[int, int, int, int, int, int],
+        dtype: np.dtype,
+        fill: int,
+    ) -> None:
+        height, width, th, tw, channels, _ = shape
+        super().__init__(height, width, th, tw, channels, dtype, fill)
+        self.frames, self.positions = frames, positions
+
+    def decode_row(self, r: int, pool: Executor) -> list[np.ndarray | None]:
+        def decode(c: int) -> np.ndarray | None:
+            idx = self.positions.get((r, c))
+            if idx is None:
+                return None
+            return _decode_tile(self.frames, idx, self.th, self.tw, self.samples, self.dtype)
+
+        return list(pool.map(decode, range(self.nx)))
+
+
+def _level_array(path: str, ds: pydicom.Dataset) -> tuple[da.Array, DicomRows]:
     H, W = int(ds.TotalPixelMatrixRows), int(ds.TotalPixelMatrixColumns)
     th, tw = int(ds.Rows), int(ds.Columns)
     photometric = str(ds.get("PhotometricInterpretation", ""))
@@ -73,9 +101,10 @@ def _level_array(path: str, ds: pydicom.Dataset) -> da.Array:
     positions = _tile_positions(ds, nx, ny, tw, th)
     fill = np.iinfo(int_type).max  # missing sparse tiles are background (white)
     try:  # the frames' byte ranges, read once for the level; one graph node every tile task shares
-        frames: Any = dask.delayed(FrameIndex.build(path), pure=True)
+        index: FrameIndex | str = FrameIndex.build(path)
     except FrameIndexError:
-        frames = path
+        index = path
+    frames: Any = dask.delayed(index, pure=True) if isinstance(index, FrameIndex) else index
     rows = []
     for r in range(ny):
         row = []
@@ -90,7 +119,7 @@ def _level_array(path: str, ds: pydicom.Dataset) -> da.Array:
             row.append(tile)
         rows.append(row)
     grid = da.concatenate([da.concatenate(row, axis=1) for row in rows], axis=0)
-    return grid[:H, :W]
+    return grid[:H, :W], DicomRows(index, positions, (H, W, th, tw, channels, 0), dtype, int(fill))
 
 
 @register_reader
@@ -121,7 +150,7 @@ class DicomWsiReader(Reader):
         if len(series) > 1:
             raise ReaderError(f"files belong to {len(series)} different series; one slide is one series")
         headers.sort(key=lambda pd: -int(pd[1].TotalPixelMatrixColumns))
-        levels = [_level_array(p, ds) for p, ds in headers]
+        levels, row_readers = zip(*(_level_array(p, ds) for p, ds in headers), strict=True)
         base = headers[0][1]
         mpp = None
         try:
@@ -150,9 +179,10 @@ class DicomWsiReader(Reader):
             info.warnings.append("source has no objective power")
         w0 = levels[0].shape[1]
         return SlideSource(
-            levels=levels,
+            levels=list(levels),
             info=info,
             mpp=mpp,
             objective_power=power,
             downsamples=[w0 / lv.shape[1] for lv in levels],
+            row_readers=list(row_readers),
         )

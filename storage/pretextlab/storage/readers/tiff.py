@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import xml.etree.ElementTree as ET
 from concurrent.futures import Executor
 from typing import Any
@@ -14,6 +13,7 @@ import tifffile.tifffile
 import zarr
 
 from pretextlab.modalities import get_modality, modality_for_source
+from pretextlab.storage.bands import TileRows
 from pretextlab.storage.codecs import decode_jpeg, strip_jpeg_metadata, with_tables
 from pretextlab.storage.readers.base import (
     Modality,
@@ -80,32 +80,29 @@ def _tag_mpp(page: tifffile.TiffPage) -> float | None:
     return per_unit / res
 
 
-class TiffRows:
+class TiffRows(TileRows):
     """Rows of one TIFF level, decoded tile by tile on the writer's pool (a :data:`RowReader`).
 
-    Raw tile bytes are read in file order for one row of tiles at a time, decoded by tifffile's own
-    decoder for the page (JPEG tables and colour space as tifffile applies them), and copied into the
-    band. A row of tiles that straddles two bands is decoded once and kept for the next band.
-    Pixels equal ``series.aszarr(level)``'s: the same decoder on the same bytes.
+    Raw tile bytes are read in file order for one row of tiles at a time and decoded by tifffile's
+    own decoder for the page (JPEG tables and colour space as tifffile applies them). Pixels equal
+    ``series.aszarr(level)``'s: the same decoder on the same bytes. Strips are a grid one tile wide.
     """
 
     def __init__(self, page: tifffile.TiffPage) -> None:
         kf = page.keyframe
-        self.page = page
-        self.height, self.width = int(kf.imagelength), int(kf.imagewidth)
-        self.samples = int(kf.samplesperpixel) if kf.planarconfig == 1 else 1
+        height, width = int(kf.imagelength), int(kf.imagewidth)
         if kf.is_tiled:
-            self.th, self.tw = int(kf.tilelength), int(kf.tilewidth)
+            th, tw = int(kf.tilelength), int(kf.tilewidth)
         else:
-            self.th, self.tw = min(int(kf.rowsperstrip) or self.height, self.height), self.width
-        self.ny, self.nx = math.ceil(self.height / self.th), math.ceil(self.width / self.tw)
-        self.dtype = np.dtype(kf.dtype)
+            th, tw = min(int(kf.rowsperstrip) or height, height), width
+        samples = int(kf.samplesperpixel) if kf.planarconfig == 1 else 1
+        super().__init__(height, width, th, tw, samples, np.dtype(kf.dtype))
+        self.page = page
         self.decodeargs: dict[str, Any] = {"_fullsize": bool(kf.is_tiled)}
         if kf.compression in {6, 7, 34892, 33007}:  # JPEG flavours: as TiffPage.segments passes them
             self.decodeargs["jpegtables"] = page.jpegtables
             self.decodeargs["jpegheader"] = kf.jpegheader
         self._decode = kf.decode
-        self._cached: tuple[int, list[np.ndarray | None]] | None = None
 
     @classmethod
     def for_page(cls, page: Any) -> TiffRows | None:
@@ -133,6 +130,20 @@ class TiffRows:
                 flat=True,
             )
         )
+
+    def decode_row(self, r: int, pool: Executor) -> list[np.ndarray | None]:
+        first = r * self.nx
+
+        def decode(item: tuple[bytes | None, int]) -> tuple[int, np.ndarray | None]:
+            data, index = item
+            if data is None:
+                return index, None
+            return index, self._decode(data, index, **self.decodeargs)[0]
+
+        tiles: list[np.ndarray | None] = [None] * self.nx
+        for index, tile in pool.map(decode, self._raw(r)):
+            tiles[index - first] = tile
+        return tiles
 
     def jpeg_chunks(self, chunk: int) -> bool:
         """Whether this level's JPEG tiles can be stored as they are, as ``chunk``-sized chunks of the
@@ -173,39 +184,6 @@ class TiffRows:
                 if whole is None:
                     raise ReaderError(f"tile {index} of a {self.width}x{self.height} level is not a readable JPEG")
                 out[index - r * self.nx] = whole
-        return out
-
-    def _tile_row(self, r: int, pool: Executor) -> list[np.ndarray | None]:
-        if self._cached is not None and self._cached[0] == r:
-            return self._cached[1]
-        first = r * self.nx
-        raw = self._raw(r)
-
-        def decode(item: tuple[bytes | None, int]) -> tuple[int, np.ndarray | None]:
-            data, index = item
-            if data is None:
-                return index, None
-            out = self._decode(data, index, **self.decodeargs)[0]
-            return index, out
-
-        tiles: list[np.ndarray | None] = [None] * self.nx
-        for index, tile in pool.map(decode, raw):
-            tiles[index - first] = tile
-        self._cached = (r, tiles)
-        return tiles
-
-    def __call__(self, y0: int, y1: int, pool: Executor) -> np.ndarray:
-        out = np.empty((y1 - y0, self.width, self.samples), dtype=self.dtype)
-        for r in range(y0 // self.th, math.ceil(y1 / self.th)):
-            ty0 = r * self.th
-            a, b = max(y0, ty0), min(y1, ty0 + self.th)
-            for c, tile in enumerate(self._tile_row(r, pool)):
-                x0, x1 = c * self.tw, min(self.width, (c + 1) * self.tw)
-                dest = out[a - y0 : b - y0, x0:x1]
-                if tile is None:
-                    dest[...] = 0
-                else:
-                    dest[...] = tile.reshape(-1, tile.shape[-2], tile.shape[-1])[a - ty0 : b - ty0, : x1 - x0]
         return out
 
 
