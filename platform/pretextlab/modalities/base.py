@@ -8,13 +8,17 @@ how reports display it. Code elsewhere reads the record and never branches on a 
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from functools import cache
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator
 
 from pretextlab.core.registry import Registry
-from pretextlab.views.registry import RECIPES, Views, ViewSet, make_views
+
+if TYPE_CHECKING:  # the views (and torch) load on first use: ingest and catalog tools never need them
+    from pretextlab.views.registry import Views, ViewSet
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,10 @@ class Modality:
     channels: int
     #: how pixel values relate to the physics, in a phrase (reports and the recommender cite it)
     intensity: str
-    #: the augmentation set (config model + single-view function)
-    view_set: ViewSet
+    #: the augmentation set (config model + single-view function): a ViewSet, or where to find one,
+    #: ``"package.module:NAME"``, imported on first use (:meth:`views`) so that reading the registry
+    #: (ingest, catalogs) does not import torch
+    view_set: ViewSet | str
     #: what a training or evaluation sample is: slide ``patches`` or cine ``frames``
     sampling: Literal["patches", "frames"]
     #: unit of the working resolution: µm/px for slides, mm/px for frames
@@ -63,15 +69,34 @@ class Modality:
     display: Display = field(default_factory=Display)
 
     def __post_init__(self) -> None:
-        if self.view_set.channels != self.channels:
+        if not isinstance(self.view_set, str):
+            self._check(self.view_set)
+
+    def _check(self, view_set: ViewSet) -> ViewSet:
+        if view_set.channels != self.channels:
             raise ValueError(
-                f"modality {self.name}: view set {self.view_set.name!r} emits "
-                f"{self.view_set.channels} channel(s), the modality says {self.channels}"
+                f"modality {self.name}: view set {view_set.name!r} emits "
+                f"{view_set.channels} channel(s), the modality says {self.channels}"
             )
+        return view_set
+
+    def views(self) -> ViewSet:
+        """The modality's :class:`~pretextlab.views.registry.ViewSet` (imported here when named by path)."""
+        if isinstance(self.view_set, str):
+            return self._check(_load_view_set(self.view_set))
+        return self.view_set
 
     def create_views(self, recipe: str, **overrides: Any) -> Views:
         """This modality's views for ``recipe`` (see :func:`pretextlab.views.make_views`)."""
-        return make_views(self.view_set, recipe, modality=self.name, **overrides)
+        from pretextlab.views.registry import make_views
+
+        return make_views(self.views(), recipe, modality=self.name, **overrides)
+
+
+@cache
+def _load_view_set(path: str) -> ViewSet:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
 MODALITIES: Registry[Modality] = Registry("modality")
@@ -131,4 +156,6 @@ def modality_for_source(fmt: str, dicom_modality: str | None = None) -> tuple[st
 
 def list_views() -> list[tuple[str, str]]:
     """Every (modality, recipe) pair :func:`create_views` accepts."""
+    from pretextlab.views.registry import RECIPES
+
     return [(m, r) for m in MODALITIES.names() for r in RECIPES.names()]

@@ -4,7 +4,6 @@ Signal: small and local (nuclear atypia, mitoses, glands); noise: stain and scan
 """
 
 from pretextlab.modalities.base import Display, Modality, ReaderDefaults, register_modality
-from pretextlab.views.histopathology import VIEW_SET
 
 HISTOPATHOLOGY = register_modality(
     Modality(
@@ -12,7 +11,7 @@ HISTOPATHOLOGY = register_modality(
         description="H&E / IHC whole-slide images and tiles (RGB, brightfield)",
         channels=3,
         intensity="transmitted light: stain optical density (Beer-Lambert), RGB",
-        view_set=VIEW_SET,
+        view_set="pretextlab.views.histopathology:VIEW_SET",
         sampling="patches",
         resolution_unit="um",
         noise="stain",

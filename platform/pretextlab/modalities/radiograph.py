@@ -5,7 +5,6 @@ scatter. Views: pretextlab.views.radiograph.
 """
 
 from pretextlab.modalities.base import Display, Modality, ReaderDefaults, register_modality
-from pretextlab.views.radiograph import VIEW_SET
 
 RADIOGRAPH = register_modality(
     Modality(
@@ -13,7 +12,7 @@ RADIOGRAPH = register_modality(
         description="projection radiographs: DICOM CR/DX and PNG exports (grayscale)",
         channels=1,
         intensity="log of transmitted X-ray fluence (attenuation line integral)",
-        view_set=VIEW_SET,
+        view_set="pretextlab.views.radiograph:VIEW_SET",
         sampling="frames",
         resolution_unit="mm",
         noise="quantum",

@@ -5,7 +5,6 @@ speckle from the coherent imaging process.
 """
 
 from pretextlab.modalities.base import Display, Modality, ReaderDefaults, register_modality
-from pretextlab.views.ultrasound import VIEW_SET
 
 ULTRASOUND = register_modality(
     Modality(
@@ -13,7 +12,7 @@ ULTRASOUND = register_modality(
         description="B-mode ultrasound cine loops and stills (grayscale)",
         channels=1,
         intensity="log-compressed echo envelope",
-        view_set=VIEW_SET,
+        view_set="pretextlab.views.ultrasound:VIEW_SET",
         sampling="frames",
         resolution_unit="mm",
         noise="speckle",

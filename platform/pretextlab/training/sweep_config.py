@@ -368,7 +368,7 @@ def check_path(cfg: PretrainConfig, path: str, where: str) -> None:
     elif head == "views":
         if len(parts) != 2:
             raise ConfigError(f"{where}: unknown hyperparameter: views fields are one level deep (views.scale)")
-        view_cls = get_modality(cfg.modality).view_set.config
+        view_cls = get_modality(cfg.modality).views().config
         cls = get_objective_class(cfg.objective.name)
         known = set(view_cls.model_fields) | (set(CineViews.model_fields) if cls.views == "clip" else set())
         if parts[1] not in known:
