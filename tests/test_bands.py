@@ -85,3 +85,19 @@ def test_tiff_rows_equal_tifffile(tmp_path, tile):
         assert rows is not None
         got = np.concatenate([rows(y, min(700, y + 128), pool) for y in range(0, 700, 128)])
     np.testing.assert_array_equal(got, ref)
+
+
+def test_adobe_marker_is_added_once_and_switches_off_the_colour_transform():
+    import imagecodecs
+
+    from pretextlab.storage.codecs import ADOBE_RGB, decode_jpeg, jpeg_segments, with_adobe_rgb
+
+    img = np.random.default_rng(3).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    jfif = bytes(imagecodecs.jpeg8_encode(img, level=95))  # YCbCr-coded, no APP14
+    marked = with_adobe_rgb(jfif)
+    assert marked is not None and marked[2 : 2 + len(ADOBE_RGB)] == ADOBE_RGB
+    assert with_adobe_rgb(marked) == marked  # never a second APP14
+    assert [m for m, _, _ in jpeg_segments(marked)].count(0xEE) == 1
+    # the same coefficients read as RGB (no YCbCr -> RGB step) give other pixels: the marker is read
+    assert not np.array_equal(decode_jpeg(marked), decode_jpeg(jfif))
+    assert with_adobe_rgb(b"not a jpeg") is None

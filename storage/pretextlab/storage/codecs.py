@@ -214,3 +214,21 @@ def with_tables(tables: bytes | None, data: bytes) -> bytes:
     if not tables:
         return data
     return tables[:-2] + data[2:]
+
+
+#: An Adobe APP14 segment saying "no colour transform": a 3-component JPEG with it decodes as RGB
+#: as stored. TIFF says the same with PhotometricInterpretation RGB (Aperio SVS tiles), which a
+#: JPEG file on its own cannot, so kept tiles carry this marker instead.
+ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
+
+
+def with_adobe_rgb(data: bytes) -> bytes | None:
+    """``data`` with :data:`ADOBE_RGB` after its SOI, unless it has an APP14 segment already (None
+    when the header cannot be walked)."""
+    segments = jpeg_segments(data)
+    if segments is None:
+        return None
+    if any(marker == 0xEE for marker, _, _ in segments):
+        return data
+    return data[:2] + ADOBE_RGB + data[2:]
+

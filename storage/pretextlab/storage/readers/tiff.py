@@ -14,7 +14,7 @@ import zarr
 
 from pretextlab.modalities import get_modality, modality_for_source
 from pretextlab.storage.bands import TileRows
-from pretextlab.storage.codecs import decode_jpeg, strip_jpeg_metadata, with_tables
+from pretextlab.storage.codecs import decode_jpeg, strip_jpeg_metadata, with_adobe_rgb, with_tables
 from pretextlab.storage.readers.base import (
     Modality,
     ReaderError,
@@ -173,7 +173,10 @@ class TiffRows(TileRows):
         return False
 
     def _whole(self, data: bytes) -> bytes | None:
-        return strip_jpeg_metadata(with_tables(self.page.jpegtables, data))
+        whole = strip_jpeg_metadata(with_tables(self.page.jpegtables, data))
+        if whole is not None and self.samples == 3 and self.page.keyframe.photometric == 2:
+            whole = with_adobe_rgb(whole)  # RGB-coded tiles (Aperio): no YCbCr conversion on decode
+        return whole
 
     def jpeg_row(self, r: int) -> list[bytes | None]:
         """Row ``r`` of tiles as whole JPEG files (None: an empty tile), for :meth:`jpeg_chunks` levels."""
