@@ -93,7 +93,10 @@ def test_adobe_marker_is_added_once_and_switches_off_the_colour_transform():
     from pretextlab.storage.codecs import ADOBE_RGB, decode_jpeg, jpeg_segments, with_adobe_rgb
 
     img = np.random.default_rng(3).integers(0, 256, (32, 48, 3), dtype=np.uint8)
-    jfif = bytes(imagecodecs.jpeg8_encode(img, level=95))  # YCbCr-coded, no APP14
+    coded = bytes(imagecodecs.jpeg8_encode(img, level=95))  # YCbCr-coded, no APP14
+    # as in a TIFF tile: no JFIF APP0 either (libjpeg reads JFIF as "YCbCr", before any APP14)
+    (_, a, b) = next(seg for seg in jpeg_segments(coded) if seg[0] == 0xE0)
+    jfif = coded[:a] + coded[b:]
     marked = with_adobe_rgb(jfif)
     assert marked is not None and marked[2 : 2 + len(ADOBE_RGB)] == ADOBE_RGB
     assert with_adobe_rgb(marked) == marked  # never a second APP14
