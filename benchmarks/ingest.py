@@ -206,7 +206,9 @@ def main() -> None:
     for codec in codecs:
         label = f"ingest write_item {args.size}^2 RGB, codec {codec} (all levels + mask), level-0 MB/s"
         figures.append(compare(label, "MB/s", rate(codec), "tifffile raw decode of level 0", rate("tifffile")))
-        figures.append(compare(label, "MB/s", rate(codec), "ngff-zarr to_ngff_zarr (same codec as auto)", rate("ngff-zarr")))
+        figures.append(
+            compare(label, "MB/s", rate(codec), "ngff-zarr to_ngff_zarr (same codec as auto)", rate("ngff-zarr"))
+        )
         figures.append(
             compare(
                 f"ingest write_item {args.size}^2, codec {codec}, peak PSS",

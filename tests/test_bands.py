@@ -104,3 +104,31 @@ def test_adobe_marker_is_added_once_and_switches_off_the_colour_transform():
     # the same coefficients read as RGB (no YCbCr -> RGB step) give other pixels: the marker is read
     assert not np.array_equal(decode_jpeg(marked), decode_jpeg(jfif))
     assert with_adobe_rgb(b"not a jpeg") is None
+
+
+def test_levels_below_take_their_own_chunk_size(tmp_path):
+    """A first level chunked at its source's tile size (80 px) feeds levels chunked at 128: bands are
+    re-cut to each level's chunk rows, and the pixels are still the dask pyramid's."""
+    rng = np.random.default_rng(4)
+    h, w = 777, 530
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    shapes = [(3, h, w), (3, h // 2, w // 2), (3, h // 4, w // 4), (3, h // 8, w // 8)]
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
+    codecs = [BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")]
+    arrays = [
+        root.create_array(
+            str(i),
+            shape=s,
+            chunks=(3, 80 if i == 0 else 128, 80 if i == 0 else 128),
+            dtype=np.uint8,
+            compressors=codecs,
+            fill_value=0,
+        )
+        for i, s in enumerate(shapes)
+    ]
+    with ThreadPoolExecutor(2) as pool, ThreadPoolExecutor(1) as io:
+        write_bands(dask_rows(da.from_array(img, chunks=(100, 100, 3))), arrays, pool, io, StageClock())
+    want = da.from_array(np.ascontiguousarray(img.transpose(2, 0, 1)), chunks=(3, 128, 128))
+    for i in range(len(shapes)):
+        np.testing.assert_array_equal(arrays[i][:], want.compute(), err_msg=f"level {i}")
+        want = downsample2(want, 128)

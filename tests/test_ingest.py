@@ -203,14 +203,20 @@ def test_cli_usage_errors_exit_2_one_line(args, needle, tmp_path):
     assert len(error_lines) == 1, out.stderr
 
 
-def test_slide_levels_with_the_jpeg_codec_read_back_close_and_smaller(ray_session, sample, tmp_path):
+def test_slide_levels_with_the_jpeg_codec_keep_source_tiles_and_read_back_smaller(ray_session, sample, tmp_path):
     lossless = ingest([sample / "slides" / "a.tif"], tmp_path / "zstd")
     lossy = ingest([sample / "slides" / "a.tif"], tmp_path / "jpeg", zarr={"compressor": "jpeg", "quality": 90})
     assert lossless.ok and lossy.ok, lossy.render()
     a, b = open_item(str(tmp_path / "zstd"), "a"), open_item(str(tmp_path / "jpeg"), "a")
     assert b.card["codec"]["name"] == "jpeg" and b.card["codec"]["lossless"] is False and "codec" not in a.card
-    ref, got = np.asarray(a.level(0)[:]).astype(int), np.asarray(b.level(0)[:]).astype(int)
-    assert got.shape == ref.shape and 0 < np.abs(got - ref).mean() < 3.0  # lossy, but close
+    # the source's JPEG tiles (256 px) are kept as level 0's and level 1's chunks: exact, at the tile size
+    np.testing.assert_array_equal(np.asarray(b.level(0)[:]), np.asarray(a.level(0)[:]))
+    assert b.level(0).chunks == (3, 256, 256) and b.card["levels"][1]["source_jpeg"] is True
+    # a level built here is encoded once at the quality: lossy, but close
+    last = b.num_levels - 1
+    assert "source_jpeg" not in b.card["levels"][last] and b.level(last).chunks == (3, 512, 512)
+    ref, got = np.asarray(a.level(last)[:]).astype(int), np.asarray(b.level(last)[:]).astype(int)
+    assert got.shape == ref.shape and 0 < np.abs(got - ref).mean() < 3.0
     # the mask is not an image: stored lossless (zstd), though computed from the lossy pyramid levels
     assert "jpeg" not in json.dumps(b.group["tissue_mask"].metadata.to_dict()["codecs"])
     assert "pretextlab.jpeg" in json.dumps(b.level(0).metadata.to_dict()["codecs"])

@@ -139,21 +139,28 @@ def test_npz_stack_rows_and_labels(tmp_path):
 
 
 def test_jpeg_tiles_are_kept_as_they_are_under_the_jpeg_codec(tmp_path):
-    """With ``compressor: jpeg`` and the chunk the size of the source's tiles, each source level's
-    JPEG tiles become its chunks unchanged: exactly tifffile's pixels, and no bigger than the source."""
+    """With ``compressor: jpeg`` each source level's JPEG tiles become its chunks unchanged, at the
+    tile size (256 px here, the levels built below at zarr.chunk, 128): exactly tifffile's pixels,
+    and no bigger than the source."""
     src = syn.write_slide_tiff(tmp_path / "s.tif", 1024, 1536, tile=256, levels=2, mpp=0.25)
     found = discover([str(src)])
-    result = write_item(found.plans[0], str(tmp_path / "store"), ZarrOptions(chunk=256, compressor="jpeg"))
+    options = ZarrOptions(chunk=128, compressor="jpeg", min_level_size=128)
+    result = write_item(found.plans[0], str(tmp_path / "store"), options)
     assert result.status == "ingested", result.reason
     item = open_item(str(tmp_path / "store"), found.plans[0].item_id)
     ref = tiff_levels(src)
     for i, lv in enumerate(ref):
         np.testing.assert_array_equal(item.to_numpy(i), lv)
         assert item.card["levels"][i]["source_jpeg"] is True
+        assert item.level(i).chunks == (3, 256, 256)
     assert "source_jpeg" not in item.card["levels"][len(ref)]  # built here, encoded once
+    assert [item.level(i).shape[1] for i in range(item.num_levels)] == [1024, 512, 256, 128, 64]
     built = item.to_numpy(len(ref)).astype(np.float64)
     expected = ref[-1].reshape(256, 2, 384, 2, 3).mean(axis=(1, 3))
     assert np.abs(built - expected).mean() < 3.0
+    assert item.level(len(ref)).chunks == (3, 128, 128)
+    below = item.to_numpy(len(ref) + 1).astype(np.float64)  # built from a band of the level above
+    assert np.abs(below - expected.reshape(128, 2, 192, 2, 3).mean(axis=(1, 3))).mean() < 3.0
     (item_dir,) = (tmp_path / "store" / "items").glob("*.zarr")
     level0 = sum(p.stat().st_size for p in (item_dir / "0" / "c").rglob("*") if p.is_file())
     with tifffile.TiffFile(src) as tf:

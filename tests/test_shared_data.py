@@ -63,18 +63,18 @@ def test_svs_physical_metadata(store, shared_data):
 
 
 def test_aperio_jpeg_tiles_kept_identical(shared_data, tmp_path):
-    """An Aperio SVS (RGB-coded JPEG tiles of 240 px, shared JPEGTables) under the jpeg codec with the
-    chunk at the tile size: the tiles become the chunks (tables merged, an Adobe no-transform marker
-    added) and decode to exactly tifffile's pixels."""
+    """An Aperio SVS (RGB-coded JPEG tiles of 240 px, shared JPEGTables) under the jpeg codec: the
+    tiles become the chunks at their own size (tables merged, an Adobe no-transform marker added) and
+    decode to exactly tifffile's pixels."""
     from pretextlab.storage import discover, write_item
     from pretextlab.storage.options import ZarrOptions
 
     src = shared_data / "wsi-svs/CMU-1-Small-Region.svs"
     plan = discover([str(src)]).plans[0]
-    res = write_item(plan, str(tmp_path / "s"), ZarrOptions(compressor="jpeg", chunk=240))
+    res = write_item(plan, str(tmp_path / "s"), ZarrOptions(compressor="jpeg"))
     assert res.status == "ingested", res.reason
     item = open_item(str(tmp_path / "s"), plan.item_id)
-    assert item.card["levels"][0].get("source_jpeg") is True
+    assert item.card["levels"][0].get("source_jpeg") is True and item.level(0).chunks == (3, 240, 240)
     np.testing.assert_array_equal(item.to_numpy(0), tiff_levels(src)[0])
 
 

@@ -96,7 +96,8 @@ class Modality:
 @cache
 def _load_view_set(path: str) -> ViewSet:
     module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    view_set: ViewSet = getattr(importlib.import_module(module), name)
+    return view_set
 
 
 MODALITIES: Registry[Modality] = Registry("modality")

@@ -23,7 +23,7 @@ import asyncio
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,12 +67,12 @@ def box2_hwc(band: np.ndarray) -> np.ndarray:
     b = band[:h, :w]
     if np.issubdtype(band.dtype, np.integer):
         wide = np.uint16 if band.dtype.itemsize == 1 else np.uint32 if band.dtype.itemsize == 2 else np.uint64
-        rows = b[0::2].astype(wide)
-        rows += b[1::2]
+        rows: np.ndarray = b[0::2].astype(wide)
+        np.add(rows, b[1::2], out=rows)
         acc = rows[:, 0::2]
-        acc += rows[:, 1::2]
-        acc += 2
-        acc //= 4
+        np.add(acc, rows[:, 1::2], out=acc)
+        np.add(acc, 2, out=acc)
+        np.floor_divide(acc, 4, out=acc)
         return acc.astype(band.dtype)
     # floats: the same order of additions as _box2, so the sums round the same way
     return ((b[0::2, 0::2] + b[1::2, 0::2] + b[0::2, 1::2] + b[1::2, 1::2]) / 4).astype(band.dtype)
@@ -193,10 +193,7 @@ class LevelWriter:
                 self.arr[:, y0 : y0 + band.shape[0], :] = np.ascontiguousarray(band.transpose(2, 0, 1))
             return
         cy = y0 // self.chunk
-        futures = [
-            self.pool.submit(self._encode, band, cy, x0)
-            for x0 in range(0, band.shape[1], self.chunk)
-        ]
+        futures = [self.pool.submit(self._encode, band, cy, x0) for x0 in range(0, band.shape[1], self.chunk)]
         self._pending.append(futures)
 
     def add_encoded(self, cy: int, chunks: list[bytes | None]) -> None:
@@ -253,7 +250,6 @@ class PyramidWriter:
         self.levels = [LevelWriter(a, pool, io, clock, window) for a in arrays]
         self.pool = pool
         self.clock = clock
-        self.chunk = int(arrays[0].chunks[1])
         # per level below the first: rows gathered so far for its next band, and where that band starts
         self._parts: list[list[np.ndarray]] = [[] for _ in arrays]
         self._next_y: list[int] = [0 for _ in arrays]
@@ -281,18 +277,23 @@ class PyramidWriter:
             return box2_hwc(band)
 
     def _take_half(self) -> None:
+        """Add the oldest finished box mean to its level; every full chunk row of that level (the
+        levels' chunks may differ) becomes a band, and so does what is left at the level's end."""
         level, fut = self._halves.popleft()
-        half = fut.result()
         parts = self._parts[level]
-        parts.append(half)
+        parts.append(fut.result())
         rows = sum(p.shape[0] for p in parts)
-        target = self.levels[level].arr.shape[1]
-        if rows >= self.chunk or self._next_y[level] + rows >= target:
-            band = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-            parts.clear()
+        target, chunk = self.levels[level].arr.shape[1], self.levels[level].chunk
+        while rows and (rows >= chunk or self._next_y[level] + rows >= target):
+            pending = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
             y0 = self._next_y[level]
-            self._next_y[level] += band.shape[0]
-            self._add(level, band[: target - y0], y0)
+            take = min(chunk, rows, target - y0)
+            parts.clear()
+            if take < rows and y0 + take < target:
+                parts.append(pending[take:])
+            self._next_y[level] += take
+            rows = sum(p.shape[0] for p in parts)
+            self._add(level, pending[:take], y0)
 
     def finish(self) -> None:
         while self._halves:
@@ -352,8 +353,8 @@ class _StagePool:
     def submit(self, fn: Callable, /, *args: object, **kwargs: object) -> Future:
         return self._pool.submit(self._timed(fn), *args, **kwargs)
 
-    def map(self, fn: Callable, *iterables: object, **kwargs: object) -> Iterator:
-        return self._pool.map(self._timed(fn), *iterables, **kwargs)  # type: ignore[call-overload]
+    def map(self, fn: Callable, *iterables: Iterable) -> Iterator:
+        return self._pool.map(self._timed(fn), *iterables)
 
 
 def dask_rows(level: object) -> RowReader:

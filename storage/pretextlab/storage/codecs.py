@@ -231,4 +231,3 @@ def with_adobe_rgb(data: bytes) -> bytes | None:
     if any(marker == 0xEE for marker, _, _ in segments):
         return data
     return data[:2] + ADOBE_RGB + data[2:]
-

@@ -31,7 +31,7 @@ from pretextlab.storage.layout import (
     read_card,
 )
 from pretextlab.storage.options import ZarrOptions
-from pretextlab.storage.pyramid import downsample2, tissue_mask
+from pretextlab.storage.pyramid import tissue_mask
 from pretextlab.storage.readers import (
     CineSource,
     ReaderError,
@@ -230,15 +230,22 @@ def _write_slide(root: zarr.Group, source: SlideSource, item_id: str, options: Z
     shapes, copied = _level_shapes(source, options)
     src_ds = source.downsamples or [1.0] * len(source.levels)
     dtype = np.dtype(source.levels[0].dtype)
+    readers = list(source.row_readers or [])
+    readers += [None] * (len(source.levels) - len(readers))
+    # Under the jpeg codec a source level's JPEG tiles are kept as they are where they can be: the
+    # level's chunks are then its tiles (240 px for Aperio SVS), whatever zarr.chunk says.
+    kept: list[int | None] = [
+        readers[i].jpeg_tile() if options.compressor == "jpeg" and hasattr(readers[i], "jpeg_tile") else None
+        for i in range(copied)
+    ]
     arrays = [
-        _create(root, str(i), shape, (shape[0], chunk, chunk), dtype, ["c", "y", "x"], options)
+        _create(root, str(i), shape, (shape[0], edge, edge), dtype, ["c", "y", "x"], options)
         for i, shape in enumerate(shapes)
+        for edge in [(kept[i] if i < copied else None) or chunk]
     ]
     downsamples = [float(d) for d in src_ds[:copied]]
     while len(downsamples) < len(shapes):
         downsamples.append(downsamples[-1] * 2.0)
-    readers = source.row_readers or [None] * len(source.levels)
-    kept: list[bool] = []  # per source level: its JPEG tiles stored as they are
     clock = StageClock()
     t0 = time.perf_counter()
     # One pool for the whole item: tile decoding, chunk encoding and box means share the item's
@@ -248,19 +255,16 @@ def _write_slide(root: zarr.Group, source: SlideSource, item_id: str, options: Z
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="pretextlab-put") as io,
     ):
         for i in range(copied):
-            fast = readers[i] if i < len(readers) else None
+            fast = readers[i]
             reader = fast if fast is not None else dask_rows(source.levels[i])
             below = arrays[i:] if i == copied - 1 else arrays[i : i + 1]
-            # JPEG tiles kept as they are under the jpeg codec (no decode, no second loss) where they fit
-            keep = options.compressor == "jpeg" and hasattr(fast, "jpeg_chunks") and fast.jpeg_chunks(chunk)
-            write_bands(reader, below, pool, io, clock, encoded=fast.jpeg_row if keep else None)
-            kept.append(bool(keep))
+            write_bands(reader, below, pool, io, clock, encoded=fast.jpeg_row if kept[i] else None)
     levels_meta: list[LevelMeta] = [
         {"path": str(i), "shape": list(shape), "downsample": downsamples[i], "from_source": i < copied}
         for i, shape in enumerate(shapes)
     ]
-    for i, was_kept in enumerate(kept):
-        if was_kept:
+    for i, tile in enumerate(kept):
+        if tile:
             levels_meta[i]["source_jpeg"] = True
     paths = [m["path"] for m in levels_meta]
     # Tissue mask on the coarsest level whose longest side is still >= 512 (level 0 for small images):

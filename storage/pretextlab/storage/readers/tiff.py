@@ -121,7 +121,7 @@ class TiffRows(TileRows):
         fh = self.page.parent.filehandle
         first = r * self.nx
         return list(
-            fh.read_segments(
+            fh.read_segments(  # type: ignore[arg-type]  # flat=True: an iterator of (bytes, index)
                 self.page.dataoffsets[first : first + self.nx],
                 self.page.databytecounts[first : first + self.nx],
                 indices=range(first, first + self.nx),
@@ -145,32 +145,36 @@ class TiffRows(TileRows):
             tiles[index - first] = tile
         return tiles
 
-    def jpeg_chunks(self, chunk: int) -> bool:
-        """Whether this level's JPEG tiles can be stored as they are, as ``chunk``-sized chunks of the
-        ``pretextlab.jpeg`` codec: square tiles of ``chunk`` px, 8-bit, 1 or 3 samples, and the first
-        tile, made whole (:func:`with_tables`, metadata stripped), decodes by the codec's decoder to
-        exactly the pixels tifffile decodes (this catches colour-space conventions the codec's plain
-        decode would not apply, such as RGB-coded JPEG tiles)."""
+    def jpeg_tile(self) -> int | None:
+        """The tile edge when this level's JPEG tiles can be stored as they are, as chunks of the
+        ``pretextlab.jpeg`` codec; else None. That takes square 8-bit tiles of 1 or 3 samples, and the
+        first tile, made whole (:func:`with_tables`, metadata stripped, an Adobe no-transform marker
+        for RGB-coded tiles), must decode by the codec's plain decoder to exactly the pixels tifffile
+        decodes (this catches colour conventions a JPEG file cannot carry on its own)."""
         kf = self.page.keyframe
         if not (
-            kf.compression == 7
+            kf.is_tiled
+            and kf.compression == 7
             and kf.jpegheader is None
-            and self.th == self.tw == chunk
+            and self.th == self.tw
+            and self.th % 16 == 0
             and self.dtype == np.uint8
             and self.samples in (1, 3)
         ):
-            return False
+            return None
         for r in range(self.ny):
             for data, index in self._raw(r):
                 if data is None:
                     continue
                 whole = self._whole(data)
                 if whole is None:
-                    return False
+                    return None
                 want = self._decode(data, index, **self.decodeargs)[0]
+                if want is None:
+                    return None
                 got = decode_jpeg(whole)
-                return bool(np.array_equal(got.reshape(want.shape), want))
-        return False
+                return self.th if np.array_equal(got.reshape(want.shape), want) else None
+        return None
 
     def _whole(self, data: bytes) -> bytes | None:
         whole = strip_jpeg_metadata(with_tables(self.page.jpegtables, data))
@@ -179,7 +183,7 @@ class TiffRows(TileRows):
         return whole
 
     def jpeg_row(self, r: int) -> list[bytes | None]:
-        """Row ``r`` of tiles as whole JPEG files (None: an empty tile), for :meth:`jpeg_chunks` levels."""
+        """Row ``r`` of tiles as whole JPEG files (None: an empty tile), for :meth:`jpeg_tile` levels."""
         out: list[bytes | None] = [None] * self.nx
         for data, index in self._raw(r):
             if data is not None:
