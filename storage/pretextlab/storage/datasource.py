@@ -102,8 +102,10 @@ def _frame(r: Ref) -> FrameRef:
     return r.sample
 
 
-def _patch_pixels(refs: list[Ref], arrays: dict[tuple, Any]) -> list[np.ndarray]:
-    """Each patch cut from its chunks; every chunk any patch touches is fetched exactly once."""
+def _patch_pixels(refs: list[Ref], arrays: dict[tuple, Any]) -> np.ndarray:
+    """The patches (N, S, S, C), each cut from its chunks; every chunk any patch touches is fetched
+    exactly once. Chunks stay (C, y, x) as Zarr returns them: each patch's part is copied once,
+    transposed, straight into the batch (no whole-chunk transpose, no stacking copy)."""
 
     def chunk_box(src: int, item_id: str, level: int, cy: int, cx: int) -> tuple[int, int, int, int]:
         arr = arrays[(src, item_id, level)]
@@ -123,23 +125,23 @@ def _patch_pixels(refs: list[Ref], arrays: dict[tuple, Any]) -> list[np.ndarray]
     def fetch(key: tuple) -> Callable[[], np.ndarray]:
         y0, y1, x0, x1 = chunk_box(*key)
         arr = arrays[key[:3]]
-        return lambda: np.ascontiguousarray(arr[:, y0:y1, x0:x1].transpose(1, 2, 0))
+        return lambda: np.asarray(arr[:, y0:y1, x0:x1])
 
     needed = {k for r in refs for k in touched(r)}
     chunks = _fetch_all({k: fetch(k) for k in sorted(needed)})
-    out = []
-    for r in refs:
+    out: np.ndarray | None = None
+    for i, r in enumerate(refs):
         s = _patch(r)
-        patch = None
         for key in touched(r):
             y0, y1, x0, x1 = chunk_box(*key)
             block = chunks[key]
-            if patch is None:
-                patch = np.empty((s.size, s.size, block.shape[-1]), dtype=block.dtype)
+            if out is None:
+                out = np.empty((len(refs), s.size, s.size, block.shape[0]), dtype=block.dtype)
             ya, yb, xa, xb = max(s.y, y0), min(s.y + s.size, y1), max(s.x, x0), min(s.x + s.size, x1)
-            patch[ya - s.y : yb - s.y, xa - s.x : xb - s.x] = block[ya - y0 : yb - y0, xa - x0 : xb - x0]
-        assert patch is not None  # a patch touches at least one chunk
-        out.append(patch)
+            out[i, ya - s.y : yb - s.y, xa - s.x : xb - s.x] = block[:, ya - y0 : yb - y0, xa - x0 : xb - x0].transpose(
+                1, 2, 0
+            )
+    assert out is not None  # a group has at least one patch, and a patch touches at least one chunk
     return out
 
 
@@ -208,7 +210,7 @@ def read_group(
             )
     batch: dict[str, np.ndarray] = {}
     if plan.kind == "patches":
-        batch["image"] = np.stack(_patch_pixels(group, arrays))
+        batch["image"] = _patch_pixels(group, arrays)
     else:
         clip = plan.spec.clip
         scales = {(i, item): sc for i, src in enumerate(plan.sources) for item, sc in src.scales.items()}
