@@ -381,9 +381,9 @@ def write_bands(
     ``encoded``, when given, returns chunk row ``cy`` of ``arrays[0]`` already encoded (a source's
     own JPEG tiles): those are stored as they are, and the level is decoded only if levels follow.
     """
-    if encoded is not None and ChunkWriter.for_array(arrays[0]) is None:
-        raise ValueError("encoded chunks need an array whose chunks the band writer can store")
     pyramid = PyramidWriter(arrays, pool, io, clock)
+    if encoded is not None and pyramid.levels[0].writer is None:
+        raise ValueError("encoded chunks need an array whose chunks the band writer can store")
     decode_pool: Executor = _StagePool(pool, clock)  # type: ignore[assignment]  # submit/map are all readers use
     height, chunk = int(arrays[0].shape[1]), int(arrays[0].chunks[1])
     for y0 in range(0, height, chunk):
