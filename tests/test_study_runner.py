@@ -16,13 +16,15 @@ from test_study import ARMS, BACKBONE, EVALUATE, SHARED, _us_store
 
 
 def _kill_first_cell_runner(done: threading.Event, timeout_s: float = 300) -> int | None:
-    """SIGKILL the first CellRunner actor process of this test's Ray cluster (Ray names actor processes
-    ``ray::CellRunner...``); returns its pid, or None if none appeared before ``done``."""
+    """SIGKILL the first CellRunner actor process of this test's Ray cluster while it runs a cell (Ray
+    titles an actor's process ``ray::CellRunner.run`` during that method); returns its pid, or None if
+    none ran a cell before ``done``. A process killed earlier, in ``ray::CellRunner.__init__``, is one
+    Ray restarts (actor creation is retried), so its cell would complete and nothing would be tested."""
     deadline = time.time() + timeout_s
     while time.time() < deadline and not done.is_set():
         for p in psutil.Process().children(recursive=True):
             try:
-                if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::CellRunner"):
+                if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::CellRunner.run"):
                     p.kill()
                     return p.pid
             except psutil.Error:

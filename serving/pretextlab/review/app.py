@@ -480,10 +480,10 @@ def create_app(settings: ReviewSettings | None = None) -> FastAPI:
                 media_type="text/csv; charset=utf-8",
                 headers={"Content-Disposition": 'attachment; filename="answers.csv"'},
             )
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
+        from pretextlab.storage.catalog import parquet_bytes
+
         return Response(
-            buf.getvalue(),
+            parquet_bytes(df),
             media_type="application/vnd.apache.parquet",
             headers={"Content-Disposition": 'attachment; filename="answers.parquet"'},
         )
@@ -551,4 +551,6 @@ def read_export(data: bytes, fmt: str) -> pd.DataFrame:
     """Parse an export download (tests, scripts)."""
     import pandas as pd
 
-    return pd.read_csv(io.BytesIO(data)) if fmt == "csv" else pd.read_parquet(io.BytesIO(data))
+    from pretextlab.storage.catalog import parquet_frame
+
+    return pd.read_csv(io.BytesIO(data)) if fmt == "csv" else parquet_frame(data)

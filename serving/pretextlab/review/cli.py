@@ -163,8 +163,6 @@ def run(args: argparse.Namespace) -> int:
             state = " (revoked)" if row["revoked"] else ""
             print(f"{row['reviewer']}  {row['label']:<30} {row['answered']:>5} / {row['total']}{state}")
     elif args.action == "report":
-        import io
-
         from pretextlab.review.analysis import analyse, render_text
         from pretextlab.review.localisation import roi_scores
         from pretextlab.review.spec import ReviewSpec
@@ -179,9 +177,9 @@ def run(args: argparse.Namespace) -> int:
         if args.csv:
             _write(args.csv, df.to_csv(index=False).encode())
         if args.parquet:
-            buf = io.BytesIO()
-            df.to_parquet(buf, index=False)
-            _write(args.parquet, buf.getvalue())
+            from pretextlab.storage.catalog import parquet_bytes
+
+            _write(args.parquet, parquet_bytes(df))
         if stored.study is not None:
             from pretextlab.review.study import write_study_section
 
