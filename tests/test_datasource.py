@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from ray.data.block import BlockAccessor
 from zarr.storage import LocalStore, WrapperStore
 
 from pretextlab.jobs.ingest import IngestConfig, run_ingest
@@ -254,6 +255,61 @@ def test_each_chunk_fetched_once_per_read_task(store, kind):
             batch["image"][-1], open_item(dest, r.item_id).read_region(r.level, r.x, r.y, 96, 96)
         )
     assert first == plan.samples_per_epoch and len(groups) > 1
+
+
+class MetadataCountingStore(WrapperStore):
+    """A store that counts GETs of Zarr metadata documents (``zarr.json``) by key."""
+
+    def __init__(self, store, counts: Counter):
+        super().__init__(store)
+        self.counts = counts
+
+    async def get(self, key, prototype, byte_range=None):
+        if key.endswith("zarr.json"):
+            self.counts[key] += 1
+        return await self._store.get(key, prototype, byte_range)
+
+
+def test_a_stream_opens_each_item_and_array_once_per_worker_process(store):
+    """Read tasks of one stream that run in the same process share opened items and their arrays (an
+    open is 3 requests on object storage, an array's metadata one more); another stream opens afresh;
+    the rows are those read_group gives with a fresh open per group."""
+    from pretextlab.storage import datasource as dsrc
+
+    dest = str(store[0])
+    spec = StreamSpec(sources=[dest], kind="patches", patch=STREAM_PATCH, chunks_per_group=2, min_rows_per_group=1)
+    plan = plan_stream(spec.model_copy(update={"samples_per_epoch": 3 * plan_stream(spec).samples_per_epoch}))
+    source = dsrc.ZarrStreamDatasource(plan, [0], lazy=False)  # one share per group: many tasks
+    shares = source.shares[0]
+    assert len(shares) > 2
+    seen: dict[tuple, int] = {}
+    for share in shares:
+        blocks = list(dsrc._ReadShare(source.plan, None, 0, share, token=source.token)())
+        for (first, group), block in zip(share, blocks, strict=True):
+            want = read_group(plan, group, 0, first)  # open_item for every group
+            got = BlockAccessor.for_block(block).to_batch_format("numpy")
+            np.testing.assert_array_equal(got["image"], want["image"])
+            assert list(got["index"]) == list(want["index"])
+        mine = {k: id(v) for k, v in dsrc._OPEN_ITEMS.items() if k[0] == source.token}
+        assert all(seen.get(k, i) == i for k, i in mine.items())  # an item opened once stays the one used
+        seen.update(mine)
+    items = {k[2] for k in seen}
+    assert items == {r.item_id for share in shares for _, g in share for r in g}
+    other = dsrc.ZarrStreamDatasource(plan, [0], lazy=False)
+    list(dsrc._ReadShare(other.plan, None, 0, other.shares[0][0], token=other.token)())
+    fresh = {k[1:]: id(v) for k, v in dsrc._OPEN_ITEMS.items() if k[0] == other.token}
+    assert fresh and all(i != seen[(source.token, *k)] for k, i in fresh.items())
+
+    counts: Counter = Counter()
+    item = open_item(dest, next(iter(items)))
+    counted = Item(
+        item.item_id,
+        item.url,
+        item.card,
+        zarr.open_group(MetadataCountingStore(LocalStore(item.url, read_only=True), counts), mode="r"),
+    )
+    assert counted.level(0) is counted.level(0) and counted.level(0).shape == item.level(0).shape
+    assert counts[f"{item.card['levels'][0]['path']}/zarr.json"] == 1
 
 
 def test_views_in_map_batches_are_deterministic(store):

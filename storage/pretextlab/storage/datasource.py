@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -270,6 +272,7 @@ class ZarrStreamDatasource(Datasource):
         lazy: bool = True,
     ):
         self.epochs, self.storage_options, self.lazy = [int(e) for e in epochs], storage_options, lazy
+        self.token = uuid.uuid4().hex  # this stream's: its read tasks share opened items per worker process
         self.groups = {e: plan.epoch_groups(e) for e in (self.epochs[:1] if lazy else self.epochs)}
         self.parts = min(MAX_TASKS_PER_EPOCH, max(1, -(-plan.samples_per_epoch // TASK_ROWS)))
         later = [e for e in self.epochs if e not in self.groups]
@@ -307,11 +310,14 @@ class ZarrStreamDatasource(Datasource):
             if epoch in self.shares:  # planned here: each task carries its share
                 for share in self.shares[epoch]:
                     nrows = sum(len(g) for _, g in share)
-                    tasks.append(task(_ReadShare(plan, opts, epoch, share), nrows, nrows * plan.sample_bytes))
+                    read = _ReadShare(plan, opts, epoch, share, token=self.token)
+                    tasks.append(task(read, nrows, nrows * plan.sample_bytes))
                 continue
             following = next((e for e in self.epochs[i + 1 :] if e not in self.groups), None)
             for part in range(parts):  # the planner gives each task its share when it runs
-                read = _ReadShare(plan, opts, epoch, planner=self.planner, part=part, following=following)
+                read = _ReadShare(
+                    plan, opts, epoch, planner=self.planner, part=part, following=following, token=self.token
+                )
                 tasks.append(task(read, None, -(-plan.samples_per_epoch // parts) * plan.sample_bytes))
         return tasks
 
@@ -331,35 +337,50 @@ class _ReadShare:
         planner: Any = None,
         part: int = 0,
         following: int | None = None,
+        token: str = "",
     ):
         self.plan, self.storage_options, self.epoch, self.share = plan, storage_options, epoch, share
         self.planner, self.part, self.following = planner, part, following
+        self.token = token or uuid.uuid4().hex
 
     def __call__(self) -> Iterable[Any]:
         share = self.share
         if share is None:
             share = ray.get(self.planner.share.remote(self.epoch, self.part, self.following))
-        opener = _TaskOpener()  # an item read by several groups of the task is opened once
+        opener = _StreamOpener(self.token)  # items (and their arrays) opened once per stream and process
         for first, group in share:
             batch = read_group(self.plan, group, self.epoch, first, self.storage_options, opener)
             yield BlockAccessor.batch_to_block(batch)
 
 
-class _TaskOpener:
-    """``open_item`` that opens each item once for the life of one read task (its groups share items; on
-    object storage an open is 3 requests). Not kept across tasks: a store may change between runs."""
+#: Items a read worker process keeps open for the streams it serves, (stream token, uri, item_id) -> Item,
+#: the oldest dropped past OPEN_ITEMS_KEPT.
+_OPEN_ITEMS: OrderedDict[tuple[str, str, str], Item] = OrderedDict()
+_OPEN_LOCK = threading.Lock()
+OPEN_ITEMS_KEPT = 512
 
-    def __init__(self) -> None:
-        self._items: dict[tuple[str, str], Item] = {}
-        self._lock = threading.Lock()
+
+class _StreamOpener:
+    """``open_item`` that opens each item once per stream in a read worker process: every read task of
+    the stream that runs in that process shares it, with the arrays it has opened (on object storage an
+    open is 3 requests, and an array's metadata one more). Keyed by the stream's token, so another
+    stream (another run, a store that may have changed since) opens afresh."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
 
     def __call__(self, uri: str, item_id: str, storage_options: dict[str, Any] | None = None) -> Item:
-        with self._lock:
-            item = self._items.get((uri, item_id))
-        if item is None:
-            item = open_item(uri, item_id, storage_options)
-            with self._lock:
-                item = self._items.setdefault((uri, item_id), item)
+        key = (self.token, uri, item_id)
+        with _OPEN_LOCK:
+            item = _OPEN_ITEMS.get(key)
+            if item is not None:
+                _OPEN_ITEMS.move_to_end(key)
+                return item
+        item = open_item(uri, item_id, storage_options)
+        with _OPEN_LOCK:
+            item = _OPEN_ITEMS.setdefault(key, item)
+            while len(_OPEN_ITEMS) > OPEN_ITEMS_KEPT:
+                _OPEN_ITEMS.popitem(last=False)
         return item
 
 

@@ -5,7 +5,7 @@ Pixels come back channel-last (Y, X, C) / (T, Y, X, C), exactly as the source re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,9 @@ class Item:
     url: str
     card: dict[str, Any]
     group: zarr.Group
+    #: arrays opened so far, by path: opening one reads its metadata (a request on object storage), and
+    #: a read task asks for the same level once per chunk group
+    _arrays: dict[str, zarr.Array] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -46,10 +49,13 @@ class Item:
         return len(self.card.get("levels", []))
 
     def _array(self, path: str) -> zarr.Array:
+        cached = self._arrays.get(path)
+        if cached is not None:
+            return cached
         node = self.group[path]
         if not isinstance(node, zarr.Array):
             raise UserError(f"item {self.item_id}: {path} is a group, not an array (a damaged item?)")
-        return node
+        return self._arrays.setdefault(path, node)  # atomic: threads that raced share one array
 
     def level(self, index: int = 0) -> zarr.Array:
         """The raw Zarr array of a level: (C, Y, X) for slides, (T, C, Y, X) for cine loops."""
