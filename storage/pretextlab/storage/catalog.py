@@ -248,7 +248,7 @@ def parquet_bytes(df: pd.DataFrame) -> bytes:
 
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink)
-    return bytes(sink.getvalue().to_pybytes())
+    return sink.getvalue().to_pybytes()
 
 
 def parquet_frame(data: bytes) -> pd.DataFrame:

@@ -337,11 +337,11 @@ class _ReadShare:
         planner: Any = None,
         part: int = 0,
         following: int | None = None,
-        token: str = "",
+        token: str,
     ):
         self.plan, self.storage_options, self.epoch, self.share = plan, storage_options, epoch, share
         self.planner, self.part, self.following = planner, part, following
-        self.token = token or uuid.uuid4().hex
+        self.token = token  # the stream's: items opened by its tasks are shared per worker process
 
     def __call__(self) -> Iterable[Any]:
         share = self.share
