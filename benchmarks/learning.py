@@ -68,8 +68,8 @@ def variant_set(n: int, seed: int, rgb: bool, amp: float, background: float, off
     return np.stack(images), np.array(labels)
 
 
-def measure(name: str, n_test: int, detached: bool) -> dict:
-    (before, after, steps), seconds = timed(lambda: T.run_case(name, detached=detached))
+def measure(name: str, n_test: int, detached: bool, seed: int = 0) -> dict:
+    (before, after, steps), seconds = timed(lambda: T.run_case(name, detached=detached, seed=seed))
     test = T.mcnemar_exact(after, before)
     return {
         "before": round(float(before.mean()), 4),
@@ -78,6 +78,7 @@ def measure(name: str, n_test: int, detached: bool) -> dict:
         "discordant": [test.a_only, test.b_only],
         "p_mcnemar": float(f"{test.p_value:.3g}"),
         "steps": steps,
+        "seed": seed,
         "seconds": round(seconds, 1),
     }
 
@@ -89,6 +90,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=T.N_TEST)
     ap.add_argument("--no-control", action="store_true", help="skip the detached-loss control")
     ap.add_argument("--steps", type=int, help="train every case this many steps (default: the test's budget)")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds (weights, masks, views); the test uses 0")
     args = ap.parse_args()
     if args.steps:
         for name, case in T.CASES.items():
@@ -100,22 +102,27 @@ def main() -> None:
         T.make_set = lambda n, seed, rgb: variant_set(n, seed, rgb, amp, bg, off)
     rows, figures = [], []
     for name in args.objectives.split(","):
-        row = {"objective": name, "variant": args.variant or "test", "trained": measure(name, args.n_test, False)}
-        if not args.no_control:
-            row["detached"] = measure(name, args.n_test, True)
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-        t = row["trained"]
-        figures.append(
-            compare(
-                f"{name} kNN accuracy after {t['steps']} steps ({row['variant']} set)",
-                "accuracy",
-                [t["after"]],
-                "the same encoder at random init",
-                [t["before"]],
-                note=f"McNemar p = {t['p_mcnemar']}",
+        for seed in (int(x) for x in args.seeds.split(",")):
+            row = {
+                "objective": name,
+                "variant": args.variant or "test",
+                "trained": measure(name, args.n_test, False, seed),
+            }
+            if not args.no_control:
+                row["detached"] = measure(name, args.n_test, True, seed)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            t = row["trained"]
+            figures.append(
+                compare(
+                    f"{name} kNN accuracy after {t['steps']} steps, seed {seed} ({row['variant']} set)",
+                    "accuracy",
+                    [t["after"]],
+                    "the same encoder at random init",
+                    [t["before"]],
+                    note=f"McNemar p = {t['p_mcnemar']}",
+                )
             )
-        )
     write_results("learning", figures, rows=rows)
     print_figures(figures)
 

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/study.py                  # 1 dataset x 2 arms + random init, 3 repeats
     .venv/bin/python benchmarks/study.py --steps 8 --repeats 1
     .venv/bin/python benchmarks/study.py --layout side-by-side   # cells that really fit side by side
+    .venv/bin/python benchmarks/study.py --layout side-by-side --model demo --steps 60   # the demo's cells
 
 The same cells (a tiny ViT on 32 px ultrasound frames) run three ways, each in a fresh subprocess with
 its own local Ray cluster, modes interleaved per repeat (the order rotating per repeat), the peak PSS of
@@ -48,18 +49,27 @@ LAYOUTS = {  # layout -> (Ray Train workers per cell, CPUs of the local cluster;
 }
 
 
-def study_dict(store: str, work: str, steps: int, max_concurrent: int | None, workers: int = 2) -> dict:
+#: model -> (image size, ViT depth, batch): ``tiny`` prices the study's fixed costs (steps are nearly free);
+#: ``demo`` is the demo study's cell (configs/study/demo.yaml: 48 px, 3 blocks, batch 32), whose steps cost
+#: what a real study's do, so what running cells side by side saves can show
+MODELS = {"tiny": (32, 1, 8), "demo": (48, 3, 32)}
+
+
+def study_dict(
+    store: str, work: str, steps: int, max_concurrent: int | None, workers: int = 2, model: str = "tiny"
+) -> dict:
+    size, depth, batch = MODELS[model]
     return {
         "name": "bench",
         "datasets": [{"name": "us", "store": store, "modality": "ultrasound"}],
         "arms": ARMS,
         "seeds": [0],
         "steps": steps,
-        "backbone": {"arch": "vit_tiny", "img_size": 32, "patch_size": 8, "depth": 1},
+        "backbone": {"arch": "vit_tiny", "img_size": size, "patch_size": 8, "depth": depth},
         "pretrain": {
-            "data": {"clip": {"size": 32}},
+            "data": {"clip": {"size": size}},
             "train": {
-                "batch_size": 8,
+                "batch_size": batch,
                 "num_workers": workers,
                 "cpus_per_worker": 0.5,
                 "data_cpus": 0.25,
@@ -82,6 +92,7 @@ def child(argv: list[str]) -> None:
     warnings.filterwarnings("ignore")
     mode, store, work, steps = argv[0], argv[1], argv[2], int(argv[3])
     workers, cpus = LAYOUTS[argv[4] if len(argv) > 4 else "wide"]
+    model = argv[5] if len(argv) > 5 else "tiny"
     ray.init(num_cpus=cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     if mode == "store":
         from pretextlab.jobs.ingest import IngestConfig, run_ingest
@@ -101,7 +112,7 @@ def child(argv: list[str]) -> None:
     from pretextlab.jobs.study import plan_study, run_cell, run_study
     from pretextlab.study import StudyConfig
 
-    cfg = StudyConfig.model_validate(study_dict(store, work, steps, 1 if mode == "study-1" else None, workers))
+    cfg = StudyConfig.model_validate(study_dict(store, work, steps, 1 if mode == "study-1" else None, workers, model))
     t0 = time.perf_counter()
     plan = plan_study(cfg)
     if mode == "hand":  # the cells' jobs by hand (run_cell), one after another: no study.json, no report
@@ -126,6 +137,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--layout", choices=sorted(LAYOUTS), default="wide", help="cell size vs cluster (see above)")
+    ap.add_argument(
+        "--model", choices=sorted(MODELS), default="tiny", help="cell size: tiny or the demo's (see MODELS)"
+    )
     args = ap.parse_args()
     modes = ["hand", "study-1", "study"]
     runs: dict[str, list[dict]] = {m: [] for m in modes}
@@ -137,7 +151,7 @@ def main() -> None:
             # hand-run, always right after the concurrent study, was slower than study-1 (which does more)
             # in 4 of 6 repeats
             for mode in modes[rep % len(modes) :] + modes[: rep % len(modes)]:
-                r = measure_child(HERE, [mode, store, f"{tmp}/{mode}-{rep}", str(args.steps), args.layout])
+                r = measure_child(HERE, [mode, store, f"{tmp}/{mode}-{rep}", str(args.steps), args.layout, args.model])
                 runs[mode].append(r)
                 print(
                     f"repeat {rep + 1}/{args.repeats} {mode:8s} {r['seconds']:7.1f} s  peak PSS "
@@ -154,7 +168,7 @@ def main() -> None:
         }
         for m in modes
     }
-    print(f"\n{len(ARMS)} arms + random init, {args.steps} steps, medians of {args.repeats}:")
+    print(f"\n{len(ARMS)} arms + random init, {args.model} model, {args.steps} steps, medians of {args.repeats}:")
     for m, s in summary.items():
         print(
             f"  {m:8s} {s['seconds_median']:7.1f} s  x{s['ratio_to_hand']:.2f} of the hand-run  "
@@ -163,7 +177,7 @@ def main() -> None:
     BENCH.mkdir(exist_ok=True)
     figures = [
         compare(
-            f"{m} ({args.layout}): {len(ARMS)} arms + random init, {args.steps} steps: seconds",
+            f"{m} ({args.layout}, {args.model} model): {len(ARMS)} arms + random init, {args.steps} steps: seconds",
             "s",
             [r["seconds"] for r in runs[m]],
             "the cells' jobs by hand",
@@ -172,8 +186,19 @@ def main() -> None:
         )
         for m in ("study-1", "study")
     ]
-    name = "study" if args.layout == "wide" else f"study-{args.layout}"
-    write_results(name, figures, steps=args.steps, repeats=args.repeats, layout=args.layout, anchor="hand", **summary)
+    name = ("study" if args.layout == "wide" else f"study-{args.layout}") + (
+        "" if args.model == "tiny" else f"-{args.model}"
+    )
+    write_results(
+        name,
+        figures,
+        steps=args.steps,
+        repeats=args.repeats,
+        layout=args.layout,
+        model=args.model,
+        anchor="hand",
+        **summary,
+    )
     print_figures(figures)
     print(f"wrote {BENCH / (name + '.json')}")
 

@@ -4,7 +4,7 @@ with the loss detached gain nothing (negative control); a collapsed encoder is f
 
 The set: blobs (class 0) vs stripes at a random angle (class 1) under random gain and offset (a
 nuisance the views' gain jitter teaches to ignore); RGB with random colour casts for the
-histopathology variant. Small ViTs (24 px, patch 4, depth 2) keep each run under a minute on 2 cores.
+histopathology variant. Small ViTs (24 px, patch 4, depth 2) keep each run to 20-100 s on 2 cores.
 
 The claim "it learned" is: on 512 test images, the trained encoder's kNN accuracy exceeds its own
 random init's by >= MARGIN, and the exact McNemar test on the paired per-image outcomes (only images
@@ -64,8 +64,11 @@ CASES = {
     "simclr": ("ultrasound", 100, dict(lr=5e-4), dict(proj_hidden_dim=256)),
     "vicreg": ("ultrasound", 100, dict(lr=5e-4), dict(expander_dim=256)),
     "mae": ("ultrasound", 100, dict(lr=5e-4), {}),
-    "ijepa": ("histopathology", 250, dict(lr=3e-4, momentum=0.98, momentum_end=0.995), dict(predictor_depth=2)),
-    "cine_mae": ("ultrasound", 150, dict(lr=5e-4, momentum=0.99), dict(frames=4)),
+    # I-JEPA and cine MAE at 250 / 150 steps gained, but not significantly (p = 0.07 both) and, for I-JEPA,
+    # not at every seed; 500 / 250 steps pass at seeds 0, 1, 2 (docs/objectives.md). Cine MAE's clips
+    # are 2 identical frames: tube masking over time is exercised at half the tokens of 4.
+    "ijepa": ("histopathology", 500, dict(lr=3e-4, momentum=0.98, momentum_end=0.995), dict(predictor_depth=2)),
+    "cine_mae": ("ultrasound", 250, dict(lr=5e-4, momentum=0.99), dict(frames=2)),
     "cine_jepa": ("histopathology", 150, dict(lr=3e-4, momentum=0.98, momentum_end=0.995), dict(frames=4)),
     # issue 17, with dino's settings (lejepa and salt cases: not yet verified on the shared machine)
     "dinov3": (
@@ -110,12 +113,7 @@ ALPHA = 0.01  # exact McNemar, two-sided
 N_TEST = 512
 #: objectives measured not to pass at this budget: (the measured figures, the command). strict xfail, so a
 #: recipe fix that makes one pass shows up as XPASS and the entry must go.
-LIMITS: dict[str, str] = {
-    "ijepa": "measured 0.768 -> 0.791 after 250 steps (+0.023), McNemar 25 vs 13 discordant, p = 0.073: "
-    "a gain, not significant at this budget (benchmarks/learning.py --objectives ijepa; docs/objectives.md)",
-    "cine_mae": "measured 0.904 -> 0.916 after 150 steps (+0.012), McNemar 7 vs 1 discordant, p = 0.070 "
-    "(benchmarks/learning.py --objectives cine_mae; docs/objectives.md)",
-}
+LIMITS: dict[str, str] = {}
 
 
 class DetachedLoss(torch.nn.Module):
@@ -145,17 +143,19 @@ def knn_correct(model: torch.nn.Module, views, train, test) -> np.ndarray:
     return np.asarray(preds) == test[1]
 
 
-def run_case(name: str, detached: bool = False):
-    """(correct before, correct after, steps) of one objective on its case's data, views and budget."""
+def run_case(name: str, detached: bool = False, seed: int = 0):
+    """(correct before, correct after, steps) of one objective on its case's data, views and budget;
+    ``seed`` sets the initial weights and the masks / views drawn (the test uses 0; benchmarks/learning.py
+    --seeds checks that a pass does not hang on it)."""
     modality, steps, schedule, extra = CASES[name]
     rgb = modality == "histopathology"
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     train, test = make_set(512, 0, rgb), make_set(N_TEST, 1, rgb)
     obj = create_objective(
         name, backbone={"img_size": SIZE, "patch_size": 4, "in_chans": 3 if rgb else 1, "depth": 2}, **extra
     )
     if name == "salt":
-        torch.manual_seed(1)
+        torch.manual_seed(seed + 1)
         teacher = create_objective(
             "mae", backbone={"img_size": SIZE, "patch_size": 4, "in_chans": 3 if rgb else 1, "depth": 2}
         )

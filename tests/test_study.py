@@ -181,6 +181,9 @@ def test_study_end_to_end_report_and_resume(killed_and_resumed):
         assert records[cell]["encoder"].split(":")[0] == cell
         assert cell.split(".")[1] in md
     assert f"pretextlab study {r['path']}" in md
+    for v in results["verdicts"].values():  # each paired comparison once, as its one-line sentence
+        for c in v["comparisons"]["0"]:
+            assert f"- {c['sentence']}\n" in md
     html = (study_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "http://" not in html and "https://" not in html
     # external transfer: liver-b's probes were fitted on store b and scored on store a
