@@ -107,7 +107,7 @@ def grid(localities: list[float], noises: list[float], items: int, pilot_steps: 
                     rebuild_catalog(str(base / "store"), str(csv))
                     rep = profile_store(str(base / "store"), sample=items)
                     rec = rep["recommendation"]
-                    pilot_family = None
+                    pilot_family = pilot_verdict = None
                     if pilot_steps > 0:
                         from pretextlab.jobs.recommend import run_pilot
 
@@ -119,7 +119,10 @@ def grid(localities: list[float], noises: list[float], items: int, pilot_steps: 
                             address=None,
                             num_cpus=None,
                         )
-                        pilot_family = run_pilot(rep, base, args)["winner_family"] or "tie"
+                        pilot = run_pilot(rep, base, args)
+                        # a family, "tie" (no single winner) or "random-init" (no pretrained arm beat it)
+                        pilot_family = pilot["winner_family"] or ("tie" if pilot["winner"] is None else pilot["winner"])
+                        pilot_verdict = pilot["verdict"]
                         confusion[(rec["family"], pilot_family)] += 1
                     cell = {
                         "modality": modality,
@@ -132,6 +135,7 @@ def grid(localities: list[float], noises: list[float], items: int, pilot_steps: 
                         "borderline": rec["borderline"],
                         "avoid": rec["avoid"],
                         "pilot_family": pilot_family,
+                        "pilot_verdict": pilot_verdict,
                     }
                     cells.append(cell)
                     print(
