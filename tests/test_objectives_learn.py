@@ -33,25 +33,32 @@ from pretextlab.training import Trainer
 SIZE = 24
 
 
+def _pattern(g: np.random.Generator, label: int, size: int) -> np.ndarray:
+    """Class 0: six Gaussian blobs; class 1: stripes at a random angle and phase; values in [0, 1]."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    if label == 0:
+        img = np.zeros((size, size))
+        for _ in range(6):
+            cy, cx = g.uniform(0, size, 2)
+            img += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 4.0)
+        return np.clip(img, 0, 1)
+    ang = g.uniform(0, np.pi)
+    return 0.5 + 0.5 * np.sin((np.cos(ang) * xx + np.sin(ang) * yy) * 1.2 + g.uniform(0, 6))
+
+
+def _to_uint8(img: np.ndarray, g: np.random.Generator, rgb: bool) -> np.ndarray:
+    """Grey, or RGB with a random colour cast; clipped to 0-255."""
+    img = img[..., None] * (g.uniform(0.5, 1.0, 3) if rgb else 1.0)
+    return np.clip(img * 255, 0, 255).astype(np.uint8)
+
+
 def make_set(n: int, seed: int, rgb: bool) -> tuple[np.ndarray, np.ndarray]:
     g = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    images, labels = [], []
+    images = []
     for i in range(n):
-        lab = i % 2
-        if lab == 0:
-            img = np.zeros((SIZE, SIZE))
-            for _ in range(6):
-                cy, cx = g.uniform(0, SIZE, 2)
-                img += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 4.0)
-        else:
-            ang = g.uniform(0, np.pi)
-            img = 0.5 + 0.5 * np.sin((np.cos(ang) * xx + np.sin(ang) * yy) * 1.2 + g.uniform(0, 6))
-        img = np.clip(img, 0, 1) * g.uniform(0.3, 1.0) + g.uniform(0, 0.5)
-        img = img[..., None] * (g.uniform(0.5, 1.0, 3) if rgb else 1.0)
-        images.append(np.clip(img * 255, 0, 255).astype(np.uint8))
-        labels.append(lab)
-    return np.stack(images), np.array(labels)
+        img = _pattern(g, i % 2, SIZE) * g.uniform(0.3, 1.0) + g.uniform(0, 0.5)
+        images.append(_to_uint8(img, g, rgb))
+    return np.stack(images), np.arange(n) % 2
 
 
 #: near-chance sets: a faint texture (the label) over a nuisance that dominates random-init features:
@@ -65,27 +72,13 @@ def variant_set(n: int, seed: int, rgb: bool, amp: float, background: float, off
     strength ``background`` and a random brightness offset up to ``offset``; ``size`` px (the test's)."""
     g = np.random.default_rng(seed)
     size = size or SIZE
-    yy, xx = np.mgrid[0:size, 0:size]
-    images, labels = [], []
+    images = []
     for i in range(n):
-        lab = i % 2
-        if lab == 0:
-            img = np.zeros((size, size))
-            for _ in range(6):
-                cy, cx = g.uniform(0, size, 2)
-                img += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 4.0)
-            img = np.clip(img, 0, 1)
-        else:
-            ang = g.uniform(0, np.pi)
-            img = 0.5 + 0.5 * np.sin((np.cos(ang) * xx + np.sin(ang) * yy) * 1.2 + g.uniform(0, 6))
-        img = img * amp * g.uniform(0.5, 1.0)
+        img = _pattern(g, i % 2, size) * amp * g.uniform(0.5, 1.0)
         if background:
             img = img + background * gaussian_filter(g.normal(size=(size, size)), 4) * 8
-        img = img + g.uniform(0, offset)
-        img = img[..., None] * (g.uniform(0.5, 1.0, 3) if rgb else 1.0)
-        images.append(np.clip(img * 255, 0, 255).astype(np.uint8))
-        labels.append(lab)
-    return np.stack(images), np.array(labels)
+        images.append(_to_uint8(img + g.uniform(0, offset), g, rgb))
+    return np.stack(images), np.arange(n) % 2
 
 
 # objective -> (modality of the data/views, steps, schedule, extra objective config)
