@@ -42,7 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(if $(FULL),--full,)
 
 clean:
-	rm -rf demo-data .bench .pytest_cache
+	rm -rf demo-data bench-data .bench .pytest_cache
 
 # Container images for KubeRay (docker/Dockerfile.<variant>), tagged with the pinned Ray version:
 #   make image                                    # pretextlab:<ray>        (CPU)
