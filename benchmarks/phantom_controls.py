@@ -1,12 +1,13 @@
 """The controlled benchmark's two controls per setting: random-init kNN ceiling and supervised CNN floor.
 
     python benchmarks/phantom_controls.py [--modalities ultrasound,histology] [--localities 0,0.5,1]
-        [--noises 0,0.5,1] [--items 400] [--train 800] [--epochs 15] [--out .bench/phantom_controls.json]
+        [--noises 0,0.5,1] [--items 400] [--train N] [--epochs 20] [--out .bench/phantom_controls.json]
 
 Per setting: ``--items`` items (seed 0) embedded by random-init timm ViT-Tiny backbones (64 px,
 patch 8; depth 4 as in configs/pretrain/*.yaml and depth 12, CLS token and mean pooling), classified
-by 5-fold weighted kNN (k = 20); and a small CNN trained on ``--train`` items (seed 1), scored on 200
-held-out items (seed 2). Balanced accuracy with 95 % bootstrap CIs. Prints a Markdown table.
+by 5-fold weighted kNN (k = 20); and a small CNN trained on ``--train`` items (seed 1; default the
+test's budget per modality, ``FLOOR_TRAIN_ITEMS``), with the modality's flips (``augment_for``),
+scored on 200 held-out items (seed 2). Balanced accuracy with 95 % bootstrap CIs. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from pretextlab.evaluate.controls import random_init_knn, supervised_cnn
+from pretextlab.evaluate.controls import FLOOR_EPOCHS, FLOOR_TRAIN_ITEMS, augment_for, random_init_knn, supervised_cnn
 from pretextlab.phantoms import generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,8 +37,8 @@ def main() -> None:
     p.add_argument("--localities", type=_floats, default=[0.0, 0.5, 1.0])
     p.add_argument("--noises", type=_floats, default=[0.0, 0.5, 1.0])
     p.add_argument("--items", type=int, default=400)
-    p.add_argument("--train", type=int, default=800)
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--train", type=int, default=None, help="training items (default: FLOOR_TRAIN_ITEMS per modality)")
+    p.add_argument("--epochs", type=int, default=FLOOR_EPOCHS)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--depths", default="4,12")
     p.add_argument("--out", default=".bench/phantom_controls.json")
@@ -65,9 +66,12 @@ def main() -> None:
                     for d in depths
                     for pool in ("token", "avg")
                 }
-                tr = generate(modality, n=args.train, size=args.size, locality=locality, noise=noise, seed=1)
+                n_train = args.train or FLOOR_TRAIN_ITEMS.get(modality, 800)
+                tr = generate(modality, n=n_train, size=args.size, locality=locality, noise=noise, seed=1)
                 te = generate(modality, n=200, size=args.size, locality=locality, noise=noise, seed=2)
-                cnn = supervised_cnn(tr.images, tr.labels, te.images, te.labels, epochs=args.epochs).to_dict()
+                cnn = supervised_cnn(
+                    tr.images, tr.labels, te.images, te.labels, epochs=args.epochs, augment=augment_for(modality)
+                ).to_dict()
                 secs = time.perf_counter() - t0
                 rows.append(
                     {
@@ -77,7 +81,7 @@ def main() -> None:
                         "knn": knn,
                         "cnn": cnn,
                         "items": args.items,
-                        "train": args.train,
+                        "train": n_train,
                         "epochs": args.epochs,
                         "seconds": secs,
                     }

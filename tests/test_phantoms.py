@@ -3,21 +3,23 @@ independent of the label, near chance for a random-init encoder and learnable by
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
 from pretextlab.core.errors import UserError
-from pretextlab.evaluate.controls import random_init_knn, supervised_cnn
+from pretextlab.evaluate.controls import (
+    FLOOR_EPOCHS,
+    FLOOR_TRAIN_ITEMS,
+    augment_for,
+    random_init_knn,
+    supervised_cnn,
+)
 from pretextlab.phantoms import GENERATORS, PhantomItem, generate, register_generator
 from pretextlab.profile.noise import hed_concentrations
 
 MODALITIES = ("ultrasound", "histology")
-#: The supervised floor's budget: training items (seed 1; 200 held-out items, seed 2) and epochs.
-TRAIN_ITEMS, CNN_EPOCHS = 800, 20
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -46,6 +48,12 @@ def test_deterministic_given_the_seed(modality: str):
     assert same, "no item kept its label and channel"
     for i in same:
         np.testing.assert_array_equal(longer.images[i], a.images[i])
+    # items made on several threads are the items made on one, in order
+    one = generate(modality, n=20, size=32, locality=0.5, noise=0.5, seed=3, threads=1)
+    three = generate(modality, n=20, size=32, locality=0.5, noise=0.5, seed=3, threads=3)
+    np.testing.assert_array_equal(one.images, three.images)
+    np.testing.assert_array_equal(one.masks, three.masks)
+    assert one.meta == three.meta
 
 
 @pytest.mark.parametrize("modality", MODALITIES)
@@ -203,21 +211,14 @@ def test_random_init_encoder_is_near_chance(modality: str, locality: float, nois
         assert est.value <= 0.60, f"{modality} locality={locality} noise={noise} {pool}: {est}"
 
 
-_US_FLOOR_XFAIL = pytest.mark.xfail(
-    reason="ultrasound supervised floor not yet demonstrated: measured 0.655-0.725 (locality 0, noise 0.5, 800 items) "
-    "and 0.845 (locality 1, earlier generator); see docs/benchmark.md. Runs only with "
-    "PRETEXTLAB_SUPERVISED_FLOOR=1 (minutes per case on 2 cores)",
-    run=bool(os.environ.get("PRETEXTLAB_SUPERVISED_FLOOR")),
-    strict=False,
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("modality", [pytest.param("ultrasound", marks=_US_FLOOR_XFAIL), "histology"])
+@pytest.mark.parametrize("modality", MODALITIES)
 @pytest.mark.parametrize("locality", [0.0, 1.0])
 def test_the_label_is_learnable_by_a_supervised_cnn(modality: str, locality: float):
     """A small CNN trained on the labels reaches balanced accuracy >= 0.9 on held-out items (default noise)."""
-    train = generate(modality, n=TRAIN_ITEMS, size=64, locality=locality, noise=0.5, seed=1)
+    train = generate(modality, n=FLOOR_TRAIN_ITEMS[modality], size=64, locality=locality, noise=0.5, seed=1)
     test = generate(modality, n=200, size=64, locality=locality, noise=0.5, seed=2)
-    est = supervised_cnn(train.images, train.labels, test.images, test.labels, epochs=CNN_EPOCHS)
+    est = supervised_cnn(
+        train.images, train.labels, test.images, test.labels, epochs=FLOOR_EPOCHS, augment=augment_for(modality)
+    )
     assert est.value >= 0.9, f"{modality} locality={locality}: {est}"
