@@ -41,8 +41,8 @@ def augment_for(modality: str) -> Augment:
     downwards (attenuation, time-gain compensation, the fan's outline), so only a left-right mirror
     gives a scan that exists; up-down flips and transposes make images no probe produces, and
     measured on the benchmark's global setting they cost the supervised control accuracy (3,000
-    items, width 16: 0.865 with the 8 symmetries against 0.905 with left-right only). A histology tile has no
-    orientation, so all 8 symmetries of the square apply.
+    items, width 16: 0.865 with the 8 symmetries against 0.905 with left-right only). A histology
+    tile has no orientation, so all 8 symmetries of the square apply.
     """
     return "hflip" if modality == "ultrasound" else "square"
 
