@@ -107,6 +107,20 @@ def _base_store(size: int) -> Path:
     return dest
 
 
+def start_ray(args, **params) -> None:
+    """A local Ray cluster as pretextlab's jobs start one (its worker pool keeps idle workers for the
+    fractional-CPU read tasks), or with Ray's own defaults (``--ray-defaults``: the figures before)."""
+    import ray
+
+    params = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False, **params}
+    if args.ray_defaults:
+        ray.init(**params)
+    else:
+        from pretextlab.cluster import start_local_ray
+
+        start_local_ray(**params)
+
+
 def spec_for(store: str, patch: int, **extra):
     from pretextlab.storage.stream import StreamSpec
 
@@ -274,7 +288,7 @@ def part_a(args) -> dict:
         "groups": len(plan.epoch_groups(0)),
     }
     s3 = MotoS3(slide_store(args.s3_slides, args.size)) if args.s3_slides else None  # before Ray: env inherited
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    start_ray(args, num_cpus=os.cpu_count())
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
@@ -380,7 +394,7 @@ def part_a(args) -> dict:
 MEMORY_MIN_ROWS = 16
 
 
-def memory_child(store: str, patch: int) -> dict:
+def memory_child(store: str, patch: int, ray_defaults: bool = False) -> dict:
     """In a fresh process: start Ray, stream epoch 1 (warm-up: the worker pool grows to what this stream
     runs at once and imports what it needs), then epoch 0 batch by batch while sampling memory (PSS of
     this process tree, MiB, and the object store's bytes in use)."""
@@ -414,7 +428,7 @@ def memory_child(store: str, patch: int) -> dict:
         batches = (ds.limit(limit) if limit else ds).iter_batches(batch_size=64, batch_format="numpy")
         return sum(len(b["image"]) for b in batches)
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    start_ray(argparse.Namespace(ray_defaults=ray_defaults), num_cpus=os.cpu_count())
     DataContext.get_current().enable_progress_bars = False
     plan = plan_stream(spec_for(store, patch, min_rows_per_group=MEMORY_MIN_ROWS))
     idle = tree_pss(me) / MIB
@@ -443,11 +457,12 @@ def memory_child(store: str, patch: int) -> dict:
     }
 
 
-def measure_memory(store: str, patch: int, tries: int = 2) -> dict:
+def measure_memory(store: str, patch: int, ray_defaults: bool = False, tries: int = 2) -> dict:
     """One fresh-process measurement; retried once (a loaded machine can time out Ray's start)."""
     for attempt in range(tries):
         try:
-            return measure_child(HERE, ["_memory", store, str(patch)], interval_s=0.1, timeout_s=900)
+            argv = ["_memory", store, str(patch)] + (["--ray-defaults"] if ray_defaults else [])
+            return measure_child(HERE, argv, interval_s=0.1, timeout_s=900)
         except RuntimeError as exc:
             if attempt + 1 == tries:
                 raise
@@ -462,7 +477,7 @@ def part_b(args) -> dict:
     stores = {label: slide_store(n, args.size) for label, n in sizes.items()}
     for _ in range(args.repeats):  # small and large alternate per repeat
         for label in sizes:
-            runs[label].append(measure_memory(stores[label], args.patch))
+            runs[label].append(measure_memory(stores[label], args.patch, args.ray_defaults))
     for label, n in sizes.items():
         med = {k: statistics.median(r[k] for r in runs[label]) for k in runs[label][0]}
         out[label] = {
@@ -562,7 +577,7 @@ def part_c(args) -> dict:
             "registry": str(runs / "registry"),
         }
     )
-    ray.init(logging_level="ERROR", log_to_driver=False, include_dashboard=False)
+    start_ray(args)
     prep = prepare(cfg)
     out: dict = {
         "objective": args.c_objective,
@@ -611,7 +626,7 @@ PARTS = {"a": part_a, "b": part_b, "c": part_c}
 
 def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1:3] == ["_child", "_memory"]:
-        print(json.dumps(memory_child(sys.argv[3], int(sys.argv[4]))))
+        print(json.dumps(memory_child(sys.argv[3], int(sys.argv[4]), "--ray-defaults" in sys.argv[5:])))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="+", default=sorted(PARTS), choices=sorted(PARTS))
@@ -622,6 +637,11 @@ def main() -> int:
     ap.add_argument("--s3-slides", type=int, default=4, help="(a) slides copied to a loopback S3 server (0: skip)")
     ap.add_argument("--small", type=int, default=2, help="(b) slides in the small store")
     ap.add_argument("--large", type=int, default=20, help="(b) slides in the large store")
+    ap.add_argument(
+        "--ray-defaults",
+        action="store_true",
+        help="start Ray with its own worker-pool defaults instead of pretextlab's (the figures before)",
+    )
     ap.add_argument("--c-objective", default="dino", help="(c) objective to train")
     ap.add_argument("--c-steps", type=int, default=60, help="(c) steps per run")
     args = ap.parse_args()

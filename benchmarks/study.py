@@ -93,7 +93,13 @@ def child(argv: list[str]) -> None:
     mode, store, work, steps = argv[0], argv[1], argv[2], int(argv[3])
     workers, cpus = LAYOUTS[argv[4] if len(argv) > 4 else "wide"]
     model = argv[5] if len(argv) > 5 else "tiny"
-    ray.init(num_cpus=cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    params = {"num_cpus": cpus or os.cpu_count(), "include_dashboard": False, "log_to_driver": False}
+    if "--ray-defaults" in argv:  # Ray's own worker pool (the figures before pretextlab kept idle workers)
+        ray.init(logging_level="ERROR", **params)
+    else:  # as `pretextlab study` starts it (pretextlab.cluster.start_local_ray)
+        from pretextlab.cluster import start_local_ray
+
+        start_local_ray(logging_level="ERROR", **params)
     if mode == "store":
         from pretextlab.jobs.ingest import IngestConfig, run_ingest
         from pretextlab.storage import synthetic as syn
@@ -140,6 +146,11 @@ def main() -> None:
     ap.add_argument(
         "--model", choices=sorted(MODELS), default="tiny", help="cell size: tiny or the demo's (see MODELS)"
     )
+    ap.add_argument(
+        "--ray-defaults",
+        action="store_true",
+        help="start Ray with its own worker-pool defaults instead of pretextlab's (the figures before)",
+    )
     args = ap.parse_args()
     modes = ["hand", "study-1", "study"]
     runs: dict[str, list[dict]] = {m: [] for m in modes}
@@ -151,7 +162,8 @@ def main() -> None:
             # hand-run, always right after the concurrent study, was slower than study-1 (which does more)
             # in 4 of 6 repeats
             for mode in modes[rep % len(modes) :] + modes[: rep % len(modes)]:
-                r = measure_child(HERE, [mode, store, f"{tmp}/{mode}-{rep}", str(args.steps), args.layout, args.model])
+                argv = [mode, store, f"{tmp}/{mode}-{rep}", str(args.steps), args.layout, args.model]
+                r = measure_child(HERE, argv + (["--ray-defaults"] if args.ray_defaults else []))
                 runs[mode].append(r)
                 print(
                     f"repeat {rep + 1}/{args.repeats} {mode:8s} {r['seconds']:7.1f} s  peak PSS "
@@ -186,8 +198,10 @@ def main() -> None:
         )
         for m in ("study-1", "study")
     ]
-    name = ("study" if args.layout == "wide" else f"study-{args.layout}") + (
-        "" if args.model == "tiny" else f"-{args.model}"
+    name = (
+        ("study" if args.layout == "wide" else f"study-{args.layout}")
+        + ("" if args.model == "tiny" else f"-{args.model}")
+        + ("-ray-defaults" if args.ray_defaults else "")
     )
     write_results(
         name,

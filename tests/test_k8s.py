@@ -441,6 +441,31 @@ def test_containers_run_as_non_root_with_requests_limits_and_probes(kdir: str):
         assert not gpu_groups, f"{kdir} is CPU-only"
 
 
+@pytest.mark.parametrize("kdir", KUSTOMIZATIONS)
+def test_ray_pods_keep_idle_workers_for_the_half_cpu_read_tasks(kdir: str):
+    """Every Ray container's raylet keeps 2 idle workers per CPU (RAY_num_workers_soft_limit), as a local
+    cluster does (pretextlab.cluster.worker_pool_config): Ray's default keeps one per free CPU and
+    restarts the workers of the stream's half-CPU read tasks on every burst."""
+    from pretextlab.cluster import IDLE_WORKERS_PER_CPU
+
+    docs = render(kdir)
+    maps = {name: d.get("data") or {} for name, d in by_kind(docs, "ConfigMap").items()}
+    checked = 0
+    for where, role, pod, c in all_containers(docs):
+        if role not in ("head", "worker") or c is not pod["containers"][0]:
+            continue
+        env = {e["name"]: e.get("value") for e in c.get("env") or []}
+        for ref in c.get("envFrom") or []:
+            if "configMapRef" in ref:
+                env = {**maps[ref["configMapRef"]["name"]], **env}
+        cpus = quantity(((c.get("resources") or {}).get("limits") or {})["cpu"])
+        limit = env.get("RAY_num_workers_soft_limit")
+        assert limit is not None, f"{where}: no RAY_num_workers_soft_limit in its environment"
+        assert int(limit) >= IDLE_WORKERS_PER_CPU * cpus, f"{where}: soft limit {limit} for {cpus:g} CPUs"
+        checked += 1
+    assert checked >= 4
+
+
 # -- RayJobs --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kdir", KUSTOMIZATIONS)
 def test_rayjobs_are_templates_with_lifecycle_limits_and_plain_entrypoints(kdir: str):

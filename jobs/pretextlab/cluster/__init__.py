@@ -46,6 +46,25 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     sigterm_as_interrupt()  # Ray's driver handler replaced: SIGTERM stops a command as Ctrl-C does
 
 
+#: Idle worker processes a local cluster keeps per CPU (Ray keeps as many as it has free CPUs, and kills
+#: the rest after 1 s idle). The stream's read tasks and the views' tasks take half a CPU each, so two
+#: per CPU run at once; with Ray's default, every burst of them started new worker processes (imports,
+#: and on object storage a first S3 client: 1.5-2 s each on 2 cores) that were killed again when the
+#: stream waited. Measured on the loopback S3 server (docs/storage.md, "Keeping the read workers"):
+#: 3 epochs of a 4-slide stream 0.66x -> 1.03x the plain loop.
+IDLE_WORKERS_PER_CPU = 2
+
+
+def worker_pool_config(num_cpus: float | None) -> dict[str, Any]:
+    """The ``_system_config`` of a local cluster's worker pool: keep IDLE_WORKERS_PER_CPU idle workers per
+    CPU. On a Ray cluster started elsewhere (KubeRay) the same is ``RAY_num_workers_soft_limit`` in the
+    pods' environment (k8s/base/kustomization.yaml), which wins here too when it is set."""
+    if "RAY_num_workers_soft_limit" in os.environ:
+        return {}
+    cpus = num_cpus if num_cpus is not None else len(os.sched_getaffinity(0))
+    return {"num_workers_soft_limit": max(1, int(IDLE_WORKERS_PER_CPU * cpus))}
+
+
 def _free_port() -> int:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind(("", 0))
@@ -60,13 +79,16 @@ def start_local_ray(**params: Any) -> str:
     worker. Both are set only for the duration of the call: this process's environment is left as it
     was, so subprocesses started from here (another CLI run, a test's child) still start their own
     cluster. (A job-level ``runtime_env`` would do the same but costs ~1 s: prestarted workers go unused.)
+    The worker pool keeps idle workers for the fractional-CPU tasks (:func:`worker_pool_config`) unless
+    ``_system_config`` says otherwise.
     """
+    system = {**worker_pool_config(params.get("num_cpus")), **(params.pop("_system_config", None) or {})}
     port = _free_port()
     gcs = f"{ray.util.get_node_ip_address()}:{port}"
     saved = {k: os.environ.get(k) for k in ("RAY_GCS_SERVER_PORT", "RAY_ADDRESS")}
     os.environ.update(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=gcs)
     try:
-        ray.init(address="local", **params)
+        ray.init(address="local", _system_config=system, **params)
     finally:
         for k, v in saved.items():
             if v is None:
