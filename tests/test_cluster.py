@@ -12,20 +12,31 @@ import textwrap
 # them again, so no process is started.
 _PROBE = textwrap.dedent(
     """
-    import json, os, time
+    import json, os, shutil, tempfile, time
     import ray
     from pretextlab.cluster import start_local_ray
 
     start_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
 
     @ray.remote(num_cpus=0.5)
-    def pid():
-        time.sleep(1.0)
+    def pid(barrier, i):
+        # every task waits until all 4 are running (a file each), so none can reuse another's process
+        open(os.path.join(barrier, str(i)), "w").close()
+        deadline = time.monotonic() + 60
+        while len(os.listdir(barrier)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
         return os.getpid()
 
-    first = sorted(set(ray.get([pid.remote() for _ in range(4)])))
+    def burst():
+        barrier = tempfile.mkdtemp()
+        try:
+            return sorted(set(ray.get([pid.remote(barrier, i) for i in range(4)])))
+        finally:
+            shutil.rmtree(barrier)
+
+    first = burst()
     time.sleep(3.0)
-    second = sorted(set(ray.get([pid.remote() for _ in range(4)])))
+    second = burst()
     ray.shutdown()
     print("PIDS " + json.dumps({"first": first, "second": second}))
     """
