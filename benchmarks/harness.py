@@ -232,6 +232,21 @@ def compare(
     return out
 
 
+def start_ray(ray_defaults: bool = False, **params: Any) -> None:
+    """A local Ray cluster as pretextlab's commands start one (``pretextlab.cluster.start_local_ray``: its
+    worker pool keeps 2 idle workers per CPU for the half-CPU data tasks), or with Ray's own worker-pool
+    defaults (``ray_defaults``, a benchmark's ``--ray-defaults``: the figures before that change)."""
+    import ray
+
+    params = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False, **params}
+    if ray_defaults:
+        ray.init(**params)
+    else:
+        from pretextlab.cluster import start_local_ray
+
+        start_local_ray(**params)
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(

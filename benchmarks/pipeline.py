@@ -46,7 +46,18 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import BENCH, MIB, PeakPss, compare, machine, measure_child, print_figures, tree_pss, write_results
+from harness import (
+    BENCH,
+    MIB,
+    PeakPss,
+    compare,
+    machine,
+    measure_child,
+    print_figures,
+    start_ray,
+    tree_pss,
+    write_results,
+)
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
@@ -105,20 +116,6 @@ def _base_store(size: int) -> Path:
 
     ray.shutdown()
     return dest
-
-
-def start_ray(args, **params) -> None:
-    """A local Ray cluster as pretextlab's jobs start one (its worker pool keeps idle workers for the
-    fractional-CPU read tasks), or with Ray's own defaults (``--ray-defaults``: the figures before)."""
-    import ray
-
-    params = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False, **params}
-    if args.ray_defaults:
-        ray.init(**params)
-    else:
-        from pretextlab.cluster import start_local_ray
-
-        start_local_ray(**params)
 
 
 def spec_for(store: str, patch: int, **extra):
@@ -288,7 +285,7 @@ def part_a(args) -> dict:
         "groups": len(plan.epoch_groups(0)),
     }
     s3 = MotoS3(slide_store(args.s3_slides, args.size)) if args.s3_slides else None  # before Ray: env inherited
-    start_ray(args, num_cpus=os.cpu_count())
+    start_ray(args.ray_defaults, num_cpus=os.cpu_count())
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
@@ -428,7 +425,7 @@ def memory_child(store: str, patch: int, ray_defaults: bool = False) -> dict:
         batches = (ds.limit(limit) if limit else ds).iter_batches(batch_size=64, batch_format="numpy")
         return sum(len(b["image"]) for b in batches)
 
-    start_ray(argparse.Namespace(ray_defaults=ray_defaults), num_cpus=os.cpu_count())
+    start_ray(ray_defaults, num_cpus=os.cpu_count())
     DataContext.get_current().enable_progress_bars = False
     plan = plan_stream(spec_for(store, patch, min_rows_per_group=MEMORY_MIN_ROWS))
     idle = tree_pss(me) / MIB
@@ -577,7 +574,7 @@ def part_c(args) -> dict:
             "registry": str(runs / "registry"),
         }
     )
-    start_ray(args)
+    start_ray(args.ray_defaults)
     prep = prepare(cfg)
     out: dict = {
         "objective": args.c_objective,

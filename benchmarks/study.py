@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import compare, measure_child, print_figures, write_results
+from harness import compare, measure_child, print_figures, start_ray, write_results
 
 HERE = Path(__file__).resolve()
 BENCH = HERE.parents[1] / ".bench"
@@ -87,19 +87,11 @@ def study_dict(
 def child(argv: list[str]) -> None:
     import warnings
 
-    import ray
-
     warnings.filterwarnings("ignore")
     mode, store, work, steps = argv[0], argv[1], argv[2], int(argv[3])
     workers, cpus = LAYOUTS[argv[4] if len(argv) > 4 else "wide"]
     model = argv[5] if len(argv) > 5 else "tiny"
-    params = {"num_cpus": cpus or os.cpu_count(), "include_dashboard": False, "log_to_driver": False}
-    if "--ray-defaults" in argv:  # Ray's own worker pool (the figures before pretextlab kept idle workers)
-        ray.init(logging_level="ERROR", **params)
-    else:  # as `pretextlab study` starts it (pretextlab.cluster.start_local_ray)
-        from pretextlab.cluster import start_local_ray
-
-        start_local_ray(logging_level="ERROR", **params)
+    start_ray("--ray-defaults" in argv, num_cpus=cpus or os.cpu_count())  # as `pretextlab study` starts it
     if mode == "store":
         from pretextlab.jobs.ingest import IngestConfig, run_ingest
         from pretextlab.storage import synthetic as syn
