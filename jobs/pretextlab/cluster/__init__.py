@@ -50,8 +50,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
 #: the rest after 1 s idle). The stream's read tasks and the views' tasks take half a CPU each, so two
 #: per CPU run at once; with Ray's default, every burst of them started new worker processes (imports,
 #: and on object storage a first S3 client: 1.5-2 s each on 2 cores) that were killed again when the
-#: stream waited. Measured on the loopback S3 server (docs/storage.md, "Keeping the read workers"):
-#: 3 epochs of a 4-slide stream 0.66x -> 1.03x the plain loop.
+#: stream waited. Measured on the loopback S3 server (benchmarks/pipeline.py --parts a; docs/storage.md,
+#: "Keeping the read workers"): 3 epochs of a 4-slide stream 0.61x -> 0.97x the plain loop.
 IDLE_WORKERS_PER_CPU = 2
 
 
@@ -61,8 +61,9 @@ def worker_pool_config(num_cpus: float | None) -> dict[str, Any]:
     pods' environment (k8s/base/kustomization.yaml), which wins here too when it is set."""
     if "RAY_num_workers_soft_limit" in os.environ:
         return {}
-    cpus = num_cpus if num_cpus is not None else len(os.sched_getaffinity(0))
-    return {"num_workers_soft_limit": max(1, int(IDLE_WORKERS_PER_CPU * cpus))}
+    if num_cpus is None:  # the CPUs this process may use (no sched_getaffinity on macOS)
+        num_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return {"num_workers_soft_limit": max(1, int(IDLE_WORKERS_PER_CPU * num_cpus))}
 
 
 def _free_port() -> int:
