@@ -488,6 +488,7 @@ def test_cli_prints_table_and_writes_json(cli_runs, encoder_dir, npz_store):
         "n_groups": 48,
     }
     assert res["encoder"]["name"] == "tiny" and res["encoder"]["objective"] == "random-init"
+    assert res["encoder"]["global_pool"] == "token"  # the embedding evaluated (the card's default readout)
     assert res["config"]["shots"] == [1, 2] and res["config"]["n_bootstrap"] == 200
     assert res["diagnostics"]["collapsed"] is False and res["diagnostics"]["dim"] == 192
     assert (maps / "pca.png").is_file() and len(res["feature_maps"]) == 4 + 3  # input, pca, similarity, mean + 3 heads

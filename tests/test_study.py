@@ -376,3 +376,41 @@ def test_make_demo_runs_the_shipped_demo_study():
         ds["store"] = os.path.relpath(ds["store"])
     written["storage"], written["registry"] = os.path.relpath(written["storage"]), os.path.relpath(written["registry"])
     assert written == shipped
+
+
+def test_a_random_init_baseline_is_reused_only_for_the_same_encoder(tmp_path):
+    """Baselines are registered as ``dataset.random-init.sN`` whatever the study: a second study sharing
+    the registry and the dataset name with another backbone gets its own, while a re-run (or a study
+    with the same backbone and seed) reuses the registered one."""
+    from pretextlab.jobs.study import _baseline_encoder
+    from pretextlab.study.cells import plan_cells
+    from pretextlab.study.config import load_study
+    from pretextlab.training.config import PretrainConfig
+
+    def baseline(*overrides: str):
+        study = load_study(REPO / "configs" / "study" / "demo.yaml", [f"registry={tmp_path / 'reg'}", *overrides])
+        cell = next(c for c in plan_cells(study, str(tmp_path / "runs")) if c.arm == "random-init")
+        return _baseline_encoder(PretrainConfig.model_validate(cell.pretrain), cell.seed, None)
+
+    first = baseline()
+    assert first.card.img_size == 48
+    assert baseline().id == first.id  # the same study again: reused
+    wider = baseline("backbone.img_size=64", "pretrain.data.clip.size=64")
+    assert wider.id != first.id and wider.card.img_size == 64
+    assert baseline().id == first.id  # the first study's baseline is still found among the versions
+
+
+def test_the_verdict_says_when_an_arm_reads_its_tokens_differently_from_random_init():
+    """DINO's embedding is its CLS token, random init's (and I-JEPA's) the mean of the patch tokens: a
+    comparison with random init then mixes the readout in, and the verdict says so for those arms only."""
+    from pretextlab.study.results import readout_note
+
+    def cell(arm: str, pool: str | None) -> dict:
+        encoder = {} if pool is None else {"global_pool": pool}
+        return {"arm": arm, "evaluation": {"encoder": encoder}}
+
+    note = readout_note([cell("random-init", "avg"), cell("dino", "token"), cell("ijepa", "avg")])
+    assert "dino reads the CLS token" in note and "ijepa" not in note
+    assert "random init's embedding is the mean of the patch tokens" in note
+    assert readout_note([cell("random-init", "avg"), cell("ijepa", "avg"), cell("mae", "avg")]) == ""
+    assert readout_note([cell("random-init", None), cell("dino", "token")]) == ""  # records from before

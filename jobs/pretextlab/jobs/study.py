@@ -160,17 +160,43 @@ def cell_cpus(train: Any) -> float:
 
 
 # -- one cell --------------------------------------------------------------------------------------------
+#: what makes two random-init baselines the same encoder: the backbone, its input and preprocessing,
+#: the weights it starts from, and the seed (the weights are a function of these)
+BASELINE_IDENTITY = (
+    "timm_name",
+    "timm_kwargs",
+    "embed_dim",
+    "img_size",
+    "patch_size",
+    "in_chans",
+    "global_pool",
+    "mean",
+    "std",
+    "modality",
+    "resolution",
+    "init",
+    "init_sha256",
+)
+
+
+def _baseline_identity(card: Any) -> dict[str, Any]:
+    data = card.model_dump(mode="json")
+    return {**{k: data.get(k) for k in BASELINE_IDENTITY}, "seed": (data.get("run") or {}).get("seed")}
+
+
 def _baseline_encoder(cfg: Any, seed: int, storage_options: dict[str, Any] | None) -> Any:
-    """The random-init backbone of a dataset and seed, registered like any trained arm (once)."""
+    """The random-init backbone of a dataset and seed, registered like any trained arm.
+
+    A registered version is reused only when it is the same encoder (:data:`BASELINE_IDENTITY` and the
+    seed): registry names are ``dataset.random-init.sN`` whatever the study, so another study sharing
+    the registry and a dataset name with a different backbone (size, depth, channels, working
+    resolution) must get its own baseline, not the other study's."""
     import torch
 
     from pretextlab.registry import EncoderRegistry
     from pretextlab.training.setup import encoder_card, make_objective, make_views
 
     reg = EncoderRegistry(cfg.registry, storage_options)
-    existing = reg.versions(cfg.name)
-    if existing:
-        return existing[-1]
     torch.manual_seed(seed)
     objective = make_objective(cfg)
     card = encoder_card(
@@ -181,6 +207,10 @@ def _baseline_encoder(cfg: Any, seed: int, storage_options: dict[str, Any] | Non
         run={"baseline": "random initialisation, no pretraining", "seed": seed},
     )
     card = card.model_copy(update={"objective": "random-init", "objective_config": {}})
+    want = _baseline_identity(card)
+    for ref in reversed(reg.versions(cfg.name)):
+        if _baseline_identity(ref.card) == want:
+            return ref
     return reg.register(objective.encoder(), card, cfg.name)
 
 

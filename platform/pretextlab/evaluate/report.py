@@ -329,6 +329,7 @@ def evaluate_encoder(
             "embed_dim": card.embed_dim,
             "img_size": card.img_size,
             "in_chans": card.in_chans,
+            "global_pool": card.global_pool,  # the embedding evaluated: CLS token ("token") or mean ("avg")
             "weights_sha256": card.weights_sha256,
         },
         "dataset": {

@@ -114,6 +114,7 @@ class DatasetVerdict:
     summary: dict[str, dict[str, float]] = field(default_factory=dict)
     sentence: str = ""
     winner: str | None = None
+    readout_note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +122,7 @@ class DatasetVerdict:
             "seeds": self.seeds,
             "winner": self.winner,
             "sentence": self.sentence,
+            "readout_note": self.readout_note,
             "winners_by_seed": {str(k): v for k, v in self.winners.items()},
             "flagged": self.flagged,
             "summary": self.summary,
@@ -151,7 +153,38 @@ def dataset_verdict(
         out.flagged.update(comp.flagged)
         out.winners[seed] = best_arms(comp.comparisons)
     out.winner, out.sentence = _sentence(out, cells, alpha)
+    out.readout_note = readout_note(done)
+    if out.readout_note:
+        out.sentence = f"{out.sentence} {out.readout_note}"
     return out
+
+
+#: how an encoder's card pools its tokens into the embedding that is evaluated
+READOUTS = {"token": "the CLS token", "avg": "the mean of the patch tokens"}
+
+
+def readout_note(cells: Sequence[Mapping[str, Any]]) -> str:
+    """A caveat when an arm's embedding pools its tokens differently from the random-init baseline's.
+
+    Why: each objective has its own readout (DINO, SimCLR and VICReg the CLS token; I-JEPA, MAE and
+    their kin the mean of the patch tokens), and the baseline has one. A difference from random init
+    then mixes what pretraining learnt with how the tokens are read: on the controlled benchmark's
+    local histology set, random init's own CLS token read 0.692 balanced accuracy where its mean read
+    0.642 (``benchmarks/pooling_probe.py``; docs/benchmark.md). Empty when every readout matches or a
+    record predates the readout field."""
+    pools = {c["arm"]: ((c.get("evaluation") or {}).get("encoder") or {}).get("global_pool") for c in cells}
+    base = pools.get(RANDOM_INIT)
+    if base is None:
+        return ""
+    other = sorted(a for a, p in pools.items() if a != RANDOM_INIT and p is not None and p != base)
+    if not other:
+        return ""
+    named = ", ".join(f"{a} reads {READOUTS.get(str(pools[a]), pools[a])}" for a in other)
+    return (
+        f"Readouts differ: random init's embedding is {READOUTS.get(base, base)}, while {named}; a difference "
+        "from random init there mixes pretraining with the readout (benchmarks/pooling_probe.py re-reads "
+        "a finished study under each pooling)."
+    )
 
 
 def _sentence(v: DatasetVerdict, cells: Sequence[Mapping[str, Any]], alpha: float) -> tuple[str | None, str]:
