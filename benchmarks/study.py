@@ -122,6 +122,7 @@ def child(argv: list[str]) -> None:
                 "objective": c.objective,
                 "seed": c.seed,
                 "pretrain": c.pretrain,
+                "readouts": c.readouts,  # the baseline under each arm's readout, as the study evaluates it
             }
             assert run_cell(cell, plan.uri, cfg.evaluate, None)["status"] == "complete"
     else:

@@ -165,7 +165,13 @@ def test_study_end_to_end_report_and_resume(killed_and_resumed):
         assert sorted(p.name for p in (study_dir / "runs" / k).glob("checkpoint-*")) == names
     # results.parquet round-trips and agrees with the records
     table = pd.read_parquet(study_dir / "results.parquet")
-    assert set(table["cell"]) == want and (table["status"] == "complete").all()
+    # random init is also read as DINO reads its embedding (the CLS token): a row of its own
+    assert set(table["cell"]) == want | {f"{d}.random-init.s0+token" for d in ("liver-a", "liver-b")}
+    assert (table["status"] == "complete").all()
+    base = records["liver-a.random-init.s0"]
+    assert base["evaluation"]["encoder"]["global_pool"] == "avg" and list(base["readouts"]) == ["token"]
+    assert base["readouts"]["token"]["evaluation"]["encoder"]["global_pool"] == "token"
+    assert base["readouts"]["token"]["encoder"] != base["encoder"]
     rec = records["liver-a.ijepa.s0"]
     row = table.set_index("cell").loc["liver-a.ijepa.s0"]
     assert row["linear_bal_acc"] == pytest.approx(rec["evaluation"]["linear"]["metrics"]["balanced_accuracy"]["value"])
@@ -174,7 +180,8 @@ def test_study_end_to_end_report_and_resume(killed_and_resumed):
     assert set(results["verdicts"]) == {"liver-a", "liver-b"}
     for v in results["verdicts"].values():
         assert v["sentence"].startswith(v["dataset"] + ":")
-        assert len(v["comparisons"]["0"]) == 6  # every pair of the 4 arms, Holm-corrected together
+        assert len(v["comparisons"]["0"]) == 10  # every pair of the 3 arms and random init read 2 ways, Holm together
+        assert v["readout_note"] == ""  # every arm has random init read its way
     # every arm is a registered encoder, and the report names every cell and the reproduce command
     md = (study_dir / "report.md").read_text()
     for cell in want:
@@ -400,17 +407,46 @@ def test_a_random_init_baseline_is_reused_only_for_the_same_encoder(tmp_path):
     assert baseline().id == first.id  # the first study's baseline is still found among the versions
 
 
-def test_the_verdict_says_when_an_arm_reads_its_tokens_differently_from_random_init():
-    """DINO's embedding is its CLS token, random init's (and I-JEPA's) the mean of the patch tokens: a
-    comparison with random init then mixes the readout in, and the verdict says so for those arms only."""
-    from pretextlab.study.results import readout_note
+def test_random_init_is_read_as_each_arm_reads_and_the_verdict_says_when_it_was_not():
+    """DINO's embedding is its CLS token, random init's (and I-JEPA's) the mean of the patch tokens: the
+    plan evaluates the baseline under both, its extra readout becomes a row of its own, and the verdict
+    warns only when an arm has no random-init row read its way (records from before)."""
+    from pretextlab.study.cells import plan_cells
+    from pretextlab.study.config import load_study
+    from pretextlab.study.results import readout_note, results_table, with_readouts
 
-    def cell(arm: str, pool: str | None) -> dict:
+    study = load_study(REPO / "configs" / "study" / "demo.yaml", [])
+    base = [c for c in plan_cells(study, "runs") if c.arm == "random-init"]
+    assert [c.readouts for c in base] == [("avg", "token")] * 2  # I-JEPA and MAE: mean; DINO: CLS
+    one_way = load_study(REPO / "configs" / "study" / "demo.yaml", ["arms=[{name: mae, objective: mae}]"])
+    assert {c.readouts for c in plan_cells(one_way, "runs") if c.arm == "random-init"} == {("avg",)}
+
+    def cell(arm: str, pool: str | None, **extra) -> dict:
         encoder = {} if pool is None else {"global_pool": pool}
-        return {"arm": arm, "evaluation": {"encoder": encoder}}
+        return {
+            "id": f"d.{arm}.s0",
+            "dataset": "d",
+            "arm": arm,
+            "objective": "x",
+            "seed": 0,
+            "status": "complete",
+            "evaluation": {"encoder": encoder},
+            **extra,
+        }
 
-    note = readout_note([cell("random-init", "avg"), cell("dino", "token"), cell("ijepa", "avg")])
+    old = [cell("random-init", "avg"), cell("dino", "token"), cell("ijepa", "avg")]
+    note = readout_note(old)
     assert "dino reads the CLS token" in note and "ijepa" not in note
-    assert "random init's embedding is the mean of the patch tokens" in note
-    assert readout_note([cell("random-init", "avg"), cell("ijepa", "avg"), cell("mae", "avg")]) == ""
-    assert readout_note([cell("random-init", None), cell("dino", "token")]) == ""  # records from before
+    assert "random init was read through the mean of the patch tokens only" in note
+    assert readout_note([cell("random-init", None), cell("dino", "token")]) == ""  # no readout recorded
+
+    both = cell(
+        "random-init",
+        "avg",
+        readouts={"token": {"encoder": "d.random-init.s0:v2", "evaluation": {"encoder": {"global_pool": "token"}}}},
+    )
+    rows = with_readouts([both, cell("dino", "token")])
+    assert [r["arm"] for r in rows] == ["random-init", "random-init (CLS)", "dino"]
+    assert rows[1]["id"] == "d.random-init.s0+token" and rows[1]["encoder"] == "d.random-init.s0:v2"
+    assert readout_note(rows) == ""
+    assert list(results_table([both, cell("dino", "token")])["arm"]) == ["random-init", "random-init (CLS)", "dino"]

@@ -235,6 +235,7 @@ def run_cell(
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Pretrain (or build the baseline), register, evaluate; the cell record is written last, atomically."""
+    from pretextlab.core.config import deep_merge
     from pretextlab.evaluate import EvaluateConfig, evaluate_encoder
     from pretextlab.registry import EncoderRegistry
     from pretextlab.storage import fs as sfs
@@ -255,16 +256,27 @@ def run_cell(
             ref = _baseline_encoder(cfg, cell["seed"], storage_options)
         else:
             ref, train = _trained_encoder(cfg, storage_options)
-        folder = EncoderRegistry(cfg.registry, storage_options).local_folder(ref)
         ev_cfg = EvaluateConfig.model_validate(
             {**evaluate, "modality": cfg.modality, "keep_predictions": True, "seed": 0}
         )
         store = cfg.data.sources[0].uri
-        result = (
-            evaluate_encoder(folder, store, ev_cfg)
-            if test_store is None
-            else evaluate_encoder(folder, store, ev_cfg, test_dest=test_store)
-        )
+
+        def evaluated(ref: Any) -> dict[str, Any]:
+            folder = EncoderRegistry(cfg.registry, storage_options).local_folder(ref)
+            if test_store is None:
+                return evaluate_encoder(folder, store, ev_cfg)
+            return evaluate_encoder(folder, store, ev_cfg, test_dest=test_store)
+
+        result = evaluated(ref)
+        readouts: dict[str, Any] = {}
+        for pool in (cell.get("readouts") or [])[1:]:  # the baseline read as other arms read theirs
+            other = PretrainConfig.model_validate(
+                deep_merge(cell["pretrain"], {"objective": {"backbone": {"global_pool": pool}}})
+            )
+            pooled = _baseline_encoder(other, cell["seed"], storage_options)
+            readouts[pool] = {"encoder": pooled.id, "evaluation": evaluated(pooled)}
+        if readouts:
+            record["readouts"] = readouts
         # cost: the larger of the rank-0 Train worker's peak RSS and this (evaluating) process's, in MiB
         evaluating = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         record.update(
@@ -331,7 +343,7 @@ def _concurrency(plan: StudyPlan) -> int:
 
 
 def _cell_dict(c: Any) -> dict[str, Any]:
-    return {k: getattr(c, k) for k in ("id", "dataset", "arm", "objective", "seed", "pretrain")}
+    return {k: getattr(c, k) for k in ("id", "dataset", "arm", "objective", "seed", "pretrain", "readouts")}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -486,7 +498,7 @@ def write_report(plan: StudyPlan, records: list[dict[str, Any]], seconds: float)
     reviews = read_reviews(plan.uri, so)  # clinician reviews linked to the study (pretextlab review report)
     table = results_table(records)
     verdicts = summarise(records, n_boot=int(plan.cfg.evaluate.get("n_bootstrap", 2000)))
-    n_ok = int((table["status"] == "complete").sum())
+    n_ok = sum(r.get("status") == "complete" for r in records)
     meta = {
         "name": plan.cfg.name,
         "uri": plan.uri,
@@ -499,7 +511,7 @@ def write_report(plan: StudyPlan, records: list[dict[str, Any]], seconds: float)
             for d, info in plan.data.get("datasets", {}).items()
             for s in info.get("sources", [])
         },
-        "summary": f"{n_ok} of {len(table)} cells finished; {len(plan.cfg.datasets)} dataset(s), "
+        "summary": f"{n_ok} of {len(records)} cells finished; {len(plan.cfg.datasets)} dataset(s), "
         f"{len(plan.cfg.arms)} arm(s) + random init, seeds {plan.cfg.seeds}, {plan.cfg.steps} steps each",
     }
     files = {name: sfs.join(plan.uri, name) for name in ("report.md", "report.html", "results.json", "results.parquet")}
@@ -521,7 +533,7 @@ def choose_winners(plan: StudyPlan, result: StudyResult) -> list[str]:
         by_modality.setdefault(ds.modality, set()).add(result.verdicts[ds.name].winner)
     reg = EncoderRegistry(plan.cfg.registry, plan.storage_options)
     for modality, winners in by_modality.items():
-        if len(winners) != 1 or None in winners or "random-init" in winners:
+        if len(winners) != 1 or None in winners or any(str(w).startswith("random-init") for w in winners):
             lines.append(f"chosen:{modality}: not marked (no single winner across its datasets)")
             continue
         (arm,) = winners

@@ -27,6 +27,9 @@ class Cell:
     objective: str
     seed: int
     pretrain: dict[str, Any] = field(hash=False, compare=False)
+    #: the baseline's: how its embedding is read (``global_pool``), its own first, then every other
+    #: readout an arm of its dataset uses, so each arm is compared with random init read the same way
+    readouts: tuple[str, ...] = field(default=(), hash=False, compare=False)
 
     @property
     def baseline(self) -> bool:
@@ -72,22 +75,32 @@ def pretrain_config(study: StudyConfig, ds: DatasetSpec, arm: ArmSpec | None, se
     return deep_merge(cfg, fixed)
 
 
+def readout_of(cfg: dict[str, Any]) -> str:
+    """How the encoder a PretrainConfig dict trains is read: its backbone's ``global_pool``, or its
+    objective's default (the CLS token for DINO, SimCLR, VICReg; the mean of the patch tokens for the
+    latent-prediction and reconstruction objectives)."""
+    objective = cfg["objective"]
+    pool = (objective.get("backbone") or {}).get("global_pool")
+    return str(pool or get_objective_class(objective["name"]).default_pool)
+
+
 def plan_cells(study: StudyConfig, runs: str) -> list[Cell]:
-    """Every cell of ``study``: per dataset and seed the random-init baseline, then each arm."""
+    """Every cell of ``study``: per dataset and seed the random-init baseline, then each arm.
+
+    The baseline is evaluated once per readout its dataset's arms use (``Cell.readouts``): the same
+    random weights read through the CLS token and through the mean of the patch tokens differ by up to
+    0.05 balanced accuracy on the controlled benchmark (docs/benchmark.md), which a comparison with
+    an arm read the other way would count as pretraining."""
     cells = []
     for ds in study.datasets:
         for seed in study.seeds:
-            cells.append(
-                Cell(
-                    cell_id(ds.name, RANDOM_INIT, seed),
-                    ds.name,
-                    RANDOM_INIT,
-                    "none",
-                    seed,
-                    pretrain_config(study, ds, None, seed, runs),
-                )
-            )
+            base = pretrain_config(study, ds, None, seed, runs)
+            arms = []
             for arm in study.arms:
                 cfg = pretrain_config(study, ds, arm, seed, runs)
-                cells.append(Cell(cfg["name"], ds.name, arm.label, cfg["objective"]["name"], seed, cfg))
+                arms.append(Cell(cfg["name"], ds.name, arm.label, cfg["objective"]["name"], seed, cfg))
+            own = readout_of(base)
+            readouts = (own, *sorted({readout_of(c.pretrain) for c in arms} - {own}))
+            cells.append(Cell(cell_id(ds.name, RANDOM_INIT, seed), ds.name, RANDOM_INIT, "none", seed, base, readouts))
+            cells.extend(arms)
     return cells

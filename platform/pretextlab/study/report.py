@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pretextlab.study.config import RANDOM_INIT
-from pretextlab.study.results import METRIC, PROTOCOL, DatasetVerdict, finite
+from pretextlab.study.results import METRIC, PROTOCOL, DatasetVerdict, finite, is_baseline
 
 _COLS = [
     "arm",
@@ -61,7 +60,7 @@ def metric_figure(table: pd.DataFrame, dataset: str) -> str | None:
     v = rows["linear_bal_acc"].to_numpy(float)
     lo = v - rows["linear_bal_acc_low"].fillna(rows["linear_bal_acc"]).to_numpy(float)
     hi = rows["linear_bal_acc_high"].fillna(rows["linear_bal_acc"]).to_numpy(float) - v
-    colors = ["#888888" if a == RANDOM_INIT else "#2a6f97" for a in rows["arm"]]
+    colors = ["#888888" if is_baseline(a) else "#2a6f97" for a in rows["arm"]]
     ax.errorbar(v, y, xerr=[lo, hi], fmt="none", ecolor="#333333", capsize=3)
     ax.scatter(v, y, c=colors, zorder=3)
     ax.set_yticks(y, labels)

@@ -61,10 +61,43 @@ def _localisation(result: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def results_table(cells: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per cell: identity, status, probe metrics with CIs, diagnostics, cost."""
-    rows = []
+#: how an encoder's card pools its tokens into the embedding that is evaluated
+READOUTS = {"token": "the CLS token", "avg": "the mean of the patch tokens"}
+#: the short name of a readout in an arm label: ``random-init (CLS)``
+READOUT_LABELS = {"token": "CLS", "avg": "mean"}
+
+
+def is_baseline(arm: str | None) -> bool:
+    """The random-init baseline, under its own readout or read as another arm reads (``random-init (CLS)``)."""
+    return bool(arm) and (arm == RANDOM_INIT or str(arm).startswith(f"{RANDOM_INIT} ("))
+
+
+def with_readouts(cells: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The cells, each baseline followed by one row per further readout it was evaluated with (its
+    record's ``readouts``): arm ``random-init (CLS)``, id ``<cell>+token``. Those rows are compared with
+    every arm like any other, so an arm read through its CLS token has random init read the same way."""
+    out: list[Mapping[str, Any]] = []
     for c in cells:
+        out.append(c)
+        for pool, extra in (c.get("readouts") or {}).items():
+            out.append(
+                {
+                    **c,
+                    "id": f"{c['id']}+{pool}",
+                    "arm": f"{c['arm']} ({READOUT_LABELS.get(pool, pool)})",
+                    "encoder": extra.get("encoder"),
+                    "evaluation": extra.get("evaluation"),
+                    "readouts": None,
+                }
+            )
+    return out
+
+
+def results_table(cells: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per cell (a baseline read several ways: one row per readout): identity, status, probe
+    metrics with CIs, diagnostics, cost."""
+    rows = []
+    for c in with_readouts(cells):
         ev = c.get("evaluation") or {}
         diag = ev.get("diagnostics") or {}
         knn, lin = _estimate(ev, "knn", METRIC), _estimate(ev, "linear", METRIC)
@@ -133,7 +166,9 @@ class DatasetVerdict:
 def dataset_verdict(
     dataset: str, cells: Sequence[Mapping[str, Any]], n_boot: int = 2000, alpha: float = 0.05
 ) -> DatasetVerdict:
-    """Paired comparisons of every pair of arms (the baseline included) per seed, and the verdict."""
+    """Paired comparisons of every pair of arms (the baseline under each readout included) per seed, and
+    the verdict."""
+    cells = with_readouts(cells)
     done = [c for c in cells if c["dataset"] == dataset and c.get("status") == "complete" and c.get("evaluation")]
     seeds = sorted({c["seed"] for c in done})
     out = DatasetVerdict(dataset, seeds)
@@ -159,29 +194,27 @@ def dataset_verdict(
     return out
 
 
-#: how an encoder's card pools its tokens into the embedding that is evaluated
-READOUTS = {"token": "the CLS token", "avg": "the mean of the patch tokens"}
-
-
 def readout_note(cells: Sequence[Mapping[str, Any]]) -> str:
-    """A caveat when an arm's embedding pools its tokens differently from the random-init baseline's.
+    """A caveat when an arm's embedding pools its tokens in a way no random-init row of its dataset does.
 
     Why: each objective has its own readout (DINO, SimCLR and VICReg the CLS token; I-JEPA, MAE and
-    their kin the mean of the patch tokens), and the baseline has one. A difference from random init
-    then mixes what pretraining learnt with how the tokens are read: on the controlled benchmark's
-    local histology set, random init's own CLS token read 0.692 balanced accuracy where its mean read
-    0.642 (``benchmarks/pooling_probe.py``; docs/benchmark.md). Empty when every readout matches or a
-    record predates the readout field."""
+    their kin the mean of the patch tokens). A difference from random init read another way mixes
+    what pretraining learnt with how the tokens are read: on the controlled benchmark's local
+    histology set, random init's own CLS token read 0.692 balanced accuracy where its mean read 0.642
+    (``benchmarks/pooling_probe.py``; docs/benchmark.md). A study evaluates its baseline under every
+    readout its arms use (:func:`with_readouts`), so this speaks only of records from before that, or
+    of a baseline that failed under a readout. Empty when every arm has its match or no record says."""
     pools = {c["arm"]: ((c.get("evaluation") or {}).get("encoder") or {}).get("global_pool") for c in cells}
-    base = pools.get(RANDOM_INIT)
-    if base is None:
+    base = {p for a, p in pools.items() if is_baseline(a) and p is not None}
+    if not base:
         return ""
-    other = sorted(a for a, p in pools.items() if a != RANDOM_INIT and p is not None and p != base)
+    other = sorted(a for a, p in pools.items() if not is_baseline(a) and p is not None and p not in base)
     if not other:
         return ""
     named = ", ".join(f"{a} reads {READOUTS.get(str(pools[a]), pools[a])}" for a in other)
+    have = " and ".join(READOUTS.get(str(p), str(p)) for p in sorted(base))
     return (
-        f"Readouts differ: random init's embedding is {READOUTS.get(base, base)}, while {named}; a difference "
+        f"Readouts differ: random init was read through {have} only, while {named}; a difference "
         "from random init there mixes pretraining with the readout (benchmarks/pooling_probe.py re-reads "
         "a finished study under each pooling)."
     )
@@ -211,7 +244,7 @@ def _sentence(v: DatasetVerdict, cells: Sequence[Mapping[str, Any]], alpha: floa
             f"bootstrap, {seeds})."
         )
     tied = sorted({a for w in v.winners.values() for a in w})
-    beats_baseline = [a for a in tied if a != RANDOM_INIT]
+    beats_baseline = [a for a in tied if not is_baseline(a)]
     note = "" if beats_baseline else " Not even the random-init baseline is beaten."
     return None, (
         f"{v.dataset}: no single best objective: {', '.join(tied)} are tied (the differences' 95 % CIs "
