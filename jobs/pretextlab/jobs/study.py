@@ -526,6 +526,7 @@ def write_report(plan: StudyPlan, records: list[dict[str, Any]], seconds: float)
 def choose_winners(plan: StudyPlan, result: StudyResult) -> list[str]:
     """Mark each modality's winner chosen:<modality>; a modality whose datasets disagree, or tie, gets none."""
     from pretextlab.registry import EncoderRegistry
+    from pretextlab.study.results import is_baseline
 
     lines = []
     by_modality: dict[str, set[str | None]] = {}
@@ -533,7 +534,7 @@ def choose_winners(plan: StudyPlan, result: StudyResult) -> list[str]:
         by_modality.setdefault(ds.modality, set()).add(result.verdicts[ds.name].winner)
     reg = EncoderRegistry(plan.cfg.registry, plan.storage_options)
     for modality, winners in by_modality.items():
-        if len(winners) != 1 or None in winners or any(str(w).startswith("random-init") for w in winners):
+        if len(winners) != 1 or None in winners or any(is_baseline(w) for w in winners):
             lines.append(f"chosen:{modality}: not marked (no single winner across its datasets)")
             continue
         (arm,) = winners
