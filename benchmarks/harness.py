@@ -13,7 +13,10 @@ Time: ``timed`` (wall seconds of a call, ``time.perf_counter``); a child run's `
 Figures against anchors: ``compare(...)`` makes one figure dict: the project's value and the named
 anchor's (medians of the repeats), and ``ratio`` = the median of the per-repeat ratios value/anchor
 (the anchor and the project alternate per repeat, so a repeat's pair saw the same machine load; when the
-two lists differ in length the ratio of the medians is used instead, and ``paired`` says which).
+two lists differ in length the ratio of the medians is used instead, and ``paired`` says which). With
+6 or more paired repeats ``ratio_ci`` is a distribution-free confidence interval of that median (order
+statistics of the per-repeat ratios, coverage ``ratio_ci_level`` >= 0.95 from the binomial), so a
+ratio near 1 says whether the repeats support a difference at all.
 ``better`` says which way is good ("higher" for rates, "lower" for seconds and MiB). ``write_results``
 writes ``.bench/<name>.json`` with the figures, the command and the machine; ``benchmarks/run_all.py``
 (``make bench``) gathers every benchmark's figures into ``.bench/summary.json``.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import statistics
@@ -189,6 +193,24 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def median_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float] | None:
+    """A distribution-free confidence interval of the median: the k-th smallest and k-th largest value,
+    with the largest k whose coverage 1 - 2 P(Binomial(n, 1/2) <= k - 1) is still >= ``level``
+    (the sign-test interval). Returns (low, high, coverage), or None when n is too small for ``level``
+    (n < 6 at 0.95)."""
+    xs = sorted(float(v) for v in values)
+    n = len(xs)
+    best = None
+    tail = 0.0  # P(Bin(n, 1/2) <= k - 1)
+    for k in range(1, n // 2 + 1):
+        tail += math.comb(n, k - 1) / 2**n
+        coverage = 1 - 2 * tail
+        if coverage < level:
+            break
+        best = (xs[k - 1], xs[n - k], coverage)
+    return best
+
+
 def compare(
     figure: str,
     unit: str,
@@ -222,8 +244,13 @@ def compare(
         out["anchor_value"] = round(median(anchor_values), 6)
         out["anchor_runs"] = [round(float(v), 6) for v in anchor_values]
         if len(anchor_values) == len(values) and all(a != 0 for a in anchor_values):
-            out["ratio"] = round(median([v / a for v, a in zip(values, anchor_values, strict=True)]), 4)
+            ratios = [v / a for v, a in zip(values, anchor_values, strict=True)]
+            out["ratio"] = round(median(ratios), 4)
             out["paired"] = True
+            ci = median_ci(ratios)
+            if ci is not None:
+                out["ratio_ci"] = [round(ci[0], 4), round(ci[1], 4)]
+                out["ratio_ci_level"] = round(ci[2], 4)
         elif out["anchor_value"]:
             out["ratio"] = round(out["value"] / out["anchor_value"], 4)
             out["paired"] = False
@@ -292,8 +319,9 @@ def format_figure(f: dict[str, Any]) -> str:
     value = f"{f['value']:.4g} {f['unit']}"
     if f.get("anchor") is None:
         return f"{f['figure']}: {value} (no anchor)"
+    ci = f" [{f['ratio_ci'][0]}, {f['ratio_ci'][1]}]" if f.get("ratio_ci") else ""
     return (
-        f"{f['figure']}: {value} vs {f['anchor']} {f['anchor_value']:.4g} -> ratio {f['ratio']} "
+        f"{f['figure']}: {value} vs {f['anchor']} {f['anchor_value']:.4g} -> ratio {f['ratio']}{ci} "
         f"({f['better']} is better; median of {f['repeats']})"
     )
 

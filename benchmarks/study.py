@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/study.py --steps 8 --repeats 1
     .venv/bin/python benchmarks/study.py --layout side-by-side   # cells that really fit side by side
     .venv/bin/python benchmarks/study.py --layout side-by-side --model demo --steps 60   # the demo's cells
+    .venv/bin/python benchmarks/study.py --layout side-by-side --modes hand,study --repeats 9   # a CI
 
 The same cells (a tiny ViT on 32 px ultrasound frames) run three ways, each in a fresh subprocess with
 its own local Ray cluster, modes interleaved per repeat (the order rotating per repeat), the peak PSS of
@@ -144,8 +145,14 @@ def main() -> None:
         action="store_true",
         help="start Ray with its own worker-pool defaults instead of pretextlab's (the figures before)",
     )
+    ap.add_argument(
+        "--modes",
+        default="hand,study-1,study",
+        help="which of hand (the anchor, always run), study-1 and study to run (e.g. hand,study for more "
+        "repeats of the concurrency comparison in the same time)",
+    )
     args = ap.parse_args()
-    modes = ["hand", "study-1", "study"]
+    modes = ["hand", *[m for m in ("study-1", "study") if m in args.modes.split(",")]]
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="pretextlab-bench-study-") as tmp:
         store = f"{tmp}/store"
@@ -189,7 +196,7 @@ def main() -> None:
             [r["seconds"] for r in runs["hand"]],
             better="lower",
         )
-        for m in ("study-1", "study")
+        for m in modes[1:]
     ]
     name = (
         ("study" if args.layout == "wide" else f"study-{args.layout}")

@@ -78,6 +78,25 @@ def test_compare_is_the_median_of_paired_ratios():
         harness.compare("x", "x", [1.0], "a", [1.0], better="up")
 
 
+def test_ratio_ci_is_the_sign_test_interval_of_the_median():
+    from scipy.stats import binom
+
+    # 9 paired repeats: ratios 0.90 ... 1.06 in a shuffled order; k = 2 is the largest k with coverage
+    # 1 - 2 P(Bin(9, 1/2) <= k - 1) >= 0.95 (k = 3 gives 0.820), so the CI is the 2nd and 8th smallest
+    ratios = [1.02, 0.90, 0.96, 1.06, 0.93, 0.95, 0.98, 0.91, 1.00]
+    f = harness.compare("s", "s", [r * 10 for r in ratios], "anchor", [10.0] * 9, better="lower")
+    assert f["ratio"] == 0.96
+    assert f["ratio_ci"] == [0.91, 1.02]
+    assert f["ratio_ci_level"] == round(1 - 2 * binom.cdf(1, 9, 0.5), 4) == 0.9609
+    assert "[0.91, 1.02]" in harness.format_figure(f)
+    # 5 repeats cannot give 95 % (the widest interval, min..max, covers 1 - 2/32 = 0.9375): no CI
+    few = harness.compare("s", "s", [1, 2, 3, 4, 5], "anchor", [1, 1, 1, 1, 1])
+    assert "ratio_ci" not in few and few["ratio"] == 3.0
+    assert harness.median_ci([5, 1, 2, 4, 3, 6]) == (1.0, 6.0, 1 - 2 / 64)
+    # unpaired figures have no ratio CI
+    assert "ratio_ci" not in harness.compare("s", "s", [1.0] * 7, "anchor", [1.0] * 6)
+
+
 def test_write_results_and_summary_table(tmp_path):
     figs = [
         harness.compare("rate", "img/s", [20.0], "anchor loop", [10.0]),
