@@ -152,7 +152,10 @@ def main() -> None:
         "repeats of the concurrency comparison in the same time)",
     )
     args = ap.parse_args()
-    modes = ["hand", *[m for m in ("study-1", "study") if m in args.modes.split(",")]]
+    asked = {m for m in args.modes.split(",") if m}
+    if asked - {"hand", "study-1", "study"}:
+        ap.error(f"--modes: unknown {', '.join(sorted(asked - {'hand', 'study-1', 'study'}))} (hand, study-1, study)")
+    modes = ["hand", *[m for m in ("study-1", "study") if m in asked]]
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="pretextlab-bench-study-") as tmp:
         store = f"{tmp}/store"
