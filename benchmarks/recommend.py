@@ -108,6 +108,7 @@ def grid(localities: list[float], noises: list[float], items: int, pilot_steps: 
                     rep = profile_store(str(base / "store"), sample=items)
                     rec = rep["recommendation"]
                     pilot_family = pilot_verdict = None
+                    pilot_arms: list[dict] = []
                     if pilot_steps > 0:
                         from pretextlab.jobs.recommend import run_pilot
 
@@ -123,6 +124,7 @@ def grid(localities: list[float], noises: list[float], items: int, pilot_steps: 
                         # a family, "tie" (no single winner) or "random-init" (no pretrained arm beat it)
                         pilot_family = pilot["winner_family"] or ("tie" if pilot["winner"] is None else pilot["winner"])
                         pilot_verdict = pilot["verdict"]
+                        pilot_arms = pilot["arms"]  # each arm's score and CI: how a tie looked
                         confusion[(rec["family"], pilot_family)] += 1
                     cell = {
                         "modality": modality,
@@ -136,6 +138,7 @@ def grid(localities: list[float], noises: list[float], items: int, pilot_steps: 
                         "avoid": rec["avoid"],
                         "pilot_family": pilot_family,
                         "pilot_verdict": pilot_verdict,
+                        "pilot_arms": pilot_arms,
                     }
                     cells.append(cell)
                     print(

@@ -111,12 +111,20 @@ def test_recommend_gives_the_family_each_extreme_was_built_for(reports):
 def test_cards_are_written_and_self_contained(reports, tmp_path):
     rep = json.loads(json.dumps(reports["histo-1"], default=lambda o: None))  # a copy without the arrays
     rep["_examples"] = reports["histo-1"]["_examples"]
+    arms = [  # as jobs.recommend.pilot_arms gives them (tested on a real study in tests/test_study.py)
+        {"arm": "random-init", "family": "no pretraining", "linear_bal_acc": 0.5125, "ci95": [0.41, 0.62]},
+        {"arm": "dino", "family": "view invariance (JEA)", "linear_bal_acc": 0.6, "ci95": [0.5, 0.7], "collapse": "no"},
+    ]
+    rep["pilot"] = {"summary": "pilot study: a tie -> neither confirms nor contradicts", "arms": arms}
     files = write_outputs(rep, tmp_path / "card")
     data = json.loads(files["json"].read_text())
     assert data["recommendation"]["family"] == "JEA" and "_examples" not in data
     md = files["md"].read_text()
     assert "JEA -> `dino`" in md and "whole image" in md
+    assert "| random-init | no pretraining | 0.512 [0.410, 0.620] | - |" in md  # each pilot arm with its CI
+    assert "| dino | view invariance (JEA) | 0.600 [0.500, 0.700] | no |" in md
     page = files["html"].read_text()
+    assert "<td>0.600 [0.500, 0.700]</td>" in page and "neither confirms nor contradicts" in page
     assert page.count("data:image/png;base64,") == 2  # the profile plot and the examples
     assert "<script" not in page and "http://" not in page and "https://" not in page
 

@@ -268,6 +268,29 @@ def test_shipped_study_and_default_arms_validate_for_every_modality():
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_pilot_rows_give_each_arm_its_score_and_ci(killed_and_resumed):
+    """recommend --pilot's evidence beyond its verdict: every finished cell of a dataset (random init
+    under each readout included) with the study's metric and its CI (the card's pilot table:
+    tests/test_recommend.py)."""
+    from pretextlab.jobs.recommend import pilot_arms
+
+    records = [json.loads(v) for v in _records(killed_and_resumed["dir"]).values()]
+    mine = [r for r in records if r["dataset"] == "liver-a"]
+    rows = pilot_arms(mine)
+    assert [r["arm"] for r in rows] == ["random-init", "random-init (CLS)", "dino", "ijepa", "mae"]
+    by_arm = {r["arm"]: r for r in rows}
+    for r in rows:
+        lo, hi = r["ci95"]
+        assert 0.0 <= lo <= r["linear_bal_acc"] <= hi <= 1.0, r
+    ev = next(c for c in mine if c["arm"] == "ijepa")["evaluation"]
+    assert by_arm["ijepa"]["linear_bal_acc"] == ev["linear"]["metrics"]["balanced_accuracy"]["value"]
+    assert by_arm["dino"]["family"] == "view invariance (JEA)" and by_arm["mae"]["family"] == "pixel reconstruction"
+    # a failed cell is no row
+    failed = [{**next(c for c in mine if c["arm"] == "mae"), "status": "failed"}]
+    assert "mae" not in [r["arm"] for r in pilot_arms([c for c in mine if c["arm"] != "mae"] + failed)]
+
+
 def test_report_html_opens_offline_in_headless_chromium(killed_and_resumed, tmp_path):
     """The self-contained report in a real browser (Debian's chromium): no console error, no request
     beyond the file itself, and a screenshot that is not blank."""

@@ -344,6 +344,30 @@ def pilot_config(report: dict[str, Any], out: Path, args: argparse.Namespace) ->
     return load_study(None, overrides)
 
 
+def pilot_arms(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each finished pilot cell as the card shows it: arm, family, the study's metric (linear-probe
+    balanced accuracy) with its 95 % CI, and the collapse flag. Why: a verdict alone ("a tie") does not
+    say whether the arms sat together at chance or apart with wide intervals; these rows do, and they
+    are what a validation grid needs to tell the two apart. Random init under each readout is a row."""
+    from pretextlab.study.results import is_baseline, results_table
+
+    table = results_table(records)
+    rows = []
+    for r in table.to_dict("records"):
+        if r["status"] != "complete" or r["linear_bal_acc"] is None:
+            continue
+        rows.append(
+            {
+                "arm": r["arm"],
+                "family": r["family"],
+                "linear_bal_acc": float(r["linear_bal_acc"]),
+                "ci95": [float(r["linear_bal_acc_low"]), float(r["linear_bal_acc_high"])],
+                "collapse": r["collapse"],
+            }
+        )
+    return sorted(rows, key=lambda r: (not is_baseline(r["arm"]), r["arm"]))  # random init first, then by name
+
+
 def run_pilot(report: dict[str, Any], out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """A tiny study on the store (one objective per family + random init); does its winner's family agree?"""
     from pretextlab.cluster import init_ray
@@ -372,6 +396,7 @@ def run_pilot(report: dict[str, Any], out: Path, args: argparse.Namespace) -> di
         "verdict": verdict.sentence,
         "agrees": agrees,
         "summary": f"pilot study {verdict.sentence} -> {outcome}",
+        "arms": pilot_arms(result.records),
         "report": result.files["report.html"],
     }
 

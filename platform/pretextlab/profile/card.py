@@ -108,6 +108,18 @@ def markdown_card(report: dict[str, Any]) -> str:
         out += ["", "Notes:"] + [f"- {t}" for t in report["notes"]]
     if report.get("pilot"):
         out += ["", "## Pilot", "", report["pilot"]["summary"]]
+        arms = report["pilot"].get("arms") or []
+        if arms:
+            out += [
+                "",
+                "| arm | family | linear probe, balanced accuracy [95 % CI] | collapse |",
+                "|---|---|---|---|",
+            ]
+            out += [
+                f"| {a['arm']} | {a['family']} | {a['linear_bal_acc']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] "
+                f"| {a.get('collapse') or '-'} |"
+                for a in arms
+            ]
     out += ["", f"Rule: {rec['rule_source']}. See docs/recommend.md.", ""]
     return "\n".join(out)
 
