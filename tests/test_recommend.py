@@ -129,6 +129,38 @@ def test_cards_are_written_and_self_contained(reports, tmp_path):
     assert "<script" not in page and "http://" not in page and "https://" not in page
 
 
+def test_pilot_rows_skip_cells_without_the_metric_and_say_when_a_ci_is_missing(reports):
+    """A cell whose evaluation has no linear probe is no row; one without a CI is a row the card marks."""
+    from pretextlab.jobs.recommend import pilot_arms
+    from pretextlab.profile.card import markdown_card
+
+    def cell(arm: str, objective: str, metric: dict | None) -> dict:
+        ev = {"linear": {"metrics": {"balanced_accuracy": metric}}} if metric is not None else {}
+        return {
+            "id": f"d.{arm}.s0",
+            "dataset": "d",
+            "arm": arm,
+            "objective": objective,
+            "seed": 0,
+            "status": "complete",
+            "evaluation": ev,
+        }
+
+    rows = pilot_arms(
+        [
+            cell("mae", "mae", {"value": 0.61, "low": 0.52, "high": 0.7}),
+            cell("dino", "dino", {"value": 0.58}),
+            cell("ijepa", "ijepa", None),
+            cell("random-init", "none", {"value": 0.5, "low": 0.4, "high": 0.6}),
+        ]
+    )
+    assert [(r["arm"], r["ci95"]) for r in rows] == [("random-init", [0.4, 0.6]), ("dino", None), ("mae", [0.52, 0.7])]
+    assert json.loads(json.dumps(rows, allow_nan=False)) == rows  # plain JSON: no NaN
+    rep = {**reports["histo-1"], "pilot": {"summary": "pilot study: a tie", "arms": rows}}
+    md = markdown_card(rep)
+    assert "| dino | view invariance (JEA) | 0.580 (no CI) | - |" in md and "| ijepa |" not in md
+
+
 def test_recommend_reads_a_store_on_s3(stores, reports, s3_server, tmp_path):
     """The same store from the loopback S3 server (the AWS environment a user sets): the same sample,
     the same profile and recommendation as read from disk."""

@@ -346,23 +346,29 @@ def pilot_config(report: dict[str, Any], out: Path, args: argparse.Namespace) ->
 
 def pilot_arms(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each finished pilot cell as the card shows it: arm, family, the study's metric (linear-probe
-    balanced accuracy) with its 95 % CI, and the collapse flag. Why: a verdict alone ("a tie") does not
-    say whether the arms sat together at chance or apart with wide intervals; these rows do, and they
-    are what a validation grid needs to tell the two apart. Random init under each readout is a row."""
+    balanced accuracy) with its 95 % CI (None when the evaluation gave none), and the collapse flag.
+    Why: a verdict alone ("a tie") does not say whether the arms sat together at chance or apart with
+    wide intervals; these rows do, and they are what a validation grid needs to tell the two apart.
+    Random init under each readout is a row; a cell without the metric is none."""
+    import math
+
     from pretextlab.study.results import is_baseline, results_table
 
-    table = results_table(records)
+    def num(x: Any) -> float | None:
+        return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
     rows = []
-    for r in table.to_dict("records"):
-        if r["status"] != "complete" or r["linear_bal_acc"] is None:
+    for r in results_table(records).to_dict("records"):
+        value, low, high = num(r["linear_bal_acc"]), num(r["linear_bal_acc_low"]), num(r["linear_bal_acc_high"])
+        if r["status"] != "complete" or value is None:
             continue
         rows.append(
             {
                 "arm": r["arm"],
                 "family": r["family"],
-                "linear_bal_acc": float(r["linear_bal_acc"]),
-                "ci95": [float(r["linear_bal_acc_low"]), float(r["linear_bal_acc_high"])],
-                "collapse": r["collapse"],
+                "linear_bal_acc": value,
+                "ci95": None if low is None or high is None else [low, high],
+                "collapse": r["collapse"] if isinstance(r["collapse"], str) else None,
             }
         )
     return sorted(rows, key=lambda r: (not is_baseline(r["arm"]), r["arm"]))  # random init first, then by name

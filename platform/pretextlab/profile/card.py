@@ -115,11 +115,11 @@ def markdown_card(report: dict[str, Any]) -> str:
                 "| arm | family | linear probe, balanced accuracy [95 % CI] | collapse |",
                 "|---|---|---|---|",
             ]
-            out += [
-                f"| {a['arm']} | {a['family']} | {a['linear_bal_acc']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] "
-                f"| {a.get('collapse') or '-'} |"
-                for a in arms
-            ]
+            for a in arms:
+                ci = f" [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}]" if a.get("ci95") else " (no CI)"
+                out.append(
+                    f"| {a['arm']} | {a['family']} | {a['linear_bal_acc']:.3f}{ci} | {a.get('collapse') or '-'} |"
+                )
     out += ["", f"Rule: {rec['rule_source']}. See docs/recommend.md.", ""]
     return "\n".join(out)
 
