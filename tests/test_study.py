@@ -268,7 +268,6 @@ def test_shipped_study_and_default_arms_validate_for_every_modality():
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_pilot_rows_give_each_arm_its_score_and_ci(killed_and_resumed):
     """recommend --pilot's evidence beyond its verdict: every finished cell of a dataset (random init
     under each readout included) with the study's metric and its CI (the card's pilot table:
@@ -291,6 +290,7 @@ def test_pilot_rows_give_each_arm_its_score_and_ci(killed_and_resumed):
     assert "mae" not in [r["arm"] for r in pilot_arms([c for c in mine if c["arm"] != "mae"] + failed)]
 
 
+@pytest.mark.slow
 def test_report_html_opens_offline_in_headless_chromium(killed_and_resumed, tmp_path):
     """The self-contained report in a real browser (Debian's chromium): no console error, no request
     beyond the file itself, and a screenshot that is not blank."""
