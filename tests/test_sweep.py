@@ -152,7 +152,7 @@ def test_asha_sweep_stops_early_and_chooses_best(asha_sweep):
     # the stopped trials' Train workers gave their CPUs back (their placement groups were reaped)
     import ray
 
-    deadline = time.time() + 30
+    deadline = time.time() + 90  # Ray's own teardown of a killed trial is slow on a loaded 2-core box
     while ray.available_resources().get("CPU", 0) < 3.99 and time.time() < deadline:
         time.sleep(0.5)
     assert ray.available_resources().get("CPU", 0) >= 3.99, ray.available_resources()

@@ -393,7 +393,9 @@ def run_sweep(plan: SweepPlan, print_every: float = 30.0, max_concurrent: int | 
         )
     write_status(plan.uri, {**(previous or {}), "driver": header["driver"]} if resumed else status_cb.snapshot(), so)
     tuner.fit()
-    reap_orphan_placement_groups(wait_s=30.0)  # the last stopped trials' Train workers
+    # the last stopped trials' Train workers; returns as soon as none is left (a loaded machine has
+    # taken over 30 s to end a stopped trial's Train controller)
+    reap_orphan_placement_groups(wait_s=120.0)
     seconds = time.perf_counter() - t0
     final = read_status(plan.uri, so) or {}  # the callback's last flush (on_experiment_end)
 
