@@ -137,10 +137,12 @@ def killed_and_resumed(stores, tmp_path_factory):
     log.close()
     first = _records(study_dir)
     assert any(json.loads(v)["arm"] != "random-init" for v in first.values()), (tmp / "first.log").read_text()[-3000:]
+    # a cell the kill caught mid-run may have recorded "failed" (its Ray workers died under it): the
+    # resumed run re-runs it, so only the cells the first run completed must keep their checkpoints
     ckpts = {
         k: sorted(p.name for p in (study_dir / "runs" / k).glob("checkpoint-*"))
         for k, v in first.items()
-        if json.loads(v)["arm"] != "random-init"
+        if json.loads(v)["arm"] != "random-init" and json.loads(v)["status"] == "complete"
     }
     again = run_cli("study", str(path), "--num-cpus", "4", "--choose", env=env, timeout=900)
     return {"tmp": tmp, "dir": study_dir, "first": first, "ckpts": ckpts, "again": again, "path": path}
